@@ -1,0 +1,79 @@
+"""Settings for every jobrunner process, read from the environment (prefix ``JOBRUNNER_``)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+#: Where the zero-setup defaults keep their files.
+VAR_DIR = Path("var")
+
+
+class Settings(BaseSettings):
+    """Every setting jobrunner reads; validated when built, so a bad value stops a process at start."""
+
+    model_config = SettingsConfigDict(env_prefix="JOBRUNNER_", extra="ignore")
+
+    database_url: str = f"sqlite:///{VAR_DIR / 'jobrunner.db'}"
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    storage_dir: Path = VAR_DIR / "uploads"
+    api_token: SecretStr | None = None
+    max_upload_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    #: Base of the exponential backoff: attempt n waits base * 2**(n-1) seconds (with jitter).
+    retry_backoff_seconds: float = Field(default=2.0, ge=0, le=3600)
+    time_limit_seconds: float = Field(default=600, gt=0)
+    lease_seconds: float = Field(default=30, gt=0)
+    requeue_after_seconds: float = Field(default=60, gt=0)
+    sweep_interval_seconds: float = Field(default=10, gt=0)
+    quarantine_after_lost: int = Field(default=3, ge=1)
+    shutdown_timeout_seconds: float = Field(default=30, ge=0)
+    #: The longest a Dramatiq consumer sleeps on an empty queue; bounds enqueue-to-start latency.
+    consumer_timeout_ms: int = Field(default=10, ge=1, le=60_000)
+    #: Messages each worker process prefetches (0: Dramatiq's default, twice its threads).
+    prefetch: int = Field(default=0, ge=0, le=65_535)
+    #: Modules to import at start so their job kinds register (comma-separated).
+    job_modules: str = ""
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        try:
+            url = make_url(value)
+        except ArgumentError as exc:
+            raise ValueError(f"not a database URL: {value!r}") from exc
+        if url.get_backend_name() not in ("postgresql", "sqlite"):
+            raise ValueError("only PostgreSQL and SQLite are supported")
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _check_broker_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"the broker must be a Redis URL (redis://, rediss:// or unix://), got {value!r}")
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ValueError(f"the broker URL has no host: {value!r}")
+        return value
+
+    @property
+    def job_module_names(self) -> list[str]:
+        """``job_modules`` as a list."""
+        return [name.strip() for name in self.job_modules.split(",") if name.strip()]
+
+    @property
+    def is_sqlite(self) -> bool:
+        """Whether the database is SQLite (the zero-setup default)."""
+        return self.database_url.startswith("sqlite")
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process's settings, built once on first use (tests clear the cache after changing the env)."""
+    return Settings()

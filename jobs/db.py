@@ -1,0 +1,118 @@
+"""Engines and session factories, built by functions so each process (and each test) makes its own."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+from collections.abc import Iterator
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobs import sending
+
+#: How long a SQLite writer waits for the lock before giving up.
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Parse a database URL, choosing psycopg 3 for a bare ``postgresql://``."""
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def make_engine(url: str | URL, *, pool_size: int = 5, application_name: str = "jobrunner") -> Engine:
+    """Build an engine for PostgreSQL (psycopg 3) or SQLite (set up for concurrent threads)."""
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _make_sqlite_engine(parsed, pool_size=pool_size)
+    return create_engine(
+        parsed,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        connect_args={"application_name": application_name},
+    )
+
+
+def _make_sqlite_engine(url: URL, *, pool_size: int) -> Engine:
+    engine = create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # SQLAlchemy's pysqlite recipe: stop the driver from issuing its own BEGIN, so that
+        # transactions (and SAVEPOINTs) are ours; then WAL lets readers run beside one writer.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        # Take the write lock up front: a deferred transaction that reads, then writes, fails with
+        # "database is locked" instead of waiting when another thread wrote in between.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+@dataclasses.dataclass
+class Database:
+    """One process's engine and session factory."""
+
+    engine: Engine
+    sessions: sessionmaker[Session]
+
+    @functools.cached_property
+    def autocommit(self) -> Engine:
+        """The same pool, each statement its own transaction (PostgreSQL); plain engine on SQLite.
+
+        A single-statement claim needs no BEGIN/COMMIT round trips; on SQLite the explicit
+        ``BEGIN IMMEDIATE`` is what serialises writers, so it stays.
+        """
+        if self.is_sqlite:
+            return self.engine
+        return self.engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    @property
+    def is_sqlite(self) -> bool:
+        """Whether this is a SQLite database."""
+        return self.engine.dialect.name == "sqlite"
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+
+def make_database(
+    url: str | URL,
+    *,
+    pool_size: int = 5,
+    sender: sending.Sender | None = None,
+    application_name: str = "jobrunner",
+) -> Database:
+    """Build an engine and a sessionmaker whose sessions send job IDs after they commit."""
+    engine = make_engine(url, pool_size=pool_size, application_name=application_name)
+    sessions = sessionmaker(engine, expire_on_commit=False, info={sending.SENDER_KEY: sender})
+    sending.install(sessions)
+    return Database(engine=engine, sessions=sessions)
+
+
+@contextlib.contextmanager
+def session_scope(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """A session for one unit of work: committed if the block succeeds, rolled back if not, closed."""
+    with sessions() as session, session.begin():
+        yield session

@@ -1,0 +1,72 @@
+"""Send job IDs to the broker only after the transaction that created them commits.
+
+``jobs`` knows no broker: whoever builds the sessionmaker (the API, the worker, the CLI) passes a
+``Sender``. A session collects the messages of the jobs created in it and hands them to the sender in
+SQLAlchemy's ``after_commit`` event; a rollback drops them. A failed send is logged and the job stays
+``queued``: the row is the truth and the sweeper sends it again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
+
+logger = logging.getLogger(__name__)
+
+#: Key of the sender in ``Session.info``.
+SENDER_KEY = "jobrunner.sender"
+_PENDING_KEY = "jobrunner.pending_messages"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobMessage:
+    """What goes to the broker for one job: its ID, its queue, and an optional delay."""
+
+    job_id: uuid.UUID
+    queue: str
+    delay_ms: int | None = None
+
+
+#: Sends messages to the broker; raises if it could not.
+Sender = Callable[[Sequence[JobMessage]], None]
+
+
+def send_after_commit(session: Session, message: JobMessage) -> None:
+    """Send ``message`` once ``session``'s transaction commits; never if it rolls back."""
+    session.info.setdefault(_PENDING_KEY, []).append(message)
+
+
+def install(sessions: sessionmaker[Session]) -> None:
+    """Hook the after-commit send onto every session ``sessions`` makes."""
+    event.listen(sessions, "after_commit", _send_pending)
+    event.listen(sessions, "after_transaction_end", _drop_pending)
+
+
+def _send_pending(session: Session) -> None:
+    # after_commit runs for the root transaction only, after the COMMIT succeeded.
+    pending: list[JobMessage] = session.info.pop(_PENDING_KEY, [])
+    if not pending:
+        return
+    sender: Sender | None = session.info.get(SENDER_KEY)
+    if sender is None:
+        logger.warning("no broker configured: %d job(s) stay queued until the sweeper sends them", len(pending))
+        return
+    try:
+        sender(pending)
+    except Exception:
+        logger.warning(
+            "could not send %d job(s) to the broker; they stay queued and the sweeper sends them again",
+            len(pending),
+            exc_info=True,
+        )
+
+
+def _drop_pending(session: Session, transaction: SessionTransaction) -> None:
+    # Runs after after_commit; for a rolled-back root transaction the messages must never go out.
+    if transaction.parent is None:
+        session.info.pop(_PENDING_KEY, None)

@@ -1,0 +1,584 @@
+"""Every change of a job's state, in one place.
+
+Functions take the session (or, on the worker's hot path, a Connection) first and keyword arguments
+after; they flush or execute but never commit, so several can share a transaction. Statements on the
+hot path (claim, complete, fail, renew) are Core statements built once at import: SQLAlchemy caches
+their compiled form, so a job costs a few statement executions, not ORM unit-of-work work.
+
+Every update of a running job is *fenced*: it applies only while the row still carries the claim
+token this worker got, so a worker that lost its claim can change nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import logging
+import random
+import traceback
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, func, insert, literal, select, tuple_, update
+from sqlalchemy.orm import Session
+
+from jobs import errors, models, registry, sending
+from jobs.config import get_settings
+from jobs.models import AttemptOutcome, JobStatus, UTCDateTime
+
+logger = logging.getLogger(__name__)
+
+_jobs = models.Job.__table__
+_attempts = models.JobAttempt.__table__
+
+#: Longest error message and traceback kept on a row; the rest is cut.
+MAX_ERROR_CHARS = 16_000
+#: No retry waits longer than this, however many attempts.
+MAX_RETRY_DELAY_SECONDS = 3600.0
+
+
+def utcnow() -> dt.datetime:
+    """The current time, timezone-aware, in UTC."""
+    return dt.datetime.now(dt.timezone.utc)
+
+
+# --- creating ---------------------------------------------------------------------------------
+
+
+def create_job(
+    session: Session,
+    kind: str,
+    args: dict[str, Any] | None = None,
+    *,
+    public_only: bool = False,
+    max_attempts: int | None = None,
+) -> models.Job:
+    """Insert a ``queued`` job in ``session``; its ID goes to the broker once the session commits.
+
+    Raises:
+        UnknownJobKind, JobKindNotPublic, InvalidJobArgs: the request does not name a job it may run.
+    """
+    job_kind = registry.get_kind(kind)
+    if public_only and not job_kind.public:
+        raise errors.JobKindNotPublic(f"job kind {kind!r} is internal: only the runner creates it")
+    now = utcnow()
+    job = models.Job(
+        id=uuid.uuid4(),
+        kind=kind,
+        queue=job_kind.queue,
+        args=job_kind.validate_args(args or {}),
+        status=JobStatus.QUEUED,
+        attempts=0,
+        max_attempts=max_attempts or job_kind.max_attempts or get_settings().max_attempts,
+        created_at=now,
+        enqueued_at=now,
+        replay_count=0,
+    )
+    session.add(job)
+    sending.send_after_commit(session, sending.JobMessage(job.id, job.queue))
+    return job
+
+
+# --- claiming ---------------------------------------------------------------------------------
+
+_CLAIM = (
+    update(_jobs)
+    .where(_jobs.c.id == bindparam("b_job_id"), _jobs.c.status.in_([s.value for s in models.CLAIMABLE]))
+    .values(
+        status=JobStatus.RUNNING.value,
+        attempts=_jobs.c.attempts + 1,
+        claim_token=bindparam("b_token"),
+        lease_expires_at=bindparam("b_lease"),
+        worker_id=bindparam("b_worker"),
+        started_at=bindparam("b_now"),
+        next_retry_at=None,
+    )
+    .returning(_jobs.c.kind, _jobs.c.args, _jobs.c.attempts, _jobs.c.max_attempts, _jobs.c.replay_count, _jobs.c.queue)
+)
+
+
+def claim_job(
+    conn: Connection, job_id: uuid.UUID, *, worker_id: str, lease_seconds: float
+) -> registry.RunningJob | None:
+    """Atomically take a ``queued`` or ``retrying`` job: ``running``, attempts + 1, new token, lease.
+
+    One UPDATE decides it, so of two workers racing for a job exactly one gets it. Returns None when
+    the job is not claimable (see :func:`describe_unclaimable`); the row is then untouched.
+    """
+    now = utcnow()
+    token = uuid.uuid4()
+    row = conn.execute(
+        _CLAIM,
+        {
+            "b_job_id": job_id,
+            "b_token": token,
+            "b_lease": now + dt.timedelta(seconds=lease_seconds),
+            "b_worker": worker_id,
+            "b_now": now,
+        },
+    ).first()
+    if row is None:
+        return None
+    return registry.RunningJob(
+        id=job_id,
+        kind=row.kind,
+        args=row.args,
+        attempt=row.attempts,
+        max_attempts=row.max_attempts,
+        run=row.replay_count,
+        claim_token=token,
+        queue=row.queue,
+    )
+
+
+def describe_unclaimable(conn: Connection, job_id: uuid.UUID) -> tuple[str, bool]:
+    """Why a job could not be claimed, and whether it is running under an expired lease."""
+    row = conn.execute(
+        select(_jobs.c.status, _jobs.c.lease_expires_at).where(_jobs.c.id == job_id)
+    ).first()
+    if row is None:
+        return "no such job", False
+    if row.status != JobStatus.RUNNING:
+        return f"job is {row.status}", False
+    if row.lease_expires_at is not None and row.lease_expires_at < utcnow():
+        return "job is running under an expired lease", True
+    return "job is running under a live lease", False
+
+
+# --- finishing an attempt -----------------------------------------------------------------------
+
+_now_param = bindparam("b_now", type_=UTCDateTime())
+_fence = (
+    _jobs.c.id == bindparam("b_job_id"),
+    _jobs.c.claim_token == bindparam("b_token"),
+    _jobs.c.status == JobStatus.RUNNING.value,
+)
+_attempt_columns = ["job_id", "run", "number", "worker_id", "started_at", "finished_at", "outcome"]
+
+_SUCCEED = (
+    update(_jobs)
+    .where(*_fence)
+    .values(
+        status=JobStatus.SUCCEEDED.value,
+        finished_at=_now_param,
+        lease_expires_at=None,
+        error_type=None,
+        error_message=None,
+        error_traceback=None,
+    )
+    .returning(_jobs.c.id, _jobs.c.replay_count, _jobs.c.attempts, _jobs.c.worker_id, _jobs.c.started_at)
+)
+_succeeded = _SUCCEED.cte("succeeded")
+#: PostgreSQL: the fenced update and the attempt row in one statement (a data-modifying CTE).
+_SUCCEED_WITH_ATTEMPT = insert(_attempts).from_select(
+    _attempt_columns,
+    select(
+        _succeeded.c.id,
+        _succeeded.c.replay_count,
+        _succeeded.c.attempts,
+        _succeeded.c.worker_id,
+        _succeeded.c.started_at,
+        _now_param,
+        literal(AttemptOutcome.SUCCEEDED.value),
+    ),
+).returning(_attempts.c.id)
+_INSERT_ATTEMPT = insert(_attempts)
+
+
+def complete_job(conn: Connection, job: registry.RunningJob) -> bool:
+    """Mark ``job`` ``succeeded`` with its attempt row, in the caller's (the handler's) transaction.
+
+    Returns False, changing nothing, if this worker no longer holds the claim: the caller must then
+    roll the handler's work back.
+    """
+    params = {"b_job_id": job.id, "b_token": job.claim_token, "b_now": utcnow()}
+    if conn.dialect.name == "postgresql":
+        return conn.execute(_SUCCEED_WITH_ATTEMPT, params).first() is not None
+    row = conn.execute(_SUCCEED, params).first()
+    if row is None:
+        return False
+    conn.execute(_INSERT_ATTEMPT, _attempt_row(row, outcome=AttemptOutcome.SUCCEEDED, now=params["b_now"]))
+    return True
+
+
+def _attempt_row(row: Any, *, outcome: AttemptOutcome, now: dt.datetime, **extra: Any) -> dict[str, Any]:
+    return {
+        "job_id": row.id,
+        "run": row.replay_count,
+        "number": row.attempts,
+        "worker_id": row.worker_id,
+        "started_at": row.started_at,
+        "finished_at": now,
+        "outcome": outcome.value,
+        **extra,
+    }
+
+
+_FAIL = (
+    update(_jobs)
+    .where(*_fence)
+    .values(
+        status=bindparam("b_status"),
+        next_retry_at=bindparam("b_next_retry_at", type_=UTCDateTime()),
+        finished_at=bindparam("b_finished_at", type_=UTCDateTime()),
+        lease_expires_at=None,
+        error_type=bindparam("b_error_type"),
+        error_message=bindparam("b_error_message"),
+        error_traceback=bindparam("b_error_traceback"),
+    )
+    .returning(_jobs.c.id, _jobs.c.replay_count, _jobs.c.attempts, _jobs.c.worker_id, _jobs.c.started_at)
+)
+
+
+def describe_error(error: BaseException) -> dict[str, str]:
+    """Type, message and traceback of ``error``, cut to a size a row can hold."""
+    error_type = type(error).__qualname__
+    if type(error).__module__ not in ("builtins", "__main__"):
+        error_type = f"{type(error).__module__}.{error_type}"
+    message = str(error) or (type(error).__doc__ or type(error).__name__).strip().splitlines()[0]
+    trace = "".join(traceback.format_exception(error))
+    return {
+        "error_type": error_type[:200],
+        "error_message": message[:MAX_ERROR_CHARS],
+        "error_traceback": trace[-MAX_ERROR_CHARS:],
+    }
+
+
+def retry_delay_seconds(attempt: int, *, base_seconds: float) -> float:
+    """Exponential backoff with jitter: about ``base * 2**(attempt-1)``, capped at an hour."""
+    delay = min(base_seconds * 2 ** (attempt - 1), MAX_RETRY_DELAY_SECONDS)
+    return delay * random.uniform(0.9, 1.1)
+
+
+def record_failure(
+    session: Session, job: registry.RunningJob, error: BaseException, *, backoff_seconds: float
+) -> JobStatus | None:
+    """Record a failed attempt in ``session`` (a fresh one: the handler's was rolled back).
+
+    The job becomes ``retrying`` (its ID re-sent after commit, delayed to ``next_retry_at``) or, when
+    its attempts are spent or the error is a :class:`PermanentError`, ``failed``, and then the kind's
+    ``on_failed`` hook runs in this same transaction. Returns the new status, or None if this worker
+    no longer holds the claim (nothing is changed).
+    """
+    final = isinstance(error, errors.PermanentError) or job.attempt >= job.max_attempts
+    now = utcnow()
+    delay = None if final else retry_delay_seconds(job.attempt, base_seconds=backoff_seconds)
+    details = describe_error(error)
+    conn = session.connection()
+    row = conn.execute(
+        _FAIL,
+        {
+            "b_job_id": job.id,
+            "b_token": job.claim_token,
+            "b_status": (JobStatus.FAILED if final else JobStatus.RETRYING).value,
+            "b_next_retry_at": None if delay is None else now + dt.timedelta(seconds=delay),
+            "b_finished_at": now if final else None,
+            **{f"b_{key}": value for key, value in details.items()},
+        },
+    ).first()
+    if row is None:
+        return None
+    outcome = AttemptOutcome.FAILED if final else AttemptOutcome.ERROR
+    conn.execute(_INSERT_ATTEMPT, _attempt_row(row, outcome=outcome, now=now, **details))
+    if final:
+        _run_failure_hook(session, job, error)
+        return JobStatus.FAILED
+    sending.send_after_commit(session, sending.JobMessage(job.id, job.queue, delay_ms=int(delay * 1000)))
+    return JobStatus.RETRYING
+
+
+def _run_failure_hook(session: Session, job: registry.RunningJob, error: BaseException) -> None:
+    """Run the kind's ``on_failed`` in a SAVEPOINT: a hook that raises is logged and undone, and
+    the failure is still recorded."""
+    hook = registry.get_kind(job.kind).on_failed
+    if hook is None:
+        return
+    try:
+        with session.begin_nested():
+            hook(session, job, error)
+    except Exception:
+        logger.exception("the on_failed hook of job %s (%s) raised; the failure is recorded without it", job.id, job.kind)
+
+
+_INTERRUPT = (
+    update(_jobs)
+    .where(*_fence)
+    .values(
+        status=JobStatus.QUEUED.value,
+        attempts=_jobs.c.attempts - 1,
+        claim_token=None,
+        lease_expires_at=None,
+        enqueued_at=_now_param,
+    )
+    .returning(_jobs.c.id, _jobs.c.replay_count, _jobs.c.attempts, _jobs.c.worker_id, _jobs.c.started_at)
+)
+
+
+def interrupt_job(session: Session, job: registry.RunningJob, *, reason: str) -> bool:
+    """Put a job this worker could not finish back to ``queued`` at once, not counting the attempt.
+
+    Returns False if this worker no longer holds the claim.
+    """
+    now = utcnow()
+    conn = session.connection()
+    row = conn.execute(_INTERRUPT, {"b_job_id": job.id, "b_token": job.claim_token, "b_now": now}).first()
+    if row is None:
+        return False
+    attempt = _attempt_row(row, outcome=AttemptOutcome.INTERRUPTED, now=now, error_message=reason)
+    attempt["number"] = job.attempt
+    conn.execute(_INSERT_ATTEMPT, attempt)
+    sending.send_after_commit(session, sending.JobMessage(job.id, job.queue))
+    return True
+
+
+_RENEW = update(_jobs).where(*_fence).values(lease_expires_at=bindparam("b_lease", type_=UTCDateTime()))
+
+
+def renew_claim(conn: Connection, job: registry.RunningJob, *, lease_seconds: float) -> bool:
+    """Extend ``job``'s lease if this worker still holds its claim; False if it does not."""
+    params = {
+        "b_job_id": job.id,
+        "b_token": job.claim_token,
+        "b_lease": utcnow() + dt.timedelta(seconds=lease_seconds),
+    }
+    return conn.execute(_RENEW, params).rowcount == 1
+
+
+_RENEW_ALL = (
+    update(_jobs)
+    .where(
+        _jobs.c.claim_token.in_(bindparam("b_tokens", expanding=True)),
+        _jobs.c.status == JobStatus.RUNNING.value,
+    )
+    .values(lease_expires_at=bindparam("b_lease", type_=UTCDateTime()))
+)
+
+
+def renew_leases(conn: Connection, claim_tokens: Sequence[uuid.UUID], *, lease_seconds: float) -> int:
+    """Extend the leases of the running jobs holding ``claim_tokens`` in one statement (the
+    heartbeat). Returns how many were still held."""
+    lease = utcnow() + dt.timedelta(seconds=lease_seconds)
+    return conn.execute(_RENEW_ALL, {"b_tokens": list(claim_tokens), "b_lease": lease}).rowcount
+
+
+def checkpoint(session: Session, job: registry.RunningJob, *, lease_seconds: float) -> None:
+    """Commit the handler's work so far, with a renewed lease, only while the claim is held.
+
+    Raises:
+        ClaimLost: another worker holds the job now; nothing was committed.
+    """
+    if not renew_claim(session.connection(), job, lease_seconds=lease_seconds):
+        raise errors.ClaimLost(f"job {job.id} was taken over by another worker; its work was not committed")
+    session.commit()
+
+
+# --- lost workers -------------------------------------------------------------------------------
+
+
+def recover_lost_jobs(
+    session: Session,
+    *,
+    quarantine_after_lost: int,
+    job_ids: Sequence[uuid.UUID] | None = None,
+    limit: int = 500,
+) -> list[tuple[uuid.UUID, JobStatus]]:
+    """Take back ``running`` jobs whose lease expired (their worker died): attempt ``lost``, then
+    ``queued``, or ``failed`` once attempts are spent or the worker died ``quarantine_after_lost``
+    times on the job. Returns each job taken back with its new status.
+    """
+    now = utcnow()
+    query = (
+        select(models.Job)
+        .where(models.Job.status == JobStatus.RUNNING, models.Job.lease_expires_at < now)
+        .order_by(models.Job.lease_expires_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    if job_ids is not None:
+        query = query.where(models.Job.id.in_(job_ids))
+    recovered = []
+    for job in session.scalars(query):
+        recovered.append((job.id, _take_back(session, job, now=now, quarantine_after_lost=quarantine_after_lost)))
+    session.flush()
+    return recovered
+
+
+def _take_back(session: Session, job: models.Job, *, now: dt.datetime, quarantine_after_lost: int) -> JobStatus:
+    session.add(
+        models.JobAttempt(
+            job_id=job.id,
+            run=job.replay_count,
+            number=job.attempts,
+            worker_id=job.worker_id,
+            started_at=job.started_at,
+            finished_at=now,
+            outcome=AttemptOutcome.LOST,
+            error_message="the worker stopped renewing its lease (it died or stalled)",
+        )
+    )
+    deaths = 1 + session.scalar(
+        select(func.count())
+        .select_from(models.JobAttempt)
+        .where(
+            models.JobAttempt.job_id == job.id,
+            models.JobAttempt.run == job.replay_count,
+            models.JobAttempt.outcome == AttemptOutcome.LOST,
+        )
+    )
+    job.claim_token = None
+    job.lease_expires_at = None
+    if deaths >= quarantine_after_lost or job.attempts >= job.max_attempts:
+        job.status = JobStatus.FAILED
+        job.finished_at = now
+        job.error_type = "jobrunner.WorkerLost"
+        job.error_message = (
+            f"worker died {deaths} times while running this job"
+            if deaths >= quarantine_after_lost
+            else f"worker died while running this job and its {job.max_attempts} attempts are spent"
+        )
+        return JobStatus.FAILED
+    job.status = JobStatus.QUEUED
+    job.enqueued_at = now
+    sending.send_after_commit(session, sending.JobMessage(job.id, job.queue))
+    return JobStatus.QUEUED
+
+
+# --- replaying ----------------------------------------------------------------------------------
+
+
+def replay_jobs(session: Session, job_ids: Sequence[uuid.UUID], *, reason: str | None = None) -> list[uuid.UUID]:
+    """Put the ``failed`` jobs among ``job_ids`` back to ``queued`` for a new run; skip the others.
+
+    One conditional UPDATE: of two replays racing, each job goes to exactly one. The run's history
+    stays; a ``replayed`` row records when and why. IDs are sent after commit. Returns those replayed.
+    """
+    if not job_ids:
+        return []
+    now = utcnow()
+    conn = session.connection()
+    rows = conn.execute(
+        update(_jobs)
+        .where(_jobs.c.id.in_(job_ids), _jobs.c.status == JobStatus.FAILED.value)
+        .values(
+            status=JobStatus.QUEUED.value,
+            attempts=0,
+            replay_count=_jobs.c.replay_count + 1,
+            enqueued_at=now,
+            finished_at=None,
+            next_retry_at=None,
+            claim_token=None,
+            lease_expires_at=None,
+            error_type=None,
+            error_message=None,
+            error_traceback=None,
+        )
+        .returning(_jobs.c.id, _jobs.c.queue, _jobs.c.replay_count)
+    ).all()
+    if rows:
+        conn.execute(
+            _INSERT_ATTEMPT,
+            [
+                {
+                    "job_id": row.id,
+                    "run": row.replay_count,
+                    "number": 0,
+                    "worker_id": None,
+                    "started_at": None,
+                    "finished_at": now,
+                    "outcome": AttemptOutcome.REPLAYED.value,
+                    "error_message": reason,
+                }
+                for row in rows
+            ],
+        )
+    for row in rows:
+        sending.send_after_commit(session, sending.JobMessage(row.id, row.queue))
+    return [row.id for row in rows]
+
+
+def replay_job(session: Session, job_id: uuid.UUID, *, reason: str | None = None) -> models.Job:
+    """Replay one failed job.
+
+    Raises:
+        JobNotFound: no such job.
+        JobNotReplayable: the job is not ``failed``.
+    """
+    job = get_job(session, job_id)
+    if not replay_jobs(session, [job_id], reason=reason):
+        raise errors.JobNotReplayable(f"job {job_id} is {job.status}; only a failed job can be replayed")
+    session.refresh(job)
+    return job
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+def get_job(session: Session, job_id: uuid.UUID) -> models.Job:
+    """The job with ``job_id``.
+
+    Raises:
+        JobNotFound: there is none.
+    """
+    job = session.get(models.Job, job_id)
+    if job is None:
+        raise errors.JobNotFound(f"no job {job_id}")
+    return job
+
+
+def list_attempts(session: Session, job_id: uuid.UUID) -> list[models.JobAttempt]:
+    """A job's history, oldest first."""
+    return list(
+        session.scalars(
+            select(models.JobAttempt).where(models.JobAttempt.job_id == job_id).order_by(models.JobAttempt.id)
+        )
+    )
+
+
+def list_jobs(
+    session: Session,
+    *,
+    status: JobStatus | None = None,
+    kind: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> tuple[list[models.Job], str | None]:
+    """Jobs newest first, and the cursor of the next page (None on the last).
+
+    Raises:
+        InvalidCursor: ``cursor`` was not made by this function.
+    """
+    query = select(models.Job).order_by(models.Job.created_at.desc(), models.Job.id.desc()).limit(limit + 1)
+    if status is not None:
+        query = query.where(models.Job.status == status)
+    if kind is not None:
+        query = query.where(models.Job.kind == kind)
+    if cursor is not None:
+        created_at, job_id = _decode_cursor(cursor)
+        query = query.where(
+            tuple_(models.Job.created_at, models.Job.id)
+            < tuple_(literal(created_at, UTCDateTime()), literal(job_id, models.Job.id.type))
+        )
+    jobs = list(session.scalars(query))
+    if len(jobs) <= limit:
+        return jobs, None
+    last = jobs[limit - 1]
+    return jobs[:limit], _encode_cursor(last.created_at, last.id)
+
+
+def _encode_cursor(created_at: dt.datetime, job_id: uuid.UUID) -> str:
+    raw = f"{created_at.isoformat()}|{job_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created_at, job_id = raw.split("|")
+        parsed = dt.datetime.fromisoformat(created_at)
+        if parsed.tzinfo is None:
+            raise ValueError("naive time")
+        return parsed, uuid.UUID(job_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise errors.InvalidCursor() from exc

@@ -1,0 +1,29 @@
+"""The actors: thin. A message carries only a job ID; the session middleware has claimed the job
+and opened its session before the actor runs, and finishes it after."""
+
+from __future__ import annotations
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+
+from jobs import registry
+from worker import middleware
+
+#: Actor names: one actor per queue, all running the same function.
+ACTOR_PREFIX = "jobrunner.run"
+
+
+def actor_name(queue: str) -> str:
+    """The name of the actor consuming ``queue``."""
+    return ACTOR_PREFIX if queue == registry.DEFAULT_QUEUE else f"{ACTOR_PREFIX}.{queue}"
+
+
+def run_job(job_id: str) -> None:
+    """Run the job the middleware claimed for this message (``job_id`` is the message's argument)."""
+    middleware.run_current_job()
+
+
+def declare_actors(broker: RedisBroker, queues: set[str]) -> None:
+    """Declare one actor per queue on ``broker``, so a worker consumes each of them."""
+    for queue in sorted(queues):
+        dramatiq.actor(run_job, broker=broker, actor_name=actor_name(queue), queue_name=queue)

@@ -1,0 +1,41 @@
+"""The Redis broker and its middleware, in the order the runner relies on."""
+
+from __future__ import annotations
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import ShutdownNotifications, TimeLimit
+
+from jobs import db, registry
+from jobs.config import Settings, get_settings
+from worker import actors, middleware
+
+
+def make_broker(settings: Settings) -> RedisBroker:
+    """A bare Redis broker for sending IDs (the API, the CLI): no middleware, no actors."""
+    return RedisBroker(url=settings.broker_url, middleware=[])
+
+
+def make_worker_broker(settings: Settings, *, database: db.Database | None = None) -> RedisBroker:
+    """The worker's broker: the job session middleware first, then Dramatiq's time limit and
+    shutdown notifications, and one actor per queue of the registered kinds.
+
+    The session middleware is added first so that its ``after_`` hooks run last (Dramatiq runs them
+    in reverse): TimeLimit has cancelled its timer before the job's outcome is committed. Dramatiq's
+    ``Retries`` is left out on purpose: the job row owns the attempt count and the retry schedule.
+    ``database``: a ready one (tests); by default the middleware builds it at worker boot.
+    """
+    registry.load_kinds(settings.job_module_names)
+    broker = RedisBroker(url=settings.broker_url, middleware=[])
+    broker.add_middleware(middleware.JobSessionMiddleware(settings, database=database))
+    broker.add_middleware(TimeLimit(time_limit=settings.time_limit_seconds * 1000))
+    broker.add_middleware(ShutdownNotifications(notify_shutdown=True))
+    actors.declare_actors(broker, registry.queues())
+    return broker
+
+
+def setup_worker_broker() -> RedisBroker:
+    """Build the worker broker from the environment and make it Dramatiq's global broker."""
+    broker = make_worker_broker(get_settings())
+    dramatiq.set_broker(broker)
+    return broker

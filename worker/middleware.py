@@ -1,0 +1,297 @@
+"""The per-job session middleware: claim, one fresh session per job, commit or record the failure.
+
+For each message, Dramatiq calls (this middleware is added first, so its ``after_`` hooks run last):
+
+1. ``before_process_message``: claim the job in a short transaction of its own; a message whose job
+   is finished, running under a live lease or missing, or that arrives while the database cannot be
+   reached, is skipped (``SkipMessage``: acked, the row untouched). Then open the job's session.
+2. the actor, which calls :func:`run_current_job`: the kind's handler with that session.
+3. ``after_process_message``: on success, mark the job ``succeeded`` in the handler's transaction,
+   fenced on the claim token, and commit; on failure (any ``BaseException``, Dramatiq's
+   ``TimeLimitExceeded`` included), roll back, close, and record the failure in a fresh session.
+   ``after_skip_message`` covers a message skipped after the claim. Every path closes the session.
+
+Dramatiq logs and swallows ordinary exceptions raised in hooks, so each hook catches its own.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import functools
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from dramatiq import Middleware
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.errors import ConnectionError as BrokerConnectionError
+from dramatiq.middleware import Shutdown, SkipMessage
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import Session
+
+from jobs import db, errors, registry, store
+from jobs.config import Settings
+from jobs.models import JobStatus
+from worker import heartbeat, sender
+
+logger = logging.getLogger(__name__)
+
+#: How often recording an outcome is tried while the database is unreachable before giving up (the
+#: job then stays ``running`` until its lease expires and the sweeper takes it back).
+RECORD_TRIES = 5
+#: First wait between those tries; doubled each time.
+RECORD_RETRY_SECONDS = 0.2
+
+
+@dataclasses.dataclass(slots=True)
+class _Current:
+    """The job the current worker thread is running."""
+
+    job: registry.RunningJob
+    kind: registry.JobKind | None
+    session: Session
+    #: What the handler raised (the actor catches it so Dramatiq does not log it as unhandled).
+    error: BaseException | None = None
+    ran: bool = False
+
+
+_current: contextvars.ContextVar[_Current | None] = contextvars.ContextVar("jobrunner_current_job", default=None)
+
+
+def run_current_job() -> None:
+    """Run the claimed job of this worker thread with its session (called by the actor).
+
+    An exception from the handler is kept for ``after_process_message`` rather than raised: a
+    retry is an outcome, and the middleware logs each outcome once at its own level.
+    """
+    current = _current.get()
+    if current is None:
+        raise RuntimeError("no claimed job: the actor must run behind JobSessionMiddleware")
+    current.ran = True
+    try:
+        if current.kind is None:
+            raise errors.UnknownJobKind(f"this worker has no job kind {current.job.kind!r}")
+        current.job.args = current.kind.parse_args(current.job.args)
+        current.kind.handler(current.session, current.job)
+    except BaseException as exc:  # noqa: BLE001 - TimeLimitExceeded and Shutdown are failures too
+        current.error = exc
+
+
+class JobSessionMiddleware(Middleware):
+    """Runs each job in a fresh SQLAlchemy session and records its outcome; see the module doc."""
+
+    def __init__(self, settings: Settings, *, database: db.Database | None = None) -> None:
+        self.settings = settings
+        self.database = database
+        self._owns_database = database is None
+        self.worker_id = _worker_id()
+        self.heartbeat: heartbeat.Heartbeat | None = None
+
+    # --- process lifecycle ----------------------------------------------------------------------
+
+    def before_worker_boot(self, broker: RedisBroker, worker: Any) -> None:
+        """Runs in each worker process before its threads start: build the engine there (never
+        inherited across a fork), its pool sized to the worker's threads, and start the heartbeat."""
+        self.worker_id = _worker_id()
+        if self.database is None:
+            self.database = db.make_database(
+                self.settings.database_url,
+                pool_size=worker.worker_threads + 2,
+                sender=sender.make_sender(broker),
+                application_name="jobrunner-worker",
+            )
+        self.heartbeat = heartbeat.Heartbeat(self.database, lease_seconds=self.settings.lease_seconds)
+        self.heartbeat.start()
+
+    def after_worker_shutdown(self, broker: RedisBroker, worker: Any) -> None:
+        """Runs once the worker's threads stopped: stop the heartbeat, close the pool we built."""
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+        if self._owns_database and self.database is not None:
+            self.database.dispose()
+
+    # --- one message --------------------------------------------------------------------------
+
+    def before_process_message(self, broker: RedisBroker, message: Any) -> None:
+        """Runs first for each message: claim the job and open its session, or skip the message."""
+        job = self._claim(message)
+        kind = _find_kind(job.kind)
+        limit = kind.time_limit_seconds if kind and kind.time_limit_seconds else self.settings.time_limit_seconds
+        # TimeLimit (after us in the list) reads the limit from the message; the row's kind decides it.
+        message.options["time_limit"] = limit * 1000
+        session = self.database.sessions()
+        job._checkpoint = functools.partial(store.checkpoint, session, job, lease_seconds=self.settings.lease_seconds)
+        _current.set(_Current(job=job, kind=kind, session=session))
+        self.heartbeat.track(job)
+
+    def after_process_message(
+        self, broker: RedisBroker, message: Any, *, result: Any = None, exception: BaseException | None = None
+    ) -> None:
+        """Runs last for each processed message: commit the success or record the failure."""
+        current = _current.get()
+        if current is None:
+            return
+        _current.set(None)
+        try:
+            error = current.error or exception
+            if isinstance(error, Shutdown) or (error is None and not current.ran):
+                self._interrupt(current, "the worker shut down before the job finished")
+            elif error is None:
+                self._succeed(current)
+            else:
+                self._fail(current, error)
+        finally:
+            self.heartbeat.untrack(current.job)
+
+    def after_skip_message(self, broker: RedisBroker, message: Any) -> None:
+        """Runs when a later middleware skipped a message we had claimed: give the job back."""
+        current = _current.get()
+        if current is None:
+            return
+        _current.set(None)
+        try:
+            self._interrupt(current, "the message was skipped before the job ran")
+        finally:
+            self.heartbeat.untrack(current.job)
+
+    # --- the claim ------------------------------------------------------------------------------
+
+    def _claim(self, message: Any) -> registry.RunningJob:
+        try:
+            job_id = uuid.UUID(str(message.args[0]))
+        except (IndexError, ValueError):
+            logger.warning("skipping message %s: it carries no job ID", message.message_id)
+            raise SkipMessage() from None
+        try:
+            job, reason = self._try_claim(job_id)
+        except sa_exc.SQLAlchemyError as exc:
+            _log(job_id, None, "db_unreachable", "message skipped, the sweeper re-sends it: %s", exc)
+            raise SkipMessage() from None
+        if job is None:
+            _log(job_id, None, "skipped", "%s", reason)
+            raise SkipMessage()
+        return job
+
+    def _try_claim(self, job_id: uuid.UUID) -> tuple[registry.RunningJob | None, str]:
+        claim = functools.partial(
+            store.claim_job, job_id=job_id, worker_id=self.worker_id, lease_seconds=self.settings.lease_seconds
+        )
+        with self.database.autocommit.begin() as conn:
+            job = claim(conn)
+            if job is not None:
+                return job, ""
+            reason, expired = store.describe_unclaimable(conn, job_id)
+        if not expired:
+            return None, reason
+        # The worker that held it died or stalled: record that attempt as lost, then claim afresh.
+        with db.session_scope(self.database.sessions) as session:
+            store.recover_lost_jobs(session, job_ids=[job_id], quarantine_after_lost=self.settings.quarantine_after_lost)
+        with self.database.autocommit.begin() as conn:
+            return claim(conn), "taken by another worker after its lease expired"
+
+    # --- outcomes ---------------------------------------------------------------------------------
+
+    def _succeed(self, current: _Current) -> None:
+        session = current.session
+        try:
+            held = store.complete_job(session.connection(), current.job)
+            if held:
+                session.commit()
+            else:
+                session.rollback()
+        except BaseException as exc:  # noqa: BLE001 - the commit failed: that is the job's failure
+            _close(session)
+            self._fail(current, exc)
+            return
+        finally:
+            _close(session)
+        if held:
+            _log(current.job.id, current.job.kind, "succeeded", "attempt %d", current.job.attempt)
+        else:
+            _log_claim_lost(current.job)
+
+    def _fail(self, current: _Current, error: BaseException) -> None:
+        _close(current.session)
+        job = current.job
+        status = self._record(
+            job, lambda session: store.record_failure(session, job, error, backoff_seconds=self.settings.retry_backoff_seconds)
+        )
+        if status is JobStatus.RETRYING:
+            _log(job.id, job.kind, "retrying", "attempt %d of %d failed: %s: %s",
+                 job.attempt, job.max_attempts, type(error).__name__, error)
+        elif status is JobStatus.FAILED:
+            _log(job.id, job.kind, "failed", "attempt %d of %d failed for good",
+                 job.attempt, job.max_attempts, exc_info=error)
+        elif status is None:
+            _log_claim_lost(job)
+
+    def _interrupt(self, current: _Current, reason: str) -> None:
+        _close(current.session)
+        job = current.job
+        if self._record(job, lambda session: store.interrupt_job(session, job, reason=reason)):
+            _log(job.id, job.kind, "interrupted", "back to queued: %s", reason)
+
+    def _record(self, job: registry.RunningJob, write: Callable[[Session], Any]) -> Any:
+        """Run ``write`` in a fresh session and commit, retrying while the database is unreachable."""
+        delay = RECORD_RETRY_SECONDS
+        for attempt in range(1, RECORD_TRIES + 1):
+            try:
+                with db.session_scope(self.database.sessions) as session:
+                    return write(session)
+            except (sa_exc.OperationalError, sa_exc.InterfaceError, BrokerConnectionError) as exc:
+                if attempt == RECORD_TRIES:
+                    _log(job.id, job.kind, "unrecorded",
+                         "could not record the outcome (%s); the job stays running until its lease expires", exc)
+                    return None
+                time.sleep(delay)
+                delay *= 2
+        return None
+
+
+def _find_kind(name: str) -> registry.JobKind | None:
+    try:
+        return registry.get_kind(name)
+    except errors.UnknownJobKind:
+        return None
+
+
+def _close(session: Session) -> None:
+    """Roll back whatever is open and give the connection back; safe to call twice."""
+    try:
+        session.close()
+    except Exception:
+        logger.warning("closing a job session failed; its connection is discarded", exc_info=True)
+        session.invalidate()
+
+
+def _worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _log_claim_lost(job: registry.RunningJob) -> None:
+    _log(job.id, job.kind, "claim_lost",
+         "another worker took this job over (lease expired); this attempt's work was discarded")
+
+
+#: The level each outcome is logged at: the routine ones quietly, a final failure as an error.
+_LEVELS = {
+    "succeeded": logging.DEBUG,
+    "skipped": logging.INFO,
+    "retrying": logging.INFO,
+    "interrupted": logging.INFO,
+    "db_unreachable": logging.WARNING,
+    "claim_lost": logging.WARNING,
+    "failed": logging.ERROR,
+    "unrecorded": logging.ERROR,
+}
+
+
+def _log(job_id: uuid.UUID, kind: str | None, action: str, msg: str, *args: Any, exc_info: Any = None) -> None:
+    """Log one job outcome at the level :data:`_LEVELS` gives it."""
+    logger.log(_LEVELS[action], f"job %s (%s) {action}: {msg}", job_id, kind, *args, exc_info=exc_info,
+               extra={"job_id": str(job_id), "kind": kind, "action": action})
