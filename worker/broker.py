@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dramatiq
+import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import ShutdownNotifications, TimeLimit
 
@@ -11,9 +12,22 @@ from jobs.config import Settings, get_settings
 from worker import actors, middleware
 
 
+#: Bounds on talking to Redis, so an unreachable broker fails a send or a health check quickly.
+REDIS_CONNECT_TIMEOUT_SECONDS = 2.0
+REDIS_SOCKET_TIMEOUT_SECONDS = 10.0
+
+
+def _redis_client(settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(
+        settings.broker_url,
+        socket_connect_timeout=REDIS_CONNECT_TIMEOUT_SECONDS,
+        socket_timeout=REDIS_SOCKET_TIMEOUT_SECONDS,
+    )
+
+
 def make_broker(settings: Settings) -> RedisBroker:
     """A bare Redis broker for sending IDs (the API, the CLI): no middleware, no actors."""
-    return RedisBroker(url=settings.broker_url, middleware=[])
+    return RedisBroker(client=_redis_client(settings), middleware=[])
 
 
 def make_worker_broker(settings: Settings, *, database: db.Database | None = None) -> RedisBroker:
@@ -26,7 +40,7 @@ def make_worker_broker(settings: Settings, *, database: db.Database | None = Non
     ``database``: a ready one (tests); by default the middleware builds it at worker boot.
     """
     registry.load_kinds(settings.job_module_names)
-    broker = RedisBroker(url=settings.broker_url, middleware=[])
+    broker = RedisBroker(client=_redis_client(settings), middleware=[])
     broker.add_middleware(middleware.JobSessionMiddleware(settings, database=database))
     broker.add_middleware(TimeLimit(time_limit=settings.time_limit_seconds * 1000))
     broker.add_middleware(ShutdownNotifications(notify_shutdown=True))

@@ -29,7 +29,7 @@ from typing import Any
 
 from dramatiq import Middleware
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.errors import ConnectionError as BrokerConnectionError
+from dramatiq.errors import BrokerConnectionError
 from dramatiq.middleware import Shutdown, SkipMessage
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session

@@ -1,0 +1,45 @@
+"""Dependencies: the request's session, the optional bearer token."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from jobs import db
+
+_bearer = HTTPBearer(auto_error=False, description="Needed when JOBRUNNER_API_TOKEN is set.")
+
+
+def get_database(request: Request) -> db.Database:
+    """The app's database (built by the lifespan)."""
+    return request.app.state.database
+
+
+def get_session(database: Annotated[db.Database, Depends(get_database)]) -> Iterator[Session]:
+    """One session per request: routes commit it themselves, before they answer (then the job IDs
+    go to the broker); whatever is left uncommitted is rolled back when it closes."""
+    with database.sessions() as session:
+        yield session
+
+
+def require_token(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    """Refuse the request (401) unless it carries the configured token; open when none is set."""
+    expected = request.app.state.settings.api_token
+    if expected is None:
+        return
+    given = credentials.credentials if credentials is not None else ""
+    # compare_digest takes time independent of where the strings differ.
+    if not secrets.compare_digest(given.encode(), expected.get_secret_value().encode()):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
+        )
+
+
+SessionDep = Annotated[Session, Depends(get_session)]

@@ -1,0 +1,36 @@
+"""``/healthz``: whether the database and the broker answer."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
+
+from api import schemas
+from api.deps import get_database
+from api.responses import errors
+from jobs import db
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=schemas.Health, responses=errors(503))
+def healthz(request: Request, database: Annotated[db.Database, Depends(get_database)]) -> schemas.Health | JSONResponse:
+    """200 when the database and the broker answer; 503 saying which does not."""
+    problems = []
+    try:
+        with database.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except sa_exc.SQLAlchemyError as exc:
+        problems.append(f"database unreachable: {type(exc.orig or exc).__name__}")
+    try:
+        request.app.state.broker.client.ping()
+    except RedisError as exc:
+        problems.append(f"broker unreachable: {type(exc).__name__}")
+    if problems:
+        return JSONResponse(status_code=503, content={"detail": "; ".join(problems)})
+    return schemas.Health(database="ok", broker="ok")

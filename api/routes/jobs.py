@@ -1,0 +1,74 @@
+"""``/jobs``: post, read, list and replay jobs."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Query, status
+
+from api import schemas
+from api.deps import SessionDep
+from api.responses import errors
+from jobs import store
+from jobs.models import JobStatus
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=schemas.JobAccepted,
+    responses=errors(401, 422),
+)
+def post_job(request: schemas.JobRequest, session: SessionDep) -> schemas.JobAccepted:
+    """Store a job of a public kind; its ID goes to the workers once it is committed."""
+    job = store.create_job(session, request.kind, request.args, public_only=True)
+    session.commit()
+    return schemas.JobAccepted(job_id=job.id, status=job.status)
+
+
+@router.get("", response_model=schemas.JobPage, responses=errors(401, 422))
+def list_jobs(
+    session: SessionDep,
+    job_status: Annotated[JobStatus | None, Query(alias="status")] = None,
+    kind: Annotated[str | None, Query(max_length=100)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> schemas.JobPage:
+    """Jobs newest first, filtered by status and kind, a page at a time."""
+    jobs, next_cursor = store.list_jobs(session, status=job_status, kind=kind, limit=limit, cursor=cursor)
+    return schemas.JobPage(items=[schemas.JobSummary.model_validate(job) for job in jobs], next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", response_model=schemas.JobOut, responses=errors(401, 404, 422))
+def get_job(job_id: uuid.UUID, session: SessionDep) -> schemas.JobOut:
+    """A job with its attempt history."""
+    return _job_out(session, job_id)
+
+
+@router.post(
+    "/{job_id}/replay",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=schemas.JobAccepted,
+    responses=errors(401, 404, 409, 422),
+)
+def replay_job(
+    job_id: uuid.UUID,
+    session: SessionDep,
+    request: Annotated[schemas.ReplayRequest | None, Body()] = None,
+) -> schemas.JobAccepted:
+    """Put a failed job back to queued for a new run (its history is kept)."""
+    job = store.replay_job(session, job_id, reason=request.reason if request else None)
+    session.commit()
+    return schemas.JobAccepted(job_id=job.id, status=job.status)
+
+
+def _job_out(session: SessionDep, job_id: uuid.UUID) -> schemas.JobOut:
+    job = store.get_job(session, job_id)
+    history = [schemas.AttemptOut.model_validate(a) for a in store.list_attempts(session, job_id)]
+    return schemas.JobOut.model_validate({**schemas.JobSummary.model_validate(job).model_dump(),
+                                          "args": job.args, "error_traceback": job.error_traceback,
+                                          "enqueued_at": job.enqueued_at, "lease_expires_at": job.lease_expires_at,
+                                          "worker_id": job.worker_id, "history": history})

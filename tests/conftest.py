@@ -1,0 +1,208 @@
+"""Fixtures: a real database (PostgreSQL, or SQLite with JOBRUNNER_TEST_DATABASE=sqlite), a real
+Redis, real Dramatiq workers. The schema is built once per run; each test starts from empty tables
+and an empty Redis database."""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import dramatiq
+import pytest
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session
+
+from api.app import create_app
+from jobs import db, migrate, models, registry, store
+from jobs.config import Settings, get_settings
+from tests import kinds
+from worker import broker as worker_broker
+from worker import sender
+
+registry.load_kinds(["tests.kinds"])
+
+#: Which database the run uses: "postgresql" (default) or "sqlite".
+BACKEND = os.environ.get("JOBRUNNER_TEST_DATABASE", "postgresql")
+PG_ADMIN_URL = os.environ.get("JOBRUNNER_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+PG_TEST_DB = "jobrunner_test"
+REDIS_URL = os.environ.get("JOBRUNNER_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+#: Longest a test waits for the workers to drain the queues.
+DRAIN_TIMEOUT_MS = 60_000
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if BACKEND != "sqlite":
+        return
+    skip = pytest.mark.skip(reason="needs PostgreSQL (row locks or server views); this run is SQLite")
+    for item in items:
+        if "postgres_only" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A fresh, migrated database for this run."""
+    if BACKEND == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'jobrunner.db'}"
+    else:
+        admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {PG_TEST_DB} WITH (FORCE)"))
+            conn.execute(text(f"CREATE DATABASE {PG_TEST_DB}"))
+        admin.dispose()
+        url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{PG_TEST_DB}"
+    migrate.upgrade(url)
+    engine = db.make_engine(url, pool_size=1)
+    kinds.metadata.create_all(engine)
+    engine.dispose()
+    return url
+
+
+@pytest.fixture(scope="session")
+def redis_client() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(REDIS_URL)
+    client.ping()  # a missing Redis fails the run; it is never skipped
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """Settings for the test, also exported to the environment (for ``get_settings`` and children)."""
+    values = {
+        "database_url": database_url,
+        "broker_url": REDIS_URL,
+        "storage_dir": str(tmp_path / "uploads"),
+        "retry_backoff_seconds": "0.01",
+        "job_modules": "tests.kinds",
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(f"JOBRUNNER_{key.upper()}", value)
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+#: application_name of the test's connections, to find them in pg_stat_activity.
+APPLICATION_NAME = "jobrunner-test"
+
+
+@pytest.fixture
+def database(database_url: str, redis_client: redis.Redis, settings: Settings) -> Iterator[db.Database]:
+    """The run's database, emptied, with Redis flushed; its sessions send job IDs to the test Redis."""
+    redis_client.flushdb()
+    broker = worker_broker.make_broker(settings)
+    database = db.make_database(
+        database_url, pool_size=10, sender=sender.make_sender(broker), application_name=APPLICATION_NAME
+    )
+    _empty(database)
+    yield database
+    checked_out = database.engine.pool.checkedout()
+    database.dispose()
+    broker.close()
+    assert checked_out == 0, "a test left a connection checked out"
+
+
+def _empty(database: db.Database) -> None:
+    with database.engine.begin() as conn:
+        for table in (kinds.notes, models.JobAttempt.__table__, models.Job.__table__):
+            conn.execute(table.delete())
+
+
+@pytest.fixture
+def broker(settings: Settings, database: db.Database) -> Iterator[RedisBroker]:
+    """The worker's broker (session middleware, time limit, actors) over the test database."""
+    broker = worker_broker.make_worker_broker(settings, database=database)
+    dramatiq.set_broker(broker)
+    yield broker
+    broker.close()
+
+
+@pytest.fixture
+def worker(broker: RedisBroker) -> Iterator[dramatiq.Worker]:
+    """A real Dramatiq worker (8 threads) in this process, consuming the test Redis."""
+    worker = dramatiq.Worker(broker, worker_threads=8, worker_timeout=10)
+    worker.start()
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def drain(broker: RedisBroker, worker: dramatiq.Worker) -> Callable[[], None]:
+    """Wait until every queue (delayed messages included) is empty and the worker idle."""
+
+    def wait() -> None:
+        for queue in broker.get_declared_queues():
+            broker.join(queue, timeout=DRAIN_TIMEOUT_MS)
+        worker.join()
+
+    return wait
+
+
+@pytest.fixture
+def make_job(database: db.Database) -> Callable[..., uuid.UUID]:
+    """Create and commit a job (its ID is sent to Redis after the commit); returns its ID."""
+
+    def make(kind: str = "noop", args: dict[str, Any] | None = None, **options: Any) -> uuid.UUID:
+        with db.session_scope(database.sessions) as session:
+            return store.create_job(session, kind, args, **options).id
+
+    return make
+
+
+@pytest.fixture
+def fetch(database: db.Database) -> Callable[[uuid.UUID], tuple[models.Job, list[models.JobAttempt]]]:
+    """Read a job and its history in a short session of its own."""
+
+    def read(job_id: uuid.UUID) -> tuple[models.Job, list[models.JobAttempt]]:
+        with database.sessions() as session:
+            return store.get_job(session, job_id), store.list_attempts(session, job_id)
+
+    return read
+
+
+@pytest.fixture
+def count_notes(database: db.Database) -> Callable[..., int]:
+    def count(job_id: uuid.UUID | None = None) -> int:
+        query = kinds.notes.select()
+        if job_id is not None:
+            query = query.where(kinds.notes.c.job_id == job_id)
+        with database.engine.connect() as conn:
+            return len(conn.execute(query).all())
+
+    return count
+
+
+@pytest.fixture
+def client(settings: Settings, database: db.Database) -> Iterator[TestClient]:
+    """The real app, in process, against the test database and Redis."""
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def queued_messages(redis_client: redis.Redis) -> Callable[[str], int]:
+    """How many messages wait in a Redis queue (Dramatiq's own layout: a hash of messages)."""
+
+    def count(queue: str = "default") -> int:
+        return redis_client.hlen(f"dramatiq:{queue}.msgs")
+
+    return count
+
+
+@pytest.fixture
+def session(database: db.Database) -> Iterator[Session]:
+    with database.sessions() as session:
+        yield session
+
+
+@pytest.fixture(autouse=True)
+def _quiet_dramatiq_logs(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)

@@ -1,0 +1,96 @@
+"""Job kinds used only by the tests (a worker subprocess loads them with JOBRUNNER_JOB_MODULES)."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+import pydantic
+from sqlalchemy import Column, Integer, MetaData, String, Table, Uuid, insert, update
+from sqlalchemy.orm import Session
+
+from jobs import models, registry, store
+
+#: Tables only the tests use (not in the migrations).
+metadata = MetaData()
+notes = Table(
+    "test_notes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", Uuid, nullable=False),
+    Column("text", String(200), nullable=False),
+)
+
+
+class NoteArgs(pydantic.BaseModel):
+    text: str = "note"
+    raise_after: bool = False
+    child: bool = False
+
+
+class Boom(Exception):
+    """Raised by the test kinds after they wrote something."""
+
+
+@registry.job_kind("test.note", public=True, args=NoteArgs)
+def write_note(session: Session, job: registry.RunningJob) -> None:
+    """Write a note row; optionally create a child job; optionally raise afterwards."""
+    session.execute(insert(notes).values(job_id=job.id, text=job.args.text))
+    if job.args.child:
+        store.create_job(session, "noop")
+    session.flush()
+    if job.args.raise_after:
+        raise Boom(f"raised after writing {job.args.text!r}")
+
+
+@registry.job_kind("test.internal")
+def internal(session: Session, job: registry.RunningJob) -> None:
+    """An internal kind: POST /jobs must refuse it."""
+
+
+class SleepArgs(pydantic.BaseModel):
+    seconds: float
+
+
+@registry.job_kind("test.sleep", args=SleepArgs, time_limit_seconds=0.5, max_attempts=2)
+def sleep_past_limit(session: Session, job: registry.RunningJob) -> None:
+    """Hold a database transaction open and sleep in small steps (so the time limit can land)."""
+    session.execute(insert(notes).values(job_id=job.id, text="before sleep"))
+    deadline = time.monotonic() + job.args.seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+@registry.job_kind("test.stolen")
+def stolen_while_running(session: Session, job: registry.RunningJob) -> None:
+    """Write a note, then have "another worker" take the claim over (a new token on the row,
+    written on another connection), as if this worker had stalled past its lease."""
+    session.execute(insert(notes).values(job_id=job.id, text="stale"))
+    engine = session.get_bind()
+    with engine.begin() as conn:
+        conn.execute(
+            update(models.Job.__table__).where(models.Job.id == job.id).values(claim_token=uuid.uuid4())
+        )
+
+
+@registry.job_kind("test.checkpoint_stolen")
+def checkpoint_after_takeover(session: Session, job: registry.RunningJob) -> None:
+    """Like test.stolen, then try to checkpoint: must raise ClaimLost and commit nothing."""
+    stolen_while_running(session, job)
+    job.checkpoint()
+
+
+@registry.job_kind("test.checkpoint", max_attempts=1)
+def checkpoint_then_raise(session: Session, job: registry.RunningJob) -> None:
+    """Checkpoint one note, then write another and raise: the first stays, the second does not."""
+    session.execute(insert(notes).values(job_id=job.id, text="kept"))
+    job.checkpoint()
+    session.execute(insert(notes).values(job_id=job.id, text="lost"))
+    raise Boom("after checkpoint")
+
+
+@registry.job_kind("test.die")
+def kill_worker_process(session: Session, job: registry.RunningJob) -> None:
+    """Kill the worker process running it (a poison pill)."""
+    os._exit(17)
