@@ -128,6 +128,9 @@ def broker(settings: Settings, database: db.Database) -> Iterator[RedisBroker]:
 @pytest.fixture
 def worker(broker: RedisBroker) -> Iterator[dramatiq.Worker]:
     """A real Dramatiq worker (8 threads) in this process, consuming the test Redis."""
+    # Dramatiq's CLI emits process_boot in each worker process (TimeLimit starts its timer thread
+    # there); an in-process worker must do the same.
+    broker.emit_after("process_boot")
     worker = dramatiq.Worker(broker, worker_threads=8, worker_timeout=10)
     worker.start()
     yield worker

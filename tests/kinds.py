@@ -64,14 +64,15 @@ def sleep_past_limit(session: Session, job: registry.RunningJob) -> None:
 
 @registry.job_kind("test.stolen")
 def stolen_while_running(session: Session, job: registry.RunningJob) -> None:
-    """Write a note, then have "another worker" take the claim over (a new token on the row,
-    written on another connection), as if this worker had stalled past its lease."""
-    session.execute(insert(notes).values(job_id=job.id, text="stale"))
+    """Have "another worker" take the claim over (a new token on the row, written on another
+    connection), as if this worker had stalled past its lease; then write a note, stale now.
+    (In this order so that SQLite, with one writer at a time, can run it too.)"""
     engine = session.get_bind()
     with engine.begin() as conn:
         conn.execute(
             update(models.Job.__table__).where(models.Job.id == job.id).values(claim_token=uuid.uuid4())
         )
+    session.execute(insert(notes).values(job_id=job.id, text="stale"))
 
 
 @registry.job_kind("test.checkpoint_stolen")

@@ -1,0 +1,30 @@
+# Two commands on a fresh machine: `make demo` runs the whole pipeline, `make test` the tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test test-postgres test-sqlite install clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/jobctl demo
+
+# The whole suite on PostgreSQL, then again on SQLite (tests marked postgres_only are skipped there).
+test: test-postgres test-sqlite
+
+test-postgres: $(STAMP)
+	JOBRUNNER_TEST_DATABASE=postgresql $(BIN)/pytest -q
+
+test-sqlite: $(STAMP)
+	JOBRUNNER_TEST_DATABASE=sqlite $(BIN)/pytest -q
+
+clean:
+	rm -rf $(VENV) var .pytest_cache
