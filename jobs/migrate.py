@@ -22,7 +22,7 @@ def alembic_config(url: str | URL) -> Config:
     return config
 
 
-def upgrade(url: str | URL, revision: str = "head") -> None:
+def upgrade(url: str | URL, revision: str = "heads") -> None:
     """Bring the database at ``url`` up to ``revision`` (creating a SQLite file's folder if needed)."""
     parsed = db.normalize_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):

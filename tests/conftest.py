@@ -31,7 +31,8 @@ registry.load_kinds(["tests.kinds"])
 #: Which database the run uses: "postgresql" (default) or "sqlite".
 BACKEND = os.environ.get("JOBRUNNER_TEST_DATABASE", "postgresql")
 PG_ADMIN_URL = os.environ.get("JOBRUNNER_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-PG_TEST_DB = "jobrunner_test"
+#: Separate names let several test runs share one server at once.
+PG_TEST_DB = os.environ.get("JOBRUNNER_TEST_PG_DB", "jobrunner_test")
 REDIS_URL = os.environ.get("JOBRUNNER_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 #: Longest a test waits for the workers to drain the queues.
 DRAIN_TIMEOUT_MS = 60_000
@@ -111,8 +112,10 @@ def database(database_url: str, redis_client: redis.Redis, settings: Settings) -
 
 
 def _empty(database: db.Database) -> None:
+    """Delete every row of every table (children first)."""
+    tables = [kinds.notes, *reversed(models.Base.metadata.sorted_tables)]
     with database.engine.begin() as conn:
-        for table in (kinds.notes, models.JobAttempt.__table__, models.Job.__table__):
+        for table in tables:
             conn.execute(table.delete())
 
 

@@ -29,7 +29,7 @@ def _main(
 
 
 @db_app.command("upgrade")
-def db_upgrade(revision: Annotated[str, typer.Argument(help="Alembic revision.")] = "head") -> None:
+def db_upgrade(revision: Annotated[str, typer.Argument(help="Alembic revision.")] = "heads") -> None:
     """Bring the database schema up to date."""
     settings = get_settings()
     migrate.upgrade(settings.database_url, revision)
