@@ -81,6 +81,40 @@ def create_job(
     return job
 
 
+_INSERT_JOBS = insert(_jobs)
+
+
+def create_jobs(
+    session: Session,
+    kind: str,
+    args_list: Sequence[dict[str, Any]],
+    *,
+    job_ids: Sequence[uuid.UUID] | None = None,
+) -> list[uuid.UUID]:
+    """Insert many ``queued`` jobs of one kind in one executemany (no ORM objects); each ID goes to
+    the broker once the session commits. ``job_ids``: IDs chosen beforehand (one per args).
+
+    Raises:
+        UnknownJobKind, InvalidJobArgs: as :func:`create_job`.
+    """
+    job_kind = registry.get_kind(kind)
+    ids = list(job_ids) if job_ids is not None else [uuid.uuid4() for _ in args_list]
+    if len(ids) != len(args_list):
+        raise ValueError("create_jobs needs one job ID per args")
+    if not ids:
+        return []
+    now = utcnow()
+    max_attempts = job_kind.max_attempts or get_settings().max_attempts
+    common = {"kind": kind, "queue": job_kind.queue, "status": JobStatus.QUEUED.value, "attempts": 0,
+              "max_attempts": max_attempts, "created_at": now, "enqueued_at": now, "replay_count": 0}
+    rows = [{"id": job_id, "args": job_kind.validate_args(args), **common} for job_id, args in zip(ids, args_list)]
+    # Core executemany: SQLAlchemy's "insertmanyvalues" turns it into a few multi-row INSERTs.
+    session.execute(_INSERT_JOBS, rows)
+    for job_id in ids:
+        sending.send_after_commit(session, sending.JobMessage(job_id, job_kind.queue))
+    return ids
+
+
 # --- claiming ---------------------------------------------------------------------------------
 
 _CLAIM = (
@@ -223,6 +257,7 @@ _FAIL = (
         status=bindparam("b_status"),
         next_retry_at=bindparam("b_next_retry_at", type_=UTCDateTime()),
         finished_at=bindparam("b_finished_at", type_=UTCDateTime()),
+        enqueued_at=func.coalesce(bindparam("b_enqueued_at", type_=UTCDateTime()), _jobs.c.enqueued_at),
         lease_expires_at=None,
         error_type=bindparam("b_error_type"),
         error_message=bindparam("b_error_message"),
@@ -275,6 +310,7 @@ def record_failure(
             "b_status": (JobStatus.FAILED if final else JobStatus.RETRYING).value,
             "b_next_retry_at": None if delay is None else now + dt.timedelta(seconds=delay),
             "b_finished_at": now if final else None,
+            "b_enqueued_at": None if final else now,
             **{f"b_{key}": value for key, value in details.items()},
         },
     ).first()
@@ -445,7 +481,116 @@ def _take_back(session: Session, job: models.Job, *, now: dt.datetime, quarantin
     return JobStatus.QUEUED
 
 
+# --- the sweeper --------------------------------------------------------------------------------
+
+#: Key of the PostgreSQL advisory lock that lets one sweeper pass run at a time across workers.
+SWEEP_LOCK_KEY = 0x6A6F6272  # "jobr"
+
+
+def try_sweep_lock(session: Session) -> bool:
+    """Take the sweeper's lock for this transaction, if no other pass holds it.
+
+    PostgreSQL: ``pg_try_advisory_xact_lock``, released at commit. SQLite: every write transaction
+    begins with ``BEGIN IMMEDIATE`` and so already excludes every other writer.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return True
+    return bool(session.execute(select(func.pg_try_advisory_xact_lock(SWEEP_LOCK_KEY))).scalar_one())
+
+
+def resend_overdue_jobs(session: Session, *, older_than_seconds: float, limit: int = 1000) -> list[uuid.UUID]:
+    """Send again the jobs whose message seems lost: ``queued`` and last sent before the cutoff, or
+    ``retrying`` with ``next_retry_at`` before it. Their ``enqueued_at`` becomes now, so a long
+    backlog is not re-sent on every pass. A duplicate message is harmless: the claim skips it.
+    """
+    now = utcnow()
+    cutoff = now - dt.timedelta(seconds=older_than_seconds)
+    overdue = (
+        select(_jobs.c.id)
+        .where(
+            _jobs.c.enqueued_at < cutoff,
+            (_jobs.c.status == JobStatus.QUEUED.value)
+            | ((_jobs.c.status == JobStatus.RETRYING.value) & (_jobs.c.next_retry_at < cutoff)),
+        )
+        .order_by(_jobs.c.enqueued_at)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        overdue = overdue.with_for_update(skip_locked=True)
+    rows = session.execute(
+        update(_jobs).where(_jobs.c.id.in_(overdue.scalar_subquery())).values(enqueued_at=now).returning(_jobs.c.id, _jobs.c.queue)
+    ).all()
+    for row in rows:
+        sending.send_after_commit(session, sending.JobMessage(row.id, row.queue))
+    return [row.id for row in rows]
+
+
+def prune_jobs(
+    session: Session, *, statuses: Sequence[JobStatus], older_than: dt.datetime, batch_size: int = 1000
+) -> int:
+    """Delete one batch of jobs in ``statuses`` finished before ``older_than`` (and, by cascade,
+    their history). Returns how many; call again until it returns 0."""
+    doomed = (
+        select(_jobs.c.id)
+        .where(_jobs.c.status.in_([s.value for s in statuses]), _jobs.c.finished_at < older_than)
+        .limit(batch_size)
+    )
+    ids = list(session.scalars(doomed))
+    if ids:
+        session.execute(_attempts.delete().where(_attempts.c.job_id.in_(ids)))
+        session.execute(_jobs.delete().where(_jobs.c.id.in_(ids)))
+    return len(ids)
+
+
 # --- replaying ----------------------------------------------------------------------------------
+
+
+def select_failed_jobs(
+    session: Session,
+    *,
+    job_ids: Sequence[uuid.UUID] = (),
+    kind: str | None = None,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    error_contains: str | None = None,
+    error_type: str | None = None,
+    batch_id: str | None = None,
+    limit: int | None = None,
+) -> list[models.Job]:
+    """The ``failed`` jobs matching every given filter, oldest failure first (what a replay takes)."""
+    query = select(models.Job).where(models.Job.status == JobStatus.FAILED).order_by(models.Job.finished_at, models.Job.id)
+    if job_ids:
+        query = query.where(models.Job.id.in_(job_ids))
+    if kind is not None:
+        query = query.where(models.Job.kind == kind)
+    if since is not None:
+        query = query.where(models.Job.finished_at >= since)
+    if until is not None:
+        query = query.where(models.Job.finished_at < until)
+    if error_contains is not None:
+        query = query.where(models.Job.error_message.contains(error_contains, autoescape=True))
+    if error_type is not None:
+        query = query.where(models.Job.error_type == error_type)
+    if batch_id is not None:
+        query = query.where(models.Job.args["batch_id"].as_string() == batch_id)
+    if limit is not None:
+        query = query.limit(limit)
+    return list(session.scalars(query))
+
+
+def count_jobs(session: Session) -> list[tuple[str, str, int]]:
+    """How many jobs there are by kind and status."""
+    query = (
+        select(models.Job.kind, models.Job.status, func.count())
+        .group_by(models.Job.kind, models.Job.status)
+        .order_by(models.Job.kind, models.Job.status)
+    )
+    return [(kind, status, count) for kind, status, count in session.execute(query)]
+
+
+def oldest_queued_at(session: Session) -> dt.datetime | None:
+    """When the job waiting longest was queued (None when nothing waits)."""
+    return session.scalar(select(func.min(models.Job.enqueued_at)).where(models.Job.status == JobStatus.QUEUED))
 
 
 def replay_jobs(session: Session, job_ids: Sequence[uuid.UUID], *, reason: str | None = None) -> list[uuid.UUID]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.middleware import ShutdownNotifications, TimeLimit
+from dramatiq.middleware import TimeLimit
 
 from jobs import db, registry
 from jobs.config import Settings, get_settings
@@ -31,19 +31,20 @@ def make_broker(settings: Settings) -> RedisBroker:
 
 
 def make_worker_broker(settings: Settings, *, database: db.Database | None = None) -> RedisBroker:
-    """The worker's broker: the job session middleware first, then Dramatiq's time limit and
-    shutdown notifications, and one actor per queue of the registered kinds.
+    """The worker's broker: the job session middleware first, then Dramatiq's time limit, and one
+    actor per queue of the registered kinds.
 
     The session middleware is added first so that its ``after_`` hooks run last (Dramatiq runs them
-    in reverse): TimeLimit has cancelled its timer before the job's outcome is committed. Dramatiq's
-    ``Retries`` is left out on purpose: the job row owns the attempt count and the retry schedule.
+    in reverse): TimeLimit has cancelled its timer before the job's outcome is committed. Left out
+    on purpose: ``Retries`` (the job row owns the attempt count and the retry schedule), and
+    ``ShutdownNotifications``, which interrupts every running actor the moment shutdown starts; the
+    session middleware lets jobs finish for ``shutdown_timeout_seconds`` first, then interrupts.
     ``database``: a ready one (tests); by default the middleware builds it at worker boot.
     """
     registry.load_kinds(settings.job_module_names)
     broker = RedisBroker(client=_redis_client(settings), middleware=[])
     broker.add_middleware(middleware.JobSessionMiddleware(settings, database=database))
     broker.add_middleware(TimeLimit(time_limit=settings.time_limit_seconds * 1000))
-    broker.add_middleware(ShutdownNotifications(notify_shutdown=True))
     actors.declare_actors(broker, registry.queues())
     return broker
 

@@ -1,10 +1,9 @@
-"""One heartbeat thread per worker process: renews the leases of all the jobs it runs."""
+"""The jobs a worker process is running, and its one heartbeat thread renewing all their leases."""
 
 from __future__ import annotations
 
 import logging
 import threading
-import uuid
 
 from sqlalchemy import exc as sa_exc
 
@@ -14,13 +13,14 @@ logger = logging.getLogger(__name__)
 
 
 class Heartbeat:
-    """Renews, every third of a lease, the leases of the jobs this process is running, in one
-    statement. A job whose lease was not renewed (the process died or hung) can be taken back."""
+    """Tracks the job each worker thread runs and renews, every third of a lease, the leases of all
+    of them in one statement. A job whose lease is not renewed (its process died or hung) can be
+    taken back by the sweeper."""
 
     def __init__(self, database: db.Database, *, lease_seconds: float) -> None:
         self.database = database
         self.lease_seconds = lease_seconds
-        self._tokens: set[uuid.UUID] = set()
+        self._jobs: dict[int, registry.RunningJob] = {}
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="jobrunner-heartbeat", daemon=True)
@@ -36,19 +36,23 @@ class Heartbeat:
             self._thread.join()
 
     def track(self, job: registry.RunningJob) -> None:
-        """Renew ``job``'s lease until :meth:`untrack`."""
+        """Renew ``job``'s lease, run by the calling thread, until :meth:`untrack`."""
         with self._lock:
-            self._tokens.add(job.claim_token)
+            self._jobs[threading.get_ident()] = job
 
-    def untrack(self, job: registry.RunningJob) -> None:
-        """Stop renewing ``job``'s lease."""
+    def untrack(self) -> None:
+        """Stop renewing the lease of the calling thread's job."""
         with self._lock:
-            self._tokens.discard(job.claim_token)
+            self._jobs.pop(threading.get_ident(), None)
+
+    def running(self) -> dict[int, registry.RunningJob]:
+        """The jobs running now, by worker thread ID."""
+        with self._lock:
+            return dict(self._jobs)
 
     def beat(self) -> int:
-        """Renew every tracked lease now; returns how many rows were renewed."""
-        with self._lock:
-            tokens = list(self._tokens)
+        """Renew every tracked lease now; returns how many were still held."""
+        tokens = [job.claim_token for job in self.running().values()]
         if not tokens:
             return 0
         with self.database.engine.begin() as conn:

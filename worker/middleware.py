@@ -22,6 +22,7 @@ import functools
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -31,13 +32,14 @@ from dramatiq import Middleware
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.errors import BrokerConnectionError
 from dramatiq.middleware import Shutdown, SkipMessage
+from dramatiq.threading import raise_thread_exception
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
 from jobs import db, errors, registry, store
 from jobs.config import Settings
 from jobs.models import JobStatus
-from worker import heartbeat, sender
+from worker import heartbeat, sender, sweeper
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +93,8 @@ class JobSessionMiddleware(Middleware):
         self._owns_database = database is None
         self.worker_id = _worker_id()
         self.heartbeat: heartbeat.Heartbeat | None = None
+        self._shutdown_timer: threading.Timer | None = None
+        self.sweeper: sweeper.Sweeper | None = None
 
     # --- process lifecycle ----------------------------------------------------------------------
 
@@ -107,9 +111,30 @@ class JobSessionMiddleware(Middleware):
             )
         self.heartbeat = heartbeat.Heartbeat(self.database, lease_seconds=self.settings.lease_seconds)
         self.heartbeat.start()
+        self.sweeper = sweeper.Sweeper(self.database, self.settings)
+        self.sweeper.start()
+
+    def before_worker_shutdown(self, broker: RedisBroker, worker: Any) -> None:
+        """Runs when the worker is asked to stop (SIGTERM): running jobs get
+        ``shutdown_timeout_seconds`` to finish; then each one still running is interrupted with
+        Dramatiq's ``Shutdown`` and goes back to ``queued`` at once (attempt ``interrupted``)."""
+        if self.heartbeat is None:
+            return
+        self._shutdown_timer = threading.Timer(self.settings.shutdown_timeout_seconds, self._interrupt_running)
+        self._shutdown_timer.daemon = True
+        self._shutdown_timer.start()
+
+    def _interrupt_running(self) -> None:
+        for thread_id, job in self.heartbeat.running().items():
+            _log(job.id, job.kind, "interrupting", "still running at the shutdown timeout")
+            raise_thread_exception(thread_id, Shutdown)
 
     def after_worker_shutdown(self, broker: RedisBroker, worker: Any) -> None:
         """Runs once the worker's threads stopped: stop the heartbeat, close the pool we built."""
+        if self._shutdown_timer is not None:
+            self._shutdown_timer.cancel()
+        if self.sweeper is not None:
+            self.sweeper.stop()
         if self.heartbeat is not None:
             self.heartbeat.stop()
         if self._owns_database and self.database is not None:
@@ -146,7 +171,7 @@ class JobSessionMiddleware(Middleware):
             else:
                 self._fail(current, error)
         finally:
-            self.heartbeat.untrack(current.job)
+            self.heartbeat.untrack()
 
     def after_skip_message(self, broker: RedisBroker, message: Any) -> None:
         """Runs when a later middleware skipped a message we had claimed: give the job back."""
@@ -157,7 +182,7 @@ class JobSessionMiddleware(Middleware):
         try:
             self._interrupt(current, "the message was skipped before the job ran")
         finally:
-            self.heartbeat.untrack(current.job)
+            self.heartbeat.untrack()
 
     # --- the claim ------------------------------------------------------------------------------
 
@@ -284,6 +309,7 @@ _LEVELS = {
     "skipped": logging.INFO,
     "retrying": logging.INFO,
     "interrupted": logging.INFO,
+    "interrupting": logging.INFO,
     "db_unreachable": logging.WARNING,
     "claim_lost": logging.WARNING,
     "failed": logging.ERROR,

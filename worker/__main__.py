@@ -1,0 +1,5 @@
+"""``python -m worker`` is ``jobctl``."""
+
+from worker.cli import main
+
+main()
