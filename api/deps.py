@@ -27,6 +27,12 @@ def get_session(database: Annotated[db.Database, Depends(get_database)]) -> Iter
         yield session
 
 
+def get_read_session(database: Annotated[db.Database, Depends(get_database)]) -> Iterator[Session]:
+    """A session for a route that only reads (on SQLite it never waits behind a long write)."""
+    with database.readers() as session:
+        yield session
+
+
 def require_token(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
@@ -43,3 +49,4 @@ def require_token(
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+ReadSessionDep = Annotated[Session, Depends(get_read_session)]

@@ -14,6 +14,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from jobs import sending
 
+#: Execution option marking read-only work (SQLite then begins deferred, so it never waits for a
+#: writer; PostgreSQL ignores it).
+READ_ONLY_OPTION = "jobrunner_read_only"
 #: How long a SQLite writer waits for the lock before giving up.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -62,9 +65,13 @@ def _make_sqlite_engine(url: URL, *, pool_size: int) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        # Take the write lock up front: a deferred transaction that reads, then writes, fails with
-        # "database is locked" instead of waiting when another thread wrote in between.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Writers take the write lock up front: a deferred transaction that reads, then writes,
+        # fails with "database is locked" instead of waiting when another thread wrote in between.
+        # Readers (Database.readers) begin deferred: with WAL they never wait for a writer.
+        if connection.get_execution_options().get(READ_ONLY_OPTION):
+            connection.exec_driver_sql("BEGIN DEFERRED")
+        else:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 
@@ -75,6 +82,11 @@ class Database:
 
     engine: Engine
     sessions: sessionmaker[Session]
+
+    @functools.cached_property
+    def readers(self) -> sessionmaker[Session]:
+        """Sessions for reading only: on SQLite they do not queue behind a long write."""
+        return sessionmaker(self.engine.execution_options(**{READ_ONLY_OPTION: True}), expire_on_commit=False)
 
     @functools.cached_property
     def autocommit(self) -> Engine:

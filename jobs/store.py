@@ -442,6 +442,16 @@ def recover_lost_jobs(
 
 
 def _take_back(session: Session, job: models.Job, *, now: dt.datetime, quarantine_after_lost: int) -> JobStatus:
+    earlier_deaths = session.scalar(
+        select(func.count())
+        .select_from(models.JobAttempt)
+        .where(
+            models.JobAttempt.job_id == job.id,
+            models.JobAttempt.run == job.replay_count,
+            models.JobAttempt.outcome == AttemptOutcome.LOST,
+        )
+    )
+    deaths = earlier_deaths + 1
     session.add(
         models.JobAttempt(
             job_id=job.id,
@@ -452,15 +462,6 @@ def _take_back(session: Session, job: models.Job, *, now: dt.datetime, quarantin
             finished_at=now,
             outcome=AttemptOutcome.LOST,
             error_message="the worker stopped renewing its lease (it died or stalled)",
-        )
-    )
-    deaths = 1 + session.scalar(
-        select(func.count())
-        .select_from(models.JobAttempt)
-        .where(
-            models.JobAttempt.job_id == job.id,
-            models.JobAttempt.run == job.replay_count,
-            models.JobAttempt.outcome == AttemptOutcome.LOST,
         )
     )
     job.claim_token = None

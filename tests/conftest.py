@@ -168,7 +168,7 @@ def fetch(database: db.Database) -> Callable[[uuid.UUID], tuple[models.Job, list
     """Read a job and its history in a short session of its own."""
 
     def read(job_id: uuid.UUID) -> tuple[models.Job, list[models.JobAttempt]]:
-        with database.sessions() as session:
+        with database.readers() as session:
             return store.get_job(session, job_id), store.list_attempts(session, job_id)
 
     return read

@@ -27,6 +27,8 @@ class NoteArgs(pydantic.BaseModel):
     text: str = "note"
     raise_after: bool = False
     child: bool = False
+    #: Hold the transaction open this long after writing (small steps, so interrupts can land).
+    sleep_seconds: float = 0.0
 
 
 class Boom(Exception):
@@ -40,6 +42,7 @@ def write_note(session: Session, job: registry.RunningJob) -> None:
     if job.args.child:
         store.create_job(session, "noop")
     session.flush()
+    _sleep(job.args.sleep_seconds)
     if job.args.raise_after:
         raise Boom(f"raised after writing {job.args.text!r}")
 
@@ -57,7 +60,11 @@ class SleepArgs(pydantic.BaseModel):
 def sleep_past_limit(session: Session, job: registry.RunningJob) -> None:
     """Hold a database transaction open and sleep in small steps (so the time limit can land)."""
     session.execute(insert(notes).values(job_id=job.id, text="before sleep"))
-    deadline = time.monotonic() + job.args.seconds
+    _sleep(job.args.seconds)
+
+
+def _sleep(seconds: float) -> None:
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         time.sleep(0.02)
 

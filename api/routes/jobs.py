@@ -6,9 +6,10 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, status
+from sqlalchemy.orm import Session
 
 from api import schemas
-from api.deps import SessionDep
+from api.deps import ReadSessionDep, SessionDep
 from api.responses import errors
 from jobs import store
 from jobs.models import JobStatus
@@ -31,7 +32,7 @@ def post_job(request: schemas.JobRequest, session: SessionDep) -> schemas.JobAcc
 
 @router.get("", response_model=schemas.JobPage, responses=errors(401, 422))
 def list_jobs(
-    session: SessionDep,
+    session: ReadSessionDep,
     job_status: Annotated[JobStatus | None, Query(alias="status")] = None,
     kind: Annotated[str | None, Query(max_length=100)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -43,7 +44,7 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=schemas.JobOut, responses=errors(401, 404, 422))
-def get_job(job_id: uuid.UUID, session: SessionDep) -> schemas.JobOut:
+def get_job(job_id: uuid.UUID, session: ReadSessionDep) -> schemas.JobOut:
     """A job with its attempt history."""
     return _job_out(session, job_id)
 
@@ -65,7 +66,7 @@ def replay_job(
     return schemas.JobAccepted(job_id=job.id, status=job.status)
 
 
-def _job_out(session: SessionDep, job_id: uuid.UUID) -> schemas.JobOut:
+def _job_out(session: Session, job_id: uuid.UUID) -> schemas.JobOut:
     job = store.get_job(session, job_id)
     history = [schemas.AttemptOut.model_validate(a) for a in store.list_attempts(session, job_id)]
     return schemas.JobOut.model_validate({**schemas.JobSummary.model_validate(job).model_dump(),
