@@ -1,0 +1,84 @@
+"""The sweeper's passes and pruning, against the real database and Redis."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from sqlalchemy import update
+
+from jobs import db, models, store
+from jobs.models import AttemptOutcome, JobStatus
+from worker import sweeper
+
+
+def _age(database, job_id, **columns):
+    with database.engine.begin() as conn:
+        conn.execute(update(models.Job.__table__).where(models.Job.id == job_id).values(**columns))
+
+
+def _ago(seconds):
+    return store.utcnow() - dt.timedelta(seconds=seconds)
+
+
+def test_sweep_resends_queued_jobs_whose_message_seems_lost(database, settings, make_job, queued_messages, redis_client, fetch):
+    old, fresh = make_job("noop"), make_job("noop")
+    redis_client.flushdb()  # both messages lost
+    _age(database, old, enqueued_at=_ago(settings.requeue_after_seconds + 5))
+    report = sweeper.sweep_once(database, settings)
+    assert report.ran and report.resent == [old]
+    assert queued_messages() == 1
+    assert fetch(old)[0].enqueued_at > _ago(5)
+    assert sweeper.sweep_once(database, settings).resent == []  # not re-sent on every pass
+
+
+def test_sweep_resends_retrying_jobs_only_once_their_retry_is_overdue(database, settings, make_job, redis_client):
+    due, later = make_job("noop"), make_job("noop")
+    long_ago = _ago(settings.requeue_after_seconds + 5)
+    _age(database, due, status=JobStatus.RETRYING, enqueued_at=long_ago, next_retry_at=long_ago)
+    _age(database, later, status=JobStatus.RETRYING, enqueued_at=long_ago, next_retry_at=_ago(-600))
+    assert sweeper.sweep_once(database, settings).resent == [due]
+
+
+def test_sweep_takes_back_a_job_whose_worker_died(database, settings, make_job, fetch, queued_messages, redis_client):
+    job_id = make_job("noop")
+    with database.autocommit.begin() as conn:
+        store.claim_job(conn, job_id, worker_id="dead-worker", lease_seconds=30)
+    redis_client.flushdb()
+    _age(database, job_id, lease_expires_at=_ago(1))
+    report = sweeper.sweep_once(database, settings)
+    assert report.requeued == [job_id]
+    job, history = fetch(job_id)
+    assert job.status == JobStatus.QUEUED and job.claim_token is None
+    assert [(a.outcome, a.worker_id) for a in history] == [(AttemptOutcome.LOST, "dead-worker")]
+    assert queued_messages() == 1
+
+
+def test_sweep_leaves_a_running_job_with_a_live_lease_alone(database, settings, make_job, fetch):
+    job_id = make_job("noop")
+    with database.autocommit.begin() as conn:
+        store.claim_job(conn, job_id, worker_id="busy-worker", lease_seconds=30)
+    report = sweeper.sweep_once(database, settings)
+    assert report.requeued == [] and fetch(job_id)[0].status == JobStatus.RUNNING
+
+
+@pytest.mark.postgres_only
+def test_only_one_sweep_pass_runs_at_a_time(database):
+    with db.session_scope(database.sessions) as first, db.session_scope(database.sessions) as second:
+        assert store.try_sweep_lock(first) is True
+        assert store.try_sweep_lock(second) is False
+    with db.session_scope(database.sessions) as third:
+        assert store.try_sweep_lock(third) is True  # released at commit
+
+
+def test_prune_deletes_old_succeeded_jobs_and_keeps_failed_ones(database, make_job, fetch):
+    old_ok, new_ok, old_failed = make_job("noop"), make_job("noop"), make_job("noop")
+    _age(database, old_ok, status=JobStatus.SUCCEEDED, finished_at=_ago(10 * 86400))
+    _age(database, new_ok, status=JobStatus.SUCCEEDED, finished_at=_ago(60))
+    _age(database, old_failed, status=JobStatus.FAILED, finished_at=_ago(10 * 86400))
+    with db.session_scope(database.sessions) as session:
+        deleted = store.prune_jobs(session, statuses=[JobStatus.SUCCEEDED], older_than=_ago(7 * 86400))
+    assert deleted == 1
+    with database.readers() as session:
+        remaining = {job.id for job in session.query(models.Job)}
+    assert remaining == {new_ok, old_failed}
