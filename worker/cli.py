@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Annotated, Any
 
+import click
 import pydantic
 import typer
 from rich.console import Console
@@ -258,7 +259,7 @@ def jobs_list(
 ) -> None:
     """Jobs, newest first."""
     settings = get_settings()
-    with _database(settings) as database, database.sessions() as session:
+    with _database(settings) as database, database.readers() as session:
         jobs, _ = store.list_jobs(session, status=status, kind=kind, limit=limit)
     if as_json:
         typer.echo(json.dumps([_job_dict(job) for job in jobs]))
@@ -271,7 +272,7 @@ def jobs_show(job_id: Annotated[str, typer.Argument(help="The job's ID.")], as_j
     """A job's fields, attempt history and last traceback."""
     settings = get_settings()
     (parsed,) = _parse_ids([job_id])
-    with _database(settings) as database, database.sessions() as session:
+    with _database(settings) as database, database.readers() as session:
         job = store.get_job(session, parsed)
         history = store.list_attempts(session, parsed)
     if as_json:
@@ -299,7 +300,7 @@ def jobs_show(job_id: Annotated[str, typer.Argument(help="The job's ID.")], as_j
 def stats(as_json: JsonOption = False) -> None:
     """Counts by kind and status, and the age of the oldest queued job."""
     settings = get_settings()
-    with _database(settings) as database, database.sessions() as session:
+    with _database(settings) as database, database.readers() as session:
         counts = store.count_jobs(session)
         oldest = store.oldest_queued_at(session)
     age = (store.utcnow() - oldest).total_seconds() if oldest else None
@@ -340,31 +341,36 @@ def replay(
     selectors = [job_ids, kind, since, until, error_contains, error_type, batch]
     if not all_failed and not any(selectors):
         raise UsageError("say which failed jobs to replay (IDs, --kind, --since, ...) or pass --all-failed")
+    requested = _parse_ids(job_ids or [])
     settings = get_settings()
     with _database(settings) as database:
-        with database.sessions() as session:
+        with database.readers() as session:
             selected = store.select_failed_jobs(
-                session, job_ids=_parse_ids(job_ids or []), kind=kind,
+                session, job_ids=requested, kind=kind,
                 since=parse_time(since) if since else None, until=parse_time(until) if until else None,
                 error_contains=error_contains, error_type=error_type, batch_id=batch, limit=limit,
             )
         console = _console()
         if not as_json:
             console.print(_jobs_table(f"{len(selected)} failed job(s) selected", selected))
-        if dry_run or not selected:
+        if dry_run:
             if as_json:
                 typer.echo(json.dumps({"selected": [str(j.id) for j in selected], "replayed": [], "skipped": [],
-                                       "dry_run": dry_run}))
+                                       "dry_run": True}))
             return
-        if not yes and not typer.confirm(f"Replay {len(selected)} job(s)?", err=True):
+        if selected and not yes and not typer.confirm(f"Replay {len(selected)} job(s)?", err=True):
             raise typer.Exit(1)
         replayed = _replay_in_chunks(database, [job.id for job in selected], reason=reason, quiet=as_json)
-    skipped = [job.id for job in selected if job.id not in set(replayed)]
+    # Skipped: jobs named on the command line that are not failed (or do not exist), and selected
+    # jobs that stopped being failed before our update (another replay took them).
+    selected_ids, replayed_ids = {job.id for job in selected}, set(replayed)
+    skipped = [i for i in dict.fromkeys(requested) if i not in selected_ids]
+    skipped += [job.id for job in selected if job.id not in replayed_ids]
     if as_json:
         typer.echo(json.dumps({"selected": [str(j.id) for j in selected], "replayed": [str(i) for i in replayed],
                                "skipped": [str(i) for i in skipped], "dry_run": False}))
     else:
-        console.print(f"replayed {len(replayed)}, skipped {len(skipped)} (no longer failed)")
+        console.print(f"replayed {len(replayed)}, skipped {len(skipped)} (not failed, or no longer)")
     if skipped:
         raise typer.Exit(1)
 
@@ -393,12 +399,11 @@ def main() -> None:
         _fail(exc, 1, verbose)
     except typer.Abort:
         _fail(RuntimeError("aborted"), 1, verbose)
+    except (typer.TyperException, click.ClickException) as exc:
+        # Click's own errors (a bad option is usage: 2). Recent Typer raises them from its own
+        # copy of Click, which click.ClickException does not match.
+        _fail(exc, exc.exit_code, verbose)
     except Exception as exc:  # noqa: BLE001 - the CLI's edge: one line, not a traceback
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
         _fail(exc, 1, verbose)
     sys.exit(code if isinstance(code, int) else 0)
 
