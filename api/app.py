@@ -10,6 +10,8 @@ from fastapi.responses import JSONResponse
 
 from api.deps import require_token
 from api.routes import health, jobs as jobs_routes
+from api.routes import events as events_routes, projections as projections_routes
+from api.routes import files as files_routes
 from jobs import db, errors, registry
 from jobs.config import Settings, get_settings
 from worker import broker as worker_broker
@@ -23,6 +25,14 @@ ERROR_STATUS = {
     errors.JobKindNotPublic: 422,
     errors.InvalidJobArgs: 422,
     errors.InvalidCursor: 422,
+    errors.EventNotFound: 404,
+    errors.ProductNotFound: 404,
+    errors.DuplicateSku: 409,
+    errors.UnknownEventType: 422,
+    errors.InvalidEvent: 422,
+    errors.FileNotFound: 404,
+    errors.UploadTooLarge: 413,
+    errors.InvalidUpload: 422,
 }
 
 
@@ -48,7 +58,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="jobrunner", version="0.1.0", lifespan=lifespan)
     app.add_exception_handler(errors.JobError, _job_error)
     app.include_router(health.router)
+    app.include_router(jobs_routes.make_post_router(), dependencies=[Depends(require_token)])
     app.include_router(jobs_routes.router, dependencies=[Depends(require_token)])
+    app.include_router(events_routes.router, dependencies=[Depends(require_token)])
+    app.include_router(projections_routes.router, dependencies=[Depends(require_token)])
+    app.include_router(files_routes.router, dependencies=[Depends(require_token)])
     return app
 
 

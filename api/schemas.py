@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
-from typing import Any
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from jobs.models import AttemptOutcome, JobStatus
+from jobs.registry import JobKind
 
 
 class ErrorBody(BaseModel):
@@ -17,13 +19,25 @@ class ErrorBody(BaseModel):
     detail: str | list[dict[str, Any]]
 
 
-class JobRequest(BaseModel):
-    """``POST /jobs``: a public job kind and its arguments."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    kind: str = Field(min_length=1, max_length=100)
-    args: dict[str, Any] = Field(default_factory=dict)
+def job_request_model(kinds: list[JobKind]) -> Any:
+    """``POST /jobs``'s body: one variant per public kind, ``kind`` naming it and ``args`` its model,
+    so the OpenAPI document tells clients exactly what each kind takes (and FastAPI checks it)."""
+    variants = []
+    for kind in kinds:
+        name = "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]+", kind.name)) + "JobRequest"
+        args_type: Any = kind.args_model or dict[str, Any]
+        variants.append(
+            create_model(
+                name,
+                __config__=ConfigDict(extra="forbid"),
+                __doc__=f"A ``{kind.name}`` job.",
+                kind=(Literal[kind.name], ...),  # type: ignore[valid-type]
+                args=(args_type, Field(default_factory=args_type)),
+            )
+        )
+    if not variants:
+        raise RuntimeError("no public job kind is registered")
+    return Annotated[Union[tuple(variants)], Field(discriminator="kind")]  # noqa: UP007
 
 
 class ReplayRequest(BaseModel):

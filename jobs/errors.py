@@ -34,9 +34,59 @@ class ClaimLost(JobError):
     """This worker no longer holds the job's claim (its lease expired and another worker took it)."""
 
 
+class WorkerLost(JobError):
+    """The worker running the job died (its lease expired) too often, or on its last attempt."""
+
+
 class JobKindNotPublic(JobError):
     """That job kind is internal: only the runner creates it."""
 
 
 class InvalidCursor(JobError):
     """The pagination cursor is not one this API handed out."""
+
+
+# --- events ---
+
+
+class UnknownEventType(JobError):
+    """No event type is registered under that name."""
+
+
+class InvalidEvent(JobError):
+    """An event does not fit its type (the message names the event's index and the field)."""
+
+
+class EventNotFound(JobError):
+    """No event has that ID."""
+
+
+class UnknownProjection(JobError):
+    """No projection is registered under that name."""
+
+
+class ProductNotFound(JobError):
+    """No product has that ID."""
+
+
+class DuplicateSku(JobError):
+    """A product with that SKU already exists."""
+
+
+class NotEnoughInventory(PermanentError):
+    """The product has less inventory than the order asks for; retrying cannot change that."""
+
+
+# --- files ---
+
+
+class FileNotFound(JobError):
+    """No file has that ID."""
+
+
+class UploadTooLarge(JobError):
+    """The upload is larger than JOBRUNNER_MAX_UPLOAD_BYTES."""
+
+
+class InvalidUpload(JobError):
+    """The upload is not a multipart form with one non-empty ``file`` field."""

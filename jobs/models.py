@@ -167,3 +167,147 @@ class JobAttempt(Base):
     error_type: Mapped[str | None] = mapped_column(String(200))
     error_message: Mapped[str | None] = mapped_column(Text)
     error_traceback: Mapped[str | None] = mapped_column(Text)
+
+
+# --- events ---
+
+
+class Event(Base):
+    """A domain event, stored (the outbox) in the transaction of the change that caused it."""
+
+    __tablename__ = "events"
+
+    #: The client's idempotency key when it gave one, else a fresh UUID.
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    type: Mapped[str] = mapped_column(String(100))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    #: The ``event.handle`` job of each handler: ``[{"handler": name, "job_id": "..."}]``, in the
+    #: order of the first answer (a JSON list, since JSONB does not keep the keys of an object in order).
+    handler_jobs: Mapped[list[dict[str, str]]] = mapped_column(JSONType)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class EventApplication(Base):
+    """The ledger: one row per (event, handler) whose effect was applied, written in the same
+    transaction as that effect; its primary key makes a second application impossible."""
+
+    __tablename__ = "event_applications"
+
+    event_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"), primary_key=True)
+    handler: Mapped[str] = mapped_column(String(200), primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    applied_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class Product(Base):
+    """The product projection: a starting inventory, then each applied ``order_created`` event."""
+
+    __tablename__ = "products"
+    __table_args__ = (CheckConstraint("inventory >= 0", name="inventory_not_negative"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    sku: Mapped[str] = mapped_column(String(100), unique=True)
+    #: What the product started with; a rebuild starts again from here.
+    initial_inventory: Mapped[int] = mapped_column(Integer)
+    inventory: Mapped[int] = mapped_column(Integer)
+    #: Orders applied.
+    sales_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class OrgStats(Base):
+    """The org projection: users registered, and when the latest of them was."""
+
+    __tablename__ = "org_stats"
+
+    org_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    user_count: Mapped[int] = mapped_column(Integer)
+    #: ``created_at`` of the latest applied ``user_registered`` event (a max, so arrival order does
+    #: not matter and a rebuild finds the same value).
+    last_user_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class Notification(Base):
+    """A notification recorded by an event handler (a processed file, a completed batch)."""
+
+    __tablename__ = "notifications"
+
+    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
+    event_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"), index=True)
+    event_type: Mapped[str] = mapped_column(String(100))
+    message: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+# --- files ---
+
+
+class FileStatus(enum.StrEnum):
+    """Where an uploaded file is in its processing (its ``file.process`` job has its own status)."""
+
+    #: Stored on disk; its ``file.process`` job is queued.
+    PENDING = "pending"
+    #: Being read; committed blocks of rows and the checkpoint are visible. Also the state a
+    #: file keeps between a failed attempt and its retry.
+    PROCESSING = "processing"
+    #: Every row read: counts and row errors are final. Terminal.
+    PROCESSED = "processed"
+    #: The file could not be read (``error_message`` says why) or its job gave up; a replay of the
+    #: job resumes it from the checkpoint.
+    FAILED = "failed"
+
+
+class RecordStatus(enum.StrEnum):
+    """What has been done with a record (later jobs, such as batches, build on the records)."""
+
+    #: Taken from its file.
+    IMPORTED = "imported"
+
+
+class File(Base):
+    """An uploaded CSV file: where it is stored, and how far its processing got (the checkpoint)."""
+
+    __tablename__ = "files"
+    __table_args__ = (CheckConstraint(_check_in("status", FileStatus), name="status"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    #: The client's filename, sanitized; metadata only, never part of a path.
+    name: Mapped[str] = mapped_column(String(255))
+    content_type: Mapped[str | None] = mapped_column(String(255))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    #: The server-chosen name of the stored file under ``JOBRUNNER_STORAGE_DIR``.
+    storage_key: Mapped[str] = mapped_column(String(100), unique=True)
+    status: Mapped[str] = mapped_column(String(16), default=FileStatus.PENDING)
+    #: The ``file.process`` job (NULL once that job is pruned).
+    job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
+    #: Data rows read so far (imported + rejected); blank lines are not rows.
+    rows_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    rows_imported: Mapped[int] = mapped_column(BigInteger, default=0)
+    rows_rejected: Mapped[int] = mapped_column(BigInteger, default=0)
+    #: The first row errors: ``[{"row": n, "reason": "..."}]``.
+    row_errors: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
+    #: The checkpoint: the byte offset just after the last row committed.
+    byte_offset: Mapped[int] = mapped_column(BigInteger, default=0)
+    #: Why the file failed.
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class Record(Base):
+    """One data row of a file, as a JSON object keyed by the file's header."""
+
+    __tablename__ = "records"
+    __table_args__ = (
+        # One record per row of a file: a row written twice would fail, never duplicate.
+        Index("ix_records_file_id_row_number", "file_id", "row_number", unique=True),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
+    file_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"))
+    #: The row's number among the file's data rows: 1 for the first row after the header.
+    row_number: Mapped[int] = mapped_column(Integer)
+    data: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    #: No CHECK on purpose: jobs building on records (batches) add their own states.
+    status: Mapped[str] = mapped_column(String(16), default=RecordStatus.IMPORTED)

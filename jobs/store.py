@@ -441,6 +441,19 @@ def recover_lost_jobs(
     return recovered
 
 
+def _as_running(job: models.Job) -> registry.RunningJob:
+    """The job as its handler and hooks see it (for a hook run outside the worker)."""
+    kind = registry.get_kind(job.kind)
+    try:
+        args = kind.parse_args(job.args)
+    except errors.PermanentError:
+        args = job.args
+    return registry.RunningJob(
+        id=job.id, kind=job.kind, args=args, attempt=job.attempts, max_attempts=job.max_attempts,
+        run=job.replay_count, claim_token=job.claim_token or uuid.uuid4(), queue=job.queue,
+    )
+
+
 def _take_back(session: Session, job: models.Job, *, now: dt.datetime, quarantine_after_lost: int) -> JobStatus:
     earlier_deaths = session.scalar(
         select(func.count())
@@ -467,14 +480,16 @@ def _take_back(session: Session, job: models.Job, *, now: dt.datetime, quarantin
     job.claim_token = None
     job.lease_expires_at = None
     if deaths >= quarantine_after_lost or job.attempts >= job.max_attempts:
-        job.status = JobStatus.FAILED
-        job.finished_at = now
-        job.error_type = "jobrunner.WorkerLost"
-        job.error_message = (
+        error = errors.WorkerLost(
             f"worker died {deaths} times while running this job"
             if deaths >= quarantine_after_lost
             else f"worker died while running this job and its {job.max_attempts} attempts are spent"
         )
+        job.status = JobStatus.FAILED
+        job.finished_at = now
+        job.error_type = "jobs.errors.WorkerLost"
+        job.error_message = str(error)
+        _run_failure_hook(session, _as_running(job), error)
         return JobStatus.FAILED
     job.status = JobStatus.QUEUED
     job.enqueued_at = now

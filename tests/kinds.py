@@ -102,3 +102,12 @@ def checkpoint_then_raise(session: Session, job: registry.RunningJob) -> None:
 def kill_worker_process(session: Session, job: registry.RunningJob) -> None:
     """Kill the worker process running it (a poison pill)."""
     os._exit(17)
+
+
+def _note_failure(session: Session, job: registry.RunningJob, error: BaseException) -> None:
+    session.execute(insert(notes).values(job_id=job.id, text=f"on_failed: {error}"))
+
+
+@registry.job_kind("test.hooked", on_failed=_note_failure)
+def hooked(session: Session, job: registry.RunningJob) -> None:
+    """Succeeds; its on_failed hook leaves a note (for failures decided outside the handler)."""

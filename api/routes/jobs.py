@@ -1,6 +1,8 @@
-"""``/jobs``: post, read, list and replay jobs."""
+"""``/jobs``: post, read, list and replay jobs.
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: the body type of ``POST /jobs`` is built at app
+creation, and FastAPI must see the real type, not a string naming a local variable.
+"""
 
 import uuid
 from typing import Annotated
@@ -11,23 +13,31 @@ from sqlalchemy.orm import Session
 from api import schemas
 from api.deps import ReadSessionDep, SessionDep
 from api.responses import errors
-from jobs import store
+from jobs import registry, store
 from jobs.models import JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
-@router.post(
-    "",
-    status_code=status.HTTP_202_ACCEPTED,
-    response_model=schemas.JobAccepted,
-    responses=errors(401, 422),
-)
-def post_job(request: schemas.JobRequest, session: SessionDep) -> schemas.JobAccepted:
-    """Store a job of a public kind; its ID goes to the workers once it is committed."""
-    job = store.create_job(session, request.kind, request.args, public_only=True)
-    session.commit()
-    return schemas.JobAccepted(job_id=job.id, status=job.status)
+def make_post_router() -> APIRouter:
+    """``POST /jobs`` for the public kinds registered now (the body's schema lists each of them)."""
+    post_router = APIRouter(prefix="/jobs", tags=["jobs"])
+    JobRequest = schemas.job_request_model([kind for kind in registry.all_kinds() if kind.public])
+
+    @post_router.post(
+        "",
+        status_code=status.HTTP_202_ACCEPTED,
+        response_model=schemas.JobAccepted,
+        responses=errors(401, 422),
+    )
+    def post_job(request: Annotated[JobRequest, Body()], session: SessionDep) -> schemas.JobAccepted:  # type: ignore[valid-type]
+        """Store a job of a public kind; its ID goes to the workers once it is committed."""
+        args = request.args if isinstance(request.args, dict) else request.args.model_dump(mode="json")
+        job = store.create_job(session, request.kind, args, public_only=True)
+        session.commit()
+        return schemas.JobAccepted(job_id=job.id, status=job.status)
+
+    return post_router
 
 
 @router.get("", response_model=schemas.JobPage, responses=errors(401, 422))

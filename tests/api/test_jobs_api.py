@@ -36,17 +36,31 @@ def test_job_is_committed_before_the_202_is_sent(client, fetch, queued_messages)
 @pytest.mark.parametrize(
     ("body", "needle"),
     [
-        ({"kind": "no.such.kind"}, "unknown job kind"),
-        ({"kind": "test.internal"}, "internal"),
-        ({"kind": "fail", "args": {"fail_times": -1}}, "fail_times"),
-        ({"kind": "noop", "args": {"unexpected": 1}}, "unexpected"),
+        ({"kind": "no.such.kind"}, "does not match any of the expected tags"),
+        ({"kind": "test.internal"}, "does not match any of the expected tags"),
+        ({"kind": "fail", "args": {"fail_times": -1}}, "greater than or equal to 0"),
+        ({"kind": "noop", "args": {"unexpected": 1}}, "Extra inputs are not permitted"),
     ],
 )
 def test_post_jobs_refuses_unknown_internal_kinds_and_bad_args(client, body, needle, queued_messages):
     response = client.post("/jobs", json=body)
     assert response.status_code == 422
-    assert needle in response.json()["detail"]
+    assert needle in str(response.json()["detail"])
     assert queued_messages() == 0
+
+
+def test_openapi_describes_each_public_kind_and_its_args(client):
+    components = client.get("/openapi.json").json()["components"]["schemas"]
+    assert components["FailJobRequest"]["properties"]["kind"]["const"] == "fail"
+    assert "fail_times" in components["FailArgs"]["properties"]
+    assert "TestInternalJobRequest" not in components  # internal kinds are not postable
+
+
+def test_store_refuses_internal_kinds_when_asked_for_public_only(session):
+    from jobs import errors, store
+
+    with pytest.raises(errors.JobKindNotPublic):
+        store.create_job(session, "test.internal", public_only=True)
 
 
 def test_post_jobs_refuses_malformed_bodies_with_validation_details(client):

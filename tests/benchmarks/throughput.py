@@ -27,8 +27,10 @@ Latency (unless ``--skip-latency``): with a full-path worker running, jobs creat
    returned.
 
 Each scenario is repeated ``--repeat`` times; the summary shows medians. The script never asserts:
-targets are printed next to the figures. Every process it starts is stopped (SIGTERM to its process
-group, then SIGKILL) on exit, Ctrl-C or error. The bench database is left in place for inspection.
+targets are printed next to the figures. Every process it starts is stopped (SIGTERM, then SIGKILL
+for it and its descendants) on exit, Ctrl-C, SIGTERM or error. The figures include how much CPU
+other processes used meanwhile: on a shared machine they are only as good as that is small. The
+bench database is left in place for inspection.
 
 Run from the project root (PostgreSQL at 127.0.0.1:5432, Redis at 127.0.0.1:6379)::
 
@@ -117,29 +119,37 @@ def spawn(argv: Sequence[str], *, env: dict[str, str], log_path: Path) -> subpro
 
 
 def stop(proc: subprocess.Popen[bytes], *, grace_seconds: float = 40.0) -> None:
-    """SIGTERM the process group we started, wait, then SIGKILL it."""
+    """SIGTERM the process we started (Dramatiq's parent passes it on to its workers), wait, then
+    SIGKILL it and whatever is left of its descendants."""
     if proc in _started:
         _started.remove(proc)
-    pgid = proc.pid  # start_new_session: the group id is the child's pid
+    descendants = _descendants(proc.pid)  # gathered first: once the parent is gone, orphans are reparented
     if proc.poll() is None:
-        _signal_group(pgid, signal.SIGTERM)
         try:
+            proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=grace_seconds)
         except subprocess.TimeoutExpired:
             print(f"  process {proc.pid} ignored SIGTERM for {grace_seconds:.0f} s: killing it", flush=True)
-    # Kill whatever is left in the group (a worker child outliving its parent), then reap.
-    _signal_group(pgid, signal.SIGKILL)
+            proc.kill()
+    for pid in descendants:
+        try:
+            if os.getpgid(pid) == proc.pid:  # still in the group we started (not a reused PID)
+                os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
     try:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         pass
 
 
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        kids = _children(todo.pop(), everything=True)
+        found += kids
+        todo += kids
+    return found
 
 
 def stop_all() -> None:
@@ -148,7 +158,7 @@ def stop_all() -> None:
 
 
 def _raise_on_sigterm(signum: int, _frame: Any) -> None:
-    raise SystemExit(128 + signum)
+    raise KeyboardInterrupt  # the same clean-up as Ctrl-C
 
 
 def worker_child_pid(parent_pid: int, *, timeout: float = 30.0) -> int | None:
@@ -162,13 +172,13 @@ def worker_child_pid(parent_pid: int, *, timeout: float = 30.0) -> int | None:
     return None
 
 
-def _children(pid: int) -> list[int]:
+def _children(pid: int, *, everything: bool = False) -> list[int]:
     if psutil is not None:
         try:
             kids = psutil.Process(pid).children(recursive=False)
         except psutil.NoSuchProcess:
             return []
-        return sorted(k.pid for k in kids if "resource_tracker" not in " ".join(_cmdline(k)))
+        return sorted(k.pid for k in kids if everything or "resource_tracker" not in " ".join(_cmdline(k)))
     try:
         text_ = Path(f"/proc/{pid}/task/{pid}/children").read_text()
     except OSError:
@@ -207,6 +217,44 @@ def log_tail(path: Path, lines: int = 25) -> str:
     return "\n".join("    | " + line for line in content[-lines:])
 
 
+def cpu_snapshot() -> dict[int, tuple[str, float]]:
+    """CPU seconds used so far by every process (psutil only; empty without it)."""
+    if psutil is None:
+        return {}
+    snapshot = {}
+    for proc in psutil.process_iter(["name", "cpu_times"]):
+        times = proc.info["cpu_times"]
+        if times is not None:
+            snapshot[proc.pid] = (proc.info["name"] or "?", times.user + times.system)
+    return snapshot
+
+
+def cpu_split(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], ours: set[int],
+              seconds: float) -> dict[str, float]:
+    """CPU used between two snapshots, in % of one CPU: by our worker, by PostgreSQL + Redis (ours and
+    anyone else's), and by every other process (other work sharing the machine: it skews the figures).
+    Processes that lived only between the snapshots are missed."""
+    split = {"worker": 0.0, "postgres+redis": 0.0, "other": 0.0}
+    for pid, (name, used) in after.items():
+        delta = used - before[pid][1] if pid in before else used  # a process started since: all of it
+        if pid in ours:
+            split["worker"] += delta
+        elif name.startswith(("postgres", "redis-server")):
+            split["postgres+redis"] += delta
+        elif pid != os.getpid():
+            split["other"] += delta
+    return {key: 100 * value / seconds for key, value in split.items()} if seconds > 0 else split
+
+
+def process_tree(pid: int) -> set[int]:
+    if psutil is None:
+        return {pid}
+    try:
+        return {pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))}
+    except psutil.NoSuchProcess:
+        return {pid}
+
+
 # --- database and redis ---------------------------------------------------------------------------
 
 
@@ -236,7 +284,7 @@ class Bench:
         """Empty the job tables and flush the bench Redis db."""
         self.redis.flushdb()
         with self.engine.begin() as conn:
-            conn.execute(text("TRUNCATE job_attempts, jobs"))
+            conn.execute(text("TRUNCATE jobs CASCADE"))  # and every table referencing it
 
     def vacuum(self) -> None:
         """Fresh statistics and visibility map after a bulk load, so autovacuum does not start mid-run."""
@@ -282,6 +330,7 @@ class Run:
     rss_early: tuple[int, float] | None = None  # (jobs done when sampled, MiB)
     rss_end: tuple[int, float] | None = None
     rss_peak: float | None = None
+    cpu: dict[str, float] = dataclasses.field(default_factory=dict)  # % of one CPU while the jobs ran
     note: str = ""
 
     @property
@@ -304,8 +353,11 @@ def wait_until_done(
     """Poll ``count`` every 0.2 s until it reaches ``run.n`` (or the worker dies, or time runs out)."""
     deadline = spawned_at + bench.timeout_seconds
     peak = 0.0
+    cpu_before: tuple[float, dict[int, tuple[str, float]]] | None = None
     while True:
         done = count()
+        if cpu_before is None and done > 0:
+            cpu_before = (time.monotonic(), cpu_snapshot())
         if rss_pid is not None:
             rss = rss_mb(rss_pid)
             if rss is not None:
@@ -316,6 +368,9 @@ def wait_until_done(
                     run.rss_end = (done, rss)
         if done >= run.n:
             run.wall_seconds = time.time() - spawned_at
+            if cpu_before is not None and psutil is not None:
+                run.cpu = cpu_split(cpu_before[1], cpu_snapshot(), process_tree(proc.pid),
+                                    time.monotonic() - cpu_before[0])
             break
         if proc.poll() is not None:
             run.note = f"worker exited early with code {proc.returncode}"
@@ -560,12 +615,12 @@ def scenario_latency(bench: Bench, phases: Sequence[tuple[float, int]]) -> list[
     bench.reset()
     database, broker = make_producer(bench)
     log_path = bench.workdir / "latency.log"
-    proc, spawned_at = start_runner_worker(bench, log_path)
+    proc, _ = start_runner_worker(bench, log_path)
     results = []
     try:
         # Warm up: the worker is booted, its pool connected, and the producer's too.
         warm = [_create_one(database)[0] for _ in range(20)]
-        if not _wait_for(bench, proc, warm, log_path):
+        if _wait_for(bench, proc, warm, log_path) < len(warm):
             return [Latency(rate, n, note="the worker did not run the warm-up jobs") for rate, n in phases]
         for rate, n in phases:
             print(f"  latency at {rate:g} jobs/s: {n} jobs over {n / rate:.0f} s ...", flush=True)
@@ -649,6 +704,7 @@ def print_run(run: Run) -> None:
           f"(boot {_fmt(run.boot_seconds, '.2f', ' s')}); statuses {run.statuses}"
           + (f"; RSS {run.rss_early[1]:.1f} MiB @ {run.rss_early[0]} -> {run.rss_end[1]:.1f} MiB @ {run.rss_end[0]}"
              if run.rss_early and run.rss_end else "")
+          + ("; CPU % of one core: " + ", ".join(f"{k} {v:.0f}" for k, v in run.cpu.items()) if run.cpu else "")
           + (f"; NOTE {run.note}" if run.note else ""), flush=True)
 
 
@@ -674,11 +730,20 @@ def print_summary(args: argparse.Namespace, runs: dict[str, list[Run]], latency:
     print("  work). wall = spawn -> poll (0.2 s) saw all done, boot included. enqueue: A create_job in")
     print(f"  {ENQUEUE_BATCH:,}-row transactions + send after commit; B/C broker.enqueue per message (C: rows bulk-inserted first).")
 
-    print("\nratios")
+    print("\nCPU while the jobs ran, % of one core (median of runs; 'other' = processes that are not this")
+    print("benchmark's, PostgreSQL or Redis: anything above a few % means a shared machine skewed the figures)")
+    for key, label in (("full", "A full path"), ("bare", "B bare Dramatiq"), ("naive", "C naive pattern")):
+        cpus = [r.cpu for r in runs[key] if r.cpu]
+        if cpus:
+            print(f"  {label:<18} " + "   ".join(f"{part} {_median([c[part] for c in cpus]):.0f}" for part in cpus[0]))
+
+    print("\nratios (of the median rates; in brackets, each run's ratio to the runs beside it)")
     for name, other in (("full/bare", "bare"), ("full/naive", "naive")):
         ratio = rates["full"] / rates[other] if rates["full"] and rates[other] else None
+        per_run = [a.rate / b.rate if a.rate and b.rate else None for a, b in zip(runs["full"], runs[other])]
         target = TARGETS[name]
-        print(f"  {name:<11} {_fmt(ratio, '.2f'):>6}   (target >= {target:.2f}){_verdict(None if ratio is None else ratio >= target)}")
+        print(f"  {name:<11} {_fmt(ratio, '.2f'):>6}   (target >= {target:.2f}){_verdict(None if ratio is None else ratio >= target)}"
+              f"   [{', '.join(_fmt(r, '.2f') for r in per_run)}]")
 
     print("\nworker child RSS, scenario A (MiB)")
     for i, r in enumerate(runs["full"], 1):

@@ -9,6 +9,7 @@ from sqlalchemy import update
 
 from jobs import db, models, store
 from jobs.models import AttemptOutcome, JobStatus
+from tests import kinds
 from worker import sweeper
 
 
@@ -82,3 +83,17 @@ def test_prune_deletes_old_succeeded_jobs_and_keeps_failed_ones(database, make_j
     with database.readers() as session:
         remaining = {job.id for job in session.query(models.Job)}
     assert remaining == {new_ok, old_failed}
+
+
+def test_quarantine_runs_the_kinds_on_failed_hook(database, settings, make_job, fetch):
+    job_id = make_job("test.hooked")
+    with database.autocommit.begin() as conn:
+        store.claim_job(conn, job_id, worker_id="dead-worker", lease_seconds=30)
+    _age(database, job_id, lease_expires_at=_ago(1))
+    report = sweeper.sweep_once(database, settings.model_copy(update={"quarantine_after_lost": 1}))
+    assert report.quarantined == [job_id]
+    job, _ = fetch(job_id)
+    assert (job.status, job.error_type) == (JobStatus.FAILED, "jobs.errors.WorkerLost")
+    with database.engine.connect() as conn:
+        texts = [row.text for row in conn.execute(kinds.notes.select().where(kinds.notes.c.job_id == job_id))]
+    assert texts == ["on_failed: worker died 1 times while running this job"]

@@ -1,0 +1,231 @@
+"""``event.handle`` (one handler for one event) and the shipped event types, handlers and projections.
+
+- ``user_registered`` -> the org projection (``org_stats``): user count, time of the latest user.
+- ``order_created`` -> the product projection (``products``): inventory down by the quantity, sales
+  count up; an order beyond the inventory fails that handler for good and leaves the product as it was.
+- ``file.processed`` and ``batch.completed`` -> a ``notifications`` row.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+import pydantic
+from sqlalchemy import case, select, update
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import Session
+
+from jobs import errors, events, models, registry, store
+
+_products = models.Product.__table__
+_orgs = models.OrgStats.__table__
+
+#: Ledger names of the shipped handlers (stable: renaming one would re-apply every event).
+ORG_HANDLER = "org_stats"
+PRODUCT_HANDLER = "product_inventory"
+NOTIFY_HANDLER = "notify"
+
+
+class HandleEventArgs(pydantic.BaseModel):
+    """``event.handle``: which event, and which of its type's handlers."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    event_id: uuid.UUID
+    handler: str = pydantic.Field(min_length=1, max_length=200)
+
+
+@registry.job_kind(events.HANDLE_KIND, args=HandleEventArgs, max_attempts=5)
+def handle_event(session: Session, job: registry.RunningJob) -> None:
+    """Apply one handler to one event, exactly once (see :func:`jobs.events.apply_handler`)."""
+    events.apply_handler(session, job.args.event_id, job.args.handler, job_id=job.id)
+
+
+# --- event types --------------------------------------------------------------------------------
+
+#: An org, user or order key: a non-empty string.
+_Key = Annotated[str, pydantic.StringConstraints(min_length=1, max_length=100)]
+
+
+@events.event_type("user_registered")
+class UserRegistered(pydantic.BaseModel):
+    """A user joined an org."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    org_id: _Key
+    user_id: _Key
+    #: Checked only for its shape (something@something): the projection does not use it.
+    email: str = pydantic.Field(max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
+
+
+@events.event_type("order_created")
+class OrderCreated(pydantic.BaseModel):
+    """An order for some quantity of one product."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    order_id: _Key
+    product_id: uuid.UUID
+    quantity: int = pydantic.Field(gt=0, le=1_000_000)
+
+
+@events.event_type("file.processed")
+class FileProcessed(pydantic.BaseModel):
+    """An uploaded file was parsed (emitted by ``file.process`` when it finishes)."""
+
+    file_id: uuid.UUID
+    #: Rows stored and rows refused.
+    records: int = pydantic.Field(default=0, ge=0)
+    errors: int = pydantic.Field(default=0, ge=0)
+
+
+@events.event_type("batch.completed")
+class BatchCompleted(pydantic.BaseModel):
+    """Every chunk of a batch run is terminal (emitted once per run by the batch)."""
+
+    batch_id: uuid.UUID
+    status: str = pydantic.Field(default="completed", max_length=50)
+    total: int = pydantic.Field(default=0, ge=0)
+    processed: int = pydantic.Field(default=0, ge=0)
+    failed: int = pydantic.Field(default=0, ge=0)
+
+
+# --- handlers -----------------------------------------------------------------------------------
+
+
+@events.on("user_registered", name=ORG_HANDLER)
+def count_org_user(session: Session, event: events.StoredEvent) -> None:
+    """One more user in the org; ``last_user_at`` is the latest event time seen (a max, so arrival
+    order does not matter). One upsert: concurrent events of one org queue on its row lock."""
+    payload: UserRegistered = event.payload
+    statement = events.dialect_insert(session, _orgs).values(
+        org_id=payload.org_id, user_count=1, last_user_at=event.created_at
+    )
+    excluded = statement.excluded
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["org_id"],
+            set_={
+                "user_count": _orgs.c.user_count + 1,
+                "last_user_at": case(
+                    (_orgs.c.last_user_at.is_(None), excluded.last_user_at),
+                    (excluded.last_user_at > _orgs.c.last_user_at, excluded.last_user_at),
+                    else_=_orgs.c.last_user_at,
+                ),
+            },
+        )
+    )
+
+
+@events.on("order_created", name=PRODUCT_HANDLER)
+def take_inventory(session: Session, event: events.StoredEvent) -> None:
+    """Take the order's quantity from the product's inventory and count the sale, in one
+    conditional UPDATE (it applies only while the inventory suffices).
+
+    Raises:
+        NotEnoughInventory: it does not; the product is untouched.
+        PermanentError: there is no such product.
+    """
+    payload: OrderCreated = event.payload
+    taken = session.execute(
+        update(_products)
+        .where(_products.c.id == payload.product_id, _products.c.inventory >= payload.quantity)
+        .values(inventory=_products.c.inventory - payload.quantity, sales_count=_products.c.sales_count + 1)
+    ).rowcount
+    if taken == 1:
+        return
+    inventory = session.scalar(select(_products.c.inventory).where(_products.c.id == payload.product_id))
+    if inventory is None:
+        raise errors.PermanentError(f"order {payload.order_id}: no product {payload.product_id}")
+    raise errors.NotEnoughInventory(
+        f"order {payload.order_id} wants {payload.quantity} of product {payload.product_id}, which has {inventory}"
+    )
+
+
+@events.on("file.processed", name=NOTIFY_HANDLER)
+def notify_file_processed(session: Session, event: events.StoredEvent) -> None:
+    """Record that a file was processed."""
+    payload: FileProcessed = event.payload
+    _notify(session, event, f"file {payload.file_id} processed: {payload.records} records, {payload.errors} errors")
+
+
+@events.on("batch.completed", name=NOTIFY_HANDLER)
+def notify_batch_completed(session: Session, event: events.StoredEvent) -> None:
+    """Record that a batch completed."""
+    payload: BatchCompleted = event.payload
+    _notify(session, event, f"batch {payload.batch_id} {payload.status}: {payload.processed} of {payload.total} "
+                            f"processed, {payload.failed} failed")
+
+
+def _notify(session: Session, event: events.StoredEvent, message: str) -> None:
+    session.add(models.Notification(event_id=event.id, event_type=event.type, message=message, created_at=store.utcnow()))
+    session.flush()
+
+
+# --- projections --------------------------------------------------------------------------------
+
+
+@events.projection("orgs", table=_orgs, key="org_id", delete_extra=True)
+def recompute_orgs(session: Session) -> dict[Any, dict[str, Any]]:
+    """Each org's user count and latest user time, from the ``user_registered`` events applied."""
+    orgs: dict[Any, dict[str, Any]] = {}
+    for row in events.applied_events(session, ORG_HANDLER):
+        org = orgs.setdefault(row.payload["org_id"], {"user_count": 0, "last_user_at": None})
+        org["user_count"] += 1
+        if org["last_user_at"] is None or row.created_at > org["last_user_at"]:
+            org["last_user_at"] = row.created_at
+    return orgs
+
+
+@events.projection("products", table=_products, key="id")
+def recompute_products(session: Session) -> dict[Any, dict[str, Any]]:
+    """Each product's starting inventory less the orders applied to it, and their count."""
+    products = {
+        row.id: {"inventory": row.initial_inventory, "sales_count": 0}
+        for row in session.execute(select(_products.c.id, _products.c.initial_inventory))
+    }
+    for row in events.applied_events(session, PRODUCT_HANDLER):
+        product = products.get(uuid.UUID(row.payload["product_id"]))
+        if product is not None:
+            product["inventory"] -= row.payload["quantity"]
+            product["sales_count"] += 1
+    return products
+
+
+# --- products (the projection's initial rows) -----------------------------------------------------
+
+
+def create_product(session: Session, *, sku: str, inventory: int) -> models.Product:
+    """Add a product with its starting inventory.
+
+    Raises:
+        DuplicateSku: one with ``sku`` exists already.
+    """
+    product = models.Product(id=uuid.uuid4(), sku=sku, initial_inventory=inventory, inventory=inventory,
+                             sales_count=0, created_at=store.utcnow())
+    try:
+        # A SAVEPOINT, so that losing a race for the SKU leaves the caller's transaction usable.
+        with session.begin_nested():
+            session.add(product)
+    except sa_exc.IntegrityError as exc:
+        raise errors.DuplicateSku(f"a product with SKU {sku!r} exists already") from exc
+    return product
+
+
+def get_product(session: Session, product_id: uuid.UUID) -> models.Product:
+    """A product.
+
+    Raises:
+        ProductNotFound: there is none.
+    """
+    product = session.get(models.Product, product_id)
+    if product is None:
+        raise errors.ProductNotFound(f"no product {product_id}")
+    return product
+
+
+def get_org_stats(session: Session, org_id: str) -> models.OrgStats:
+    """An org's projection; an org no event has touched yet has no users (not an error)."""
+    return session.get(models.OrgStats, org_id) or models.OrgStats(org_id=org_id, user_count=0, last_user_at=None)

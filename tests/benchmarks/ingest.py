@@ -1,0 +1,328 @@
+"""File ingest: ``file.process`` against plain COPY, worker memory by file size, API memory on upload.
+
+What it measures (PostgreSQL database ``jobrunner_bench_files``, dropped, re-created and migrated;
+Redis db 10, flushed; files under a temporary directory, removed at the end):
+
+A. **ingest**: a generated CSV of ``--rows`` rows (default 1,000,000, 8 columns, about 100 MB) is
+   stored as an upload would be (``jobs.files.UploadSink`` + ``register_upload``, which queues its
+   ``file.process`` job), then ONE worker is started (``jobctl worker --processes 1 --threads 1``).
+   Rows/s = rows / (``finished_at`` - ``started_at``) of the job row (the worker's start-up is not
+   counted).
+B. **COPY**: in the same run, ``COPY ... FROM STDIN (FORMAT csv, HEADER)`` of the same file, streamed in
+   1 MiB chunks through psycopg, into an unindexed table of 8 ``text`` columns: the physical limit.
+   Target: A's rows/s >= 40% of B's.
+C. **worker memory**: the worker process's peak RSS (``VmHWM`` in ``/proc/<pid>/status``, read once its
+   job has finished) for a file of ``--small-rows`` (default 100,000) rows and for the big file, each
+   in a fresh worker. Target: big - small <= 30 MB.
+D. **upload memory** (unless ``--skip-upload``): ``jobctl api`` as a subprocess; a multipart upload of
+   ``--upload-mb`` MB (default 500) streamed by httpx from a generator, with a Content-Length. The API
+   process's peak RSS (``VmHWM``) after the upload. Target: < 100 MB.
+
+The script never asserts: targets are printed next to the figures. Every process it starts is
+stopped on exit. Run from the project root (PostgreSQL at 127.0.0.1:5432, Redis at 127.0.0.1:6379)::
+
+    .venv/bin/python tests/benchmarks/ingest.py [--rows N] [--small-rows N] [--upload-mb N] [--skip-upload]
+
+Environment overrides: ``JOBRUNNER_BENCH_PG_ADMIN_URL`` (default
+``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``), ``JOBRUNNER_BENCH_REDIS_URL`` (default
+``redis://127.0.0.1:6379/10``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+import psycopg  # noqa: E402
+import redis  # noqa: E402
+from sqlalchemy import create_engine, select, text  # noqa: E402
+
+from jobs import db, files, migrate, models, registry  # noqa: E402
+from jobs.config import Settings  # noqa: E402
+from worker import broker as worker_broker  # noqa: E402
+from worker import sender  # noqa: E402
+
+PG_ADMIN_URL = os.environ.get("JOBRUNNER_BENCH_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("JOBRUNNER_BENCH_REDIS_URL", "redis://127.0.0.1:6379/10")
+DB_NAME = "jobrunner_bench_files"
+DB_URL = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{DB_NAME}"
+JOBCTL = str(Path(sys.executable).parent / "jobctl")
+COLUMNS = ["id", "customer", "email", "city", "amount", "currency", "ordered_on", "note"]
+CITIES = ["Lisbon", "Zürich", "São Paulo", "Kraków", "Osaka", "Montréal", "Cape Town", "Reykjavík"]
+#: Longest a scenario waits for its job.
+JOB_TIMEOUT_SECONDS = 900
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+
+def write_csv(path: Path, rows: int) -> int:
+    """Write a CSV of ``rows`` rows (about 100 bytes each, a few quoted) and return its size."""
+    rng = random.Random(rows)
+    with path.open("w", encoding="utf-8", newline="") as out:
+        out.write(",".join(COLUMNS) + "\n")
+        for n in range(1, rows + 1):
+            city = CITIES[n % len(CITIES)]
+            note = f'"rush, gift wrap {n % 97}"' if n % 10 == 0 else f"standard-{n % 1000:04d}"
+            out.write(
+                f"{n},Customer {rng.randrange(10**6):06d},user{n}@example.com,{city},"
+                f"{rng.randrange(100, 10**6) / 100:.2f},EUR,2024-{1 + n % 12:02d}-{1 + n % 28:02d},{note}\n"
+            )
+    return path.stat().st_size
+
+
+def fresh_database() -> None:
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)"))
+        conn.execute(text(f"CREATE DATABASE {DB_NAME}"))
+    admin.dispose()
+    migrate.upgrade(DB_URL)
+
+
+# --- processes ----------------------------------------------------------------------------------
+
+_started: list[subprocess.Popen[bytes]] = []
+
+
+def spawn(argv: list[str], *, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in a process group of its own, logging to ``log_path``."""
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    _started.append(proc)
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group, wait, then SIGKILL what is left."""
+    _started.remove(proc)
+    for sig, wait_seconds in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait_seconds)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def peak_rss_mb(pid: int, field: str = "VmHWM") -> float:
+    """The process's peak resident set size (``VmHWM``; ``VmRSS``: the current one), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} for {pid}")
+
+
+def descendants(pid: int) -> list[int]:
+    """The PIDs of ``pid``'s children and theirs (from /proc)."""
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children += [int(c) for c in (task / "children").read_text().split()]
+    return [c for child in children for c in [child, *descendants(child)]]
+
+
+def environment(storage_dir: Path, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "JOBRUNNER_DATABASE_URL": DB_URL,
+        "JOBRUNNER_BROKER_URL": REDIS_URL,
+        "JOBRUNNER_STORAGE_DIR": str(storage_dir),
+        "JOBRUNNER_SWEEP_INTERVAL_SECONDS": "600",
+        **extra,
+    }
+
+
+# --- A and C: file.process in a fresh worker ---------------------------------------------------
+
+
+def queue_file(database: db.Database, csv_path: Path, storage_dir: Path) -> uuid.UUID:
+    """Store the CSV as an upload would and commit its file row and job; return the job ID."""
+    with files.UploadSink(storage_dir, max_bytes=2**40) as sink, csv_path.open("rb") as source:
+        while chunk := source.read(1 << 20):
+            sink.write(chunk)
+    with db.session_scope(database.sessions) as session:
+        _, job = files.register_upload(session, sink, name=csv_path.name, content_type="text/csv")
+    return job.id
+
+
+def run_ingest(database: db.Database, csv_path: Path, workdir: Path, label: str) -> tuple[float, float, models.File]:
+    """Process the CSV in a fresh one-thread worker: (seconds by the job row, worker peak RSS MB, file)."""
+    storage_dir = workdir / "storage"
+    job_id = queue_file(database, csv_path, storage_dir)
+    env = environment(storage_dir, JOBRUNNER_PREFETCH="1")
+    proc = spawn([JOBCTL, "worker", "--processes", "1", "--threads", "1"], env=env, log_path=workdir / f"worker-{label}.log")
+    try:
+        job = wait_for_job(database, job_id)
+        rss = max(peak_rss_mb(pid) for pid in descendants(proc.pid))
+    finally:
+        stop(proc)
+    with database.sessions() as session:
+        file = session.scalars(select(models.File).where(models.File.job_id == job_id)).one()
+    if job.status != models.JobStatus.SUCCEEDED:
+        raise RuntimeError(f"{label}: job ended {job.status}: {job.error_message}")
+    return (job.finished_at - job.started_at).total_seconds(), rss, file
+
+
+def wait_for_job(database: db.Database, job_id: uuid.UUID) -> models.Job:
+    deadline = time.monotonic() + JOB_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        with database.sessions() as session:
+            job = session.get(models.Job, job_id)
+            if job.status in models.TERMINAL:
+                return job
+        time.sleep(0.2)
+    raise TimeoutError(f"job {job_id} did not finish in {JOB_TIMEOUT_SECONDS} s")
+
+
+# --- B: plain COPY ------------------------------------------------------------------------------
+
+
+def run_copy(csv_path: Path) -> float:
+    """COPY the CSV into an unindexed 8-column text table; the seconds it took."""
+    with psycopg.connect(DB_URL.replace("postgresql+psycopg", "postgresql")) as conn:
+        conn.execute("DROP TABLE IF EXISTS bench_copy")
+        conn.execute(f"CREATE TABLE bench_copy ({', '.join(f'{c} text' for c in COLUMNS)})")
+        conn.commit()
+        started = time.perf_counter()
+        with conn.cursor() as cursor, csv_path.open("rb") as source:
+            with cursor.copy("COPY bench_copy FROM STDIN (FORMAT csv, HEADER true)") as copy:
+                while chunk := source.read(1 << 20):
+                    copy.write(chunk)
+        conn.commit()
+        return time.perf_counter() - started
+
+
+# --- D: upload through the API ------------------------------------------------------------------
+
+BOUNDARY = "jobrunner-bench-boundary"
+
+
+def run_upload(workdir: Path, megabytes: int) -> tuple[float, float, float, int]:
+    """Upload ``megabytes`` MB to a ``jobctl api`` subprocess: (seconds, API RSS MB before it, API peak
+    RSS MB, HTTP status)."""
+    storage_dir = workdir / "upload-storage"
+    port = free_port()
+    env = environment(storage_dir, JOBRUNNER_MAX_UPLOAD_BYTES=str((megabytes + 10) * 10**6))
+    proc = spawn([JOBCTL, "api", "--port", str(port)], env=env, log_path=workdir / "api.log")
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for_api(base)
+        before = max(peak_rss_mb(pid, "VmRSS") for pid in [proc.pid, *descendants(proc.pid)])
+        head = (
+            f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.csv\"\r\n"
+            "Content-Type: text/csv\r\n\r\n"
+        ).encode()
+        tail = f"\r\n--{BOUNDARY}--\r\n".encode()
+        block = (b"1,Customer 000001,user1@example.com,Lisbon,12.34,EUR,2024-01-01,standard\n" * 14_000)[: 1 << 20]
+        size = megabytes * 10**6
+
+        def body() -> Iterator[bytes]:
+            yield head
+            for start in range(0, size, len(block)):
+                yield block[: min(len(block), size - start)]
+            yield tail
+
+        headers = {
+            "content-type": f"multipart/form-data; boundary={BOUNDARY}",
+            "content-length": str(len(head) + size + len(tail)),
+        }
+        started = time.perf_counter()
+        response = httpx.post(f"{base}/files", content=body(), headers=headers, timeout=600)
+        seconds = time.perf_counter() - started
+        rss = max(peak_rss_mb(pid) for pid in [proc.pid, *descendants(proc.pid)])
+    finally:
+        stop(proc)
+        shutil.rmtree(storage_dir, ignore_errors=True)
+    return seconds, before, rss, response.status_code
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_api(base: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError("the API did not come up")
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--small-rows", type=int, default=100_000)
+    parser.add_argument("--upload-mb", type=int, default=500)
+    parser.add_argument("--skip-upload", action="store_true")
+    options = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+
+    registry.load_kinds()
+    workdir = Path(tempfile.mkdtemp(prefix="jobrunner-bench-ingest-"))
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    fresh_database()
+    broker = worker_broker.make_broker(Settings(database_url=DB_URL, broker_url=REDIS_URL))
+    database = db.make_database(DB_URL, sender=sender.make_sender(broker))
+    try:
+        report(options, workdir, database)
+    finally:
+        for proc in list(_started):
+            stop(proc)
+        database.dispose()
+        broker.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def report(options: argparse.Namespace, workdir: Path, database: db.Database) -> None:
+    small, big = workdir / "small.csv", workdir / "big.csv"
+    print(f"generating CSVs: {options.small_rows:,} rows ({write_csv(small, options.small_rows) / 1e6:.1f} MB), "
+          f"{options.rows:,} rows ({write_csv(big, options.rows) / 1e6:.1f} MB)", flush=True)
+
+    small_seconds, small_rss, _ = run_ingest(database, small, workdir, "small")
+    print(f"file.process {options.small_rows:,} rows: {small_seconds:.2f} s, worker peak RSS {small_rss:.1f} MB", flush=True)
+    big_seconds, big_rss, file = run_ingest(database, big, workdir, "big")
+    ingest_rate = file.rows_imported / big_seconds
+    print(f"file.process {options.rows:,} rows: {big_seconds:.2f} s = {ingest_rate:,.0f} rows/s "
+          f"(imported {file.rows_imported:,}, rejected {file.rows_rejected:,}), worker peak RSS {big_rss:.1f} MB", flush=True)
+
+    copy_seconds = run_copy(big)
+    copy_rate = options.rows / copy_seconds
+    print(f"plain COPY {options.rows:,} rows: {copy_seconds:.2f} s = {copy_rate:,.0f} rows/s", flush=True)
+    print(f"ingest / COPY: {ingest_rate / copy_rate:.0%} (target >= 40%)")
+    print(f"worker peak RSS, {options.rows:,} - {options.small_rows:,} rows: {big_rss - small_rss:+.1f} MB (target <= +30 MB)", flush=True)
+
+    if not options.skip_upload:
+        seconds, before, rss, status = run_upload(workdir, options.upload_mb)
+        print(f"upload {options.upload_mb} MB: HTTP {status} in {seconds:.1f} s ({options.upload_mb / seconds:.0f} MB/s), "
+              f"API RSS {before:.1f} MB before it, peak {rss:.1f} MB (target < 100 MB)", flush=True)
+
+
+if __name__ == "__main__":
+    main()

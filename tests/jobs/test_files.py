@@ -1,0 +1,236 @@
+"""The ``file.process`` job through a real worker: rows into records, row errors, failures, resume."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+import pytest
+from sqlalchemy import select
+
+from jobs import db, files, models, registry
+from jobs.models import AttemptOutcome, FileStatus, JobStatus
+
+
+@pytest.fixture
+def make_file(database: db.Database, settings) -> Callable[..., tuple[uuid.UUID, uuid.UUID]]:
+    """Store ``content`` as an upload would and commit its file row and job; (file_id, job_id)."""
+
+    def make(content: bytes, *, block_rows: int | None = None) -> tuple[uuid.UUID, uuid.UUID]:
+        with files.UploadSink(settings.storage_dir, max_bytes=settings.max_upload_bytes) as sink:
+            sink.write(content)
+        with db.session_scope(database.sessions) as session:
+            file, job = files.register_upload(
+                session, sink, name="data.csv", content_type="text/csv", block_rows=block_rows
+            )
+        return file.id, job.id
+
+    return make
+
+
+@pytest.fixture
+def read_file(database: db.Database) -> Callable[[uuid.UUID], models.File]:
+    def read(file_id: uuid.UUID) -> models.File:
+        with database.sessions() as session:
+            return files.get_file(session, file_id)
+
+    return read
+
+
+@pytest.fixture
+def read_records(database: db.Database) -> Callable[[uuid.UUID], list[tuple[int, dict]]]:
+    """A file's records as (row_number, data), in row order."""
+
+    def read(file_id: uuid.UUID) -> list[tuple[int, dict]]:
+        query = (
+            select(models.Record.row_number, models.Record.data)
+            .where(models.Record.file_id == file_id)
+            .order_by(models.Record.row_number)
+        )
+        with database.sessions() as session:
+            return [tuple(row) for row in session.execute(query)]
+
+    return read
+
+
+def test_csv_rows_become_records_keyed_by_the_header(make_file, drain, read_file, read_records, fetch):
+    file_id, job_id = make_file(b"name,qty\nwidget,3\ngadget,5\n")
+    drain()
+    file = read_file(file_id)
+    assert (file.status, file.rows_total, file.rows_imported, file.rows_rejected) == (FileStatus.PROCESSED, 2, 2, 0)
+    assert file.row_errors == [] and file.error_message is None and file.finished_at is not None
+    assert read_records(file_id) == [(1, {"name": "widget", "qty": "3"}), (2, {"name": "gadget", "qty": "5"})]
+    assert fetch(job_id)[0].status == JobStatus.SUCCEEDED
+
+
+def test_bad_rows_are_counted_and_kept_with_their_row_numbers_and_the_rest_imported(
+    make_file, drain, read_file, read_records
+):
+    content = (
+        b"a,b,c\n"
+        b"1,2,3\n"
+        b"1,2\n"  # row 2: too few fields
+        b"\n"  # blank: skipped, not a row
+        b"1,2,3,4\n"  # row 3: too many
+        b"x,\xff,z\n"  # row 4: not UTF-8
+        b"7,8,9\n"  # row 5
+        b'"1,"2"\n'  # row 6: bad quoting
+        b"4,5,6\n"  # row 7
+    )
+    file_id, _ = make_file(content)
+    drain()
+    file = read_file(file_id)
+    assert (file.status, file.rows_total, file.rows_imported, file.rows_rejected) == (FileStatus.PROCESSED, 7, 3, 4)
+    assert [(e["row"], e["reason"]) for e in file.row_errors] == [
+        (2, "expected 3 fields, got 2"),
+        (3, "expected 3 fields, got 4"),
+        (4, "it is not valid UTF-8 (byte 0xff)"),
+        (6, "it is not valid CSV (',' expected after '\"')"),
+    ]
+    assert [n for n, _ in read_records(file_id)] == [1, 5, 7]
+
+
+def test_only_the_first_hundred_row_errors_are_kept_but_all_are_counted(make_file, drain, read_file):
+    file_id, _ = make_file(b"a,b\n" + b"only-one\n" * 150 + b"1,2\n", block_rows=40)
+    drain()
+    file = read_file(file_id)
+    assert (file.rows_total, file.rows_imported, file.rows_rejected) == (151, 1, 150)
+    assert [e["row"] for e in file.row_errors] == list(range(1, 101))
+
+
+def test_non_utf8_file_fails_at_once_saying_why(make_file, drain, read_file, fetch):
+    file_id, job_id = make_file("café,prix\nthé,3\n".encode("latin-1"))
+    drain()
+    file = read_file(file_id)
+    job, history = fetch(job_id)
+    assert file.status == FileStatus.FAILED
+    assert file.error_message == "the header row cannot be read: it is not valid UTF-8 (byte 0xe9)"
+    assert (job.status, job.error_type, len(history)) == (JobStatus.FAILED, "jobs.errors.PermanentError", 1)
+    assert job.error_message == file.error_message
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"\n\r\n\n", "the file has no header row (it is empty or blank)"),
+        (b"a,b,a\n1,2,3\n", "the header row names a column twice: 'a'"),
+    ],
+)
+def test_a_file_without_a_usable_header_fails(make_file, drain, read_file, content, message):
+    file_id, _ = make_file(content)
+    drain()
+    file = read_file(file_id)
+    assert (file.status, file.error_message) == (FileStatus.FAILED, message)
+
+
+def test_header_only_file_is_processed_with_no_rows(make_file, drain, read_file, read_records):
+    file_id, _ = make_file(b"\xef\xbb\xbfa,b\r\n")
+    drain()
+    file = read_file(file_id)
+    assert (file.status, file.rows_total, file.rows_imported, file.rows_rejected) == (FileStatus.PROCESSED, 0, 0, 0)
+    assert read_records(file_id) == []
+
+
+def test_quoted_fields_keep_their_commas_newlines_and_quotes(make_file, drain, read_file, read_records):
+    content = (
+        b"\xef\xbb\xbfid,note\r\n"
+        b'1,"one, two"\r\n'
+        b'2,"line one\nline two\r\nline three"\r\n'
+        b'3,"she said ""hi"""\r\n'
+        b"4,\xe2\x82\xac \xf0\x9f\x98\x80\r\n"
+        b'5,"back\\slash\ttab \\N \\."\r\n'
+    )
+    file_id, _ = make_file(content)
+    drain()
+    assert read_file(file_id).rows_imported == 5
+    assert read_records(file_id) == [
+        (1, {"id": "1", "note": "one, two"}),
+        (2, {"id": "2", "note": "line one\nline two\r\nline three"}),
+        (3, {"id": "3", "note": 'she said "hi"'}),
+        (4, {"id": "4", "note": "€ 😀"}),
+        (5, {"id": "5", "note": "back\\slash\ttab \\N \\."}),
+    ]
+
+
+def test_missing_stored_file_fails_the_job_and_the_file(make_file, drain, read_file, settings, fetch):
+    file_id, job_id = make_file(b"a\n1\n")
+    with_row = read_file(file_id)
+    files.stored_path(settings.storage_dir, with_row.storage_key).unlink()
+    drain()
+    file = read_file(file_id)
+    assert file.status == FileStatus.FAILED
+    assert "the stored file is missing" in file.error_message
+    assert fetch(job_id)[0].attempts == 1
+
+
+class SimulatedCrash(Exception):
+    """Stands for a worker dying with a block written but not committed."""
+
+
+def _csv_with_tricky_rows(count: int) -> tuple[bytes, list[tuple[int, dict]]]:
+    """A CSV whose rows include multi-line quoted fields and bad rows; and its expected records."""
+    lines, expected = [b"n,text\n"], []
+    for n in range(1, count + 1):
+        if n % 7 == 0:
+            lines.append(b"bad row without enough fields\n")
+            continue
+        text = f"row {n}\nspans, lines" if n % 3 == 0 else f"row {n}"
+        lines.append(f'{n},"{text}"\n'.encode())
+        expected.append((n, {"n": str(n), "text": text}))
+    return b"".join(lines), expected
+
+
+def test_a_file_interrupted_after_some_blocks_resumes_from_its_checkpoint_without_gaps_or_repeats(
+    make_file, drain, read_file, read_records, fetch, monkeypatch
+):
+    content, expected = _csv_with_tricky_rows(50)
+    checkpoints = []
+    original = registry.RunningJob.checkpoint
+
+    def crash_on_the_third_checkpoint(job: registry.RunningJob) -> None:
+        checkpoints.append(job.attempt)
+        if len(checkpoints) == 3:
+            raise SimulatedCrash("died with block 3 written but not committed")
+        original(job)
+
+    monkeypatch.setattr(registry.RunningJob, "checkpoint", crash_on_the_third_checkpoint)
+    file_id, job_id = make_file(content, block_rows=4)
+    drain()
+
+    job, history = fetch(job_id)
+    assert [a.outcome for a in history] == [AttemptOutcome.ERROR, AttemptOutcome.SUCCEEDED]
+    # The second attempt started after the two committed blocks (8 rows), so it had 42 rows, 10 full blocks.
+    assert checkpoints == [1, 1, 1] + [2] * 10
+    assert read_records(file_id) == expected
+    file = read_file(file_id)
+    assert (file.status, file.rows_total, file.rows_imported, file.rows_rejected) == (FileStatus.PROCESSED, 50, 43, 7)
+    assert [e["row"] for e in file.row_errors] == [7, 14, 21, 28, 35, 42, 49]
+    assert file.byte_offset == len(content)
+
+
+def test_a_file_failed_midway_keeps_its_committed_blocks_and_a_replay_finishes_it(
+    make_file, drain, read_file, read_records, client, monkeypatch
+):
+    content, expected = _csv_with_tricky_rows(30)
+    original = registry.RunningJob.checkpoint
+    calls = []
+
+    def crash_every_second_checkpoint_of_the_first_run(job: registry.RunningJob) -> None:
+        calls.append(job.run)
+        if job.run == 0 and len(calls) % 2 == 0:
+            raise SimulatedCrash("crash")
+        original(job)
+
+    monkeypatch.setattr(registry.RunningJob, "checkpoint", crash_every_second_checkpoint_of_the_first_run)
+    file_id, job_id = make_file(content, block_rows=5)
+    drain()
+    failed = read_file(file_id)
+    assert failed.status == FileStatus.FAILED and failed.error_message == "crash"
+    assert 0 < failed.rows_total < 30
+    assert read_records(file_id) == [r for r in expected if r[0] <= failed.rows_total]
+
+    assert client.post(f"/jobs/{job_id}/replay").status_code == 202
+    drain()
+    file = read_file(file_id)
+    assert (file.status, file.rows_total, file.error_message) == (FileStatus.PROCESSED, 30, None)
+    assert read_records(file_id) == expected
