@@ -28,12 +28,50 @@ def run(*, rows: int, port: int, console: Console) -> int:
     port = port or _free_port()
     console.print(f"[bold]jobrunner demo[/bold]: starting API, worker and a private Redis under {DEMO_DIR}/ …")
     with devmode.DevStack(port=port, threads=4, var_dir=DEMO_DIR, fresh=True) as stack:
-        with httpx.Client(base_url=stack.api_url, timeout=30) as client:
+        with httpx.Client(base_url=stack.api_url, timeout=60) as client:
+            imported = _import_file(client, console, rows)
             jobs = _post_jobs(client, console)
             states = _wait_for(client, console, jobs, "running the jobs")
-            _summarise(console, states, stack.env["JOBRUNNER_DATABASE_URL"])
+            _summarise(console, client, states, stack.env["JOBRUNNER_DATABASE_URL"])
     console.print("demo finished; processes stopped.")
-    return 0 if _as_expected(states) else 1
+    return 0 if imported and _as_expected(states) else 1
+
+
+def demo_csv(rows: int) -> bytes:
+    """A customer CSV with ``rows`` data rows; every 1,000th has a missing field (a bad row)."""
+    lines = ["name,email,quantity"]
+    for n in range(1, rows + 1):
+        if n % 1000 == 500:
+            lines.append(f"Customer {n},customer{n}@example.com")  # one field short
+        else:
+            lines.append(f"  Customer {n} ,Customer{n}@Example.COM,{n % 50}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _import_file(client: httpx.Client, console: Console, rows: int) -> dict | None:
+    """Upload a generated CSV and wait for its import; returns the file's final state."""
+    body = demo_csv(rows)
+    response = client.post("/files", files={"file": ("customers.csv", body, "text/csv")})
+    response.raise_for_status()
+    file_id = response.json()["file_id"]
+    console.print(f"uploaded customers.csv ({len(body):,} bytes, {rows:,} rows): file {file_id}")
+    deadline = time.monotonic() + WAIT_SECONDS
+    with Progress(console=console) as progress:
+        task = progress.add_task("importing the CSV", total=None)
+        while time.monotonic() < deadline:
+            state = client.get(f"/files/{file_id}").json()
+            if state["status"] in ("processed", "failed"):
+                progress.update(task, total=1, completed=1)
+                break
+            time.sleep(0.2)
+    table = Table(title="file import")
+    for column in ("status", "rows", "imported", "rejected", "first errors"):
+        table.add_column(column)
+    errors = "; ".join(f"row {e['row']}: {e['reason']}" for e in state["row_errors"][:3])
+    table.add_row(state["status"], str(state["rows_total"]), str(state["rows_imported"]),
+                  str(state["rows_rejected"]), errors)
+    console.print(table)
+    return state if state["status"] == "processed" else None
 
 
 def _post_jobs(client: httpx.Client, console: Console) -> dict[uuid.UUID, str]:
@@ -73,9 +111,19 @@ def _wait_for(client: httpx.Client, console: Console, jobs: dict[uuid.UUID, str]
     return states
 
 
-def _summarise(console: Console, states: dict[uuid.UUID, dict], database_url: str) -> None:
-    counts = collections.Counter((s["kind"], s["status"]) for s in states.values())
-    table = Table(title="jobs by kind and status")
+def _all_jobs(client: httpx.Client) -> Iterable[dict]:
+    cursor = None
+    while True:
+        page = client.get("/jobs", params={"limit": 500, **({"cursor": cursor} if cursor else {})}).json()
+        yield from page["items"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return
+
+
+def _summarise(console: Console, client: httpx.Client, states: dict[uuid.UUID, dict], database_url: str) -> None:
+    counts = collections.Counter((job["kind"], job["status"]) for job in _all_jobs(client))
+    table = Table(title="all jobs by kind and status")
     for column in ("kind", "status", "jobs"):
         table.add_column(column)
     for (kind, status), count in sorted(counts.items()):
