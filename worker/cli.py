@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from jobs import db, errors, migrate, models, registry, store
+from jobs import db, errors, events, migrate, models, registry, store
 from jobs.config import Settings, get_settings
 from worker import broker as worker_broker
 from worker import devmode, sender, sweeper
@@ -37,8 +37,10 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="The database schema.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Inspect jobs.", no_args_is_help=True)
+events_app = typer.Typer(help="Domain events and their projections.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(events_app, name="events")
 
 logger = logging.getLogger(__name__)
 
@@ -118,20 +120,22 @@ def worker(
     queues: Annotated[list[str] | None, typer.Option(help="Only these queues (repeatable).")] = None,
 ) -> None:
     """Run Dramatiq's worker (its own process machinery) on the job queues."""
-    from dramatiq import cli as dramatiq_cli
-
     settings = get_settings()
-    # Dramatiq reads these at import, in each worker process: set them before it starts.
-    os.environ["dramatiq_worker_timeout"] = str(settings.consumer_timeout_ms)
+    # Dramatiq reads these once, when dramatiq.worker is first imported, and this process has
+    # imported it already: exec a fresh interpreter running Dramatiq's own CLI (same PID, so
+    # signals sent to `jobctl worker` reach Dramatiq's master) with them in its environment.
+    env = dict(os.environ, dramatiq_worker_timeout=str(settings.consumer_timeout_ms))
     if settings.prefetch:
-        os.environ["dramatiq_queue_prefetch"] = str(settings.prefetch)
+        env["dramatiq_queue_prefetch"] = str(settings.prefetch)
     # Dramatiq's own shutdown wait must outlast ours, so interrupted jobs are recorded before exit.
     shutdown_ms = int((settings.shutdown_timeout_seconds + devmode.SHUTDOWN_GRACE_SECONDS) * 1000)
-    argv = ["worker.entry", "--processes", str(processes), "--threads", str(threads),
+    argv = [sys.executable, "-m", "dramatiq", "worker.entry", "--processes", str(processes), "--threads", str(threads),
             "--worker-shutdown-timeout", str(shutdown_ms)]
     if queues:
         argv += ["--queues", *queues]
-    raise typer.Exit(dramatiq_cli.main(dramatiq_cli.make_argument_parser().parse_args(argv)))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, argv, env)
 
 
 @app.command()
@@ -322,6 +326,27 @@ def stats(as_json: JsonOption = False) -> None:
     console.print(f"oldest queued job: {'none' if age is None else f'{age:.0f} s ago'}")
 
 
+@events_app.command("rebuild")
+def events_rebuild(
+    projection: Annotated[str, typer.Argument(help="The projection: orgs or products.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only compare with the live rows; change nothing.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Recompute a projection from its initial rows and the ledger of applied events."""
+    with _database(get_settings()) as database, db.session_scope(database.sessions) as session:
+        report = events.rebuild_projection(session, projection, dry_run=dry_run)
+    summary = {"projection": report.projection, "rows": report.rows, "matched": report.matched, "dry_run": dry_run,
+               "changed": [str(k) for k in report.changed], "missing": [str(k) for k in report.missing],
+               "extra": [str(k) for k in report.extra]}
+    if as_json:
+        typer.echo(json.dumps(summary))
+    elif report.matched:
+        typer.echo(f"{projection}: {report.rows} rows recomputed; live equals rebuilt")
+    else:
+        typer.echo(f"{projection}: {report.rows} rows; {'would fix' if dry_run else 'fixed'} {len(report.changed)} "
+                   f"changed, {len(report.missing)} missing, {len(report.extra)} extra")
+
+
 # --- replaying ----------------------------------------------------------------------------------
 
 
@@ -364,7 +389,10 @@ def replay(
             return
         if selected and not yes and not typer.confirm(f"Replay {len(selected)} job(s)?", err=True):
             raise typer.Exit(1)
-        replayed = _replay_in_chunks(database, [job.id for job in selected], reason=reason, quiet=as_json)
+        if batch and selected:
+            replayed = _replay_batch(database, batch, [job.id for job in selected], reason=reason)
+        else:
+            replayed = _replay_in_chunks(database, [job.id for job in selected], reason=reason, quiet=as_json)
     # Skipped: jobs named on the command line that are not failed (or do not exist), and selected
     # jobs that stopped being failed before our update (another replay took them).
     selected_ids, replayed_ids = {job.id for job in selected}, set(replayed)
@@ -377,6 +405,16 @@ def replay(
         console.print(f"replayed {len(replayed)}, skipped {len(skipped)} (not failed, or no longer)")
     if skipped:
         raise typer.Exit(1)
+
+
+def _replay_batch(database: db.Database, batch: str, job_ids: list[uuid.UUID], *, reason: str | None) -> list[uuid.UUID]:
+    """Replay a batch's selected failed jobs and reopen the batch for a new run, in one transaction."""
+    try:
+        batch_id = uuid.UUID(batch)
+    except ValueError:
+        raise UsageError(f"not a batch ID: {batch}") from None
+    with db.session_scope(database.sessions) as session:
+        return store.replay_batch(session, batch_id, reason=reason, job_ids=job_ids)
 
 
 def _replay_in_chunks(database: db.Database, job_ids: list[uuid.UUID], *, reason: str | None, quiet: bool) -> list[uuid.UUID]:

@@ -21,7 +21,7 @@ import pydantic
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
-from jobs import csvrows, errors, files, models, registry, store
+from jobs import csvrows, errors, events, files, models, registry, store
 from jobs.config import get_settings
 from jobs.models import FileStatus
 
@@ -96,6 +96,14 @@ def process_file(session: Session, job: registry.RunningJob) -> None:
                 job.checkpoint()
     file.status = FileStatus.PROCESSED
     file.finished_at = store.utcnow()
+    # In the job's own session: the event exists only if the import commits. Its ID is derived
+    # from the file, so the event cannot be stored twice.
+    events.emit(
+        session,
+        "file.processed",
+        {"file_id": str(file.id), "records": file.rows_imported, "errors": file.rows_rejected},
+        event_id=uuid.uuid5(file.id, "file.processed"),
+    )
 
 
 def _load_file(session: Session, file_id: uuid.UUID) -> models.File:

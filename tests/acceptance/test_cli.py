@@ -401,3 +401,15 @@ def _processes_in(directory: Path) -> list[int]:
         if cwd == directory or directory in cwd.parents:
             found.append(int(entry.name))
     return found
+
+
+def test_events_rebuild_reports_the_projection_equal_to_live(jobctl, client, drain):
+    org = {"type": "user_registered", "payload": {"org_id": "acme", "user_id": "u1", "email": "a@acme.io"}}
+    assert client.post("/events", json=[org]).status_code == 202
+    drain()
+    result = jobctl("events", "rebuild", "orgs", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["matched"] is True and report["rows"] == 1
+    unknown = jobctl("events", "rebuild", "nonsense")
+    assert unknown.returncode == 1 and unknown.stderr.startswith("error:")

@@ -234,3 +234,18 @@ def test_a_file_failed_midway_keeps_its_committed_blocks_and_a_replay_finishes_i
     file = read_file(file_id)
     assert (file.status, file.rows_total, file.error_message) == (FileStatus.PROCESSED, 30, None)
     assert read_records(file_id) == expected
+
+
+def test_processed_file_emits_one_file_processed_event_with_its_counts(client, drain, database):
+    from sqlalchemy import select
+
+    from jobs import models as m
+
+    body = b"name,email\nAda,ada@example.com\nbad\nBob,bob@example.com\n"
+    file_id = client.post("/files", files={"file": ("people.csv", body, "text/csv")}).json()["file_id"]
+    drain()
+    with database.readers() as session:
+        events = session.scalars(select(m.Event).where(m.Event.type == "file.processed")).all()
+        assert [e.payload for e in events] == [{"file_id": file_id, "records": 2, "errors": 1}]
+        notes = session.scalars(select(m.Notification)).all()
+    assert len(notes) == 1

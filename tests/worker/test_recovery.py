@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -204,3 +205,21 @@ def _reachable(database) -> bool:
         return True
     except Exception:
         return False
+
+
+def test_worker_gets_its_consumer_timeout_before_dramatiq_reads_it(database, workers):
+    # Dramatiq reads dramatiq_worker_timeout once, at import; jobctl worker must exec Dramatiq with
+    # it already set (it bounds how long an idle consumer sleeps, so the pickup latency).
+    worker = workers(JOBRUNNER_CONSUMER_TIMEOUT_MS="7")
+    environ = wait_until(lambda: _environ(worker.pid).get("dramatiq_worker_timeout"), timeout=30,
+                         what="the worker's environment")
+    assert environ == "7"
+    assert "dramatiq" in Path(f"/proc/{worker.pid}/cmdline").read_text()
+
+
+def _environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except FileNotFoundError:
+        return {}
+    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
