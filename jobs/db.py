@@ -88,17 +88,6 @@ class Database:
         """Sessions for reading only: on SQLite they do not queue behind a long write."""
         return sessionmaker(self.engine.execution_options(**{READ_ONLY_OPTION: True}), expire_on_commit=False)
 
-    @functools.cached_property
-    def autocommit(self) -> Engine:
-        """The same pool, each statement its own transaction (PostgreSQL); plain engine on SQLite.
-
-        A single-statement claim needs no BEGIN/COMMIT round trips; on SQLite the explicit
-        ``BEGIN IMMEDIATE`` is what serialises writers, so it stays.
-        """
-        if self.is_sqlite:
-            return self.engine
-        return self.engine.execution_options(isolation_level="AUTOCOMMIT")
-
     @property
     def is_sqlite(self) -> bool:
         """Whether this is a SQLite database."""

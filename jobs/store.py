@@ -13,15 +13,21 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import datetime as dt
 import logging
 import random
 import traceback
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, insert, literal, select, tuple_, update
+import psycopg
+from psycopg.pq import TransactionStatus
+from psycopg.rows import namedtuple_row
+from sqlalchemy import Connection, Select, bindparam, case, func, insert, literal, literal_column, select, tuple_, update
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
 from sqlalchemy.orm import Session
 
 from jobs import errors, models, registry, sending
@@ -117,9 +123,55 @@ def create_jobs(
 
 # --- claiming ---------------------------------------------------------------------------------
 
+class _HotStatement:
+    """A statement on the worker's per-job path: SQLAlchemy Core, compiled once more to PostgreSQL
+    text that runs straight on the psycopg cursor of the same connection.
+
+    SQLAlchemy's per-execution work (cache lookup, parameter and result processing) is most of the
+    worker's CPU per job; on PostgreSQL the driver gets the SQL and the values directly (UUIDs and
+    aware datetimes need no conversion there, and psycopg prepares repeated statements itself).
+    """
+
+    def __init__(self, statement: Any) -> None:
+        self.statement = statement
+        compiled = statement.compile(dialect=postgresql_psycopg.dialect())
+        self.postgres_sql = str(compiled)
+        #: Values of the statement's own literals (statuses, NULLs), merged under the caller's.
+        self.postgres_defaults = dict(compiled.params)
+
+    def first(self, conn: Connection, params: dict[str, Any], *, own_transaction: bool = False) -> Any:
+        """Execute with ``params`` in ``conn``'s transaction and return the first row, or None.
+
+        ``own_transaction``: on PostgreSQL, when nothing ran in the transaction yet, run the
+        statement on its own in autocommit mode (one round trip instead of BEGIN, it, COMMIT).
+        """
+        if conn.dialect.name != "postgresql":
+            return conn.execute(self.statement, params).first()
+        driver = conn.connection.driver_connection
+        alone = own_transaction and driver.info.transaction_status == TransactionStatus.IDLE
+        if alone:
+            driver.autocommit = True
+        try:
+            with driver.cursor(row_factory=namedtuple_row) as cursor:
+                cursor.execute(self.postgres_sql, {**self.postgres_defaults, **params})
+                return cursor.fetchone() if cursor.description else None
+        except psycopg.Error as exc:
+            # What SQLAlchemy would have raised: callers handle one family of errors. A connection
+            # that broke is dropped rather than given back to the pool.
+            if isinstance(exc, psycopg.OperationalError):
+                conn.invalidate()
+            raise sa_exc.DBAPIError.instance(self.postgres_sql, params, exc, psycopg.Error) from exc
+        finally:
+            if alone and not driver.closed:
+                driver.autocommit = False
+
+
+#: The claimable statuses, inlined as constants: nothing left for SQLAlchemy to expand per call.
+_CLAIMABLE_SQL = [literal_column(f"'{status.value}'") for status in models.CLAIMABLE]
+
 _CLAIM = (
     update(_jobs)
-    .where(_jobs.c.id == bindparam("b_job_id"), _jobs.c.status.in_([s.value for s in models.CLAIMABLE]))
+    .where(_jobs.c.id == bindparam("b_job_id"), _jobs.c.status.in_(_CLAIMABLE_SQL))
     .values(
         status=JobStatus.RUNNING.value,
         attempts=_jobs.c.attempts + 1,
@@ -133,26 +185,45 @@ _CLAIM = (
 )
 
 
+_HOT_CLAIM = _HotStatement(_CLAIM)
+
+
+@contextlib.contextmanager
+def _own_transaction(conn: Connection) -> Iterator[None]:
+    """PostgreSQL: nothing (the hot statement runs in autocommit mode). SQLite: BEGIN IMMEDIATE
+    ... COMMIT around the block."""
+    if conn.in_transaction():
+        raise RuntimeError("a claim commits on its own: pass a connection outside any transaction")
+    if conn.dialect.name == "postgresql":
+        yield
+        return
+    with conn.begin():
+        yield
+
+
 def claim_job(
     conn: Connection, job_id: uuid.UUID, *, worker_id: str, lease_seconds: float
 ) -> registry.RunningJob | None:
     """Atomically take a ``queued`` or ``retrying`` job: ``running``, attempts + 1, new token, lease.
 
-    One UPDATE decides it, so of two workers racing for a job exactly one gets it. Returns None when
-    the job is not claimable (see :func:`describe_unclaimable`); the row is then untouched.
+    One UPDATE, committed at once in a transaction of its own (``conn`` must not be in one), decides
+    it: of two workers racing for a job exactly one gets it. Returns None when the job is not
+    claimable (see :func:`describe_unclaimable`); the row is then untouched.
     """
     now = utcnow()
     token = uuid.uuid4()
-    row = conn.execute(
-        _CLAIM,
-        {
-            "b_job_id": job_id,
-            "b_token": token,
-            "b_lease": now + dt.timedelta(seconds=lease_seconds),
-            "b_worker": worker_id,
-            "b_now": now,
-        },
-    ).first()
+    with _own_transaction(conn):
+        row = _HOT_CLAIM.first(
+            conn,
+            {
+                "b_job_id": job_id,
+                "b_token": token,
+                "b_lease": now + dt.timedelta(seconds=lease_seconds),
+                "b_worker": worker_id,
+                "b_now": now,
+            },
+            own_transaction=True,
+        )
     if row is None:
         return None
     return registry.RunningJob(
@@ -219,6 +290,7 @@ _SUCCEED_WITH_ATTEMPT = insert(_attempts).from_select(
     ),
 ).returning(_attempts.c.id)
 _INSERT_ATTEMPT = insert(_attempts)
+_HOT_SUCCEED_WITH_ATTEMPT = _HotStatement(_SUCCEED_WITH_ATTEMPT)
 
 
 def complete_job(conn: Connection, job: registry.RunningJob) -> bool:
@@ -229,7 +301,8 @@ def complete_job(conn: Connection, job: registry.RunningJob) -> bool:
     """
     params = {"b_job_id": job.id, "b_token": job.claim_token, "b_now": utcnow()}
     if conn.dialect.name == "postgresql":
-        return conn.execute(_SUCCEED_WITH_ATTEMPT, params).first() is not None
+        # A handler that ran no SQL leaves nothing to commit with the success: then it runs alone.
+        return _HOT_SUCCEED_WITH_ATTEMPT.first(conn, params, own_transaction=True) is not None
     row = conn.execute(_SUCCEED, params).first()
     if row is None:
         return False
@@ -743,3 +816,78 @@ def _decode_cursor(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
         return parsed, uuid.UUID(job_id)
     except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
         raise errors.InvalidCursor() from exc
+
+
+# --- batches ------------------------------------------------------------------------------------
+
+
+def cancel_jobs(session: Session, job_ids: Sequence[uuid.UUID] | Select[Any]) -> list[uuid.UUID]:
+    """Cancel the jobs among ``job_ids`` (a list, or a SELECT of IDs) that have not started:
+    ``queued|retrying -> cancelled``, in one conditional UPDATE. A running job is left to finish; a
+    message still in the broker for a cancelled job is skipped by the claim. Returns those cancelled.
+    """
+    rows = session.execute(
+        update(_jobs)
+        .where(_jobs.c.id.in_(job_ids), _jobs.c.status.in_([s.value for s in models.CLAIMABLE]))
+        .values(status=JobStatus.CANCELLED.value, finished_at=utcnow(), next_retry_at=None,
+                claim_token=None, lease_expires_at=None)
+        .returning(_jobs.c.id)
+    ).all()
+    return [row.id for row in rows]
+
+
+def replay_batch(
+    session: Session, batch_id: uuid.UUID, *, reason: str | None = None, job_ids: Sequence[uuid.UUID] | None = None
+) -> list[uuid.UUID]:
+    """Replay a batch's failed chunk jobs (only those among ``job_ids`` if given) and reopen the batch
+    for a new run, in the caller's transaction; a failed ``batch.plan`` job is replayed too, and the
+    batch goes back to planning. Returns the jobs replayed.
+
+    Raises:
+        BatchNotFound: there is no such batch.
+    """
+    batch = session.get(models.Batch, batch_id, with_for_update=True, populate_existing=True)
+    if batch is None:
+        raise errors.BatchNotFound(f"no batch {batch_id}")
+    chunks = models.BatchChunk.__table__
+    query = (
+        select(chunks.c.job_id)
+        .join(_jobs, _jobs.c.id == chunks.c.job_id)
+        .where(chunks.c.batch_id == batch_id, _jobs.c.status == JobStatus.FAILED.value)
+    )
+    if job_ids is not None:
+        query = query.where(chunks.c.job_id.in_(job_ids))
+    replayed = replay_jobs(session, list(session.scalars(query)), reason=reason)
+    reopen_batch_chunks(session, batch_id, replayed)
+    wanted = job_ids is None or batch.job_id in job_ids
+    if batch.status == models.BatchStatus.FAILED and batch.job_id is not None and wanted:
+        if replay_jobs(session, [batch.job_id], reason=reason):
+            replayed.append(batch.job_id)
+            batch.status, batch.error_message, batch.finished_at = models.BatchStatus.PLANNING, None, None
+    session.flush()
+    return replayed
+
+
+def reopen_batch_chunks(session: Session, batch_id: uuid.UUID, job_ids: Sequence[uuid.UUID]) -> int:
+    """Put the failed chunks of these (replayed) chunk jobs back to pending and reopen their batch:
+    ``running``, those chunks no longer done, and a new run if its completion had fired for this
+    one. The chunks' earlier share of the counts stays until they finish again (and replace it).
+    Returns how many chunks were reopened."""
+    if not job_ids:
+        return 0
+    chunks, batches = models.BatchChunk.__table__, models.Batch.__table__
+    reopened = session.execute(
+        update(chunks)
+        .where(chunks.c.batch_id == batch_id, chunks.c.job_id.in_(job_ids),
+               chunks.c.status == models.ChunkStatus.FAILED.value)
+        .values(status=models.ChunkStatus.PENDING.value)
+    ).rowcount
+    if reopened:
+        finished = batches.c.status != models.BatchStatus.RUNNING.value
+        session.execute(
+            update(batches)
+            .where(batches.c.id == batch_id)
+            .values(status=models.BatchStatus.RUNNING.value, chunks_done=batches.c.chunks_done - reopened,
+                    run=batches.c.run + case((finished, 1), else_=0), finished_at=None)
+        )
+    return reopened

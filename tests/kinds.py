@@ -74,7 +74,7 @@ def stolen_while_running(session: Session, job: registry.RunningJob) -> None:
     """Have "another worker" take the claim over (a new token on the row, written on another
     connection), as if this worker had stalled past its lease; then write a note, stale now.
     (In this order so that SQLite, with one writer at a time, can run it too.)"""
-    engine = session.get_bind()
+    engine = session.get_bind().engine
     with engine.begin() as conn:
         conn.execute(
             update(models.Job.__table__).where(models.Job.id == job.id).values(claim_token=uuid.uuid4())

@@ -33,6 +33,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.errors import BrokerConnectionError
 from dramatiq.middleware import Shutdown, SkipMessage
 from dramatiq.threading import raise_thread_exception
+from sqlalchemy import Connection
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
@@ -56,6 +57,8 @@ class _Current:
 
     job: registry.RunningJob
     kind: registry.JobKind | None
+    #: The one pooled connection of this job: its claim, then its session.
+    connection: Connection
     session: Session
     #: What the handler raised (the actor catches it so Dramatiq does not log it as unhandled).
     error: BaseException | None = None
@@ -143,15 +146,29 @@ class JobSessionMiddleware(Middleware):
     # --- one message --------------------------------------------------------------------------
 
     def before_process_message(self, broker: RedisBroker, message: Any) -> None:
-        """Runs first for each message: claim the job and open its session, or skip the message."""
-        job = self._claim(message)
+        """Runs first for each message: claim the job and open its session, or skip the message.
+
+        One connection serves the claim (committed at once) and then the job's session, so a job
+        costs one pool checkout."""
+        job_id = _job_id(message)
+        connection = None
+        try:
+            connection = self.database.engine.connect()
+            job = self._claim(connection, job_id)
+        except sa_exc.SQLAlchemyError as exc:
+            _log(job_id, None, "db_unreachable", "message skipped, the sweeper re-sends it: %s", exc)
+            _close_connection(connection)
+            raise SkipMessage() from None
+        except BaseException:
+            _close_connection(connection)
+            raise
         kind = _find_kind(job.kind)
         limit = kind.time_limit_seconds if kind and kind.time_limit_seconds else self.settings.time_limit_seconds
         # TimeLimit (after us in the list) reads the limit from the message; the row's kind decides it.
         message.options["time_limit"] = limit * 1000
-        session = self.database.sessions()
+        session = self.database.sessions(bind=connection)
         job._checkpoint = functools.partial(store.checkpoint, session, job, lease_seconds=self.settings.lease_seconds)
-        _current.set(_Current(job=job, kind=kind, session=session))
+        _current.set(_Current(job=job, kind=kind, connection=connection, session=session))
         self.heartbeat.track(job)
 
     def after_process_message(
@@ -186,38 +203,28 @@ class JobSessionMiddleware(Middleware):
 
     # --- the claim ------------------------------------------------------------------------------
 
-    def _claim(self, message: Any) -> registry.RunningJob:
-        try:
-            job_id = uuid.UUID(str(message.args[0]))
-        except (IndexError, ValueError):
-            logger.warning("skipping message %s: it carries no job ID", message.message_id)
-            raise SkipMessage() from None
-        try:
-            job, reason = self._try_claim(job_id)
-        except sa_exc.SQLAlchemyError as exc:
-            _log(job_id, None, "db_unreachable", "message skipped, the sweeper re-sends it: %s", exc)
-            raise SkipMessage() from None
-        if job is None:
-            _log(job_id, None, "skipped", "%s", reason)
-            raise SkipMessage()
-        return job
-
-    def _try_claim(self, job_id: uuid.UUID) -> tuple[registry.RunningJob | None, str]:
+    def _claim(self, connection: Connection, job_id: uuid.UUID) -> registry.RunningJob:
+        """Claim the job, or raise SkipMessage saying why not."""
         claim = functools.partial(
-            store.claim_job, job_id=job_id, worker_id=self.worker_id, lease_seconds=self.settings.lease_seconds
+            store.claim_job, connection, job_id, worker_id=self.worker_id, lease_seconds=self.settings.lease_seconds
         )
-        with self.database.autocommit.begin() as conn:
-            job = claim(conn)
+        job = claim()
+        if job is not None:
+            return job
+        reason, expired = store.describe_unclaimable(connection, job_id)
+        connection.rollback()  # end the read, so the job's session starts its own transaction
+        if expired:
+            # The worker that held it died or stalled: record that attempt as lost, claim afresh.
+            with db.session_scope(self.database.sessions) as session:
+                store.recover_lost_jobs(
+                    session, job_ids=[job_id], quarantine_after_lost=self.settings.quarantine_after_lost
+                )
+            job = claim()
             if job is not None:
-                return job, ""
-            reason, expired = store.describe_unclaimable(conn, job_id)
-        if not expired:
-            return None, reason
-        # The worker that held it died or stalled: record that attempt as lost, then claim afresh.
-        with db.session_scope(self.database.sessions) as session:
-            store.recover_lost_jobs(session, job_ids=[job_id], quarantine_after_lost=self.settings.quarantine_after_lost)
-        with self.database.autocommit.begin() as conn:
-            return claim(conn), "taken by another worker after its lease expired"
+                return job
+            reason = "taken by another worker after its lease expired"
+        _log(job_id, None, "skipped", "%s", reason)
+        raise SkipMessage()
 
     # --- outcomes ---------------------------------------------------------------------------------
 
@@ -230,18 +237,18 @@ class JobSessionMiddleware(Middleware):
             else:
                 session.rollback()
         except BaseException as exc:  # noqa: BLE001 - the commit failed: that is the job's failure
-            _close(session)
+            _close(current)
             self._fail(current, exc)
             return
         finally:
-            _close(session)
+            _close(current)
         if held:
             _log(current.job.id, current.job.kind, "succeeded", "attempt %d", current.job.attempt)
         else:
             _log_claim_lost(current.job)
 
     def _fail(self, current: _Current, error: BaseException) -> None:
-        _close(current.session)
+        _close(current)
         job = current.job
         status = self._record(
             job, lambda session: store.record_failure(session, job, error, backoff_seconds=self.settings.retry_backoff_seconds)
@@ -256,7 +263,7 @@ class JobSessionMiddleware(Middleware):
             _log_claim_lost(job)
 
     def _interrupt(self, current: _Current, reason: str) -> None:
-        _close(current.session)
+        _close(current)
         job = current.job
         if self._record(job, lambda session: store.interrupt_job(session, job, reason=reason)):
             _log(job.id, job.kind, "interrupted", "back to queued: %s", reason)
@@ -285,13 +292,32 @@ def _find_kind(name: str) -> registry.JobKind | None:
         return None
 
 
-def _close(session: Session) -> None:
-    """Roll back whatever is open and give the connection back; safe to call twice."""
+def _job_id(message: Any) -> uuid.UUID:
     try:
-        session.close()
+        return uuid.UUID(str(message.args[0]))
+    except (IndexError, ValueError):
+        logger.warning("skipping message %s: it carries no job ID", message.message_id)
+        raise SkipMessage() from None
+
+
+def _close(current: _Current) -> None:
+    """Roll back whatever is open and give the connection back to the pool; safe to call twice."""
+    try:
+        current.session.close()
     except Exception:
         logger.warning("closing a job session failed; its connection is discarded", exc_info=True)
-        session.invalidate()
+        current.connection.invalidate()
+    _close_connection(current.connection)
+
+
+def _close_connection(connection: Connection | None) -> None:
+    if connection is None:
+        return
+    try:
+        connection.close()
+    except Exception:
+        logger.warning("returning a connection to the pool failed; it is discarded", exc_info=True)
+        connection.invalidate()
 
 
 def _worker_id() -> str:

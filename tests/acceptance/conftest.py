@@ -62,7 +62,7 @@ def make_failed_job(database: db.Database, make_job) -> Callable[..., uuid.UUID]
         kind: str = "fail", message: str = "failed on purpose", failed_ago: dt.timedelta | None = None
     ) -> uuid.UUID:
         job_id = make_job(kind)
-        with database.autocommit.begin() as conn:
+        with database.engine.connect() as conn:
             job = store.claim_job(conn, job_id, **CLAIM)
         with db.session_scope(database.sessions) as session:
             status = store.record_failure(session, job, errors.PermanentError(message), backoff_seconds=0)

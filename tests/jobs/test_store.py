@@ -16,7 +16,7 @@ CLAIM = {"worker_id": "test-worker", "lease_seconds": 30}
 
 
 def _claim(database, job_id):
-    with database.autocommit.begin() as conn:
+    with database.engine.connect() as conn:
         return store.claim_job(conn, job_id, **CLAIM)
 
 

@@ -43,7 +43,7 @@ def test_sweep_resends_retrying_jobs_only_once_their_retry_is_overdue(database, 
 
 def test_sweep_takes_back_a_job_whose_worker_died(database, settings, make_job, fetch, queued_messages, redis_client):
     job_id = make_job("noop")
-    with database.autocommit.begin() as conn:
+    with database.engine.connect() as conn:
         store.claim_job(conn, job_id, worker_id="dead-worker", lease_seconds=30)
     redis_client.flushdb()
     _age(database, job_id, lease_expires_at=_ago(1))
@@ -57,7 +57,7 @@ def test_sweep_takes_back_a_job_whose_worker_died(database, settings, make_job, 
 
 def test_sweep_leaves_a_running_job_with_a_live_lease_alone(database, settings, make_job, fetch):
     job_id = make_job("noop")
-    with database.autocommit.begin() as conn:
+    with database.engine.connect() as conn:
         store.claim_job(conn, job_id, worker_id="busy-worker", lease_seconds=30)
     report = sweeper.sweep_once(database, settings)
     assert report.requeued == [] and fetch(job_id)[0].status == JobStatus.RUNNING
@@ -87,7 +87,7 @@ def test_prune_deletes_old_succeeded_jobs_and_keeps_failed_ones(database, make_j
 
 def test_quarantine_runs_the_kinds_on_failed_hook(database, settings, make_job, fetch):
     job_id = make_job("test.hooked")
-    with database.autocommit.begin() as conn:
+    with database.engine.connect() as conn:
         store.claim_job(conn, job_id, worker_id="dead-worker", lease_seconds=30)
     _age(database, job_id, lease_expires_at=_ago(1))
     report = sweeper.sweep_once(database, settings.model_copy(update={"quarantine_after_lost": 1}))
