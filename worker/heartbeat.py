@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 
-from sqlalchemy import exc as sa_exc
-
 from jobs import db, registry, store
-
-logger = logging.getLogger(__name__)
+from worker import periodic
 
 
 class Heartbeat:
@@ -22,8 +18,7 @@ class Heartbeat:
         self.lease_seconds = lease_seconds
         self._jobs: dict[int, registry.RunningJob] = {}
         self._lock = threading.Lock()
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="jobrunner-heartbeat", daemon=True)
+        self._thread = periodic.Periodic("heartbeat", lease_seconds / 3, self.beat)
 
     def start(self) -> None:
         """Start beating."""
@@ -31,9 +26,7 @@ class Heartbeat:
 
     def stop(self) -> None:
         """Stop beating and wait for the thread."""
-        self._stopped.set()
-        if self._thread.is_alive():
-            self._thread.join()
+        self._thread.stop()
 
     def track(self, job: registry.RunningJob) -> None:
         """Renew ``job``'s lease, run by the calling thread, until :meth:`untrack`."""
@@ -57,10 +50,3 @@ class Heartbeat:
             return 0
         with self.database.engine.begin() as conn:
             return store.renew_leases(conn, tokens, lease_seconds=self.lease_seconds)
-
-    def _run(self) -> None:
-        while not self._stopped.wait(self.lease_seconds / 3):
-            try:
-                self.beat()
-            except sa_exc.SQLAlchemyError as exc:
-                logger.warning("could not renew leases (will try again): %s", exc)

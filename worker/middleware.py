@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session
 from jobs import db, errors, registry, store
 from jobs.config import Settings
 from jobs.models import JobStatus
-from worker import heartbeat, sender, sweeper
+from worker import heartbeat, periodic, sender, sweeper
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class JobSessionMiddleware(Middleware):
         self.worker_id = _worker_id()
         self.heartbeat: heartbeat.Heartbeat | None = None
         self._shutdown_timer: threading.Timer | None = None
-        self.sweeper: sweeper.Sweeper | None = None
+        self.sweeper: periodic.Periodic | None = None
 
     # --- process lifecycle ----------------------------------------------------------------------
 
@@ -114,7 +114,7 @@ class JobSessionMiddleware(Middleware):
             )
         self.heartbeat = heartbeat.Heartbeat(self.database, lease_seconds=self.settings.lease_seconds)
         self.heartbeat.start()
-        self.sweeper = sweeper.Sweeper(self.database, self.settings)
+        self.sweeper = sweeper.make_sweeper(self.database, self.settings)
         self.sweeper.start()
 
     def before_worker_shutdown(self, broker: RedisBroker, worker: Any) -> None:

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 import uuid
-
-from sqlalchemy import exc as sa_exc
 
 from jobs import db, store
 from jobs.config import Settings
 from jobs.models import JobStatus
+from worker import periodic
 
 logger = logging.getLogger(__name__)
 
@@ -52,28 +50,6 @@ def sweep_once(database: db.Database, settings: Settings) -> SweepReport:
     return report
 
 
-class Sweeper:
-    """Runs :func:`sweep_once` every ``sweep_interval_seconds`` on a daemon thread."""
-
-    def __init__(self, database: db.Database, settings: Settings) -> None:
-        self.database = database
-        self.settings = settings
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="jobrunner-sweeper", daemon=True)
-
-    def start(self) -> None:
-        """Start sweeping."""
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop after the current pass."""
-        self._stopped.set()
-        if self._thread.is_alive():
-            self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stopped.wait(self.settings.sweep_interval_seconds):
-            try:
-                sweep_once(self.database, self.settings)
-            except sa_exc.SQLAlchemyError as exc:
-                logger.warning("sweep failed (will try again): %s", exc)
+def make_sweeper(database: db.Database, settings: Settings) -> periodic.Periodic:
+    """A thread running :func:`sweep_once` every ``sweep_interval_seconds``."""
+    return periodic.Periodic("sweeper", settings.sweep_interval_seconds, lambda: sweep_once(database, settings))
