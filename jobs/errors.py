@@ -90,3 +90,34 @@ class UploadTooLarge(JobError):
 
 class InvalidUpload(JobError):
     """The upload is not a multipart form with one non-empty ``file`` field."""
+
+
+# --- batches ---
+
+
+class UnknownOperation(JobError):
+    """No batch operation is registered under that name."""
+
+
+class InvalidBatch(JobError):
+    """The batch request does not name records it can run over (an unknown file or record IDs)."""
+
+
+class FileNotProcessed(JobError):
+    """The file is not processed yet: a batch needs all of its records."""
+
+
+class BatchNotFound(JobError):
+    """No batch has that ID."""
+
+
+class BatchNotCancellable(JobError):
+    """The batch has finished already."""
+
+
+class RecordRejected(JobError):
+    """A batch operation refused a record; ``problems`` lists why."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems) or None)
+        self.problems = list(problems)

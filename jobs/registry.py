@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -77,12 +78,14 @@ class JobKind:
         Raises:
             InvalidJobArgs: they do not fit; the message says which field and why.
         """
-        if self.args_model is None:
-            return dict(args)
         try:
-            return self.args_model.model_validate(args).model_dump(mode="json")
+            stored = dict(args) if self.args_model is None else self.args_model.model_validate(args).model_dump(mode="json")
         except pydantic.ValidationError as exc:
             raise errors.InvalidJobArgs(_describe(exc)) from exc
+        # PostgreSQL's JSONB cannot hold a NUL character; refuse it on every database alike.
+        if "\\u0000" in json.dumps(stored):
+            raise errors.InvalidJobArgs("arguments may not contain NUL (\\u0000) characters")
+        return stored
 
     def parse_args(self, args: dict[str, Any]) -> Any:
         """The stored arguments as the handler sees them: the kind's model, or the dict."""

@@ -347,6 +347,8 @@ def describe_error(error: BaseException) -> dict[str, str]:
         error_type = f"{type(error).__module__}.{error_type}"
     message = str(error) or (type(error).__doc__ or type(error).__name__).strip().splitlines()[0]
     trace = "".join(traceback.format_exception(error))
+    # PostgreSQL text cannot hold NUL: show it escaped rather than fail to record the failure.
+    message, trace = message.replace("\x00", "\\x00"), trace.replace("\x00", "\\x00")
     return {
         "error_type": error_type[:200],
         "error_message": message[:MAX_ERROR_CHARS],

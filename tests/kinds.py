@@ -111,3 +111,13 @@ def _note_failure(session: Session, job: registry.RunningJob, error: BaseExcepti
 @registry.job_kind("test.hooked", on_failed=_note_failure)
 def hooked(session: Session, job: registry.RunningJob) -> None:
     """Succeeds; its on_failed hook leaves a note (for failures decided outside the handler)."""
+
+
+@registry.job_kind("test.open_cursor_timeout", time_limit_seconds=0.5, max_attempts=1)
+def time_out_with_an_open_cursor(session: Session, job: registry.RunningJob) -> None:
+    """Leave a SELECT half read, then run past the time limit (a BaseException mid-statement)."""
+    session.execute(insert(notes).values(job_id=job.id, text="a"))
+    session.execute(insert(notes).values(job_id=job.id, text="b"))
+    rows = session.execute(notes.select())
+    rows.fetchone()
+    _sleep(30)

@@ -189,6 +189,9 @@ class JobSessionMiddleware(Middleware):
                 self._fail(current, error)
         finally:
             self.heartbeat.untrack()
+            # The error's traceback holds the handler's frames (and this record): let them go now,
+            # not at the next cyclic garbage collection (as Dramatiq's clear_exception does).
+            current.error = None
 
     def after_skip_message(self, broker: RedisBroker, message: Any) -> None:
         """Runs when a later middleware skipped a message we had claimed: give the job back."""
@@ -248,7 +251,10 @@ class JobSessionMiddleware(Middleware):
             _log_claim_lost(current.job)
 
     def _fail(self, current: _Current, error: BaseException) -> None:
-        _close(current)
+        # SQLite: a handler stopped mid-read leaves a statement open on its connection (the error's
+        # traceback still holds the cursor), pinning an old snapshot: the next BEGIN IMMEDIATE on
+        # that connection would fail with "database is locked". Such a connection is not reused.
+        _close(current, discard=self.database.is_sqlite)
         job = current.job
         status = self._record(
             job, lambda session: store.record_failure(session, job, error, backoff_seconds=self.settings.retry_backoff_seconds)
@@ -300,12 +306,15 @@ def _job_id(message: Any) -> uuid.UUID:
         raise SkipMessage() from None
 
 
-def _close(current: _Current) -> None:
-    """Roll back whatever is open and give the connection back to the pool; safe to call twice."""
+def _close(current: _Current, *, discard: bool = False) -> None:
+    """Roll back whatever is open and give the connection back to the pool (or, ``discard``, close
+    it for good); safe to call twice."""
     try:
         current.session.close()
     except Exception:
         logger.warning("closing a job session failed; its connection is discarded", exc_info=True)
+        discard = True
+    if discard and not current.connection.invalidated:
         current.connection.invalidate()
     _close_connection(current.connection)
 

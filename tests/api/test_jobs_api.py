@@ -163,3 +163,22 @@ def test_healthz_is_503_when_redis_is_unreachable(settings: Settings, database):
     assert response.status_code == 503
     assert "broker unreachable" in response.json()["detail"]
     assert "database" not in response.json()["detail"]
+
+
+def test_text_the_database_cannot_store_is_a_422_not_a_500(client, queued_messages):
+    response = client.post("/jobs", json={"kind": "fail", "args": {"message": "nul \u0000 inside"}})
+    assert response.status_code == 422, response.text
+    listing = client.get("/jobs", params={"kind": "no\u0000pe"})
+    assert listing.status_code in (200, 422)  # SQLite stores NUL; PostgreSQL refuses it: never a 500
+    assert queued_messages() == 0
+
+
+def test_a_failure_message_with_nul_is_recorded_escaped(database, make_job, fetch):
+    from jobs import db, store
+
+    job_id = make_job("noop")
+    with database.engine.connect() as conn:
+        job = store.claim_job(conn, job_id, worker_id="w", lease_seconds=30)
+    with db.session_scope(database.sessions) as session:
+        store.record_failure(session, job, RuntimeError("bad \x00 byte"), backoff_seconds=0)
+    assert fetch(job_id)[0].error_message == "bad \\x00 byte"

@@ -134,3 +134,13 @@ def test_a_thousand_jobs_leave_no_connection_checked_out(make_job, drain, fetch,
     assert database.engine.pool.checkedout() == 0
     if database.engine.dialect.name == "postgresql":
         assert _idle_in_transaction(database) == 0
+
+
+def test_a_job_stopped_with_a_half_read_cursor_leaves_the_database_usable(make_job, drain, fetch, count_notes):
+    stopped = make_job("test.open_cursor_timeout")
+    drain()
+    assert fetch(stopped)[0].status == JobStatus.FAILED
+    after = [make_job("test.note", {"text": str(n)}) for n in range(5)]
+    drain()
+    assert [fetch(job_id)[0].status for job_id in after] == [JobStatus.SUCCEEDED] * 5
+    assert count_notes(stopped) == 0
