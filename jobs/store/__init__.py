@@ -1,0 +1,63 @@
+"""Every change of a job's state, in one place.
+
+Functions take the session (or, on the worker's hot path, a Connection) first and keyword arguments
+after; they flush or execute but never commit, so several can share a transaction. Statements on the
+hot path (claim, complete, fail, renew) are Core statements built once at import: SQLAlchemy caches
+their compiled form, and on PostgreSQL the claim and the success run as precompiled SQL straight on
+the driver's cursor, so a job costs a few statement executions, not ORM unit-of-work work.
+
+Every update of a running job is *fenced*: it applies only while the row still carries the claim
+token this worker got, so a worker that lost its claim can change nothing.
+
+The modules: ``creating``, ``running`` (a job's attempt from claim to outcome), ``recovery`` (the
+sweeper's work and pruning), ``replaying`` (and cancelling), ``reading``. Callers use this package:
+``store.claim_job(...)``.
+"""
+
+from jobs.store.base import utcnow
+from jobs.store.creating import create_job, create_jobs
+from jobs.store.reading import (
+    count_jobs,
+    get_job,
+    list_attempts,
+    list_jobs,
+    oldest_queued_at,
+    select_failed_jobs,
+)
+from jobs.store.recovery import (
+    SWEEP_LOCK_KEY,
+    prune_jobs,
+    recover_lost_jobs,
+    resend_overdue_jobs,
+    try_sweep_lock,
+)
+from jobs.store.replaying import (
+    cancel_jobs,
+    reopen_batch_chunks,
+    replay_batch,
+    replay_job,
+    replay_jobs,
+)
+from jobs.store.running import (
+    MAX_ERROR_CHARS,
+    MAX_RETRY_DELAY_SECONDS,
+    checkpoint,
+    claim_job,
+    complete_job,
+    describe_error,
+    describe_unclaimable,
+    interrupt_job,
+    record_failure,
+    renew_claim,
+    renew_leases,
+    retry_delay_seconds,
+)
+
+__all__ = [
+    "MAX_ERROR_CHARS", "MAX_RETRY_DELAY_SECONDS", "SWEEP_LOCK_KEY", "cancel_jobs", "checkpoint", "claim_job",
+    "complete_job", "count_jobs", "create_job", "create_jobs", "describe_error", "describe_unclaimable",
+    "get_job", "interrupt_job", "list_attempts", "list_jobs", "oldest_queued_at", "prune_jobs",
+    "record_failure", "recover_lost_jobs", "renew_claim", "renew_leases", "reopen_batch_chunks", "replay_batch",
+    "replay_job", "replay_jobs", "resend_overdue_jobs", "retry_delay_seconds", "select_failed_jobs",
+    "try_sweep_lock", "utcnow",
+]

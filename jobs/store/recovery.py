@@ -1,0 +1,163 @@
+"""Jobs whose worker died, jobs whose message seems lost, old jobs: the sweeper's and prune's work."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from jobs import errors, models, registry, sending
+from jobs.models import AttemptOutcome, JobStatus
+from jobs.store.base import utcnow
+from jobs.store.running import run_failure_hook
+
+_jobs = models.Job.__table__
+_attempts = models.JobAttempt.__table__
+
+
+def recover_lost_jobs(
+    session: Session,
+    *,
+    quarantine_after_lost: int,
+    job_ids: Sequence[uuid.UUID] | None = None,
+    limit: int = 500,
+) -> list[tuple[uuid.UUID, JobStatus]]:
+    """Take back ``running`` jobs whose lease expired (their worker died): attempt ``lost``, then
+    ``queued``, or ``failed`` once attempts are spent or the worker died ``quarantine_after_lost``
+    times on the job. Returns each job taken back with its new status.
+    """
+    now = utcnow()
+    query = (
+        select(models.Job)
+        .where(models.Job.status == JobStatus.RUNNING, models.Job.lease_expires_at < now)
+        .order_by(models.Job.lease_expires_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    if job_ids is not None:
+        query = query.where(models.Job.id.in_(job_ids))
+    recovered = []
+    for job in session.scalars(query):
+        recovered.append((job.id, _take_back(session, job, now=now, quarantine_after_lost=quarantine_after_lost)))
+    session.flush()
+    return recovered
+
+
+def _as_running(job: models.Job) -> registry.RunningJob:
+    """The job as its handler and hooks see it (for a hook run outside the worker)."""
+    kind = registry.get_kind(job.kind)
+    try:
+        args = kind.parse_args(job.args)
+    except errors.PermanentError:
+        args = job.args
+    return registry.RunningJob(
+        id=job.id, kind=job.kind, args=args, attempt=job.attempts, max_attempts=job.max_attempts,
+        run=job.replay_count, claim_token=job.claim_token or uuid.uuid4(), queue=job.queue,
+    )
+
+
+def _take_back(session: Session, job: models.Job, *, now: dt.datetime, quarantine_after_lost: int) -> JobStatus:
+    earlier_deaths = session.scalar(
+        select(func.count())
+        .select_from(models.JobAttempt)
+        .where(
+            models.JobAttempt.job_id == job.id,
+            models.JobAttempt.run == job.replay_count,
+            models.JobAttempt.outcome == AttemptOutcome.LOST,
+        )
+    )
+    deaths = earlier_deaths + 1
+    session.add(
+        models.JobAttempt(
+            job_id=job.id,
+            run=job.replay_count,
+            number=job.attempts,
+            worker_id=job.worker_id,
+            started_at=job.started_at,
+            finished_at=now,
+            outcome=AttemptOutcome.LOST,
+            error_message="the worker stopped renewing its lease (it died or stalled)",
+        )
+    )
+    job.claim_token = None
+    job.lease_expires_at = None
+    if deaths >= quarantine_after_lost or job.attempts >= job.max_attempts:
+        error = errors.WorkerLost(
+            f"worker died {deaths} times while running this job"
+            if deaths >= quarantine_after_lost
+            else f"worker died while running this job and its {job.max_attempts} attempts are spent"
+        )
+        job.status = JobStatus.FAILED
+        job.finished_at = now
+        job.error_type = "jobs.errors.WorkerLost"
+        job.error_message = str(error)
+        run_failure_hook(session, _as_running(job), error)
+        return JobStatus.FAILED
+    job.status = JobStatus.QUEUED
+    job.enqueued_at = now
+    sending.send_after_commit(session, sending.JobMessage(job.id, job.queue))
+    return JobStatus.QUEUED
+
+
+# --- the sweeper --------------------------------------------------------------------------------
+
+#: Key of the PostgreSQL advisory lock that lets one sweeper pass run at a time across workers.
+SWEEP_LOCK_KEY = 0x6A6F6272  # "jobr"
+
+
+def try_sweep_lock(session: Session) -> bool:
+    """Take the sweeper's lock for this transaction, if no other pass holds it.
+
+    PostgreSQL: ``pg_try_advisory_xact_lock``, released at commit. SQLite: every write transaction
+    begins with ``BEGIN IMMEDIATE`` and so already excludes every other writer.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return True
+    return bool(session.execute(select(func.pg_try_advisory_xact_lock(SWEEP_LOCK_KEY))).scalar_one())
+
+
+def resend_overdue_jobs(session: Session, *, older_than_seconds: float, limit: int = 1000) -> list[uuid.UUID]:
+    """Send again the jobs whose message seems lost: ``queued`` and last sent before the cutoff, or
+    ``retrying`` with ``next_retry_at`` before it. Their ``enqueued_at`` becomes now, so a long
+    backlog is not re-sent on every pass. A duplicate message is harmless: the claim skips it.
+    """
+    now = utcnow()
+    cutoff = now - dt.timedelta(seconds=older_than_seconds)
+    overdue = (
+        select(_jobs.c.id)
+        .where(
+            _jobs.c.enqueued_at < cutoff,
+            (_jobs.c.status == JobStatus.QUEUED.value)
+            | ((_jobs.c.status == JobStatus.RETRYING.value) & (_jobs.c.next_retry_at < cutoff)),
+        )
+        .order_by(_jobs.c.enqueued_at)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        overdue = overdue.with_for_update(skip_locked=True)
+    rows = session.execute(
+        update(_jobs).where(_jobs.c.id.in_(overdue.scalar_subquery())).values(enqueued_at=now).returning(_jobs.c.id, _jobs.c.queue)
+    ).all()
+    for row in rows:
+        sending.send_after_commit(session, sending.JobMessage(row.id, row.queue))
+    return [row.id for row in rows]
+
+
+def prune_jobs(
+    session: Session, *, statuses: Sequence[JobStatus], older_than: dt.datetime, batch_size: int = 1000
+) -> int:
+    """Delete one batch of jobs in ``statuses`` finished before ``older_than`` (and, by cascade,
+    their history). Returns how many; call again until it returns 0."""
+    doomed = (
+        select(_jobs.c.id)
+        .where(_jobs.c.status.in_([s.value for s in statuses]), _jobs.c.finished_at < older_than)
+        .limit(batch_size)
+    )
+    ids = list(session.scalars(doomed))
+    if ids:
+        session.execute(_attempts.delete().where(_attempts.c.job_id.in_(ids)))
+        session.execute(_jobs.delete().where(_jobs.c.id.in_(ids)))
+    return len(ids)

@@ -1,0 +1,357 @@
+"""A job's attempt, from its claim to its outcome: claim, succeed, fail, interrupt, renew, checkpoint."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import random
+import traceback
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    bindparam,
+    func,
+    insert,
+    literal,
+    literal_column,
+    select,
+    update,
+)
+from sqlalchemy.orm import Session
+
+from jobs import errors, models, registry, sending
+from jobs.models import AttemptOutcome, JobStatus, UTCDateTime
+from jobs.store.base import HotStatement, utcnow
+
+logger = logging.getLogger(__name__)
+
+_jobs = models.Job.__table__
+_attempts = models.JobAttempt.__table__
+
+#: Longest error message and traceback kept on a row; the rest is cut.
+MAX_ERROR_CHARS = 16_000
+#: No retry waits longer than this, however many attempts.
+MAX_RETRY_DELAY_SECONDS = 3600.0
+
+
+#: The claimable statuses, inlined as constants: nothing left for SQLAlchemy to expand per call.
+_CLAIMABLE_SQL = [literal_column(f"'{status.value}'") for status in models.CLAIMABLE]
+
+_CLAIM = (
+    update(_jobs)
+    .where(_jobs.c.id == bindparam("b_job_id"), _jobs.c.status.in_(_CLAIMABLE_SQL))
+    .values(
+        status=JobStatus.RUNNING.value,
+        attempts=_jobs.c.attempts + 1,
+        claim_token=bindparam("b_token"),
+        lease_expires_at=bindparam("b_lease"),
+        worker_id=bindparam("b_worker"),
+        started_at=bindparam("b_now"),
+        next_retry_at=None,
+    )
+    .returning(_jobs.c.kind, _jobs.c.args, _jobs.c.attempts, _jobs.c.max_attempts, _jobs.c.replay_count, _jobs.c.queue)
+)
+
+
+_HOT_CLAIM = HotStatement(_CLAIM)
+
+
+@contextlib.contextmanager
+def _own_transaction(conn: Connection) -> Iterator[None]:
+    """PostgreSQL: nothing (the hot statement runs in autocommit mode). SQLite: BEGIN IMMEDIATE
+    ... COMMIT around the block."""
+    if conn.in_transaction():
+        raise RuntimeError("a claim commits on its own: pass a connection outside any transaction")
+    if conn.dialect.name == "postgresql":
+        yield
+        return
+    with conn.begin():
+        yield
+
+
+def claim_job(
+    conn: Connection, job_id: uuid.UUID, *, worker_id: str, lease_seconds: float
+) -> registry.RunningJob | None:
+    """Atomically take a ``queued`` or ``retrying`` job: ``running``, attempts + 1, new token, lease.
+
+    One UPDATE, committed at once in a transaction of its own (``conn`` must not be in one), decides
+    it: of two workers racing for a job exactly one gets it. Returns None when the job is not
+    claimable (see :func:`describe_unclaimable`); the row is then untouched.
+    """
+    now = utcnow()
+    token = uuid.uuid4()
+    with _own_transaction(conn):
+        row = _HOT_CLAIM.first(
+            conn,
+            {
+                "b_job_id": job_id,
+                "b_token": token,
+                "b_lease": now + dt.timedelta(seconds=lease_seconds),
+                "b_worker": worker_id,
+                "b_now": now,
+            },
+            own_transaction=True,
+        )
+    if row is None:
+        return None
+    return registry.RunningJob(
+        id=job_id,
+        kind=row.kind,
+        args=row.args,
+        attempt=row.attempts,
+        max_attempts=row.max_attempts,
+        run=row.replay_count,
+        claim_token=token,
+        queue=row.queue,
+    )
+
+
+def describe_unclaimable(conn: Connection, job_id: uuid.UUID) -> tuple[str, bool]:
+    """Why a job could not be claimed, and whether it is running under an expired lease."""
+    row = conn.execute(
+        select(_jobs.c.status, _jobs.c.lease_expires_at).where(_jobs.c.id == job_id)
+    ).first()
+    if row is None:
+        return "no such job", False
+    if row.status != JobStatus.RUNNING:
+        return f"job is {row.status}", False
+    if row.lease_expires_at is not None and row.lease_expires_at < utcnow():
+        return "job is running under an expired lease", True
+    return "job is running under a live lease", False
+
+
+# --- finishing an attempt -----------------------------------------------------------------------
+
+_now_param = bindparam("b_now", type_=UTCDateTime())
+_fence = (
+    _jobs.c.id == bindparam("b_job_id"),
+    _jobs.c.claim_token == bindparam("b_token"),
+    _jobs.c.status == JobStatus.RUNNING.value,
+)
+_attempt_columns = ["job_id", "run", "number", "worker_id", "started_at", "finished_at", "outcome"]
+
+_SUCCEED = (
+    update(_jobs)
+    .where(*_fence)
+    .values(
+        status=JobStatus.SUCCEEDED.value,
+        finished_at=_now_param,
+        lease_expires_at=None,
+        error_type=None,
+        error_message=None,
+        error_traceback=None,
+    )
+    .returning(_jobs.c.id, _jobs.c.replay_count, _jobs.c.attempts, _jobs.c.worker_id, _jobs.c.started_at)
+)
+_succeeded = _SUCCEED.cte("succeeded")
+#: PostgreSQL: the fenced update and the attempt row in one statement (a data-modifying CTE).
+_SUCCEED_WITH_ATTEMPT = insert(_attempts).from_select(
+    _attempt_columns,
+    select(
+        _succeeded.c.id,
+        _succeeded.c.replay_count,
+        _succeeded.c.attempts,
+        _succeeded.c.worker_id,
+        _succeeded.c.started_at,
+        _now_param,
+        literal(AttemptOutcome.SUCCEEDED.value),
+    ),
+).returning(_attempts.c.id)
+_INSERT_ATTEMPT = insert(_attempts)
+_HOT_SUCCEED_WITH_ATTEMPT = HotStatement(_SUCCEED_WITH_ATTEMPT)
+
+
+def complete_job(conn: Connection, job: registry.RunningJob) -> bool:
+    """Mark ``job`` ``succeeded`` with its attempt row, in the caller's (the handler's) transaction.
+
+    Returns False, changing nothing, if this worker no longer holds the claim: the caller must then
+    roll the handler's work back.
+    """
+    params = {"b_job_id": job.id, "b_token": job.claim_token, "b_now": utcnow()}
+    if conn.dialect.name == "postgresql":
+        # A handler that ran no SQL leaves nothing to commit with the success: then it runs alone.
+        return _HOT_SUCCEED_WITH_ATTEMPT.first(conn, params, own_transaction=True) is not None
+    row = conn.execute(_SUCCEED, params).first()
+    if row is None:
+        return False
+    conn.execute(_INSERT_ATTEMPT, _attempt_row(row, outcome=AttemptOutcome.SUCCEEDED, now=params["b_now"]))
+    return True
+
+
+def _attempt_row(row: Any, *, outcome: AttemptOutcome, now: dt.datetime, **extra: Any) -> dict[str, Any]:
+    return {
+        "job_id": row.id,
+        "run": row.replay_count,
+        "number": row.attempts,
+        "worker_id": row.worker_id,
+        "started_at": row.started_at,
+        "finished_at": now,
+        "outcome": outcome.value,
+        **extra,
+    }
+
+
+_FAIL = (
+    update(_jobs)
+    .where(*_fence)
+    .values(
+        status=bindparam("b_status"),
+        next_retry_at=bindparam("b_next_retry_at", type_=UTCDateTime()),
+        finished_at=bindparam("b_finished_at", type_=UTCDateTime()),
+        enqueued_at=func.coalesce(bindparam("b_enqueued_at", type_=UTCDateTime()), _jobs.c.enqueued_at),
+        lease_expires_at=None,
+        error_type=bindparam("b_error_type"),
+        error_message=bindparam("b_error_message"),
+        error_traceback=bindparam("b_error_traceback"),
+    )
+    .returning(_jobs.c.id, _jobs.c.replay_count, _jobs.c.attempts, _jobs.c.worker_id, _jobs.c.started_at)
+)
+
+
+def describe_error(error: BaseException) -> dict[str, str]:
+    """Type, message and traceback of ``error``, cut to a size a row can hold."""
+    error_type = type(error).__qualname__
+    if type(error).__module__ not in ("builtins", "__main__"):
+        error_type = f"{type(error).__module__}.{error_type}"
+    message = str(error) or (type(error).__doc__ or type(error).__name__).strip().splitlines()[0]
+    trace = "".join(traceback.format_exception(error))
+    # PostgreSQL text cannot hold NUL: show it escaped rather than fail to record the failure.
+    message, trace = message.replace("\x00", "\\x00"), trace.replace("\x00", "\\x00")
+    return {
+        "error_type": error_type[:200],
+        "error_message": message[:MAX_ERROR_CHARS],
+        "error_traceback": trace[-MAX_ERROR_CHARS:],
+    }
+
+
+def retry_delay_seconds(attempt: int, *, base_seconds: float) -> float:
+    """Exponential backoff with jitter: about ``base * 2**(attempt-1)``, capped at an hour."""
+    delay = min(base_seconds * 2 ** (attempt - 1), MAX_RETRY_DELAY_SECONDS)
+    return delay * random.uniform(0.9, 1.1)
+
+
+def record_failure(
+    session: Session, job: registry.RunningJob, error: BaseException, *, backoff_seconds: float
+) -> JobStatus | None:
+    """Record a failed attempt in ``session`` (a fresh one: the handler's was rolled back).
+
+    The job becomes ``retrying`` (its ID re-sent after commit, delayed to ``next_retry_at``) or, when
+    its attempts are spent or the error is a :class:`PermanentError`, ``failed``, and then the kind's
+    ``on_failed`` hook runs in this same transaction. Returns the new status, or None if this worker
+    no longer holds the claim (nothing is changed).
+    """
+    final = isinstance(error, errors.PermanentError) or job.attempt >= job.max_attempts
+    now = utcnow()
+    delay = None if final else retry_delay_seconds(job.attempt, base_seconds=backoff_seconds)
+    details = describe_error(error)
+    conn = session.connection()
+    row = conn.execute(
+        _FAIL,
+        {
+            "b_job_id": job.id,
+            "b_token": job.claim_token,
+            "b_status": (JobStatus.FAILED if final else JobStatus.RETRYING).value,
+            "b_next_retry_at": None if delay is None else now + dt.timedelta(seconds=delay),
+            "b_finished_at": now if final else None,
+            "b_enqueued_at": None if final else now,
+            **{f"b_{key}": value for key, value in details.items()},
+        },
+    ).first()
+    if row is None:
+        return None
+    outcome = AttemptOutcome.FAILED if final else AttemptOutcome.ERROR
+    conn.execute(_INSERT_ATTEMPT, _attempt_row(row, outcome=outcome, now=now, **details))
+    if final:
+        run_failure_hook(session, job, error)
+        return JobStatus.FAILED
+    sending.send_after_commit(session, sending.JobMessage(job.id, job.queue, delay_ms=int(delay * 1000)))
+    return JobStatus.RETRYING
+
+
+def run_failure_hook(session: Session, job: registry.RunningJob, error: BaseException) -> None:
+    """Run the kind's ``on_failed`` in a SAVEPOINT: a hook that raises is logged and undone, and
+    the failure is still recorded."""
+    hook = registry.get_kind(job.kind).on_failed
+    if hook is None:
+        return
+    try:
+        with session.begin_nested():
+            hook(session, job, error)
+    except Exception:
+        logger.exception("the on_failed hook of job %s (%s) raised; the failure is recorded without it", job.id, job.kind)
+
+
+_INTERRUPT = (
+    update(_jobs)
+    .where(*_fence)
+    .values(
+        status=JobStatus.QUEUED.value,
+        attempts=_jobs.c.attempts - 1,
+        claim_token=None,
+        lease_expires_at=None,
+        enqueued_at=_now_param,
+    )
+    .returning(_jobs.c.id, _jobs.c.replay_count, _jobs.c.attempts, _jobs.c.worker_id, _jobs.c.started_at)
+)
+
+
+def interrupt_job(session: Session, job: registry.RunningJob, *, reason: str) -> bool:
+    """Put a job this worker could not finish back to ``queued`` at once, not counting the attempt.
+
+    Returns False if this worker no longer holds the claim.
+    """
+    now = utcnow()
+    conn = session.connection()
+    row = conn.execute(_INTERRUPT, {"b_job_id": job.id, "b_token": job.claim_token, "b_now": now}).first()
+    if row is None:
+        return False
+    attempt = _attempt_row(row, outcome=AttemptOutcome.INTERRUPTED, now=now, error_message=reason)
+    attempt["number"] = job.attempt
+    conn.execute(_INSERT_ATTEMPT, attempt)
+    sending.send_after_commit(session, sending.JobMessage(job.id, job.queue))
+    return True
+
+
+_RENEW = update(_jobs).where(*_fence).values(lease_expires_at=bindparam("b_lease", type_=UTCDateTime()))
+
+
+def renew_claim(conn: Connection, job: registry.RunningJob, *, lease_seconds: float) -> bool:
+    """Extend ``job``'s lease if this worker still holds its claim; False if it does not."""
+    params = {
+        "b_job_id": job.id,
+        "b_token": job.claim_token,
+        "b_lease": utcnow() + dt.timedelta(seconds=lease_seconds),
+    }
+    return conn.execute(_RENEW, params).rowcount == 1
+
+
+_RENEW_ALL = (
+    update(_jobs)
+    .where(
+        _jobs.c.claim_token.in_(bindparam("b_tokens", expanding=True)),
+        _jobs.c.status == JobStatus.RUNNING.value,
+    )
+    .values(lease_expires_at=bindparam("b_lease", type_=UTCDateTime()))
+)
+
+
+def renew_leases(conn: Connection, claim_tokens: Sequence[uuid.UUID], *, lease_seconds: float) -> int:
+    """Extend the leases of the running jobs holding ``claim_tokens`` in one statement (the
+    heartbeat). Returns how many were still held."""
+    lease = utcnow() + dt.timedelta(seconds=lease_seconds)
+    return conn.execute(_RENEW_ALL, {"b_tokens": list(claim_tokens), "b_lease": lease}).rowcount
+
+
+def checkpoint(session: Session, job: registry.RunningJob, *, lease_seconds: float) -> None:
+    """Commit the handler's work so far, with a renewed lease, only while the claim is held.
+
+    Raises:
+        ClaimLost: another worker holds the job now; nothing was committed.
+    """
+    if not renew_claim(session.connection(), job, lease_seconds=lease_seconds):
+        raise errors.ClaimLost(f"job {job.id} was taken over by another worker; its work was not committed")
+    session.commit()
