@@ -30,19 +30,25 @@ def run(*, rows: int, port: int, console: Console) -> int:
     with devmode.DevStack(port=port, threads=4, var_dir=DEMO_DIR, fresh=True) as stack:
         with httpx.Client(base_url=stack.api_url, timeout=60) as client:
             imported = _import_file(client, console, rows)
+            batch = _run_batch(client, console, imported["id"]) if imported else None
             jobs = _post_jobs(client, console)
-            states = _wait_for(client, console, jobs, "running the jobs")
+            event_jobs, product_id = _post_events(client, console)
+            states = _wait_for(client, console, {**jobs, **event_jobs}, "running the jobs and the event handlers")
+            _show_projections(client, console, product_id)
             _summarise(console, client, states, stack.env["JOBRUNNER_DATABASE_URL"])
     console.print("demo finished; processes stopped.")
-    return 0 if imported and _as_expected(states) else 1
+    return 0 if batch == "completed_with_errors" and _as_expected(states) else 1
 
 
 def demo_csv(rows: int) -> bytes:
-    """A customer CSV with ``rows`` data rows; every 1,000th has a missing field (a bad row)."""
+    """A customer CSV with ``rows`` data rows: every 1,000th misses a field (a bad row for the
+    import), every 1,000th from the 250th has a bad email (a failed record for the batch)."""
     lines = ["name,email,quantity"]
     for n in range(1, rows + 1):
         if n % 1000 == 500:
             lines.append(f"Customer {n},customer{n}@example.com")  # one field short
+        elif n % 1000 == 250:
+            lines.append(f"Customer {n},not-an-email,{n % 50}")
         else:
             lines.append(f"  Customer {n} ,Customer{n}@Example.COM,{n % 50}")
     return ("\n".join(lines) + "\n").encode()
@@ -72,6 +78,79 @@ def _import_file(client: httpx.Client, console: Console, rows: int) -> dict | No
                   str(state["rows_rejected"]), errors)
     console.print(table)
     return state if state["status"] == "processed" else None
+
+
+def _run_batch(client: httpx.Client, console: Console, file_id: str) -> str | None:
+    """Validate the imported records in chunks of 1,000; show progress and the result."""
+    response = client.post("/batches", json={"operation": "validate", "file_id": file_id, "chunk_size": 1000})
+    response.raise_for_status()
+    batch_id = response.json()["batch_id"]
+    deadline = time.monotonic() + WAIT_SECONDS
+    with Progress(console=console) as progress:
+        task = progress.add_task("validating the records (batch)", total=100)
+        while time.monotonic() < deadline:
+            batch = client.get(f"/batches/{batch_id}").json()
+            progress.update(task, completed=batch["percent"])
+            if batch["status"] in ("completed", "completed_with_errors", "cancelled", "failed"):
+                break
+            time.sleep(0.2)
+    table = Table(title=f"batch {batch_id}")
+    for column in ("status", "records", "processed", "failed", "chunks", "records/s", "a failed record"):
+        table.add_column(column)
+    sample = batch["failed_sample"][0] if batch["failed_sample"] else None
+    table.add_row(batch["status"], str(batch["total"]), str(batch["processed"]), str(batch["failed"]),
+                  f"{batch['chunks_done']}/{batch['chunks_total']}", f"{batch['records_per_second'] or 0:,.0f}",
+                  f"#{sample['record_id']}: {'; '.join(sample['errors'])}" if sample else "")
+    console.print(table)
+    return batch["status"]
+
+
+#: Demo events: users joining orgs, and orders against one product (the last one too big).
+DEMO_ORGS = ("acme", "globex", "initech")
+DEMO_USERS = 240
+DEMO_ORDERS = 60
+
+
+def _post_events(client: httpx.Client, console: Console) -> tuple[dict[uuid.UUID, str], str]:
+    """Create a product, then post domain events in lists: their handler jobs run on the workers.
+    Returns the handler jobs (labelled) and the product's ID."""
+    product = client.post("/products", json={"sku": "DEMO-WIDGET", "inventory": 100})
+    product.raise_for_status()
+    product_id = product.json()["id"]
+    events = [
+        {"type": "user_registered",
+         "payload": {"org_id": DEMO_ORGS[n % len(DEMO_ORGS)], "user_id": f"user-{n}", "email": f"user{n}@example.com"}}
+        for n in range(DEMO_USERS)
+    ]
+    events += [{"type": "order_created", "payload": {"order_id": f"order-{n}", "product_id": product_id, "quantity": 1}}
+               for n in range(DEMO_ORDERS)]
+    events.append({"type": "order_created",
+                   "payload": {"order_id": "order-too-big", "product_id": product_id, "quantity": 1000}})
+    jobs: dict[uuid.UUID, str] = {}
+    for start in range(0, len(events), 100):
+        chunk = events[start : start + 100]
+        response = client.post("/events", json=chunk)
+        response.raise_for_status()
+        for event, accepted in zip(chunk, response.json()):
+            label = "too-big" if event["payload"].get("order_id") == "order-too-big" else "event"
+            jobs.update({uuid.UUID(job_id): label for job_id in accepted["job_ids"]})
+    console.print(f"posted {len(events)} domain events in lists of 100 ({DEMO_USERS} users joining "
+                  f"{len(DEMO_ORGS)} orgs, {DEMO_ORDERS + 1} orders, the last beyond the inventory): "
+                  f"{len(jobs)} handler jobs")
+    return jobs, product_id
+
+
+def _show_projections(client: httpx.Client, console: Console, product_id: str) -> None:
+    table = Table(title="projections, updated once per event by the handlers")
+    for column in ("projection", "value"):
+        table.add_column(column)
+    for org in DEMO_ORGS:
+        stats = client.get(f"/orgs/{org}/stats").json()
+        table.add_row(f"org {org}", f"{stats['user_count']} users")
+    product = client.get(f"/products/{product_id}").json()
+    table.add_row(f"product {product['sku']}",
+                  f"inventory {product['inventory']} of {product['initial_inventory']}, {product['sales_count']} sales")
+    console.print(table)
 
 
 def _post_jobs(client: httpx.Client, console: Console) -> dict[uuid.UUID, str]:
@@ -142,7 +221,7 @@ def _failed(states: Iterable[dict]) -> list[tuple[str, dict]]:
 
 
 def _as_expected(states: dict[uuid.UUID, dict]) -> bool:
-    want = {"noop": "succeeded", "flaky": "succeeded", "broken": "failed"}
+    want = {"noop": "succeeded", "flaky": "succeeded", "broken": "failed", "event": "succeeded", "too-big": "failed"}
     return all(s["status"] == want[s["label"]] for s in states.values())
 
 
