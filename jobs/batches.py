@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import case, exists, select, update
 from sqlalchemy.orm import Session
 
-from jobs import errors, events, models, store
+from jobs import db, errors, events, models, store
 from jobs.models import BatchStatus, ChunkStatus, RecordStatus
 
 #: The internal job kinds (registered in ``jobs.handlers.batches``).
@@ -319,10 +319,9 @@ def lock_batch(session: Session, batch_id: uuid.UUID) -> models.Batch:
     Raises:
         BatchNotFound: there is none.
     """
-    batch = session.get(models.Batch, batch_id, with_for_update=True, populate_existing=True)
-    if batch is None:
-        raise errors.BatchNotFound(f"no batch {batch_id}")
-    return batch
+    return db.get_or_raise(
+        session, models.Batch, batch_id, errors.BatchNotFound, what="batch", with_for_update=True, populate_existing=True
+    )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -343,9 +342,7 @@ def get_progress(session: Session, batch_id: uuid.UUID) -> Progress:
     Raises:
         BatchNotFound: there is no such batch.
     """
-    batch = session.get(models.Batch, batch_id)
-    if batch is None:
-        raise errors.BatchNotFound(f"no batch {batch_id}")
+    batch = db.get_or_raise(session, models.Batch, batch_id, errors.BatchNotFound, what="batch")
     finished = batch.status in models.BATCH_TERMINAL
     percent = 100.0 * batch.processed / batch.total if batch.total else (100.0 if finished else 0.0)
     rate = None

@@ -6,13 +6,15 @@ import contextlib
 import dataclasses
 import functools
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs import sending
+
+_Row = TypeVar("_Row")
 
 #: Execution option marking read-only work (SQLite then begins deferred, so it never waits for a
 #: writer; PostgreSQL ignores it).
@@ -110,6 +112,16 @@ def make_database(
     sessions = sessionmaker(engine, expire_on_commit=False, info={sending.SENDER_KEY: sender})
     sending.install(sessions)
     return Database(engine=engine, sessions=sessions)
+
+
+def get_or_raise(
+    session: Session, model: type[_Row], key: Any, error: type[Exception], *, what: str, **options: Any
+) -> _Row:
+    """``session.get(model, key, **options)``, or ``error("no <what> <key>")`` when there is no such row."""
+    row = session.get(model, key, **options)
+    if row is None:
+        raise error(f"no {what} {key}")
+    return row
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ from sqlalchemy import Table, delete, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from jobs import errors, models, store
+from jobs import db, errors, models, store
 
 logger = logging.getLogger(__name__)
 
@@ -295,9 +295,7 @@ def get_event(session: Session, event_id: uuid.UUID) -> tuple[models.Event, list
     Raises:
         EventNotFound: there is none.
     """
-    event = session.get(models.Event, event_id)
-    if event is None:
-        raise errors.EventNotFound(f"no event {event_id}")
+    event = db.get_or_raise(session, models.Event, event_id, errors.EventNotFound, what="event")
     job_ids = [uuid.UUID(j["job_id"]) for j in event.handler_jobs]
     jobs = {job.id: job for job in session.scalars(select(models.Job).where(models.Job.id.in_(job_ids)))}
     applied = dict(session.execute(select(_ledger.c.handler, _ledger.c.applied_at).where(_ledger.c.event_id == event_id)).all())

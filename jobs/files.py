@@ -15,7 +15,7 @@ from types import TracebackType
 
 from sqlalchemy.orm import Session
 
-from jobs import errors, models, store
+from jobs import db, errors, models, store
 
 #: Longest filename kept (in characters).
 MAX_NAME_CHARS = 255
@@ -150,7 +150,4 @@ def get_file(session: Session, file_id: uuid.UUID) -> models.File:
     Raises:
         FileNotFound: there is none.
     """
-    file = session.get(models.File, file_id)
-    if file is None:
-        raise errors.FileNotFound(f"no file {file_id}")
-    return file
+    return db.get_or_raise(session, models.File, file_id, errors.FileNotFound, what="file")

@@ -16,7 +16,7 @@ from sqlalchemy import case, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
-from jobs import errors, events, models, registry, store
+from jobs import db, errors, events, models, registry, store
 
 _products = models.Product.__table__
 _orgs = models.OrgStats.__table__
@@ -220,10 +220,7 @@ def get_product(session: Session, product_id: uuid.UUID) -> models.Product:
     Raises:
         ProductNotFound: there is none.
     """
-    product = session.get(models.Product, product_id)
-    if product is None:
-        raise errors.ProductNotFound(f"no product {product_id}")
-    return product
+    return db.get_or_raise(session, models.Product, product_id, errors.ProductNotFound, what="product")
 
 
 def get_org_stats(session: Session, org_id: str) -> models.OrgStats:

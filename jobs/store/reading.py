@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from sqlalchemy import func, literal, select, tuple_
 from sqlalchemy.orm import Session
 
-from jobs import errors, models
+from jobs import db, errors, models
 from jobs.models import JobStatus, UTCDateTime
 
 
@@ -21,10 +21,7 @@ def get_job(session: Session, job_id: uuid.UUID) -> models.Job:
     Raises:
         JobNotFound: there is none.
     """
-    job = session.get(models.Job, job_id)
-    if job is None:
-        raise errors.JobNotFound(f"no job {job_id}")
-    return job
+    return db.get_or_raise(session, models.Job, job_id, errors.JobNotFound, what="job")
 
 
 def list_attempts(session: Session, job_id: uuid.UUID) -> list[models.JobAttempt]:

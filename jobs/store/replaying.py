@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Select, case, insert, select, update
 from sqlalchemy.orm import Session
 
-from jobs import errors, models, sending
+from jobs import db, errors, models, sending
 from jobs.models import AttemptOutcome, JobStatus
 from jobs.store.base import utcnow
 from jobs.store.reading import get_job
@@ -109,9 +109,9 @@ def replay_batch(
     Raises:
         BatchNotFound: there is no such batch.
     """
-    batch = session.get(models.Batch, batch_id, with_for_update=True, populate_existing=True)
-    if batch is None:
-        raise errors.BatchNotFound(f"no batch {batch_id}")
+    batch = db.get_or_raise(
+        session, models.Batch, batch_id, errors.BatchNotFound, what="batch", with_for_update=True, populate_existing=True
+    )
     chunks = models.BatchChunk.__table__
     query = (
         select(chunks.c.job_id)
