@@ -16,11 +16,12 @@ import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text
 from sqlalchemy.orm import Session
 
 from api.app import create_app
 from jobs import db, migrate, models, registry, store
+from jobs.handlers import files as files_handler
 from jobs.config import Settings, get_settings
 from tests import kinds
 from worker import broker as worker_broker
@@ -159,6 +160,28 @@ def make_job(database: db.Database) -> Callable[..., uuid.UUID]:
     def make(kind: str = "noop", args: dict[str, Any] | None = None, **options: Any) -> uuid.UUID:
         with db.session_scope(database.sessions) as session:
             return store.create_job(session, kind, args, **options).id
+
+    return make
+
+
+@pytest.fixture
+def make_records(database: db.Database) -> Callable[[list[dict[str, Any]]], tuple[uuid.UUID, list[int]]]:
+    """Commit a processed file holding ``rows`` as its records; (file_id, record IDs in row order)."""
+
+    def make(rows: list[dict[str, Any]]) -> tuple[uuid.UUID, list[int]]:
+        file_id = uuid.uuid4()
+        with db.session_scope(database.sessions) as session:
+            session.add(models.File(
+                id=file_id, name="data.csv", size_bytes=1, sha256="0" * 64, storage_key=uuid.uuid4().hex,
+                status=models.FileStatus.PROCESSED, rows_total=len(rows), rows_imported=len(rows), rows_rejected=0,
+                row_errors=[], byte_offset=0, created_at=store.utcnow(),
+            ))
+            session.flush()
+            files_handler.insert_records(session, file_id, list(enumerate(rows, start=1)))
+            ids = list(session.scalars(
+                select(models.Record.id).where(models.Record.file_id == file_id).order_by(models.Record.row_number)
+            ))
+        return file_id, ids
 
     return make
 

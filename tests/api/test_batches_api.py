@@ -7,8 +7,7 @@ import uuid
 import pytest
 from fastapi.testclient import TestClient
 
-from jobs import batches, db, files, models, store
-from jobs.handlers import files as file_handlers
+from jobs import batches, db, files
 
 CSV = (
     b"name,email,quantity\n"
@@ -93,8 +92,8 @@ def test_unknown_batch_is_404_to_read_and_to_cancel(client):
     assert client.post(f"/batches/{missing}/cancel").json() == {"detail": f"no batch {missing}"}
 
 
-def test_cancel_is_202_while_unfinished_and_409_once_finished(client, database):
-    file_id = _processed_file(database, [{"name": "Ada"}, {"name": "Bob"}])
+def test_cancel_is_202_while_unfinished_and_409_once_finished(client, make_records):
+    file_id, _ = make_records([{"name": "Ada"}, {"name": "Bob"}])
     batch_id = client.post("/batches", json={"operation": "normalize", "file_id": str(file_id)}).json()["batch_id"]
     response = client.post(f"/batches/{batch_id}/cancel")  # no worker: still planning, its plan job is dropped
     assert response.status_code == 202
@@ -102,17 +101,3 @@ def test_cancel_is_202_while_unfinished_and_409_once_finished(client, database):
     again = client.post(f"/batches/{batch_id}/cancel")
     assert again.status_code == 409
     assert again.json() == {"detail": f"batch {batch_id} is cancelled; only an unfinished batch can be cancelled"}
-
-
-def _processed_file(database: db.Database, rows: list[dict]) -> uuid.UUID:
-    """A processed file with ``rows`` as records, written directly (no worker needed)."""
-    file_id = uuid.uuid4()
-    with db.session_scope(database.sessions) as session:
-        session.add(models.File(
-            id=file_id, name="data.csv", size_bytes=1, sha256="0" * 64, storage_key=uuid.uuid4().hex,
-            status=models.FileStatus.PROCESSED, rows_total=len(rows), rows_imported=len(rows), rows_rejected=0,
-            row_errors=[], byte_offset=0, created_at=store.utcnow(),
-        ))
-        session.flush()
-        file_handlers.insert_records(session, file_id, list(enumerate(rows, start=1)))
-    return file_id

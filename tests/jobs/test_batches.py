@@ -11,7 +11,6 @@ import pytest
 from sqlalchemy import func, select, update
 
 from jobs import batches, db, errors, models, registry, sending, store
-from jobs.handlers import files as file_handlers
 from jobs.models import BatchStatus, ChunkStatus, JobStatus, RecordStatus
 
 
@@ -27,28 +26,6 @@ def explode(data: dict[str, Any]) -> dict[str, Any]:
     if data.get("boom"):
         raise RuntimeError(f"boom on {data['name']}")
     return {**data, "name": data["name"].upper()}
-
-
-@pytest.fixture
-def make_records(database: db.Database) -> Callable[[list[dict[str, Any]]], tuple[uuid.UUID, list[int]]]:
-    """Commit a processed file holding ``rows`` as its records; (file_id, record IDs in row order)."""
-
-    def make(rows: list[dict[str, Any]]) -> tuple[uuid.UUID, list[int]]:
-        file_id = uuid.uuid4()
-        with db.session_scope(database.sessions) as session:
-            session.add(models.File(
-                id=file_id, name="data.csv", size_bytes=1, sha256="0" * 64, storage_key=uuid.uuid4().hex,
-                status=models.FileStatus.PROCESSED, rows_total=len(rows), rows_imported=len(rows), rows_rejected=0,
-                row_errors=[], byte_offset=0, created_at=store.utcnow(),
-            ))
-            session.flush()
-            file_handlers.insert_records(session, file_id, list(enumerate(rows, start=1)))
-            ids = list(session.scalars(
-                select(models.Record.id).where(models.Record.file_id == file_id).order_by(models.Record.row_number)
-            ))
-        return file_id, ids
-
-    return make
 
 
 @pytest.fixture
