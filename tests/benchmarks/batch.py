@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -38,12 +37,13 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
-from sqlalchemy import create_engine, text  # noqa: E402
+from sqlalchemy import text  # noqa: E402
 
-PG_ADMIN_URL = os.environ.get("JOBRUNNER_BENCH_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("JOBRUNNER_BENCH_REDIS_URL", "redis://127.0.0.1:6379/6")
+from tests.benchmarks import common  # noqa: E402 - imports nothing of jobs
+
+REDIS_URL = common.redis_url(6)
 DB_NAME = "jobrunner_bench_batches"
-DB_URL = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{DB_NAME}"
+DB_URL = common.database_url(DB_NAME)
 JOBCTL = str(Path(sys.executable).parent / "jobctl")
 #: Longest the batch may take.
 TIMEOUT_SECONDS = 1800
@@ -51,7 +51,7 @@ TIMEOUT_SECONDS = 1800
 # Set before jobs reads its settings (get_settings is cached on first use).
 os.environ.update({"JOBRUNNER_DATABASE_URL": DB_URL, "JOBRUNNER_BROKER_URL": REDIS_URL})
 
-from jobs import batches, db, migrate, models, registry, store  # noqa: E402
+from jobs import batches, db, models, registry, store  # noqa: E402
 from jobs.config import get_settings  # noqa: E402
 from worker import broker as worker_broker  # noqa: E402
 from worker import sender  # noqa: E402
@@ -74,15 +74,6 @@ UPDATE bench_set SET status = 'processed', data = (
     ELSE to_jsonb(btrim(value #>> '{}', E' \t\n\r')) END)
   FROM jsonb_each(data))
 """)
-
-
-def fresh_database() -> None:
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)"))
-        conn.execute(text(f"CREATE DATABASE {DB_NAME}"))
-    admin.dispose()
-    migrate.upgrade(DB_URL)
 
 
 def make_records(database: db.Database, count: int) -> uuid.UUID:
@@ -113,21 +104,8 @@ def run_set_based(database: db.Database) -> float:
 
 def start_workers(workdir: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "JOBRUNNER_SWEEP_INTERVAL_SECONDS": "600"}
-    with (workdir / "worker.log").open("wb") as log:
-        return subprocess.Popen([JOBCTL, "worker", "--processes", "2", "--threads", "4"], cwd=ROOT, env=env,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    for sig, wait_seconds in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout=wait_seconds)
-            return
-        except ProcessLookupError:
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    return common.spawn([JOBCTL, "worker", "--processes", "2", "--threads", "4"], env=env,
+                        log_path=workdir / "worker.log")
 
 
 def wait_for(database: db.Database, model: type, row_id: uuid.UUID, done: tuple[str, ...]) -> models.Base:
@@ -162,7 +140,7 @@ def main() -> None:
     options = parser.parse_args()
     registry.load_kinds()
     redis.Redis.from_url(REDIS_URL).flushdb()
-    fresh_database()
+    common.recreate_database(DB_NAME)
     get_settings.cache_clear()
     broker = worker_broker.make_broker(get_settings())
     database = db.make_database(DB_URL, sender=sender.make_sender(broker), application_name="jobrunner-bench")
@@ -181,7 +159,7 @@ def main() -> None:
         report(options, batch, plan, set_seconds, count_differences(database))
     finally:
         if proc is not None:
-            stop(proc)
+            common.stop(proc)
         database.dispose()
         broker.close()
         print(f"worker log: {workdir / 'worker.log'}")

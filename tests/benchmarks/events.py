@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -45,13 +44,13 @@ import httpx  # noqa: E402
 import redis  # noqa: E402
 from dramatiq import Message  # noqa: E402
 from dramatiq.brokers.redis import RedisBroker  # noqa: E402
-from sqlalchemy import create_engine, insert, text  # noqa: E402
+from sqlalchemy import insert, text  # noqa: E402
 
-from jobs import db, migrate, models, registry, store  # noqa: E402
+from jobs import db, models, registry, store  # noqa: E402
+from tests.benchmarks import common  # noqa: E402
 
-PG_ADMIN_URL = os.environ.get("JOBRUNNER_BENCH_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 BENCH_DB = "jobrunner_bench_events"
-REDIS_URL = os.environ.get("JOBRUNNER_BENCH_REDIS_URL", "redis://127.0.0.1:6379/9")
+REDIS_URL = common.redis_url(9)
 BIN = Path(sys.executable).parent
 PORT = 8765
 LIST_SIZE = 100
@@ -100,39 +99,6 @@ def naive(job_id):
         s.commit()
 '''
 
-_procs: list[subprocess.Popen[bytes]] = []
-
-
-def spawn(argv: Sequence[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(list(argv), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    _procs.append(proc)
-    return proc
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-def recreate_database() -> str:
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)"))
-        conn.execute(text(f"CREATE DATABASE {BENCH_DB}"))
-    admin.dispose()
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{BENCH_DB}"
-    migrate.upgrade(url)
-    return url
-
-
 def reset(engine, client: redis.Redis) -> None:
     client.flushdb()
     with engine.begin() as conn:
@@ -152,26 +118,13 @@ def event_lists(n: int) -> list[list[dict]]:
     return [events[i:i + LIST_SIZE] for i in range(0, n, LIST_SIZE)]
 
 
-def wait_http(url: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the API exited:\n{log_path.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(POLL_SECONDS)
-    raise RuntimeError("the API did not answer /healthz")
-
-
 def scenario_ingest(url: str, n: int, clients: int, workdir: Path) -> float:
     log_path = workdir / "api.log"
-    proc = spawn([str(BIN / "jobctl"), "api", "--port", str(PORT)], env_for(url), log_path)
+    proc = common.spawn([str(BIN / "jobctl"), "api", "--port", str(PORT)], env=env_for(url), log_path=log_path)
     base = f"http://127.0.0.1:{PORT}"
     try:
-        wait_http(base, proc, log_path)
+        common.wait_for_http(f"{base}/healthz", proc=proc, log_path=log_path, request_timeout=1.0,
+                             interval=POLL_SECONDS)
         with httpx.Client(base_url=base, timeout=60) as warm:  # warm the pool and the code paths
             warm.post("/events", json=event_lists(LIST_SIZE)[0])
         lists = event_lists(n)
@@ -189,7 +142,7 @@ def scenario_ingest(url: str, n: int, clients: int, workdir: Path) -> float:
               f"answers {sorted(set(codes))}", flush=True)
         return n / seconds
     finally:
-        stop(proc)
+        common.stop(proc)
 
 
 def scenario_bulk(url: str, n: int) -> float:
@@ -240,12 +193,12 @@ def wait_handled(engine, proc: subprocess.Popen[bytes], n: int, log_path: Path, 
 
 def scenario_handling(url: str, engine, n: int, workdir: Path, timeout: float) -> float | None:
     log_path = workdir / "worker.log"
-    proc = spawn([str(BIN / "jobctl"), "worker", "--processes", str(PROCESSES), "--threads", str(THREADS)],
-                 env_for(url), log_path)
+    proc = common.spawn([str(BIN / "jobctl"), "worker", "--processes", str(PROCESSES), "--threads", str(THREADS)],
+                        env=env_for(url), log_path=log_path)
     try:
         rate = wait_handled(engine, proc, n, log_path, timeout)
     finally:
-        stop(proc)
+        common.stop(proc)
     with engine.connect() as conn:
         statuses = dict(conn.execute(text("SELECT status, count(*) FROM jobs GROUP BY status")).all())
         users = conn.execute(text("SELECT sum(user_count) FROM org_stats")).scalar_one()
@@ -273,13 +226,13 @@ def scenario_naive(url: str, engine, n: int, workdir: Path, timeout: float) -> f
                                kwargs={}, options={}))
     broker.close()
     log_path = workdir / "naive.log"
-    proc = spawn([str(BIN / "dramatiq"), "bench_naive_events", "--path", str(workdir), "--processes", str(PROCESSES),
-                  "--threads", str(THREADS)],
-                 env_for(url, BENCH_REDIS_URL=REDIS_URL, BENCH_DATABASE_URL=url), log_path)
+    proc = common.spawn([str(BIN / "dramatiq"), "bench_naive_events", "--path", str(workdir),
+                         "--processes", str(PROCESSES), "--threads", str(THREADS)],
+                        env=env_for(url, BENCH_REDIS_URL=REDIS_URL, BENCH_DATABASE_URL=url), log_path=log_path)
     try:
         return wait_handled(engine, proc, n, log_path, timeout)
     finally:
-        stop(proc)
+        common.stop(proc)
 
 
 def fmt(value: float | None, spec: str = ",.0f") -> str:
@@ -293,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     registry.load_kinds()
     n, timeout = args.events, 60 + 0.01 * args.events
-    url = recreate_database()
+    url = common.recreate_database(BENCH_DB)
     engine = db.make_engine(url, pool_size=2)
     client = redis.Redis.from_url(REDIS_URL)
     try:
@@ -310,8 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
-        for proc in _procs:
-            stop(proc)
+        common.stop_all()
         engine.dispose()
         client.close()
     line = "=" * 90

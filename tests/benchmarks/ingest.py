@@ -35,8 +35,6 @@ import os
 import random
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,17 +48,17 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 import psycopg  # noqa: E402
 import redis  # noqa: E402
-from sqlalchemy import create_engine, select, text  # noqa: E402
+from sqlalchemy import select  # noqa: E402
 
-from jobs import db, files, migrate, models, registry  # noqa: E402
+from jobs import db, files, models, registry  # noqa: E402
 from jobs.config import Settings  # noqa: E402
+from tests.benchmarks import common  # noqa: E402
 from worker import broker as worker_broker  # noqa: E402
 from worker import sender  # noqa: E402
 
-PG_ADMIN_URL = os.environ.get("JOBRUNNER_BENCH_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("JOBRUNNER_BENCH_REDIS_URL", "redis://127.0.0.1:6379/10")
+REDIS_URL = common.redis_url(10)
 DB_NAME = "jobrunner_bench_files"
-DB_URL = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{DB_NAME}"
+DB_URL = common.database_url(DB_NAME)
 JOBCTL = str(Path(sys.executable).parent / "jobctl")
 COLUMNS = ["id", "customer", "email", "city", "amount", "currency", "ordered_on", "note"]
 CITIES = ["Lisbon", "Zürich", "São Paulo", "Kraków", "Osaka", "Montréal", "Cape Town", "Reykjavík"]
@@ -86,57 +84,15 @@ def write_csv(path: Path, rows: int) -> int:
     return path.stat().st_size
 
 
-def fresh_database() -> None:
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)"))
-        conn.execute(text(f"CREATE DATABASE {DB_NAME}"))
-    admin.dispose()
-    migrate.upgrade(DB_URL)
-
-
 # --- processes ----------------------------------------------------------------------------------
 
-_started: list[subprocess.Popen[bytes]] = []
 
-
-def spawn(argv: list[str], *, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """Start ``argv`` in a process group of its own, logging to ``log_path``."""
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    _started.append(proc)
-    return proc
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process group, wait, then SIGKILL what is left."""
-    _started.remove(proc)
-    for sig, wait_seconds in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=wait_seconds)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def peak_rss_mb(pid: int, field: str = "VmHWM") -> float:
-    """The process's peak resident set size (``VmHWM``; ``VmRSS``: the current one), in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} for {pid}")
-
-
-def descendants(pid: int) -> list[int]:
-    """The PIDs of ``pid``'s children and theirs (from /proc)."""
-    children = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        children += [int(c) for c in (task / "children").read_text().split()]
-    return [c for child in children for c in [child, *descendants(child)]]
+def peak_rss_mb(pids: list[int], field: str = "VmHWM") -> float:
+    """The largest peak resident set size (``VmHWM``; ``VmRSS``: the current one) of these processes, in MB."""
+    figures = [rss for rss in (common.rss_mb(pid, field) for pid in pids) if rss is not None]
+    if not figures:
+        raise RuntimeError(f"no {field} for any of {pids}")
+    return max(figures)
 
 
 def environment(storage_dir: Path, **extra: str) -> dict[str, str]:
@@ -168,12 +124,13 @@ def run_ingest(database: db.Database, csv_path: Path, workdir: Path, label: str)
     storage_dir = workdir / "storage"
     job_id = queue_file(database, csv_path, storage_dir)
     env = environment(storage_dir, JOBRUNNER_PREFETCH="1")
-    proc = spawn([JOBCTL, "worker", "--processes", "1", "--threads", "1"], env=env, log_path=workdir / f"worker-{label}.log")
+    proc = common.spawn([JOBCTL, "worker", "--processes", "1", "--threads", "1"], env=env,
+                        log_path=workdir / f"worker-{label}.log")
     try:
         job = wait_for_job(database, job_id)
-        rss = max(peak_rss_mb(pid) for pid in descendants(proc.pid))
+        rss = peak_rss_mb(common.descendants(proc.pid))
     finally:
-        stop(proc)
+        common.stop(proc)
     with database.sessions() as session:
         file = session.scalars(select(models.File).where(models.File.job_id == job_id)).one()
     if job.status != models.JobStatus.SUCCEEDED:
@@ -219,13 +176,14 @@ def run_upload(workdir: Path, megabytes: int) -> tuple[float, float, float, int]
     """Upload ``megabytes`` MB to a ``jobctl api`` subprocess: (seconds, API RSS MB before it, API peak
     RSS MB, HTTP status)."""
     storage_dir = workdir / "upload-storage"
-    port = free_port()
+    port = common.free_port()
     env = environment(storage_dir, JOBRUNNER_MAX_UPLOAD_BYTES=str((megabytes + 10) * 10**6))
-    proc = spawn([JOBCTL, "api", "--port", str(port)], env=env, log_path=workdir / "api.log")
+    log_path = workdir / "api.log"
+    proc = common.spawn([JOBCTL, "api", "--port", str(port)], env=env, log_path=log_path)
     try:
         base = f"http://127.0.0.1:{port}"
-        wait_for_api(base)
-        before = max(peak_rss_mb(pid, "VmRSS") for pid in [proc.pid, *descendants(proc.pid)])
+        common.wait_for_http(f"{base}/healthz", proc=proc, log_path=log_path)
+        before = peak_rss_mb([proc.pid, *common.descendants(proc.pid)], "VmRSS")
         head = (
             f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.csv\"\r\n"
             "Content-Type: text/csv\r\n\r\n"
@@ -247,29 +205,11 @@ def run_upload(workdir: Path, megabytes: int) -> tuple[float, float, float, int]
         started = time.perf_counter()
         response = httpx.post(f"{base}/files", content=body(), headers=headers, timeout=600)
         seconds = time.perf_counter() - started
-        rss = max(peak_rss_mb(pid) for pid in [proc.pid, *descendants(proc.pid)])
+        rss = peak_rss_mb([proc.pid, *common.descendants(proc.pid)])
     finally:
-        stop(proc)
+        common.stop(proc)
         shutil.rmtree(storage_dir, ignore_errors=True)
     return seconds, before, rss, response.status_code
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_api(base: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError("the API did not come up")
 
 
 # --- main ---------------------------------------------------------------------------------------
@@ -287,14 +227,13 @@ def main() -> None:
     registry.load_kinds()
     workdir = Path(tempfile.mkdtemp(prefix="jobrunner-bench-ingest-"))
     redis.Redis.from_url(REDIS_URL).flushdb()
-    fresh_database()
+    common.recreate_database(DB_NAME)
     broker = worker_broker.make_broker(Settings(database_url=DB_URL, broker_url=REDIS_URL))
     database = db.make_database(DB_URL, sender=sender.make_sender(broker))
     try:
         report(options, workdir, database)
     finally:
-        for proc in list(_started):
-            stop(proc)
+        common.stop_all()
         database.dispose()
         broker.close()
         shutil.rmtree(workdir, ignore_errors=True)

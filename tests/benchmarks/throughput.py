@@ -66,11 +66,11 @@ if str(ROOT) not in sys.path:
 import redis  # noqa: E402
 from dramatiq import Message  # noqa: E402
 from dramatiq.brokers.redis import RedisBroker  # noqa: E402
-from sqlalchemy import create_engine, insert, text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
+from sqlalchemy import insert, text  # noqa: E402
 
-from jobs import db, migrate, models, registry, store  # noqa: E402
+from jobs import db, models, registry, store  # noqa: E402
 from jobs.config import Settings  # noqa: E402
+from tests.benchmarks import common  # noqa: E402
 from worker import broker as worker_broker  # noqa: E402
 from worker import sender as worker_sender  # noqa: E402
 
@@ -79,9 +79,8 @@ try:
 except ImportError:  # pragma: no cover - /proc fallback
     psutil = None
 
-PG_ADMIN_URL = os.environ.get("JOBRUNNER_BENCH_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 BENCH_DB = "jobrunner_bench"
-REDIS_URL = os.environ.get("JOBRUNNER_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
+REDIS_URL = common.redis_url(13)
 BIN = Path(sys.executable).parent  # the venv's bin: jobctl and dramatiq live beside this python
 PROCESSES = 1
 THREADS = 8
@@ -104,57 +103,16 @@ TARGETS = {
 
 # --- processes ------------------------------------------------------------------------------------
 
-_started: list[subprocess.Popen[bytes]] = []
 
-
-def spawn(argv: Sequence[str], *, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """Start ``argv`` in a process group of its own (so it and its children can be stopped together)."""
-    log = open(log_path, "wb")  # noqa: SIM115 - closed by the child's exit; the handle is inherited
-    try:
-        proc = subprocess.Popen(list(argv), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    finally:
-        log.close()
-    _started.append(proc)
-    return proc
-
-
-def stop(proc: subprocess.Popen[bytes], *, grace_seconds: float = 40.0) -> None:
-    """SIGTERM the process we started (Dramatiq's parent passes it on to its workers), wait, then
-    SIGKILL it and whatever is left of its descendants."""
-    if proc in _started:
-        _started.remove(proc)
-    descendants = _descendants(proc.pid)  # gathered first: once the parent is gone, orphans are reparented
-    if proc.poll() is None:
-        try:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=grace_seconds)
-        except subprocess.TimeoutExpired:
-            print(f"  process {proc.pid} ignored SIGTERM for {grace_seconds:.0f} s: killing it", flush=True)
-            proc.kill()
-    for pid in descendants:
-        try:
-            if os.getpgid(pid) == proc.pid:  # still in the group we started (not a reused PID)
-                os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
-
-
-def _descendants(pid: int) -> list[int]:
-    found, todo = [], [pid]
-    while todo:
-        kids = _children(todo.pop(), everything=True)
-        found += kids
-        todo += kids
-    return found
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM only the process we started (Dramatiq's parent passes it on to its workers), wait up to
+    40 s, then SIGKILL it and whatever is left of its descendants."""
+    common.stop(proc, grace_seconds=40.0, signal_group=False)
 
 
 def stop_all() -> None:
-    for proc in list(_started):
-        stop(proc, grace_seconds=10.0)
+    """On the way out: the same, with 10 s of grace each."""
+    common.stop_all(grace_seconds=10.0, signal_group=False)
 
 
 def _raise_on_sigterm(signum: int, _frame: Any) -> None:
@@ -172,13 +130,13 @@ def worker_child_pid(parent_pid: int, *, timeout: float = 30.0) -> int | None:
     return None
 
 
-def _children(pid: int, *, everything: bool = False) -> list[int]:
+def _children(pid: int) -> list[int]:
     if psutil is not None:
         try:
             kids = psutil.Process(pid).children(recursive=False)
         except psutil.NoSuchProcess:
             return []
-        return sorted(k.pid for k in kids if everything or "resource_tracker" not in " ".join(_cmdline(k)))
+        return sorted(k.pid for k in kids if "resource_tracker" not in " ".join(_cmdline(k)))
     try:
         text_ = Path(f"/proc/{pid}/task/{pid}/children").read_text()
     except OSError:
@@ -191,30 +149,6 @@ def _cmdline(proc: Any) -> list[str]:
         return proc.cmdline()
     except Exception:  # noqa: BLE001
         return []
-
-
-def rss_mb(pid: int) -> float | None:
-    """Resident set size of ``pid`` in MiB (psutil, or /proc/<pid>/status)."""
-    if psutil is not None:
-        try:
-            return psutil.Process(pid).memory_info().rss / 2**20
-        except psutil.NoSuchProcess:
-            return None
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-def log_tail(path: Path, lines: int = 25) -> str:
-    try:
-        content = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return "(no log)"
-    return "\n".join("    | " + line for line in content[-lines:])
 
 
 def cpu_snapshot() -> dict[int, tuple[str, float]]:
@@ -256,17 +190,6 @@ def process_tree(pid: int) -> set[int]:
 
 
 # --- database and redis ---------------------------------------------------------------------------
-
-
-def recreate_database() -> str:
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)"))
-        conn.execute(text(f"CREATE DATABASE {BENCH_DB}"))
-    admin.dispose()
-    url = make_url(PG_ADMIN_URL).set(database=BENCH_DB).render_as_string(hide_password=False)
-    migrate.upgrade(url)
-    return url
 
 
 class Bench:
@@ -359,7 +282,7 @@ def wait_until_done(
         if cpu_before is None and done > 0:
             cpu_before = (time.monotonic(), cpu_snapshot())
         if rss_pid is not None:
-            rss = rss_mb(rss_pid)
+            rss = common.rss_mb(rss_pid)
             if rss is not None:
                 peak = max(peak, rss)
                 if run.rss_early is None and done >= min(RSS_EARLY_AT, run.n):
@@ -374,11 +297,11 @@ def wait_until_done(
             break
         if proc.poll() is not None:
             run.note = f"worker exited early with code {proc.returncode}"
-            print(f"  ! {run.note}; log tail:\n{log_tail(log_path)}", flush=True)
+            print(f"  ! {run.note}; log tail:\n{common.log_tail(log_path)}", flush=True)
             break
         if time.time() > deadline:
             run.note = f"timed out after {bench.timeout_seconds:.0f} s with {done}/{run.n} done"
-            print(f"  ! {run.note}; log tail:\n{log_tail(log_path)}", flush=True)
+            print(f"  ! {run.note}; log tail:\n{common.log_tail(log_path)}", flush=True)
             break
         time.sleep(POLL_SECONDS)
     run.done = done
@@ -412,7 +335,7 @@ def make_producer(bench: Bench) -> tuple[db.Database, RedisBroker]:
 
 def start_runner_worker(bench: Bench, log_path: Path) -> tuple[subprocess.Popen[bytes], float]:
     spawned_at = time.time()
-    proc = spawn(
+    proc = common.spawn(
         [str(BIN / "jobctl"), "worker", "--processes", str(PROCESSES), "--threads", str(THREADS)],
         env=runner_env(bench),
         log_path=log_path,
@@ -530,7 +453,7 @@ def send_messages(actor_name: str, args_list: Sequence[tuple[Any, ...]]) -> floa
 
 def start_dramatiq(bench: Bench, module: str, log_path: Path, **env: str) -> tuple[subprocess.Popen[bytes], float]:
     spawned_at = time.time()
-    proc = spawn(
+    proc = common.spawn(
         [str(BIN / "dramatiq"), module, "--path", str(bench.workdir),
          "--processes", str(PROCESSES), "--threads", str(THREADS)],
         env=bench.worker_env(dramatiq_worker_timeout=str(CONSUMER_TIMEOUT_MS), BENCH_REDIS_URL=REDIS_URL, **env),
@@ -648,7 +571,7 @@ def _wait_for(bench: Bench, proc: subprocess.Popen[bytes], ids: list[uuid.UUID],
         if done >= len(ids):
             return done
         if proc.poll() is not None or time.time() > deadline:
-            print(f"  ! latency: {done}/{len(ids)} done, worker rc={proc.poll()}; log tail:\n{log_tail(log_path)}",
+            print(f"  ! latency: {done}/{len(ids)} done, worker rc={proc.poll()}; log tail:\n{common.log_tail(log_path)}",
                   flush=True)
             return done
         time.sleep(POLL_SECONDS)
@@ -802,7 +725,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             (workdir / "bench_bare.py").write_text(textwrap.dedent(BARE_MODULE % {"key": SPANS_KEY}))
             (workdir / "bench_naive.py").write_text(textwrap.dedent(NAIVE_MODULE))
             print(f"re-creating database {BENCH_DB} and migrating it; Redis {REDIS_URL}", flush=True)
-            bench = Bench(recreate_database(), workdir, timeout)
+            bench = Bench(common.recreate_database(BENCH_DB, common.PG_ADMIN_URL), workdir, timeout)
             for i in range(1, args.repeat + 1):
                 for key, scenario in (("full", scenario_full), ("bare", scenario_bare), ("naive", scenario_naive)):
                     print(f"[run {i}/{args.repeat}] scenario {key}: {args.jobs:,} jobs", flush=True)
