@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from jobs import db, errors, events, migrate, models, registry, store
+from jobs import db, errors, migrate, models, projections, registry, store
 from jobs.config import Settings, get_settings
 from worker import broker as worker_broker
 from worker import devmode, sender, sweeper
@@ -337,7 +337,7 @@ def events_rebuild(
 ) -> None:
     """Recompute a projection from its initial rows and the ledger of applied events."""
     with _database(get_settings()) as database, db.session_scope(database.sessions) as session:
-        report = events.rebuild_projection(session, projection, dry_run=dry_run)
+        report = projections.rebuild_projection(session, projection, dry_run=dry_run)
     summary = {"projection": report.projection, "rows": report.rows, "matched": report.matched, "dry_run": dry_run,
                "changed": [str(k) for k in report.changed], "missing": [str(k) for k in report.missing],
                "extra": [str(k) for k in report.extra]}

@@ -16,7 +16,7 @@ from sqlalchemy import case, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
-from jobs import db, errors, events, models, registry, store
+from jobs import db, errors, events, models, projections, registry, store
 
 _products = models.Product.__table__
 _orgs = models.OrgStats.__table__
@@ -167,7 +167,7 @@ def _notify(session: Session, event: events.StoredEvent, message: str) -> None:
 # --- projections --------------------------------------------------------------------------------
 
 
-@events.projection("orgs", table=_orgs, key="org_id", delete_extra=True)
+@projections.projection("orgs", table=_orgs, key="org_id", delete_extra=True)
 def recompute_orgs(session: Session) -> dict[Any, dict[str, Any]]:
     """Each org's user count and latest user time, from the ``user_registered`` events applied."""
     orgs: dict[Any, dict[str, Any]] = {}
@@ -179,7 +179,7 @@ def recompute_orgs(session: Session) -> dict[Any, dict[str, Any]]:
     return orgs
 
 
-@events.projection("products", table=_products, key="id")
+@projections.projection("products", table=_products, key="id")
 def recompute_products(session: Session) -> dict[Any, dict[str, Any]]:
     """Each product's starting inventory less the orders applied to it, and their count."""
     products = {

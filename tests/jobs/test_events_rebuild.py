@@ -7,7 +7,7 @@ import uuid
 import pytest
 from sqlalchemy import delete, select, update
 
-from jobs import db, errors, events, models, sending, store
+from jobs import db, errors, events, models, projections, sending, store
 from jobs.handlers import events as event_handlers
 from jobs.models import JobStatus
 
@@ -21,7 +21,7 @@ def _snapshot(database):
 
 def _rebuild(database, name, *, dry_run=False):
     with db.session_scope(database.sessions) as session:
-        return events.rebuild_projection(session, name, dry_run=dry_run)
+        return projections.rebuild_projection(session, name, dry_run=dry_run)
 
 
 def _handle_jobs(database, status=None):
