@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+from pathlib import Path
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
@@ -46,6 +47,8 @@ def make_engine(url: str | URL, *, pool_size: int = 5, application_name: str = "
 
 
 def _make_sqlite_engine(url: URL, *, pool_size: int) -> Engine:
+    if url.database not in (None, "", ":memory:"):
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)  # the default lives under ./var
     engine = create_engine(
         url,
         pool_size=pool_size,

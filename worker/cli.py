@@ -24,6 +24,7 @@ import typer
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
+from sqlalchemy import exc as sa_exc
 
 from jobs import db, errors, migrate, models, projections, registry, store
 from jobs.config import Settings, get_settings
@@ -442,6 +443,10 @@ def main() -> None:
         _fail(exc, USAGE_ERROR, verbose)
     except errors.JobError as exc:
         _fail(exc, 1, verbose)
+    except sa_exc.DBAPIError as exc:
+        if _is_missing_schema(exc):
+            exc = RuntimeError("the database has no jobrunner tables yet: run `jobctl db upgrade` first")
+        _fail(exc, 1, verbose)
     except typer.Abort:
         _fail(RuntimeError("aborted"), 1, verbose)
     except (typer.TyperException, click.ClickException) as exc:
@@ -451,6 +456,11 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - the CLI's edge: one line, not a traceback
         _fail(exc, 1, verbose)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _is_missing_schema(exc: sa_exc.DBAPIError) -> bool:
+    message = str(exc.orig)
+    return "no such table" in message or ("relation" in message and "does not exist" in message)
 
 
 def _fail(exc: BaseException, code: int, verbose: bool) -> None:

@@ -9,6 +9,7 @@ import select
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections import defaultdict
@@ -413,3 +414,11 @@ def test_events_rebuild_reports_the_projection_equal_to_live(jobctl, client, dra
     assert report["matched"] is True and report["rows"] == 1
     unknown = jobctl("events", "rebuild", "nonsense")
     assert unknown.returncode == 1 and unknown.stderr.startswith("error:")
+
+
+def test_a_database_without_tables_gets_a_hint_not_a_traceback(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBRUNNER_")}
+    result = subprocess.run([sys.executable, "-m", "worker", "stats"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: the database has no jobrunner tables yet: run `jobctl db upgrade` first"
