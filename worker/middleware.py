@@ -49,6 +49,8 @@ logger = logging.getLogger(__name__)
 RECORD_TRIES = 5
 #: First wait between those tries; doubled each time.
 RECORD_RETRY_SECONDS = 0.2
+#: What recording returns when the database never answered (already logged).
+UNRECORDED = object()
 
 
 @dataclasses.dataclass(slots=True)
@@ -271,11 +273,12 @@ class JobSessionMiddleware(Middleware):
     def _interrupt(self, current: _Current, reason: str) -> None:
         _close(current)
         job = current.job
-        if self._record(job, lambda session: store.interrupt_job(session, job, reason=reason)):
+        if self._record(job, lambda session: store.interrupt_job(session, job, reason=reason)) is True:
             _log(job.id, job.kind, "interrupted", "back to queued: %s", reason)
 
     def _record(self, job: registry.RunningJob, write: Callable[[Session], Any]) -> Any:
-        """Run ``write`` in a fresh session and commit, retrying while the database is unreachable."""
+        """Run ``write`` in a fresh session and commit, retrying while the database is unreachable;
+        :data:`UNRECORDED` when it never could."""
         delay = RECORD_RETRY_SECONDS
         for attempt in range(1, RECORD_TRIES + 1):
             try:
@@ -285,10 +288,10 @@ class JobSessionMiddleware(Middleware):
                 if attempt == RECORD_TRIES:
                     _log(job.id, job.kind, "unrecorded",
                          "could not record the outcome (%s); the job stays running until its lease expires", exc)
-                    return None
+                    return UNRECORDED
                 time.sleep(delay)
                 delay *= 2
-        return None
+        return UNRECORDED
 
 
 def _find_kind(name: str) -> registry.JobKind | None:
