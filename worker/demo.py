@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import socket
 import time
 import uuid
 from collections.abc import Iterable
@@ -25,7 +24,7 @@ _TERMINAL = {"succeeded", "failed", "cancelled"}
 
 def run(*, rows: int, port: int, console: Console) -> int:
     """Run the demo; returns the exit code (0 when everything ended as expected)."""
-    port = port or _free_port()
+    port = port or devmode.free_port()
     console.print(f"[bold]jobrunner demo[/bold]: starting API, worker and a private Redis under {DEMO_DIR}/ …")
     with devmode.DevStack(port=port, threads=4, var_dir=DEMO_DIR, fresh=True) as stack:
         with httpx.Client(base_url=stack.api_url, timeout=60) as client:
@@ -224,11 +223,6 @@ def _as_expected(states: dict[uuid.UUID, dict]) -> bool:
     want = {"noop": "succeeded", "flaky": "succeeded", "broken": "failed", "event": "succeeded", "too-big": "failed"}
     return all(s["status"] == want[s["label"]] for s in states.values())
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 

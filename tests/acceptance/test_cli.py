@@ -7,7 +7,6 @@ import json
 import os
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from tests.acceptance.conftest import (
     embedded_defaults_env,
     jobctl_command,
 )
+from worker import devmode
 
 #: Longest ``jobctl dev`` may take to answer, and a job posted to it to finish.
 DEV_READY_SECONDS = 60.0
@@ -241,7 +241,7 @@ def _json(result: subprocess.CompletedProcess[str]) -> object:
 
 
 def test_dev_serves_runs_a_job_and_leaves_no_process_behind_on_sigterm(tmp_path):
-    port = _free_port()
+    port = devmode.free_port()
     api = f"http://127.0.0.1:{port}"
     log = (tmp_path / "dev.log").open("wb")
     dev = subprocess.Popen(
@@ -286,12 +286,6 @@ def test_demo_runs_to_the_end_and_stops_its_processes(tmp_path):
 
 
 # --- helpers --------------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _healthy(client: httpx.Client) -> bool:

@@ -9,7 +9,6 @@ answers are declared, and the other checks still hold them to the schema."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 
@@ -20,16 +19,11 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from tests.worker.processes import wait_until
+from worker import devmode
 
 #: Examples per route; bounded so the normal test run stays short.
 EXAMPLES_PER_ROUTE = 25
 API_TOKEN = "fuzz-token"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +31,7 @@ def live_api(tmp_path_factory, database_url):
     """``jobctl api`` in a subprocess against the test database and Redis."""
     from tests.conftest import REDIS_URL
 
-    port = _free_port()
+    port = devmode.free_port()
     env = {
         **os.environ,
         "JOBRUNNER_DATABASE_URL": database_url,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Sequence
@@ -164,9 +163,11 @@ def log_tail(path: Path, lines: int = 25) -> str:
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    # Imported here, not at the top: importing this module must not load the project (batch.py sets
+    # its JOBRUNNER_* variables first).
+    from worker import devmode
+
+    return devmode.free_port()
 
 
 def wait_for_http(url: str, *, proc: subprocess.Popen[bytes] | None = None, log_path: Path | None = None,

@@ -343,6 +343,16 @@ def start_runner_worker(bench: Bench, log_path: Path) -> tuple[subprocess.Popen[
     return proc, spawned_at
 
 
+def _record_span(bench: Bench, run: Run, spawned_at: float) -> Run:
+    """Fill ``run`` with the first start to last finish the worker recorded, and the statuses."""
+    first, last = bench.span()
+    if first and last:
+        run.busy_seconds = (last - first).total_seconds()
+        run.boot_seconds = first.timestamp() - spawned_at
+    run.statuses = bench.counts_by_status()
+    return run
+
+
 def scenario_full(bench: Bench, n: int, index: int) -> Run:
     run = Run("A full path", n)
     bench.reset()
@@ -371,12 +381,7 @@ def scenario_full(bench: Bench, n: int, index: int) -> Run:
         wait_until_done(bench, proc, run, bench.count_succeeded, spawned_at=spawned_at, rss_pid=child, log_path=log_path)
     finally:
         stop(proc)
-    first, last = bench.span()
-    if first and last:
-        run.busy_seconds = (last - first).total_seconds()
-        run.boot_seconds = first.timestamp() - spawned_at
-    run.statuses = bench.counts_by_status()
-    return run
+    return _record_span(bench, run, spawned_at)
 
 
 # --- scenarios B and C: Dramatiq without the runner -----------------------------------------------
@@ -504,12 +509,7 @@ def scenario_naive(bench: Bench, n: int, index: int) -> Run:
         wait_until_done(bench, proc, run, bench.count_succeeded, spawned_at=spawned_at, log_path=log_path)
     finally:
         stop(proc)
-    first, last = bench.span()
-    if first and last:
-        run.busy_seconds = (last - first).total_seconds()
-        run.boot_seconds = first.timestamp() - spawned_at
-    run.statuses = bench.counts_by_status()
-    return run
+    return _record_span(bench, run, spawned_at)
 
 
 # --- latency --------------------------------------------------------------------------------------
