@@ -83,3 +83,85 @@ def test_client_filenames_are_reduced_to_a_safe_name(given, kept):
 def test_only_server_made_storage_keys_become_paths(tmp_path, key):
     with pytest.raises(ValueError):
         files.stored_path(tmp_path, key)
+
+
+# --- read_chunks: the same records as read_records, a piece at a time --------------------------
+
+_PIECES = [b"a", b"b,c", b'"q,x"', b'"multi\nline"', b"\n", b"\r\n", b'"', b'x"y', b"\xff", b"\x00",
+           b"\xc3\xa9", b",", b'""', b"\\.", b" ", b"\r", b'"""x"""']
+
+
+def _chunked(data: bytes, max_lines: int, offset: int = 0, width: int | None = None) -> list[csvrows.Chunk]:
+    stream = io.BytesIO(data)
+    stream.seek(offset)
+    return list(csvrows.read_chunks(stream, offset=offset, max_lines=max_lines, width=width))
+
+
+def _shapes(rows: list) -> list:
+    return [r.reason if isinstance(r, csvrows.BadRecord) else r for r in rows]
+
+
+@pytest.mark.parametrize("chunk_bytes", [None, 5, 16])
+def test_chunks_hold_exactly_the_records_read_line_by_line_and_resume_at_any_chunk_end(monkeypatch, chunk_bytes):
+    import random
+
+    if chunk_bytes is not None:  # small pieces: records cross piece ends, lines run over the limit
+        monkeypatch.setattr(csvrows, "CHUNK_BYTES", chunk_bytes)
+        monkeypatch.setattr(csvrows, "MAX_LINE_BYTES", chunk_bytes)
+    rng = random.Random(chunk_bytes)
+    for _ in range(1500):
+        data = (b"\xef\xbb\xbf" if rng.random() < 0.2 else b"") + b"".join(
+            rng.choice(_PIECES) for _ in range(rng.randrange(40))
+        )
+        max_lines = rng.choice([1, 2, 5, 100])
+        chunks = _chunked(data, max_lines, width=rng.choice([None, 1, 2]))
+        assert sum((_shapes(c.rows) for c in chunks), []) == [
+            r.reason if isinstance(r, csvrows.BadRecord) else r.fields for r in _read(data)
+        ], data
+        assert all(len(c.rows) == c.row_count <= max_lines for c in chunks)
+        for chunk in chunks:
+            rest = sum((_shapes(c.rows) for c in _chunked(data, max_lines, chunk.end_offset)), [])
+            assert rest == [r.reason if isinstance(r, csvrows.BadRecord) else r.fields for r in _read(data, chunk.end_offset)]
+        if chunks:
+            assert chunks[-1].end_offset == len(data) or not data.strip(b"\r\n")
+
+
+def test_a_chunk_is_at_most_max_lines_and_ends_where_its_last_record_does():
+    data = b"1,a\n2,b\n3,\"c\nc\"\n4,d\n5,e\n"
+    chunks = _chunked(data, 2, width=2)
+    assert [c.rows for c in chunks] == [[["1", "a"], ["2", "b"]], [["3", "c\nc"]], [["4", "d"], ["5", "e"]]]
+    assert [c.end_offset for c in chunks] == [8, 16, len(data)]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"1,a\n2,b\n",
+        b"1,a\r\n2,b\r\n",
+        b'1,"x, ""y"""\n2,"multi\nline"\n',
+        b'1,""\n2,\n',
+        b"1,back\\slash \\N\n",
+        "1,café €\n".encode(),
+        b"1,no newline at the end",
+    ],
+)
+def test_chunks_of_plain_csv_come_with_their_bytes(data):
+    [chunk] = _chunked(data, 100, width=2)
+    assert chunk.plain_csv == data
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'1,a"b\n',  # a quote inside an unquoted field: text to csv, a quote to COPY
+        b'1, "b"\n',  # the same, after a space
+        b"1,a\n\\.\n",  # COPY's end-of-data mark
+        b"\\.,a\n",  # a line starting with it
+        b"1,a\n\n2,b\n",  # a blank line: skipped by csv, a short row to COPY
+        b"1,a\r\n2,b\n",  # two kinds of line end
+        b"1,a\n2,b,c\n",  # a row of another width
+    ],
+)
+def test_chunks_that_copy_could_read_otherwise_come_without_bytes(data):
+    chunks = _chunked(data, 100, width=2)
+    assert all(c.plain_csv is None for c in chunks)
