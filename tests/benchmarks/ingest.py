@@ -11,6 +11,11 @@ A. **ingest**: a generated CSV of ``--rows`` rows (default 1,000,000, 8 columns,
 B. **COPY**: in the same run, ``COPY ... FROM STDIN (FORMAT csv, HEADER)`` of the same file, streamed in
    1 MiB chunks through psycopg, into an unindexed table of 8 ``text`` columns: the physical limit.
    Target: A's rows/s >= 40% of B's.
+B2. **COPY into a records-shaped table**: the same rows already turned into ``records`` rows (a JSON
+   object keyed by the header; built before the clock starts) COPYed into a table made ``LIKE records
+   INCLUDING ALL`` (same columns, primary key and unique index): the limit for the table the job
+   fills, printed to show where the time goes. Not a target.
+A, B and B2 run ``--repeat`` times (default 3), interleaved; their medians are compared.
 C. **worker memory**: the worker process's peak RSS (``VmHWM`` in ``/proc/<pid>/status``, read once its
    job has finished) for a file of ``--small-rows`` (default 100,000) rows and for the big file, each
    in a fresh worker. Target: big - small <= 30 MB.
@@ -21,7 +26,7 @@ D. **upload memory** (unless ``--skip-upload``): ``jobctl api`` as a subprocess;
 The script never asserts: targets are printed next to the figures. Every process it starts is
 stopped on exit. Run from the project root (PostgreSQL at 127.0.0.1:5432, Redis at 127.0.0.1:6379)::
 
-    .venv/bin/python tests/benchmarks/ingest.py [--rows N] [--small-rows N] [--upload-mb N] [--skip-upload]
+    .venv/bin/python tests/benchmarks/ingest.py [--rows N] [--small-rows N] [--repeat N] [--upload-mb N] [--skip-upload]
 
 Environment overrides: ``JOBRUNNER_BENCH_PG_ADMIN_URL`` (default
 ``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``), ``JOBRUNNER_BENCH_REDIS_URL`` (default
@@ -31,10 +36,13 @@ Environment overrides: ``JOBRUNNER_BENCH_PG_ADMIN_URL`` (default
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import os
 import random
 import shutil
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -167,6 +175,34 @@ def run_copy(csv_path: Path) -> float:
         return time.perf_counter() - started
 
 
+def records_copy_data(csv_path: Path) -> bytes:
+    """The CSV's rows as ``records`` rows in COPY's text format (file ID, row number, JSON object, status)."""
+    file_id = uuid.uuid4()
+    encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    with csv_path.open(encoding="utf-8", newline="") as source:
+        reader = csv.reader(source)
+        header = next(reader)
+        return "".join(
+            f"{file_id}\t{n}\t{encode(dict(zip(header, row))).replace(chr(92), chr(92) * 2)}\timported\n"
+            for n, row in enumerate(reader, 1)
+        ).encode()
+
+
+def run_copy_records(data: bytes) -> float:
+    """COPY ``records_copy_data()`` into a new table like ``records``; the seconds it took."""
+    with psycopg.connect(DB_URL.replace("postgresql+psycopg", "postgresql")) as conn:
+        conn.execute("DROP TABLE IF EXISTS bench_records")
+        conn.execute("CREATE TABLE bench_records (LIKE records INCLUDING ALL)")
+        conn.commit()
+        started = time.perf_counter()
+        with conn.cursor() as cursor:
+            with cursor.copy("COPY bench_records (file_id, row_number, data, status) FROM STDIN") as copy:
+                for start in range(0, len(data), 1 << 20):
+                    copy.write(data[start:start + (1 << 20)])
+        conn.commit()
+        return time.perf_counter() - started
+
+
 # --- D: upload through the API ------------------------------------------------------------------
 
 BOUNDARY = "jobrunner-bench-boundary"
@@ -219,6 +255,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--small-rows", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--upload-mb", type=int, default=500)
     parser.add_argument("--skip-upload", action="store_true")
     options = parser.parse_args()
@@ -246,15 +283,23 @@ def report(options: argparse.Namespace, workdir: Path, database: db.Database) ->
 
     small_seconds, small_rss, _ = run_ingest(database, small, workdir, "small")
     print(f"file.process {options.small_rows:,} rows: {small_seconds:.2f} s, worker peak RSS {small_rss:.1f} MB", flush=True)
-    big_seconds, big_rss, file = run_ingest(database, big, workdir, "big")
-    ingest_rate = file.rows_imported / big_seconds
-    print(f"file.process {options.rows:,} rows: {big_seconds:.2f} s = {ingest_rate:,.0f} rows/s "
-          f"(imported {file.rows_imported:,}, rejected {file.rows_rejected:,}), worker peak RSS {big_rss:.1f} MB", flush=True)
-
-    copy_seconds = run_copy(big)
-    copy_rate = options.rows / copy_seconds
-    print(f"plain COPY {options.rows:,} rows: {copy_seconds:.2f} s = {copy_rate:,.0f} rows/s", flush=True)
-    print(f"ingest / COPY: {ingest_rate / copy_rate:.0%} (target >= 40%)")
+    records_data = records_copy_data(big)
+    ingest_rates, copy_rates, records_rates, big_rss = [], [], [], 0.0
+    for run in range(1, options.repeat + 1):
+        seconds, rss, file = run_ingest(database, big, workdir, f"big-{run}")
+        ingest_rates.append(file.rows_imported / seconds)
+        big_rss = max(big_rss, rss)
+        copy_rates.append(options.rows / run_copy(big))
+        records_rates.append(options.rows / run_copy_records(records_data))
+        print(f"run {run}: file.process {ingest_rates[-1]:,.0f} rows/s (imported {file.rows_imported:,}, "
+              f"rejected {file.rows_rejected:,}, worker peak RSS {rss:.1f} MB); plain COPY {copy_rates[-1]:,.0f} rows/s; "
+              f"COPY into a records-shaped table {records_rates[-1]:,.0f} rows/s", flush=True)
+    ingest_rate, copy_rate, records_rate = (statistics.median(r) for r in (ingest_rates, copy_rates, records_rates))
+    print(f"medians of {options.repeat}: file.process {ingest_rate:,.0f} rows/s, plain COPY {copy_rate:,.0f} rows/s, "
+          f"records-shaped COPY {records_rate:,.0f} rows/s")
+    print(f"ingest / plain COPY: {ingest_rate / copy_rate:.0%} (target >= 40%); per run: "
+          f"{', '.join(f'{i / c:.0%}' for i, c in zip(ingest_rates, copy_rates))}")
+    print(f"ingest / records-shaped COPY: {ingest_rate / records_rate:.0%} (not a target: where the time goes)")
     print(f"worker peak RSS, {options.rows:,} - {options.small_rows:,} rows: {big_rss - small_rss:+.1f} MB (target <= +30 MB)", flush=True)
 
     if not options.skip_upload:
