@@ -64,7 +64,7 @@ class BadRecord:
 class Chunk:
     """Consecutive records, blank lines skipped, and the byte offset just after the last one."""
 
-    __slots__ = ("end_offset", "row_count", "plain_csv", "_rows")
+    __slots__ = ("_rows", "end_offset", "plain_csv", "row_count")
 
     def __init__(
         self, end_offset: int, *, rows: list[list[str] | BadRecord] | None = None, plain: tuple[bytes, int] | None = None

@@ -195,10 +195,9 @@ def run_copy_records(data: bytes) -> float:
         conn.execute("CREATE TABLE bench_records (LIKE records INCLUDING ALL)")
         conn.commit()
         started = time.perf_counter()
-        with conn.cursor() as cursor:
-            with cursor.copy("COPY bench_records (file_id, row_number, data, status) FROM STDIN") as copy:
-                for start in range(0, len(data), 1 << 20):
-                    copy.write(data[start:start + (1 << 20)])
+        with conn.cursor() as cursor, cursor.copy("COPY bench_records (file_id, row_number, data, status) FROM STDIN") as copy:
+            for start in range(0, len(data), 1 << 20):
+                copy.write(data[start:start + (1 << 20)])
         conn.commit()
         return time.perf_counter() - started
 

@@ -302,3 +302,25 @@ def test_processed_file_emits_one_file_processed_event_with_its_counts(client, d
         assert [e.payload for e in events] == [{"file_id": file_id, "records": 2, "errors": 1}]
         notes = session.scalars(select(m.Notification)).all()
     assert len(notes) == 1
+
+
+def test_reading_ahead_gives_every_item_in_order_passes_errors_on_and_stops_when_closed():
+    read = []
+
+    def source():
+        for n in range(5):
+            read.append(n)
+            if n == 3:
+                raise OSError("disk gone")
+            yield n
+
+    ahead = files_handler._read_ahead(source())
+    assert [next(ahead), next(ahead), next(ahead)] == [0, 1, 2]
+    with pytest.raises(OSError, match="disk gone"):
+        next(ahead)
+
+    read.clear()
+    ahead = files_handler._read_ahead(source())
+    assert next(ahead) == 0
+    ahead.close()  # waits for the read in flight (item 1), and reads no further
+    assert read == [0, 1] and list(ahead) == []

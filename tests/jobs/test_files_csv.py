@@ -97,8 +97,13 @@ def _chunked(data: bytes, max_lines: int, offset: int = 0, width: int | None = N
     return list(csvrows.read_chunks(stream, offset=offset, max_lines=max_lines, width=width))
 
 
-def _shapes(rows: list) -> list:
-    return [r.reason if isinstance(r, csvrows.BadRecord) else r for r in rows]
+def _shapes(chunks: list[csvrows.Chunk]) -> list:
+    """The records of all the chunks: fields, or the reason for a bad one."""
+    return [r.reason if isinstance(r, csvrows.BadRecord) else r for chunk in chunks for r in chunk.rows]
+
+
+def _expected(data: bytes, offset: int = 0) -> list:
+    return [r.reason if isinstance(r, csvrows.BadRecord) else r.fields for r in _read(data, offset)]
 
 
 @pytest.mark.parametrize("chunk_bytes", [None, 5, 16])
@@ -115,13 +120,10 @@ def test_chunks_hold_exactly_the_records_read_line_by_line_and_resume_at_any_chu
         )
         max_lines = rng.choice([1, 2, 5, 100])
         chunks = _chunked(data, max_lines, width=rng.choice([None, 1, 2]))
-        assert sum((_shapes(c.rows) for c in chunks), []) == [
-            r.reason if isinstance(r, csvrows.BadRecord) else r.fields for r in _read(data)
-        ], data
+        assert _shapes(chunks) == _expected(data), data
         assert all(len(c.rows) == c.row_count <= max_lines for c in chunks)
         for chunk in chunks:
-            rest = sum((_shapes(c.rows) for c in _chunked(data, max_lines, chunk.end_offset)), [])
-            assert rest == [r.reason if isinstance(r, csvrows.BadRecord) else r.fields for r in _read(data, chunk.end_offset)]
+            assert _shapes(_chunked(data, max_lines, chunk.end_offset)) == _expected(data, chunk.end_offset), data
         if chunks:
             assert chunks[-1].end_offset == len(data) or not data.strip(b"\r\n")
 
