@@ -245,8 +245,10 @@ class _CsvStage:
     connection keeps it for the next file of that width) and is emptied before each use.
     """
 
-    #: PostgreSQL allows 1,600 columns a table; wider files take the JSON path.
-    MAX_COLUMNS = 1_000
+    #: Wider files take the JSON path. A row of PostgreSQL must fit in 8,160 bytes after TOAST has
+    #: moved out every value longer than its 18-byte pointer: 200 columns always do, 1,000 columns
+    #: of 30 bytes do not ("row is too big").
+    MAX_COLUMNS = 200
 
     def __init__(self, header: list[str]) -> None:
         self.header = header
