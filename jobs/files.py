@@ -118,7 +118,7 @@ def register_upload(
     """Insert the ``files`` row of a stored upload and its ``file.process`` job in ``session``
     (the job's ID goes to the broker once the session commits).
 
-    ``block_rows``: rows per committed block (None: the kind's default).
+    ``block_rows``: the most lines per committed block (None: the kind's default).
     """
     file_id = uuid.uuid4()
     args = {"file_id": str(file_id)} | ({"block_rows": block_rows} if block_rows else {})

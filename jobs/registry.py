@@ -40,6 +40,10 @@ class RunningJob:
     queue: str = DEFAULT_QUEUE
     _checkpoint: Callable[[], None] | None = None
 
+    def set_checkpoint(self, commit: Callable[[], None]) -> None:
+        """Set what :meth:`checkpoint` calls: the runner does, before it hands the job to its handler."""
+        self._checkpoint = commit
+
     def checkpoint(self) -> None:
         """Commit the work so far, if this worker still holds the claim, and renew the lease.
 

@@ -169,7 +169,7 @@ class JobSessionMiddleware(Middleware):
         # TimeLimit (after us in the list) reads the limit from the message; the row's kind decides it.
         message.options["time_limit"] = limit * 1000
         session = self.database.sessions(bind=connection)
-        job._checkpoint = functools.partial(store.checkpoint, session, job, lease_seconds=self.settings.lease_seconds)
+        job.set_checkpoint(functools.partial(store.checkpoint, session, job, lease_seconds=self.settings.lease_seconds))
         _current.set(_Current(job=job, kind=kind, connection=connection, session=session))
         self.heartbeat.track(job)
 
