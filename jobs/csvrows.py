@@ -7,12 +7,13 @@ its own, and the lines are fed to :func:`csv.reader`. The reader pulls lines laz
 the record needs (a quoted field may hold newlines, so a record can span several lines), and never
 reads ahead: once it hands a record back, the bytes consumed so far end exactly at that record.
 
-A line that is not UTF-8, holds a NUL, or is longer than :data:`MAX_LINE_BYTES` makes its record a
-:class:`BadRecord` and reading goes on with the next record. Memory stays bounded: a line is read at
-most :data:`MAX_LINE_BYTES` at a time, and ``csv`` refuses a field over its field size limit.
+A line that is not UTF-8, holds a NUL, or is longer than :data:`MAX_LINE_BYTES`, and a record longer
+than :data:`MAX_RECORD_BYTES`, make that record a :class:`BadRecord`, and reading goes on with the
+next line. Memory stays bounded: a line is read at most :data:`MAX_LINE_BYTES` at a time, a record
+holds at most :data:`MAX_RECORD_BYTES`, and ``csv`` refuses a field over its field size limit.
 
 Reading line by line costs about 3.6 us a record in Python, five times what one ``csv.reader`` over
-a whole decoded piece costs. So :func:`read_chunks` parses up to :data:`CHUNK_BYTES` at once and
+a whole decoded piece costs. So :func:`read_chunks` parses up to :data:`MAX_LINE_BYTES` at once and
 knows the byte offset only at the end of each chunk, which is all a checkpoint needs; a piece with
 anything :func:`read_records` would refuse (bad UTF-8, a NUL, bad quoting, a quoted field running
 past the piece) is cut before the first such record, and that record is read line by line as above,
@@ -25,6 +26,7 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
+import functools
 import io
 import itertools
 import re
@@ -32,11 +34,12 @@ import time
 from collections.abc import Iterator
 from typing import BinaryIO
 
-#: The longest physical line taken; a longer one is skipped (to its newline) as a bad record.
+#: The longest physical line taken; a longer one is skipped (to its newline) as a bad record. Also
+#: the most bytes :func:`read_chunks` parses at once, so no line it parses is one that is too long.
 MAX_LINE_BYTES = 1024 * 1024
-#: The most bytes :func:`read_chunks` parses at once (a chunk never holds a line longer than a line
-#: :func:`read_records` takes).
-CHUNK_BYTES = MAX_LINE_BYTES
+#: The longest record taken (all its lines); no shorter than a line. At the line that makes a record
+#: longer, the record is cut off as a bad one and reading starts afresh on the next line.
+MAX_RECORD_BYTES = MAX_LINE_BYTES
 _BOM = b"\xef\xbb\xbf"
 #: Records counted between two chances for another thread to run.
 _PART_RECORDS = 1_000
@@ -89,13 +92,13 @@ class Chunk:
         return self._rows
 
 
-class _LineTooLong(Exception):
-    """A physical line over MAX_LINE_BYTES (already skipped up to its newline)."""
+class _TooLong(Exception):
+    """A line over MAX_LINE_BYTES (skipped up to its newline), or a record over MAX_RECORD_BYTES."""
 
 
 class _Lines:
     """The decoded physical lines of a binary stream, for ``csv.reader``, tracking the byte offset
-    and whether a line of the current record could not be taken."""
+    and the current record: its size, and whether one of its lines could not be taken."""
 
     def __init__(self, stream: BinaryIO, offset: int) -> None:
         self._stream = stream
@@ -104,8 +107,13 @@ class _Lines:
         else:
             stream.seek(offset)
         self.offset = offset
-        #: Why a line of the record being read is bad (reset by the caller before each record).
+        self.start_record()
+
+    def start_record(self) -> None:
+        """Called before each record is read."""
+        #: Why a line of the record being read is bad.
         self.problem: str | None = None
+        self._record_bytes = 0
 
     def __iter__(self) -> _Lines:
         return self
@@ -117,7 +125,10 @@ class _Lines:
         self.offset += len(line)
         if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
             self._skip_rest_of_line()
-            raise _LineTooLong()
+            raise _TooLong(f"a line is longer than {MAX_LINE_BYTES} bytes")
+        self._record_bytes += len(line)
+        if self._record_bytes > MAX_RECORD_BYTES:
+            raise _TooLong(f"a record is longer than {MAX_RECORD_BYTES} bytes")
         if b"\x00" in line:
             self.problem = "it contains a NUL byte"
         try:
@@ -134,18 +145,18 @@ class _Lines:
 
 
 def read_records(stream: BinaryIO, *, offset: int = 0) -> Iterator[Record | BadRecord]:
-    """The CSV records of ``stream`` from byte ``offset`` (where the stream must be positioned, at
-    the start of a record), blank lines skipped. A UTF-8 BOM at offset 0 is dropped."""
+    """The CSV records of ``stream`` from byte ``offset`` (the start of a record), blank lines
+    skipped. A UTF-8 BOM at offset 0 is dropped."""
     lines = _Lines(stream, offset)
     reader = csv.reader(lines, strict=True)
     while True:
-        lines.problem = None
+        lines.start_record()
         try:
             fields = next(reader)
         except StopIteration:
             return
-        except _LineTooLong:
-            yield BadRecord(f"a line is longer than {MAX_LINE_BYTES} bytes", lines.offset)
+        except _TooLong as exc:
+            yield BadRecord(str(exc), lines.offset)
             continue
         except csv.Error as exc:
             # csv.reader starts afresh on the next call, so the records after this one still parse.
@@ -158,44 +169,50 @@ def read_records(stream: BinaryIO, *, offset: int = 0) -> Iterator[Record | BadR
 
 
 def read_chunks(stream: BinaryIO, *, offset: int = 0, max_lines: int, width: int | None = None) -> Iterator[Chunk]:
-    """The records of ``stream`` from byte ``offset`` (where the stream must be positioned, at the
-    start of a record), in chunks of at most ``max_lines`` physical lines and about
-    :data:`CHUNK_BYTES`; the same records as :func:`read_records` gives. A chunk whose records all
-    have ``width`` fields may come as plain CSV (:attr:`Chunk.plain_csv`)."""
-    buffer = b""
+    """The records of ``stream`` from byte ``offset`` (the start of a record), in chunks of at most
+    ``max_lines`` physical lines and about :data:`MAX_LINE_BYTES`: the same records as
+    :func:`read_records` gives. A chunk whose records all have ``width`` fields may come as plain
+    CSV (:attr:`Chunk.plain_csv`); with ``width`` None, none does."""
+    stream.seek(offset)
+    buffer, base = b"", offset  # bytes read ahead, and the offset of their first
     at_eof = False
     while True:
-        while not at_eof and len(buffer) <= CHUNK_BYTES:
-            data = stream.read(CHUNK_BYTES)
+        while not at_eof and len(buffer) - (offset - base) <= MAX_LINE_BYTES:
+            data = stream.read(MAX_LINE_BYTES)
             at_eof = not data
-            buffer += data
+            buffer, base = buffer[offset - base:] + data, offset
         if offset == 0 and buffer.startswith(_BOM):
-            buffer, offset = buffer[len(_BOM):], len(_BOM)
-        if not buffer:
+            offset = len(_BOM)
+        start = offset - base
+        if start >= len(buffer):
             return
-        piece = buffer[:_piece_end(buffer, max_lines, at_eof)]
-        chunk = _parse_whole(piece, offset, width) if piece else None
+        end = _piece_end(buffer, start, max_lines, at_eof)
+        chunk = _parse_whole(buffer[start:end], offset, width) if end > start else None
         if chunk is None:
             # The first record needs reading line by line; the rest of the piece with it.
-            stream.seek(offset)
-            chunk = _read_line_by_line(stream, offset, until=offset + max(len(piece), 1), max_records=max_lines)
-            stream.seek(chunk.end_offset)
-            buffer, at_eof = b"", False
-        else:
-            buffer = buffer[chunk.end_offset - offset:]
+            chunk = _read_line_by_line(stream, offset, until=base + max(end, start + 1), max_records=max_lines)
+            if chunk.end_offset > base + len(buffer):
+                buffer, base = b"", chunk.end_offset  # read past what was read ahead
+            stream.seek(base + len(buffer))
         offset = chunk.end_offset
         yield chunk
 
 
-def _piece_end(buffer: bytes, max_lines: int, at_eof: bool) -> int:
-    """Where the next piece ends: after ``max_lines`` lines, or the last whole line in
-    :data:`CHUNK_BYTES`, or the end of a short last piece; 0 if no line ends in CHUNK_BYTES."""
-    window = buffer[:CHUNK_BYTES]
-    if window.count(b"\n") >= max_lines:
-        return _line_end(window, max_lines)
-    if at_eof and len(buffer) <= CHUNK_BYTES:
+@functools.cache
+def _lines_pattern(lines: int) -> re.Pattern[bytes]:
+    return re.compile(rb"(?:[^\n]*\n){%d}" % lines)
+
+
+def _piece_end(buffer: bytes, start: int, max_lines: int, at_eof: bool) -> int:
+    """Where the piece from ``start`` ends: after ``max_lines`` lines, or after the last whole line
+    in :data:`MAX_LINE_BYTES`, or at the end of a short last piece; ``start`` if no line ends in
+    MAX_LINE_BYTES. Scans no further than the piece (the regex stops after ``max_lines`` lines)."""
+    window_end = min(len(buffer), start + MAX_LINE_BYTES)
+    if match := _lines_pattern(max_lines).match(buffer, start, window_end):
+        return match.end()
+    if at_eof and len(buffer) - start <= MAX_LINE_BYTES:
         return len(buffer)
-    return window.rfind(b"\n") + 1
+    return buffer.rfind(b"\n", start, window_end) + 1 or start
 
 
 def _parse_whole(piece: bytes, offset: int, width: int | None) -> Chunk | None:
@@ -210,34 +227,55 @@ def _parse_whole(piece: bytes, offset: int, width: int | None) -> Chunk | None:
     except UnicodeDecodeError as exc:
         usable = piece.rfind(b"\n", 0, exc.start) + 1
         text = piece[:usable].decode("utf-8")
-    # First only count the fields of each record (in C, keeping no row: a chunk's rows kept alive
-    # would cost garbage-collector passes); the rows are made only if the chunk is not plain CSV.
-    try:
-        widths = _count_fields(text)
-    except csv.Error:
-        # Bad quoting, an over-long field, or a quoted field running past the piece: the chunk
-        # ends before that record, and the next one starts with it.
-        usable = _line_end(piece, _lines_before_error(text))
-        text = piece[:usable].decode("utf-8")
-        widths = _count_fields(text)
-    if not usable:
-        return None
-    data = piece[:usable]
-    if width is not None and widths.keys() == {width} and _is_plain_csv(data):  # {width}: no blank line
-        return Chunk(offset + usable, plain=(data, widths[width]))
-    return Chunk(offset + usable, rows=[fields for fields in _csv_reader(text) if fields])
+    if width is not None:
+        # First only count the fields of each record (in C, keeping no row: rows kept alive cost
+        # garbage-collector passes); if the piece is plain CSV, no row is ever made.
+        try:
+            widths = _count_fields(text)
+        except csv.Error:
+            pass
+        else:
+            if widths.keys() == {width} and _is_plain_csv(piece[:usable]):  # {width}: no blank line
+                return Chunk(offset + usable, plain=(piece[:usable], widths[width]))
+    rows, lines = _rows_before_error(text)
+    if lines is not None:  # cut before the record csv refused; the next chunk starts with it
+        usable = _line_end(piece, lines)
+    return Chunk(offset + usable, rows=rows) if usable else None
 
 
 def _count_fields(text: str) -> collections.Counter[int]:
-    """How many records of ``text`` have how many fields (0: a blank line)."""
+    """How many records of ``text`` have how many fields (0: a blank line).
+
+    Raises:
+        csv.Error: a record is not valid CSV.
+    """
     counts: collections.Counter[int] = collections.Counter()
     widths = map(len, _csv_reader(text))
-    while part := list(itertools.islice(widths, _PART_RECORDS)):
+    while True:
+        part = list(itertools.islice(widths, _PART_RECORDS))
         counts.update(part)
+        if len(part) < _PART_RECORDS:
+            return counts
         # Hand the GIL to a thread waiting for it (the job writing the chunk before, when reading
         # ahead) now rather than after the interpreter's 5 ms switch interval.
         time.sleep(0)
-    return counts
+
+
+def _rows_before_error(text: str) -> tuple[list[list[str] | BadRecord], int | None]:
+    """The records of ``text`` up to the first that csv refuses (bad quoting, an over-long field, a
+    quoted field running past the piece), blank lines skipped; and how many lines they take if one
+    was refused (None: all of ``text`` was read)."""
+    reader = _csv_reader(text)
+    rows: list[list[str] | BadRecord] = []
+    lines = 0
+    try:
+        for fields in reader:
+            if fields:
+                rows.append(fields)
+            lines = reader.line_num
+    except csv.Error:
+        return rows, lines
+    return rows, None
 
 
 def _csv_reader(text: str) -> Iterator[list[str]]:
@@ -245,21 +283,9 @@ def _csv_reader(text: str) -> Iterator[list[str]]:
     return csv.reader(io.StringIO(text, newline="\n"), strict=True)
 
 
-def _lines_before_error(text: str) -> int:
-    """How many lines of ``text`` hold the records before the first that csv refuses."""
-    reader = _csv_reader(text)
-    lines = 0
-    try:
-        for _ in reader:
-            lines = reader.line_num
-    except csv.Error:
-        pass
-    return lines
-
-
 def _line_end(data: bytes, lines: int) -> int:
     """The offset just after the first ``lines`` lines of ``data``."""
-    return len(data) - len(data.split(b"\n", lines)[-1]) if lines else 0
+    return _lines_pattern(lines).match(data).end() if lines else 0
 
 
 def _is_plain_csv(data: bytes) -> bool:

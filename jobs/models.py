@@ -310,7 +310,8 @@ class Record(Base):
 
     id: Mapped[int] = mapped_column(BigIntKey, primary_key=True, autoincrement=True)
     #: The file's ID; no foreign key, on purpose: checked row by row it doubled the cost of an
-    #: import, and the only writer (``file.process``) holds the file row locked (migration 0006).
+    #: import (migration 0006). Only ``file.process`` writes records, for a file row it has just
+    #: read; files are never deleted (one deleted by hand leaves its records to delete too).
     file_id: Mapped[uuid.UUID] = mapped_column(Uuid)
     #: The row's number among the file's data rows: 1 for the first row after the header.
     row_number: Mapped[int] = mapped_column(Integer)

@@ -13,7 +13,10 @@ How a block is written:
   are to ``COPY ... (FORMAT csv)`` into a temporary table of text columns, and one ``INSERT ...
   SELECT`` builds the JSON objects (``jsonb_object(header, ARRAY[columns])``) in the server. No
   Python object per field is made, and the server parses the CSV in C.
-- PostgreSQL otherwise: the good rows as JSON objects, through ``COPY`` in its text format.
+- PostgreSQL, a block with bad rows (or bytes COPY could read otherwise): its good rows, written
+  again by ``csv.writer`` with every field quoted, through the same stage.
+- PostgreSQL, files wider than the stage allows (or a role without ``TEMP``): the good rows as JSON
+  objects, through ``COPY`` in its text format.
 - SQLite: one multi-row INSERT.
 """
 
@@ -21,6 +24,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import csv
+import io
 import json
 import uuid
 from collections.abc import Iterator
@@ -28,7 +33,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 import pydantic
-from sqlalchemy import insert
+from sqlalchemy import insert, text
 from sqlalchemy.orm import Session
 
 from jobs import csvrows, errors, events, files, models, registry, store
@@ -104,7 +109,9 @@ def process_file(session: Session, job: registry.RunningJob) -> None:
         offset = max(file.byte_offset, header_end)
         stream.seek(offset)
         ingest = _Ingest(session, file, header)
-        chunks = csvrows.read_chunks(stream, offset=offset, max_lines=args.block_rows, width=len(header))
+        # Without a stage, plain CSV is of no use: width None spares csvrows checking for it.
+        width = len(header) if ingest.stage is not None else None
+        chunks = csvrows.read_chunks(stream, offset=offset, max_lines=args.block_rows, width=width)
         with contextlib.closing(_read_ahead(chunks)) as ahead:  # closed before the stream is
             for chunk in ahead:
                 ingest.write_chunk(chunk)
@@ -179,7 +186,7 @@ class _Ingest:
         file = self.file
         first = file.rows_total + 1
         if chunk.plain_csv is not None and self.stage is not None:
-            self.stage.copy(self.session, file.id, first, chunk.plain_csv)
+            self.stage.copy(self.session, file.id, chunk.plain_csv, first_row_number=first)
             imported, rejected = chunk.row_count, 0
         else:
             imported, rejected = self._write_rows(chunk.rows, first)
@@ -191,23 +198,21 @@ class _Ingest:
         file.byte_offset = chunk.end_offset
 
     def _write_rows(self, rows: list[list[str] | csvrows.BadRecord], first: int) -> tuple[int, int]:
-        """Insert the good rows as JSON objects and keep the first errors: (imported, rejected)."""
-        good, rejected = [], 0
+        """Insert the good rows and keep the first errors: (imported, rejected)."""
+        good, rejected, width = [], 0, self.width
         for number, item in enumerate(rows, start=first):
-            reason = item.reason if isinstance(item, csvrows.BadRecord) else self._check(item)
-            if reason is None:
-                good.append((number, dict(zip(self.header, item))))
-            else:
-                rejected += 1
-                if len(self.row_errors) < MAX_ROW_ERRORS:
-                    self.row_errors.append({"row": number, "reason": reason})
-        insert_records(self.session, self.file.id, good)
+            if isinstance(item, list) and len(item) == width:
+                good.append((number, item))
+                continue
+            rejected += 1
+            if len(self.row_errors) < MAX_ROW_ERRORS:
+                reason = item.reason if isinstance(item, csvrows.BadRecord) else f"expected {width} fields, got {len(item)}"
+                self.row_errors.append({"row": number, "reason": reason})
+        if self.stage is not None:
+            self.stage.copy_rows(self.session, self.file.id, good)
+        else:
+            insert_records(self.session, self.file.id, [(number, dict(zip(self.header, fields))) for number, fields in good])
         return len(good), rejected
-
-    def _check(self, fields: list[str]) -> str | None:
-        if len(fields) != self.width:
-            return f"expected {self.width} fields, got {len(fields)}"
-        return None
 
 
 def insert_records(session: Session, file_id: uuid.UUID, rows: list[tuple[int, dict[str, Any]]]) -> None:
@@ -237,12 +242,14 @@ def insert_records(session: Session, file_id: uuid.UUID, rows: list[tuple[int, d
 
 
 class _CsvStage:
-    """Plain CSV rows of one header width into ``records`` on PostgreSQL: ``COPY`` into a temporary
-    table of text columns ``c1 .. cN`` (numbered by an identity column, in file order), then one
-    ``INSERT ... SELECT`` that builds each row's JSON object in the server.
+    """CSV rows of one header width into ``records`` on PostgreSQL: ``COPY ... (FORMAT csv)`` into a
+    temporary table of text columns ``c1 .. cN`` and a row number ``n``, then one ``INSERT ...
+    SELECT`` that builds each row's JSON object in the server.
 
     The table lives as long as the connection (``CREATE TEMP TABLE IF NOT EXISTS``: a pooled
-    connection keeps it for the next file of that width) and is emptied before each use.
+    connection keeps it for the next file of that width) and is emptied before each use. Record IDs
+    follow the stage's scan order, which for a temporary table (never scanned in parallel) is the
+    order the rows were copied in, the file's.
     """
 
     #: Wider files take the JSON path. A row of PostgreSQL must fit in 8,160 bytes after TOAST has
@@ -252,7 +259,7 @@ class _CsvStage:
 
     def __init__(self, header: list[str]) -> None:
         self.header = header
-        table = f"jobrunner_csv_stage_{len(header)}"
+        table = f"pg_temp.jobrunner_csv_stage_{len(header)}"  # pg_temp: never a table of that name elsewhere
         names = [f"c{n}" for n in range(1, len(header) + 1)]
         columns = ", ".join(names)
         # One round trip (simple query protocol, no parameters). synchronous_commit off for this
@@ -266,7 +273,9 @@ class _CsvStage:
             f"TRUNCATE {table} RESTART IDENTITY"
         )
         # FORCE_NOT_NULL: an unquoted empty field is an empty string, as csv.reader reads it.
-        self._copy = f"COPY {table} ({columns}) FROM STDIN (FORMAT csv, FORCE_NOT_NULL ({columns}), ENCODING 'UTF8')"
+        options = f"(FORMAT csv, FORCE_NOT_NULL ({columns}), ENCODING 'UTF8')"
+        self._copy_plain = f"COPY {table} ({columns}) FROM STDIN {options}"  # n: 1, 2, ... in order
+        self._copy_numbered = f"COPY {table} (n, {columns}) FROM STDIN {options}"
         self._insert = (
             "INSERT INTO records (file_id, row_number, data, status) "
             f"SELECT %s, %s + n, jsonb_object(%s::text[], ARRAY[{columns}]), %s FROM {table}"
@@ -274,15 +283,32 @@ class _CsvStage:
 
     @classmethod
     def fits(cls, session: Session, header: list[str]) -> bool:
-        """Whether files with this header go through a stage (PostgreSQL, not too wide)."""
-        return session.get_bind().dialect.name == "postgresql" and len(header) <= cls.MAX_COLUMNS
+        """Whether files with this header go through a stage: PostgreSQL, not too wide, and a role
+        that may create temporary tables (some hardened set-ups revoke ``TEMP``)."""
+        if session.get_bind().dialect.name != "postgresql" or len(header) > cls.MAX_COLUMNS:
+            return False
+        return bool(session.scalar(text("SELECT has_database_privilege(current_database(), 'TEMP')")))
 
-    def copy(self, session: Session, file_id: uuid.UUID, first_row_number: int, data: bytes) -> None:
+    def copy(self, session: Session, file_id: uuid.UUID, data: bytes, *, first_row_number: int) -> None:
         """Insert the rows of ``data`` (plain CSV of this width, see :attr:`csvrows.Chunk.plain_csv`)
         as records numbered from ``first_row_number``, in the session's transaction."""
+        self._run(session, self._copy_plain, data, file_id, first_row_number - 1)
+
+    def copy_rows(self, session: Session, file_id: uuid.UUID, rows: list[tuple[int, list[str]]]) -> None:
+        """Insert ``(row_number, fields)`` rows (of this width) as records, in the session's transaction."""
+        if not rows:
+            return
+        # Lines end in "\r\n", so csv.writer quotes every field holding either (with "\n" alone it
+        # would leave a lone "\r" bare, which COPY refuses); each line starts with its number, never
+        # with COPY's end-of-data mark; FORCE_NOT_NULL keeps bare empty fields empty.
+        out = io.StringIO()
+        csv.writer(out, lineterminator="\r\n").writerows([number, *fields] for number, fields in rows)
+        self._run(session, self._copy_numbered, out.getvalue().encode(), file_id, 0)
+
+    def _run(self, session: Session, copy_sql: str, data: bytes, file_id: uuid.UUID, base: int) -> None:
         driver = session.connection().connection.driver_connection
         with driver.cursor() as cursor:
             cursor.execute(self._prepare)
-            with cursor.copy(self._copy) as copy:
+            with cursor.copy(copy_sql) as copy:
                 copy.write(data)
-            cursor.execute(self._insert, (file_id, first_row_number - 1, self.header, models.RecordStatus.IMPORTED.value))
+            cursor.execute(self._insert, (file_id, base, self.header, models.RecordStatus.IMPORTED.value))

@@ -175,6 +175,36 @@ def test_plain_csv_blocks_become_the_same_records_as_csv_reads(make_file, drain,
     assert read_file(file_id).rows_imported == 3
 
 
+def test_a_file_of_several_mebibytes_is_imported_row_for_row(make_file, drain, read_file, read_records, database, monkeypatch):
+    """Pieces of 1 MiB at the real sizes: quoted newlines cross piece ends, bad rows fall between.
+    On PostgreSQL every block goes through the COPY stage, as it is or written again; on SQLite none."""
+    stage_copies = []
+    original = files_handler._CsvStage._run
+    monkeypatch.setattr(files_handler._CsvStage, "_run", lambda self, *a: stage_copies.append(a[1]) or original(self, *a))
+    lines, expected = [b"n,name,note\n"], []
+    for n in range(1, 40_001):
+        if n % 997 == 0 and n < 20_000:  # bad rows in the first half only: plain blocks in the second
+            lines.append(b"a row, with too many, fields, here\n")
+            continue
+        note = f"spans\nlines {n}" if n % 301 == 0 else f"note {n}"
+        name = f"name {n:06d} " + "x" * 60
+        lines.append(f'{n},{name},"{note}"\n'.encode())
+        expected.append((n, {"n": str(n), "name": name, "note": note}))
+    content = b"".join(lines)
+    assert len(content) > 3 * 2**20
+    file_id, _ = make_file(content)
+    drain()
+    file = read_file(file_id)
+    assert (file.status, file.rows_total, file.rows_rejected) == (FileStatus.PROCESSED, 40_000, 20)
+    assert read_records(file_id) == expected
+    assert file.byte_offset == len(content)
+    if database.engine.dialect.name == "postgresql":
+        stage = files_handler._CsvStage(["n", "name", "note"])
+        assert stage._copy_plain in stage_copies and stage._copy_numbered in stage_copies
+    else:
+        assert stage_copies == []
+
+
 @pytest.mark.parametrize("width", [200, 400])
 def test_wide_files_are_imported_whole(make_file, drain, read_file, read_records, width):
     # 400 columns of 40 bytes make a row too big for a PostgreSQL table of text columns (the stage);
@@ -189,31 +219,39 @@ def test_wide_files_are_imported_whole(make_file, drain, read_file, read_records
 
 
 @pytest.mark.postgres_only
-def test_postgresql_copy_reads_every_plain_csv_chunk_as_csv_reader_does(database):
+def test_postgresql_copy_through_the_stage_gives_the_records_csv_reader_read(database):
     """Random small CSVs of quotes, line ends, backslashes and such: every chunk that csvrows says
-    is plain becomes, through COPY and the stage, exactly the records csv.reader read."""
+    is plain, taken as it is, and the good rows of every other chunk, written again by csv.writer,
+    become through COPY and the stage exactly the records csv.reader read."""
     import random
 
     pieces = [b"a", b'"q,x"', b'"multi\nline"', b'"m\r\nl"', b'""', b'"""x"""', b"\\.", b"\\N", b" ", b"\t",
-              b"\xc3\xa9", b'x"y', b"\\", b"\r"]
+              b"\xc3\xa9", b'x"y', b"\\", b"\r", b'"r\rr"', b""]
     rng = random.Random(3)
-    plain = 0
+    taken = {"plain": 0, "rewritten": 0}
     with database.sessions() as session:
         for _ in range(1500):
             width, line_end = rng.choice([1, 2, 3]), rng.choice([b"\n", b"\r\n"])
             lines = [b",".join(b"".join(rng.choice(pieces) for _ in range(rng.randrange(3))) for _ in range(width))
                      for _ in range(rng.randrange(1, 6))]
             data = line_end.join(lines) + (line_end if rng.random() < 0.8 else b"")
-            chunks = list(csvrows.read_chunks(io.BytesIO(data), max_lines=100, width=width))
-            if len(chunks) != 1 or chunks[0].plain_csv is None:
-                continue
-            plain += 1
-            header, file_id = [f"h{n}" for n in range(width)], uuid.uuid4()
-            files_handler._CsvStage(header).copy(session, file_id, 1, chunks[0].plain_csv)
-            query = select(models.Record.data).where(models.Record.file_id == file_id).order_by(models.Record.row_number)
-            assert session.scalars(query).all() == [dict(zip(header, row)) for row in chunks[0].rows], data
+            header = [f"h{n}" for n in range(width)]
+            stage = files_handler._CsvStage(header)
+            for chunk in csvrows.read_chunks(io.BytesIO(data), max_lines=100, width=width):
+                file_id = uuid.uuid4()
+                if chunk.plain_csv is not None:
+                    taken["plain"] += 1
+                    stage.copy(session, file_id, chunk.plain_csv, first_row_number=1)
+                    expected = [dict(zip(header, row)) for row in chunk.rows]
+                else:
+                    good = [row for row in chunk.rows if isinstance(row, list) and len(row) == width]
+                    taken["rewritten"] += bool(good)
+                    stage.copy_rows(session, file_id, list(enumerate(good, 1)))
+                    expected = [dict(zip(header, row)) for row in good]
+                query = select(models.Record.data).where(models.Record.file_id == file_id).order_by(models.Record.row_number)
+                assert session.scalars(query).all() == expected, data
         session.rollback()
-    assert plain > 100  # the generator does make plain chunks
+    assert taken["plain"] > 100 and taken["rewritten"] > 100  # the generator makes both kinds
 
 
 def test_missing_stored_file_fails_the_job_and_the_file(make_file, drain, read_file, settings, fetch):

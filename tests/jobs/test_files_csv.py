@@ -51,6 +51,17 @@ def test_reading_from_any_record_offset_gives_exactly_the_records_after_it():
         assert _read(TRICKY, record.end_offset) == records[index + 1:]
 
 
+def test_a_record_longer_than_the_limit_is_cut_off_as_a_bad_one_and_reading_goes_on(monkeypatch):
+    # Many small quoted fields with newlines: each line is short, the record is not; csv would keep
+    # every field of it in memory.
+    monkeypatch.setattr(csvrows, "MAX_RECORD_BYTES", 64)
+    data = b"a,b\n" + b'"x\ny",' * 100 + b'"z"\n' + b"1,2\n"
+    records = _read(data)
+    assert [type(r).__name__ for r in records[:2]] == ["Record", "BadRecord"]
+    assert records[1].reason == "a record is longer than 64 bytes"
+    assert records[-1].fields == ["1", "2"] and records[-1].end_offset == len(data)
+
+
 def test_a_line_longer_than_the_limit_is_one_bad_record_and_reading_goes_on(monkeypatch):
     monkeypatch.setattr(csvrows, "MAX_LINE_BYTES", 16)
     data = b"a,b\n" + b"x" * 50 + b",y\n" + b"1,2\n"
@@ -106,14 +117,20 @@ def _expected(data: bytes, offset: int = 0) -> list:
     return [r.reason if isinstance(r, csvrows.BadRecord) else r.fields for r in _read(data, offset)]
 
 
-@pytest.mark.parametrize("chunk_bytes", [None, 5, 16])
-def test_chunks_hold_exactly_the_records_read_line_by_line_and_resume_at_any_chunk_end(monkeypatch, chunk_bytes):
+@pytest.mark.parametrize(("line_bytes", "record_bytes", "field_limit"), [(None, None, None), (5, 5, None), (16, 40, 6)])
+def test_chunks_hold_exactly_the_records_read_line_by_line_and_resume_at_any_chunk_end(
+    monkeypatch, request, line_bytes, record_bytes, field_limit
+):
+    import csv
     import random
 
-    if chunk_bytes is not None:  # small pieces: records cross piece ends, lines run over the limit
-        monkeypatch.setattr(csvrows, "CHUNK_BYTES", chunk_bytes)
-        monkeypatch.setattr(csvrows, "MAX_LINE_BYTES", chunk_bytes)
-    rng = random.Random(chunk_bytes)
+    if line_bytes is not None:  # small pieces: records cross piece ends, lines and records run over the limits
+        monkeypatch.setattr(csvrows, "MAX_LINE_BYTES", line_bytes)
+        monkeypatch.setattr(csvrows, "MAX_RECORD_BYTES", record_bytes)
+    if field_limit is not None:
+        previous = csv.field_size_limit(field_limit)
+        request.addfinalizer(lambda: csv.field_size_limit(previous))
+    rng = random.Random(line_bytes)
     for _ in range(1500):
         data = (b"\xef\xbb\xbf" if rng.random() < 0.2 else b"") + b"".join(
             rng.choice(_PIECES) for _ in range(rng.randrange(40))
@@ -150,6 +167,18 @@ def test_a_chunk_is_at_most_max_lines_and_ends_where_its_last_record_does():
 def test_chunks_of_plain_csv_come_with_their_bytes(data):
     [chunk] = _chunked(data, 100, width=2)
     assert chunk.plain_csv == data
+
+
+@pytest.mark.parametrize(
+    ("data", "width"),
+    [
+        (b'1,a"b\n', 2),  # a quote inside an unquoted field: text to csv, a quote to COPY
+        (b"a\n\\.\nb\n", 1),  # COPY's end-of-data mark: COPY would stop there and lose b
+        (b"a\n\nb\n", 1),  # a blank line: skipped by csv, an empty field to COPY
+    ],
+)
+def test_one_column_chunks_that_copy_could_read_otherwise_come_without_bytes(data, width):
+    assert all(c.plain_csv is None for c in _chunked(data, 100, width=width))
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,9 @@
 
 A foreign key is checked row by row (one lookup of the file per inserted record): on a 1,000,000-row
 import that check alone took 2.4 s of the server's 5.4 s. Records are only ever written by the
-``file.process`` job, which has the file row locked (it updates it in the same transaction), and
-files are never deleted, so the key guarded nothing those writes do not already ensure.
+``file.process`` job, for the file row it has just read, and files are never deleted, so the key
+guarded nothing those writes do not already ensure. Its ON DELETE CASCADE goes with it: a file row
+deleted by hand leaves its records, to be deleted too.
 
 Revision ID: 0006
 Revises: 0005
