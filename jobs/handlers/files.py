@@ -14,7 +14,7 @@ How a block is written:
   SELECT`` builds the JSON objects (``jsonb_object(header, ARRAY[columns])``) in the server. No
   Python object per field is made, and the server parses the CSV in C.
 - PostgreSQL, a block with bad rows (or bytes COPY could read otherwise): its good rows, written
-  again by ``csv.writer`` with every field quoted, through the same stage.
+  again by ``csv.writer`` each with its row number, through the same stage.
 - PostgreSQL, files wider than the stage allows (or a role without ``TEMP``): the good rows as JSON
   objects, through ``COPY`` in its text format.
 - SQLite: one multi-row INSERT.
@@ -107,7 +107,6 @@ def process_file(session: Session, job: registry.RunningJob) -> None:
     with _open_stored(file) as stream:
         header, header_end = _read_header(stream)
         offset = max(file.byte_offset, header_end)
-        stream.seek(offset)
         ingest = _Ingest(session, file, header)
         # Without a stage, plain CSV is of no use: width None spares csvrows checking for it.
         width = len(header) if ingest.stage is not None else None
