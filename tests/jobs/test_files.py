@@ -163,12 +163,12 @@ def test_quoted_fields_keep_their_commas_newlines_and_quotes(make_file, drain, r
     ],
 )
 def test_plain_csv_blocks_become_the_same_records_as_csv_reads(make_file, drain, read_file, read_records, body):
-    # On PostgreSQL these blocks go to COPY as they are (checked below), so this compares its CSV
-    # parser with Python's on what csvrows calls plain.
+    # On PostgreSQL the body is one block that goes to COPY as it is (checked first), so this
+    # compares COPY's CSV parser with Python's on what csvrows calls plain.
     header = b"id,text,extra\n"
-    [chunk] = csvrows.read_chunks(io.BytesIO(body), max_lines=100, width=3)
+    [chunk] = csvrows.read_chunks(io.BytesIO(body), max_lines=files_handler.DEFAULT_BLOCK_ROWS, width=3)
     assert chunk.plain_csv == body
-    file_id, _ = make_file(header + body, block_rows=2)
+    file_id, _ = make_file(header + body)
     drain()
     expected = [(n, dict(zip(["id", "text", "extra"], row))) for n, row in enumerate(csv.reader(io.StringIO(body.decode(), newline="")), 1)]
     assert read_records(file_id) == expected
