@@ -25,8 +25,10 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import csv
+import dataclasses
 import io
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,6 +56,8 @@ _COPY_RECORDS = "COPY records (file_id, row_number, data, status) FROM STDIN"
 _encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _BACKSLASH, _ESCAPED_BACKSLASH = "\\", "\\\\"
 _T = TypeVar("_T")
+#: Rows written by csv.writer between two chances for the job's thread to run.
+_PART_ROWS = 1_000
 #: Marks the end of the items in :func:`_read_ahead`.
 _END: Any = object()
 
@@ -111,9 +115,10 @@ def process_file(session: Session, job: registry.RunningJob) -> None:
         # Without a stage, plain CSV is of no use: width None spares csvrows checking for it.
         width = len(header) if ingest.stage is not None else None
         chunks = csvrows.read_chunks(stream, offset=offset, max_lines=args.block_rows, width=width)
-        with contextlib.closing(_read_ahead(chunks)) as ahead:  # closed before the stream is
-            for chunk in ahead:
-                ingest.write_chunk(chunk)
+        blocks = _read_ahead(ingest.prepare(chunk) for chunk in chunks)
+        with contextlib.closing(blocks):  # closed (its thread done) before the stream is
+            for block in blocks:
+                ingest.write(block)
                 job.checkpoint()
     file.status = FileStatus.PROCESSED
     file.finished_at = store.utcnow()
@@ -168,9 +173,32 @@ def _read_header(stream: BinaryIO) -> tuple[list[str], int]:
     return first.fields, first.end_offset
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Block:
+    """A chunk made ready to write: what goes to the database, and what counts. Row numbers here
+    count from 1 within the block; the block's place in the file is known when it is written."""
+
+    #: Records read (good and bad), and the byte offset just after them.
+    rows: int
+    end_offset: int
+    #: CSV for the stage: the chunk's own bytes (rows numbered in order), or its good rows written
+    #: again with their number first (``numbered``). None without a stage.
+    stage_csv: bytes | None
+    numbered: bool
+    #: The good rows as (number, JSON object), for files without a stage.
+    objects: list[tuple[int, dict[str, str]]]
+    imported: int
+    #: (number, reason) of each bad row.
+    errors: list[tuple[int, str]]
+
+
 class _Ingest:
-    """Turns blocks of records into ``records`` rows and keeps the file row's counts and
-    checkpoint up to date (in the job's session: committed with the block)."""
+    """Turns chunks of records into ``records`` rows and keeps the file row's counts and
+    checkpoint up to date (in the job's session: committed with the block).
+
+    :meth:`prepare` (the Python work, done in the read-ahead thread: it touches no session) and
+    :meth:`write` (the database work, in the job's thread) are apart so that they overlap.
+    """
 
     def __init__(self, session: Session, file: models.File, header: list[str]) -> None:
         self.session = session
@@ -180,38 +208,37 @@ class _Ingest:
         self.row_errors = list(file.row_errors)
         self.stage = _CsvStage(header) if _CsvStage.fits(session, header) else None
 
-    def write_chunk(self, chunk: csvrows.Chunk) -> None:
-        """Write the chunk's good rows in one go; count and keep its bad ones."""
-        file = self.file
-        first = file.rows_total + 1
+    def prepare(self, chunk: csvrows.Chunk) -> _Block:
+        """Sort the chunk's rows into good and bad, and put the good ones in the form they are written in."""
         if chunk.plain_csv is not None and self.stage is not None:
-            self.stage.copy(self.session, file.id, chunk.plain_csv, first_row_number=first)
-            imported, rejected = chunk.row_count, 0
-        else:
-            imported, rejected = self._write_rows(chunk.rows, first)
-        file.rows_total += chunk.row_count
-        file.rows_imported += imported
-        file.rows_rejected += rejected
-        if rejected:
-            file.row_errors = list(self.row_errors)  # a new list: JSON columns do not track mutation
-        file.byte_offset = chunk.end_offset
-
-    def _write_rows(self, rows: list[list[str] | csvrows.BadRecord], first: int) -> tuple[int, int]:
-        """Insert the good rows and keep the first errors: (imported, rejected)."""
-        good, rejected, width = [], 0, self.width
-        for number, item in enumerate(rows, start=first):
+            return _Block(chunk.row_count, chunk.end_offset, chunk.plain_csv, False, [], chunk.row_count, [])
+        good, errors, width = [], [], self.width
+        for number, item in enumerate(chunk.rows, start=1):
             if isinstance(item, list) and len(item) == width:
                 good.append((number, item))
-                continue
-            rejected += 1
-            if len(self.row_errors) < MAX_ROW_ERRORS:
+            else:
                 reason = item.reason if isinstance(item, csvrows.BadRecord) else f"expected {width} fields, got {len(item)}"
-                self.row_errors.append({"row": number, "reason": reason})
+                errors.append((number, reason))
         if self.stage is not None:
-            self.stage.copy_rows(self.session, self.file.id, good)
+            return _Block(chunk.row_count, chunk.end_offset, _CsvStage.write_numbered(good), True, [], len(good), errors)
+        objects = [(number, dict(zip(self.header, fields))) for number, fields in good]
+        return _Block(chunk.row_count, chunk.end_offset, None, False, objects, len(good), errors)
+
+    def write(self, block: _Block) -> None:
+        """Write the block's good rows in one go, and count the block in the file row."""
+        file, before = self.file, self.file.rows_total
+        if block.stage_csv is not None:
+            self.stage.copy(self.session, file.id, block.stage_csv, rows_before=before, numbered=block.numbered)
         else:
-            insert_records(self.session, self.file.id, [(number, dict(zip(self.header, fields))) for number, fields in good])
-        return len(good), rejected
+            insert_records(self.session, file.id, [(before + number, data) for number, data in block.objects])
+        file.rows_total += block.rows
+        file.rows_imported += block.imported
+        file.rows_rejected += len(block.errors)
+        if block.errors and len(self.row_errors) < MAX_ROW_ERRORS:
+            kept = block.errors[: MAX_ROW_ERRORS - len(self.row_errors)]
+            self.row_errors += [{"row": before + number, "reason": reason} for number, reason in kept]
+            file.row_errors = list(self.row_errors)  # a new list: JSON columns do not track mutation
+        file.byte_offset = block.end_offset
 
 
 def insert_records(session: Session, file_id: uuid.UUID, rows: list[tuple[int, dict[str, Any]]]) -> None:
@@ -288,26 +315,30 @@ class _CsvStage:
             return False
         return bool(session.scalar(text("SELECT has_database_privilege(current_database(), 'TEMP')")))
 
-    def copy(self, session: Session, file_id: uuid.UUID, data: bytes, *, first_row_number: int) -> None:
-        """Insert the rows of ``data`` (plain CSV of this width, see :attr:`csvrows.Chunk.plain_csv`)
-        as records numbered from ``first_row_number``, in the session's transaction."""
-        self._run(session, self._copy_plain, data, file_id, first_row_number - 1)
-
-    def copy_rows(self, session: Session, file_id: uuid.UUID, rows: list[tuple[int, list[str]]]) -> None:
-        """Insert ``(row_number, fields)`` rows (of this width) as records, in the session's transaction."""
-        if not rows:
-            return
+    @staticmethod
+    def write_numbered(rows: list[tuple[int, list[str]]]) -> bytes:
+        """``(number, fields)`` rows as CSV for :meth:`copy` with ``numbered``, whatever the fields hold."""
         # Lines end in "\r\n", so csv.writer quotes every field holding either (with "\n" alone it
         # would leave a lone "\r" bare, which COPY refuses); each line starts with its number, never
         # with COPY's end-of-data mark; FORCE_NOT_NULL keeps bare empty fields empty.
         out = io.StringIO()
-        csv.writer(out, lineterminator="\r\n").writerows([number, *fields] for number, fields in rows)
-        self._run(session, self._copy_numbered, out.getvalue().encode(), file_id, 0)
+        writer = csv.writer(out, lineterminator="\r\n")
+        for start in range(0, len(rows), _PART_ROWS):
+            writer.writerows([number, *fields] for number, fields in rows[start:start + _PART_ROWS])
+            time.sleep(0)  # let the job's thread have the GIL, as csvrows does while it parses
+        return out.getvalue().encode()
 
-    def _run(self, session: Session, copy_sql: str, data: bytes, file_id: uuid.UUID, base: int) -> None:
+    def copy(self, session: Session, file_id: uuid.UUID, data: bytes, *, rows_before: int, numbered: bool = False) -> None:
+        """Insert the rows of ``data`` as the file's records numbered from ``rows_before + 1`` on, in
+        the session's transaction. ``data`` is plain CSV of this width (see
+        :attr:`csvrows.Chunk.plain_csv`), or with ``numbered`` what :meth:`write_numbered` made."""
+        if data:
+            self._run(session, self._copy_numbered if numbered else self._copy_plain, data, file_id, rows_before)
+
+    def _run(self, session: Session, copy_sql: str, data: bytes, file_id: uuid.UUID, rows_before: int) -> None:
         driver = session.connection().connection.driver_connection
         with driver.cursor() as cursor:
             cursor.execute(self._prepare)
             with cursor.copy(copy_sql) as copy:
                 copy.write(data)
-            cursor.execute(self._insert, (file_id, base, self.header, models.RecordStatus.IMPORTED.value))
+            cursor.execute(self._insert, (file_id, rows_before, self.header, models.RecordStatus.IMPORTED.value))

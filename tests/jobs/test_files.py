@@ -241,12 +241,12 @@ def test_postgresql_copy_through_the_stage_gives_the_records_csv_reader_read(dat
                 file_id = uuid.uuid4()
                 if chunk.plain_csv is not None:
                     taken["plain"] += 1
-                    stage.copy(session, file_id, chunk.plain_csv, first_row_number=1)
+                    stage.copy(session, file_id, chunk.plain_csv, rows_before=0)
                     expected = [dict(zip(header, row)) for row in chunk.rows]
                 else:
                     good = [row for row in chunk.rows if isinstance(row, list) and len(row) == width]
                     taken["rewritten"] += bool(good)
-                    stage.copy_rows(session, file_id, list(enumerate(good, 1)))
+                    stage.copy(session, file_id, stage.write_numbered(list(enumerate(good, 1))), rows_before=0, numbered=True)
                     expected = [dict(zip(header, row)) for row in good]
                 query = select(models.Record.data).where(models.Record.file_id == file_id).order_by(models.Record.row_number)
                 assert session.scalars(query).all() == expected, data
