@@ -16,8 +16,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from api.app import create_app
-from jobs import db, models, store
-from jobs.models import AttemptOutcome, JobStatus
+from jobs import db, files, models, store
+from jobs.models import AttemptOutcome, FileStatus, JobStatus
 from tests import kinds
 from tests.worker.processes import WorkerProcess, wait_until
 
@@ -164,6 +164,48 @@ def test_poison_pill_is_quarantined_after_three_worker_deaths(database, workers)
     assert deaths == 3, [(a.number, a.outcome, a.worker_id) for a in history]
     assert job.error_message == "worker died 3 times while running this job"
     assert [a.outcome for a in history] == [AttemptOutcome.LOST] * 3
+
+
+def test_kill_9_mid_file_resumes_from_its_checkpoint_with_every_row_once(database, workers, settings, capsys):
+    rows = 200_000
+    two_lines = "two\nlines"  # every thousandth note spans two lines
+    content = b"n,name,note\n" + b"".join(
+        f'{n},name {n},"{two_lines if n % 1000 == 0 else "one line"}"\n'.encode() for n in range(1, rows + 1)
+    )
+    with files.UploadSink(settings.storage_dir, max_bytes=len(content)) as sink:
+        sink.write(content)
+    with db.session_scope(database.sessions) as session:
+        file, job = files.register_upload(session, sink, name="big.csv", content_type="text/csv", block_rows=500)
+        file_id, job_id = file.id, job.id
+
+    def progress() -> models.File:
+        with database.readers() as session:
+            return files.get_file(session, file_id)
+
+    first = workers()
+    wait_until(lambda: progress().rows_total >= 20_000, what="some blocks committed")
+    first.kill()
+    at_kill = progress()
+    assert at_kill.status == FileStatus.PROCESSING, "the file was done before the kill: make it bigger"
+    workers()
+    wait_until(lambda: progress().status != FileStatus.PROCESSING, what="the file to finish")
+
+    file = progress()
+    assert (file.status, file.rows_total, file.rows_imported, file.byte_offset) == (
+        FileStatus.PROCESSED, rows, rows, len(content)
+    )
+    with database.readers() as session:
+        numbers = session.scalars(select(models.Record.row_number).where(models.Record.file_id == file_id)).all()
+        notes = session.scalars(
+            select(models.Record.data).where(models.Record.file_id == file_id, models.Record.row_number % 1000 == 0)
+        ).all()
+        history = session.scalars(select(models.JobAttempt.outcome).where(models.JobAttempt.job_id == job_id)).all()
+    assert sorted(numbers) == list(range(1, rows + 1))  # every row once: none skipped, none twice
+    assert {data["note"] for data in notes} == {two_lines} and len(notes) == rows // 1000
+    assert sorted(history) == sorted([AttemptOutcome.LOST, AttemptOutcome.SUCCEEDED])
+    with capsys.disabled():
+        print(f"\n[figure] kill -9 mid-file: killed after {at_kill.rows_total:,} of {rows:,} rows were committed; "
+              f"the next worker went on from there; {rows:,} records, each once")
 
 
 def test_sigterm_puts_an_unfinished_job_back_and_another_worker_finishes_it(database, workers):
