@@ -187,7 +187,6 @@ class _Block:
     numbered: bool
     #: The good rows as (number, JSON object), for files without a stage.
     objects: list[tuple[int, dict[str, str]]]
-    imported: int
     #: (number, reason) of each bad row.
     errors: list[tuple[int, str]]
 
@@ -211,7 +210,7 @@ class _Ingest:
     def prepare(self, chunk: csvrows.Chunk) -> _Block:
         """Sort the chunk's rows into good and bad, and put the good ones in the form they are written in."""
         if chunk.plain_csv is not None and self.stage is not None:
-            return _Block(chunk.row_count, chunk.end_offset, chunk.plain_csv, False, [], chunk.row_count, [])
+            return _Block(chunk.row_count, chunk.end_offset, chunk.plain_csv, False, [], [])
         good, errors, width = [], [], self.width
         for number, item in enumerate(chunk.rows, start=1):
             if isinstance(item, list) and len(item) == width:
@@ -220,9 +219,9 @@ class _Ingest:
                 reason = item.reason if isinstance(item, csvrows.BadRecord) else f"expected {width} fields, got {len(item)}"
                 errors.append((number, reason))
         if self.stage is not None:
-            return _Block(chunk.row_count, chunk.end_offset, _CsvStage.write_numbered(good), True, [], len(good), errors)
+            return _Block(chunk.row_count, chunk.end_offset, _CsvStage.write_numbered(good), True, [], errors)
         objects = [(number, dict(zip(self.header, fields))) for number, fields in good]
-        return _Block(chunk.row_count, chunk.end_offset, None, False, objects, len(good), errors)
+        return _Block(chunk.row_count, chunk.end_offset, None, False, objects, errors)
 
     def write(self, block: _Block) -> None:
         """Write the block's good rows in one go, and count the block in the file row."""
@@ -232,7 +231,7 @@ class _Ingest:
         else:
             insert_records(self.session, file.id, [(before + number, data) for number, data in block.objects])
         file.rows_total += block.rows
-        file.rows_imported += block.imported
+        file.rows_imported += block.rows - len(block.errors)
         file.rows_rejected += len(block.errors)
         if block.errors and len(self.row_errors) < MAX_ROW_ERRORS:
             kept = block.errors[: MAX_ROW_ERRORS - len(self.row_errors)]
