@@ -10,51 +10,41 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 
 from api.deps import require_token
-from api.routes import health, jobs as jobs_routes
-from api.routes import events as events_routes, projections as projections_routes
 from api.routes import batches as batches_routes
+from api.routes import events as events_routes
 from api.routes import files as files_routes
-from jobs import db, errors, registry
+from api.routes import health
+from api.routes import jobs as jobs_routes
+from api.routes import projections as projections_routes
+from jobs import db, errors, kinds
 from jobs.config import Settings, get_settings
-from worker import broker as worker_broker
-from worker import sender
+from jobs.registry import Registry
+from worker import producer
 
-#: The HTTP status of each domain error; anything else from ``jobs`` is a 400.
-ERROR_STATUS = {
-    errors.JobNotFound: 404,
-    errors.JobNotReplayable: 409,
-    errors.UnknownJobKind: 422,
-    errors.JobKindNotPublic: 422,
-    errors.InvalidJobArgs: 422,
-    errors.InvalidCursor: 422,
-    errors.EventNotFound: 404,
-    errors.ProductNotFound: 404,
-    errors.DuplicateSku: 409,
-    errors.UnknownEventType: 422,
-    errors.InvalidEvent: 422,
-    errors.FileNotFound: 404,
-    errors.UploadTooLarge: 413,
-    errors.InvalidUpload: 422,
-    errors.UnknownOperation: 422,
-    errors.InvalidBatch: 422,
-    errors.FileNotProcessed: 409,
-    errors.BatchNotFound: 404,
-    errors.BatchNotCancellable: 409,
+#: The HTTP status of each kind of domain error; any other ``JobError`` is a 400.
+ERROR_STATUS: dict[type[errors.JobError], int] = {
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.Invalid: 422,
+    errors.TooLarge: 413,
 }
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the API; the engine and the broker connection are made in its lifespan."""
+def create_app(settings: Settings | None = None, kind_registry: Registry | None = None) -> FastAPI:
+    """Build the API for ``settings`` (default: the environment's) and the job kinds of
+    ``kind_registry`` (default: :func:`jobs.kinds.load_registry`); the engine and the broker
+    connection are made in its lifespan."""
     settings = settings or get_settings()
-    registry.load_kinds(settings.job_module_names)
+    kind_registry = kind_registry or kinds.load_registry(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        broker = worker_broker.make_broker(settings)
+        broker = producer.make_broker(settings)
         app.state.settings = settings
         app.state.broker = broker
         app.state.database = db.make_database(
-            settings.database_url, pool_size=10, sender=sender.make_sender(broker), application_name="jobrunner-api"
+            settings.database_url, pool_size=10, sender=producer.make_sender(broker), registry=kind_registry,
+            application_name="jobrunner-api",
         )
         try:
             yield
@@ -66,7 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(errors.JobError, _job_error)
     app.add_exception_handler(sa_exc.DataError, _data_error)
     app.include_router(health.router)
-    app.include_router(jobs_routes.make_post_router(), dependencies=[Depends(require_token)])
+    app.include_router(jobs_routes.make_post_router(kind_registry), dependencies=[Depends(require_token)])
     app.include_router(jobs_routes.router, dependencies=[Depends(require_token)])
     app.include_router(events_routes.router, dependencies=[Depends(require_token)])
     app.include_router(projections_routes.router, dependencies=[Depends(require_token)])

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 import uuid
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from jobs.models import AttemptOutcome, JobStatus
+from jobs.models import JobStatus
 from jobs.registry import JobKind
+from jobs.views import AttemptOut, JobOut, JobSummary
+
+__all__ = ["AttemptOut", "JobOut", "JobSummary"]  # the API's bodies of a job are jobs.views'
 
 
 class ErrorBody(BaseModel):
@@ -53,53 +55,6 @@ class JobAccepted(BaseModel):
 
     job_id: uuid.UUID
     status: JobStatus
-
-
-class AttemptOut(BaseModel):
-    """One entry of a job's history."""
-
-    model_config = ConfigDict(from_attributes=True)
-
-    run: int
-    number: int
-    outcome: AttemptOutcome
-    worker_id: str | None
-    started_at: dt.datetime | None
-    finished_at: dt.datetime
-    error_type: str | None
-    error_message: str | None
-    error_traceback: str | None
-
-
-class JobSummary(BaseModel):
-    """A job in a listing."""
-
-    model_config = ConfigDict(from_attributes=True)
-
-    id: uuid.UUID
-    kind: str
-    queue: str
-    status: JobStatus
-    attempts: int
-    max_attempts: int
-    replay_count: int
-    error_type: str | None
-    error_message: str | None
-    created_at: dt.datetime
-    started_at: dt.datetime | None
-    finished_at: dt.datetime | None
-    next_retry_at: dt.datetime | None
-
-
-class JobOut(JobSummary):
-    """A job with its arguments, last traceback and attempt history."""
-
-    args: dict[str, Any]
-    error_traceback: str | None
-    enqueued_at: dt.datetime | None
-    lease_expires_at: dt.datetime | None
-    worker_id: str | None
-    history: list[AttemptOut]
 
 
 class JobPage(BaseModel):

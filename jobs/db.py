@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
@@ -14,6 +14,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs import sending
+from jobs.registry import REGISTRY_KEY, Registry
 
 _Row = TypeVar("_Row")
 
@@ -108,11 +109,14 @@ def make_database(
     *,
     pool_size: int = 5,
     sender: sending.Sender | None = None,
+    registry: Registry | None = None,
     application_name: str = "jobrunner",
 ) -> Database:
-    """Build an engine and a sessionmaker whose sessions send job IDs after they commit."""
+    """Build an engine and a sessionmaker whose sessions know the job kinds (``registry``, needed to
+    create, fail or recover jobs) and send job IDs to ``sender`` after they commit."""
     engine = make_engine(url, pool_size=pool_size, application_name=application_name)
-    sessions = sessionmaker(engine, expire_on_commit=False, info={sending.SENDER_KEY: sender})
+    info = {sending.SENDER_KEY: sender, REGISTRY_KEY: registry}
+    sessions = sessionmaker(engine, expire_on_commit=False, info=info)
     sending.install(sessions)
     return Database(engine=engine, sessions=sessions)
 

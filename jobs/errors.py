@@ -1,4 +1,10 @@
-"""Domain errors raised by ``jobs``; the edges (API, CLI, worker) translate them."""
+"""Domain errors raised by ``jobs``; the edges (API, CLI, worker) translate them.
+
+Four kinds of refusal have a base class each, which the API answers with one HTTP status:
+:class:`NotFound` (404), :class:`Conflict` (409), :class:`Invalid` (422), :class:`TooLarge` (413).
+A feature's errors (``jobs.kinds.*.errors``) and a user's derive from them; any other
+:class:`JobError` reaching the API is a 400.
+"""
 
 from __future__ import annotations
 
@@ -10,23 +16,39 @@ class JobError(Exception):
         super().__init__(message or (self.__doc__ or "").strip())
 
 
+class NotFound(JobError):
+    """No such thing."""
+
+
+class Conflict(JobError):
+    """The request conflicts with the current state of what it names."""
+
+
+class Invalid(JobError):
+    """The request is not valid."""
+
+
+class TooLarge(JobError):
+    """The request is larger than allowed."""
+
+
 class PermanentError(JobError):
     """The job cannot succeed however often it is retried."""
 
 
-class JobNotFound(JobError):
+class JobNotFound(NotFound):
     """No job has that ID."""
 
 
-class JobNotReplayable(JobError):
+class JobNotReplayable(Conflict):
     """Only a failed job can be replayed."""
 
 
-class UnknownJobKind(JobError):
+class UnknownJobKind(Invalid):
     """No job kind is registered under that name."""
 
 
-class InvalidJobArgs(JobError):
+class InvalidJobArgs(Invalid):
     """The job's arguments do not fit its kind."""
 
 
@@ -38,86 +60,9 @@ class WorkerLost(JobError):
     """The worker running the job died (its lease expired) too often, or on its last attempt."""
 
 
-class JobKindNotPublic(JobError):
+class JobKindNotPublic(Invalid):
     """That job kind is internal: only the runner creates it."""
 
 
-class InvalidCursor(JobError):
+class InvalidCursor(Invalid):
     """The pagination cursor is not one this API handed out."""
-
-
-# --- events ---
-
-
-class UnknownEventType(JobError):
-    """No event type is registered under that name."""
-
-
-class InvalidEvent(JobError):
-    """An event does not fit its type (the message names the event's index and the field)."""
-
-
-class EventNotFound(JobError):
-    """No event has that ID."""
-
-
-class UnknownProjection(JobError):
-    """No projection is registered under that name."""
-
-
-class ProductNotFound(JobError):
-    """No product has that ID."""
-
-
-class DuplicateSku(JobError):
-    """A product with that SKU already exists."""
-
-
-class NotEnoughInventory(PermanentError):
-    """The product has less inventory than the order asks for; retrying cannot change that."""
-
-
-# --- files ---
-
-
-class FileNotFound(JobError):
-    """No file has that ID."""
-
-
-class UploadTooLarge(JobError):
-    """The upload is larger than JOBRUNNER_MAX_UPLOAD_BYTES."""
-
-
-class InvalidUpload(JobError):
-    """The upload is not a multipart form with one non-empty ``file`` field."""
-
-
-# --- batches ---
-
-
-class UnknownOperation(JobError):
-    """No batch operation is registered under that name."""
-
-
-class InvalidBatch(JobError):
-    """The batch request does not name records it can run over (an unknown file or record IDs)."""
-
-
-class FileNotProcessed(JobError):
-    """The file is not processed yet: a batch needs all of its records."""
-
-
-class BatchNotFound(JobError):
-    """No batch has that ID."""
-
-
-class BatchNotCancellable(JobError):
-    """The batch has finished already."""
-
-
-class RecordRejected(JobError):
-    """A batch operation refused a record; ``problems`` lists why."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("; ".join(problems) or None)
-        self.problems = list(problems)

@@ -1,4 +1,5 @@
-"""Job kinds: a decorator registers a handler under a name, with its options.
+"""Job kinds: a decorator declares a handler under a name, with its options; a :class:`Registry`
+holds the kinds one application runs.
 
 A handler is ``handler(session, job)``: it does its work with the session it is given and never
 commits, closes or opens one. ``job`` is a :class:`RunningJob`; a long handler may call
@@ -8,10 +9,10 @@ commits, closes or opens one. ``job`` is a :class:`RunningJob`; a long handler m
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 import pydantic
@@ -69,9 +70,9 @@ class JobKind:
     #: Postable through ``POST /jobs``; internal kinds are created only by the runner.
     public: bool = False
     args_model: type[pydantic.BaseModel] | None = None
-    #: None: the ``JOBRUNNER_MAX_ATTEMPTS`` setting.
+    #: None when declared: the ``JOBRUNNER_MAX_ATTEMPTS`` setting (a :class:`Registry` fills it in).
     max_attempts: int | None = None
-    #: None: the ``JOBRUNNER_TIME_LIMIT_SECONDS`` setting.
+    #: None when declared: the ``JOBRUNNER_TIME_LIMIT_SECONDS`` setting (filled in likewise).
     time_limit_seconds: float | None = None
     queue: str = DEFAULT_QUEUE
     on_failed: FailureHook | None = None
@@ -105,7 +106,10 @@ def _describe(exc: pydantic.ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'args'}: {e['msg']}" for e in exc.errors())
 
 
-_kinds: dict[str, JobKind] = {}
+#: The attribute :func:`job_kind` sets on a handler: its declaration, found by :meth:`Registry.add_module`.
+_DECLARATION = "__jobrunner_kind__"
+#: Key of the registry in ``Session.info`` (see :func:`of`).
+REGISTRY_KEY = "jobrunner.registry"
 
 
 def job_kind(
@@ -118,12 +122,16 @@ def job_kind(
     queue: str = DEFAULT_QUEUE,
     on_failed: FailureHook | None = None,
 ) -> Callable[[Handler], Handler]:
-    """Register the decorated function as the handler of job kind ``name``."""
+    """Declare the decorated function the handler of job kind ``name``.
 
-    def register(handler: Handler) -> Handler:
-        if name in _kinds and _kinds[name].handler is not handler:
-            raise ValueError(f"job kind {name!r} is already registered")
-        _kinds[name] = JobKind(
+    Declaring registers nothing: a :class:`Registry` takes the kinds declared in the modules it is
+    given (:func:`jobs.kinds.load_registry` does that for the shipped kinds and
+    ``JOBRUNNER_JOB_MODULES``). ``max_attempts`` and ``time_limit_seconds`` left None take the
+    settings' values there.
+    """
+
+    def declare(handler: Handler) -> Handler:
+        kind = JobKind(
             name=name,
             handler=handler,
             public=public,
@@ -133,35 +141,79 @@ def job_kind(
             queue=queue,
             on_failed=on_failed,
         )
+        setattr(handler, _DECLARATION, kind)
         return handler
 
-    return register
+    return declare
 
 
-def get_kind(name: str) -> JobKind:
-    """The kind registered under ``name``.
+class Registry:
+    """The job kinds one application runs, their options resolved against its settings.
+
+    Built once per process by :func:`jobs.kinds.load_registry` and handed to everything that needs
+    a kind: the worker, the API, the CLI, and (through ``Session.info``, see :func:`of`) the store.
+    """
+
+    def __init__(self, *, max_attempts: int, time_limit_seconds: float) -> None:
+        self.max_attempts = max_attempts
+        self.time_limit_seconds = time_limit_seconds
+        self._kinds: dict[str, JobKind] = {}
+
+    def add(self, kind: JobKind) -> None:
+        """Add ``kind``, its unset options taking this registry's defaults.
+
+        Raises:
+            ValueError: another handler has that name already.
+        """
+        existing = self._kinds.get(kind.name)
+        if existing is not None:
+            if existing.handler is kind.handler:
+                return
+            raise ValueError(f"job kind {kind.name!r} is already registered")
+        self._kinds[kind.name] = dataclasses.replace(
+            kind,
+            max_attempts=kind.max_attempts or self.max_attempts,
+            time_limit_seconds=kind.time_limit_seconds or self.time_limit_seconds,
+        )
+
+    def add_module(self, module: ModuleType) -> None:
+        """Add every kind declared with :func:`job_kind` in ``module``."""
+        for value in list(vars(module).values()):
+            kind = getattr(value, _DECLARATION, None)
+            if isinstance(kind, JobKind):
+                self.add(kind)
+
+    def get(self, name: str) -> JobKind:
+        """The kind registered under ``name``.
+
+        Raises:
+            UnknownJobKind: none is.
+        """
+        try:
+            return self._kinds[name]
+        except KeyError:
+            raise errors.UnknownJobKind(f"unknown job kind: {name!r}") from None
+
+    def find(self, name: str) -> JobKind | None:
+        """The kind registered under ``name``, or None."""
+        return self._kinds.get(name)
+
+    def all(self) -> list[JobKind]:
+        """Every kind, by name."""
+        return [self._kinds[name] for name in sorted(self._kinds)]
+
+    def queues(self) -> set[str]:
+        """The queues the kinds use."""
+        return {kind.queue for kind in self._kinds.values()} | {DEFAULT_QUEUE}
+
+
+def of(session: Session) -> Registry:
+    """The registry of the sessionmaker that made ``session`` (``jobs.db.make_database(registry=...)``).
 
     Raises:
-        UnknownJobKind: none is.
+        RuntimeError: the session was not made by such a sessionmaker.
     """
-    try:
-        return _kinds[name]
-    except KeyError:
-        raise errors.UnknownJobKind(f"unknown job kind: {name!r}") from None
-
-
-def all_kinds() -> list[JobKind]:
-    """Every registered kind, by name."""
-    return [_kinds[name] for name in sorted(_kinds)]
-
-
-def queues() -> set[str]:
-    """The queues the registered kinds use."""
-    return {kind.queue for kind in _kinds.values()} | {DEFAULT_QUEUE}
-
-
-def load_kinds(extra_modules: Iterable[str] = ()) -> None:
-    """Import the shipped kinds and the user's modules (``JOBRUNNER_JOB_MODULES``) so they register."""
-    importlib.import_module("jobs.handlers")
-    for module in extra_modules:
-        importlib.import_module(module)
+    registry = session.info.get(REGISTRY_KEY)
+    if registry is None:
+        raise RuntimeError("this session knows no job kinds: make it with jobs.db.make_database(..., registry=...)")
+    return registry

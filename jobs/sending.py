@@ -2,14 +2,16 @@
 
 ``jobs`` knows no broker: whoever builds the sessionmaker (the API, the worker, the CLI) passes a
 ``Sender``. A session collects the messages of the jobs created in it and hands them to the sender in
-SQLAlchemy's ``after_commit`` event; a rollback drops them. A failed send is logged and the job stays
-``queued``: the row is the truth and the sweeper sends it again.
+SQLAlchemy's ``after_commit`` event; a rollback drops them. A failed send is logged at WARNING with
+the job IDs and counted (:func:`failed_sends`), and the job stays ``queued``: the row is the truth and
+the sweeper sends it again.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 
@@ -59,11 +61,32 @@ def _send_pending(session: Session) -> None:
     try:
         sender(pending)
     except Exception:
+        _count_failed(len(pending))
+        job_ids = ", ".join(str(message.job_id) for message in pending)
         logger.warning(
-            "could not send %d job(s) to the broker; they stay queued and the sweeper sends them again",
+            "could not send %d job(s) to the broker; they stay queued and the sweeper sends them again: %s",
             len(pending),
+            job_ids,
             exc_info=True,
+            extra={"job_ids": [str(message.job_id) for message in pending], "action": "send_failed"},
         )
+
+
+_failed_lock = threading.Lock()
+_failed = 0
+
+
+def _count_failed(messages: int) -> None:
+    global _failed
+    with _failed_lock:
+        _failed += messages
+
+
+def failed_sends() -> int:
+    """How many job messages this process could not send after their commit (each is logged at
+    WARNING with its job ID; the sweeper sends them again)."""
+    with _failed_lock:
+        return _failed
 
 
 def _drop_pending(session: Session, transaction: SessionTransaction) -> None:

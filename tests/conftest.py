@@ -20,14 +20,15 @@ from sqlalchemy import create_engine, select, text
 from sqlalchemy.orm import Session
 
 from api.app import create_app
-from jobs import db, migrate, models, registry, store
-from jobs.handlers import files as files_handler
+from jobs import db, migrate, models, store
+from jobs import kinds as job_kinds
 from jobs.config import Settings, get_settings
+from jobs.kinds.files import handlers as files_handler
+from jobs.kinds.files import models as file_models
+from jobs.registry import Registry
 from tests import kinds
 from worker import broker as worker_broker
-from worker import sender
-
-registry.load_kinds(["tests.kinds"])
+from worker import producer
 
 #: Which database the run uses: "postgresql" (default) or "sqlite".
 BACKEND = os.environ.get("JOBRUNNER_TEST_DATABASE", "postgresql")
@@ -97,12 +98,21 @@ APPLICATION_NAME = "jobrunner-test"
 
 
 @pytest.fixture
-def database(database_url: str, redis_client: redis.Redis, settings: Settings) -> Iterator[db.Database]:
+def kind_registry(settings: Settings) -> Registry:
+    """The job kinds of the app under test: the shipped ones and ``tests.kinds``."""
+    return job_kinds.load_registry(settings)
+
+
+@pytest.fixture
+def database(
+    database_url: str, redis_client: redis.Redis, settings: Settings, kind_registry: Registry
+) -> Iterator[db.Database]:
     """The run's database, emptied, with Redis flushed; its sessions send job IDs to the test Redis."""
     redis_client.flushdb()
-    broker = worker_broker.make_broker(settings)
+    broker = producer.make_broker(settings)
     database = db.make_database(
-        database_url, pool_size=10, sender=sender.make_sender(broker), application_name=APPLICATION_NAME
+        database_url, pool_size=10, sender=producer.make_sender(broker), registry=kind_registry,
+        application_name=APPLICATION_NAME,
     )
     _empty(database)
     yield database
@@ -121,9 +131,9 @@ def _empty(database: db.Database) -> None:
 
 
 @pytest.fixture
-def broker(settings: Settings, database: db.Database) -> Iterator[RedisBroker]:
-    """The worker's broker (session middleware, time limit, actors) over the test database."""
-    broker = worker_broker.make_worker_broker(settings, database=database)
+def broker(settings: Settings, kind_registry: Registry, database: db.Database) -> Iterator[RedisBroker]:
+    """The worker's broker (lifecycle and session middleware, time limit, actors) over the test database."""
+    broker = worker_broker.make_worker_broker(settings, kind_registry, database=database)
     dramatiq.set_broker(broker)
     yield broker
     broker.close()
@@ -171,15 +181,15 @@ def make_records(database: db.Database) -> Callable[[list[dict[str, Any]]], tupl
     def make(rows: list[dict[str, Any]]) -> tuple[uuid.UUID, list[int]]:
         file_id = uuid.uuid4()
         with db.session_scope(database.sessions) as session:
-            session.add(models.File(
+            session.add(file_models.File(
                 id=file_id, name="data.csv", size_bytes=1, sha256="0" * 64, storage_key=uuid.uuid4().hex,
-                status=models.FileStatus.PROCESSED, rows_total=len(rows), rows_imported=len(rows), rows_rejected=0,
+                status=file_models.FileStatus.PROCESSED, rows_total=len(rows), rows_imported=len(rows), rows_rejected=0,
                 row_errors=[], byte_offset=0, created_at=store.utcnow(),
             ))
             session.flush()
             files_handler.insert_records(session, file_id, list(enumerate(rows, start=1)))
             ids = list(session.scalars(
-                select(models.Record.id).where(models.Record.file_id == file_id).order_by(models.Record.row_number)
+                select(file_models.Record.id).where(file_models.Record.file_id == file_id).order_by(file_models.Record.row_number)
             ))
         return file_id, ids
 

@@ -11,6 +11,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, Uuid, insert, u
 from sqlalchemy.orm import Session
 
 from jobs import models, registry, store
+from jobs.kinds.events import outbox as events
 
 #: Tables only the tests use (not in the migrations).
 metadata = MetaData()
@@ -121,3 +122,17 @@ def time_out_with_an_open_cursor(session: Session, job: registry.RunningJob) -> 
     rows = session.execute(notes.select())
     rows.fetchone()
     _sleep(30)
+
+
+@registry.job_kind("test.emit_then_fail", max_attempts=1)
+def emit_then_fail(session, job):
+    """Emit an event from inside a job, then fail: the event must not exist."""
+    events.emit(session, "user_registered", {"org_id": "rolled-back", "user_id": "u", "email": "u@example.com"})
+    session.flush()
+    raise Boom("after emitting")
+
+
+@registry.job_kind("test.emit")
+def emit_from_job(session, job):
+    """Emit an event from inside a job that succeeds."""
+    events.emit(session, "user_registered", {"org_id": "from-a-job", "user_id": str(job.id), "email": "j@example.com"})

@@ -4,18 +4,8 @@ and opened its session before the actor runs, and finishes it after."""
 from __future__ import annotations
 
 import dramatiq
-from dramatiq.brokers.redis import RedisBroker
 
-from jobs import registry
-from worker import middleware
-
-#: Actor names: one actor per queue, all running the same function.
-ACTOR_PREFIX = "jobrunner.run"
-
-
-def actor_name(queue: str) -> str:
-    """The name of the actor consuming ``queue``."""
-    return ACTOR_PREFIX if queue == registry.DEFAULT_QUEUE else f"{ACTOR_PREFIX}.{queue}"
+from worker import middleware, producer
 
 
 def run_job(job_id: str) -> None:
@@ -23,7 +13,7 @@ def run_job(job_id: str) -> None:
     middleware.run_current_job()
 
 
-def declare_actors(broker: RedisBroker, queues: set[str]) -> None:
+def declare_actors(broker: dramatiq.Broker, queues: set[str]) -> None:
     """Declare one actor per queue on ``broker``, so a worker consumes each of them."""
     for queue in sorted(queues):
-        dramatiq.actor(run_job, broker=broker, actor_name=actor_name(queue), queue_name=queue)
+        dramatiq.actor(run_job, broker=broker, actor_name=producer.actor_name(queue), queue_name=queue)

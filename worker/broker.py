@@ -1,49 +1,38 @@
-"""The Redis broker and its middleware, in the order the runner relies on."""
+"""The worker's broker: Redis, the worker's middleware in the order the runner relies on, and one
+actor per queue. (The API and ``jobctl`` send through :mod:`worker.producer` and load none of this.)"""
 
 from __future__ import annotations
 
 import dramatiq
-import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import TimeLimit
 
-from jobs import db, registry
+from jobs import db, kinds
 from jobs.config import Settings, get_settings
-from worker import actors, middleware
+from jobs.registry import Registry
+from worker import actors, producer
+from worker.lifecycle import WorkerLifecycle
+from worker.middleware import JobSessionMiddleware
+from worker.state import WorkerState
 
 
-#: Bounds on talking to Redis, so an unreachable broker fails a send or a health check quickly.
-REDIS_CONNECT_TIMEOUT_SECONDS = 2.0
-REDIS_SOCKET_TIMEOUT_SECONDS = 10.0
+def make_worker_broker(
+    settings: Settings, registry: Registry, *, database: db.Database | None = None
+) -> RedisBroker:
+    """The worker's broker: the lifecycle middleware (database, heartbeat, sweeper, shutdown), the
+    job session middleware, then Dramatiq's time limit, and one actor per queue of ``registry``.
 
-
-def _redis_client(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(
-        settings.broker_url,
-        socket_connect_timeout=REDIS_CONNECT_TIMEOUT_SECONDS,
-        socket_timeout=REDIS_SOCKET_TIMEOUT_SECONDS,
-    )
-
-
-def make_broker(settings: Settings) -> RedisBroker:
-    """A bare Redis broker for sending IDs (the API, the CLI): no middleware, no actors."""
-    return RedisBroker(client=_redis_client(settings), middleware=[])
-
-
-def make_worker_broker(settings: Settings, *, database: db.Database | None = None) -> RedisBroker:
-    """The worker's broker: the job session middleware first, then Dramatiq's time limit, and one
-    actor per queue of the registered kinds.
-
-    The session middleware is added first so that its ``after_`` hooks run last (Dramatiq runs them
-    in reverse): TimeLimit has cancelled its timer before the job's outcome is committed. Left out
-    on purpose: ``Retries`` (the job row owns the attempt count and the retry schedule), and
-    ``ShutdownNotifications``, which interrupts every running actor the moment shutdown starts; the
-    session middleware lets jobs finish for ``shutdown_timeout_seconds`` first, then interrupts.
-    ``database``: a ready one (tests); by default the middleware builds it at worker boot.
+    The session middleware comes before TimeLimit so that its ``after_`` hooks run after TimeLimit's
+    (Dramatiq runs them in reverse): TimeLimit has cancelled its timer before the job's outcome is
+    committed. Left out on purpose: ``Retries`` (the job row owns the attempt count and the retry
+    schedule), and ``ShutdownNotifications``, which interrupts every running actor the moment
+    shutdown starts; the lifecycle middleware lets jobs finish for ``shutdown_timeout_seconds``
+    first, then interrupts. ``database``: a ready one (tests); by default it is built at worker boot.
     """
-    registry.load_kinds(settings.job_module_names)
-    broker = RedisBroker(client=_redis_client(settings), middleware=[])
-    broker.add_middleware(middleware.JobSessionMiddleware(settings, database=database))
+    state = WorkerState(settings=settings, registry=registry, database=database)
+    broker = RedisBroker(client=producer.redis_client(settings), middleware=[])
+    broker.add_middleware(WorkerLifecycle(state))
+    broker.add_middleware(JobSessionMiddleware(state))
     broker.add_middleware(TimeLimit(time_limit=settings.time_limit_seconds * 1000))
     actors.declare_actors(broker, registry.queues())
     return broker
@@ -51,6 +40,7 @@ def make_worker_broker(settings: Settings, *, database: db.Database | None = Non
 
 def setup_worker_broker() -> RedisBroker:
     """Build the worker broker from the environment and make it Dramatiq's global broker."""
-    broker = make_worker_broker(get_settings())
+    settings = get_settings()
+    broker = make_worker_broker(settings, kinds.load_registry(settings))
     dramatiq.set_broker(broker)
     return broker

@@ -9,19 +9,20 @@ from worker import periodic
 
 
 class Heartbeat:
-    """Tracks the job each worker thread runs and renews, every third of a lease, the leases of all
-    of them in one statement. A job whose lease is not renewed (its process died or hung) can be
-    taken back by the sweeper."""
+    """Tracks the job each worker thread runs and, once started, renews every third of a lease the
+    leases of all of them in one statement. A job whose lease is not renewed (its process died or
+    hung) can be taken back by the sweeper."""
 
-    def __init__(self, database: db.Database, *, lease_seconds: float) -> None:
-        self.database = database
+    def __init__(self, *, lease_seconds: float) -> None:
         self.lease_seconds = lease_seconds
         self._jobs: dict[int, registry.RunningJob] = {}
         self._lock = threading.Lock()
+        self._database: db.Database | None = None
         self._thread = periodic.Periodic("heartbeat", lease_seconds / 3, self.beat)
 
-    def start(self) -> None:
-        """Start beating."""
+    def start(self, database: db.Database) -> None:
+        """Start beating, renewing leases in ``database``."""
+        self._database = database
         self._thread.start()
 
     def stop(self) -> None:
@@ -46,7 +47,7 @@ class Heartbeat:
     def beat(self) -> int:
         """Renew every tracked lease now; returns how many were still held."""
         tokens = [job.claim_token for job in self.running().values()]
-        if not tokens:
+        if not tokens or self._database is None:
             return 0
-        with self.database.engine.begin() as conn:
+        with self._database.engine.begin() as conn:
             return store.renew_leases(conn, tokens, lease_seconds=self.lease_seconds)

@@ -20,37 +20,31 @@ import contextvars
 import dataclasses
 import functools
 import logging
-import os
-import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
-from dramatiq import Middleware
-from dramatiq.brokers.redis import RedisBroker
+from dramatiq import Broker, Middleware
 from dramatiq.errors import BrokerConnectionError
 from dramatiq.middleware import Shutdown, SkipMessage
-from dramatiq.threading import raise_thread_exception
 from sqlalchemy import Connection
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
 from jobs import db, errors, registry, store
-from jobs.config import Settings
 from jobs.models import JobStatus
-from worker import heartbeat, periodic, sender, sweeper
+from worker.state import WorkerState
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 #: How often recording an outcome is tried while the database is unreachable before giving up (the
 #: job then stays ``running`` until its lease expires and the sweeper takes it back).
 RECORD_TRIES = 5
 #: First wait between those tries; doubled each time.
 RECORD_RETRY_SECONDS = 0.2
-#: What recording returns when the database never answered (already logged).
-UNRECORDED = object()
 
 
 @dataclasses.dataclass(slots=True)
@@ -92,62 +86,13 @@ def run_current_job() -> None:
 class JobSessionMiddleware(Middleware):
     """Runs each job in a fresh SQLAlchemy session and records its outcome; see the module doc."""
 
-    def __init__(self, settings: Settings, *, database: db.Database | None = None) -> None:
-        self.settings = settings
-        self.database = database
-        self._owns_database = database is None
-        self.worker_id = _worker_id()
-        self.heartbeat: heartbeat.Heartbeat | None = None
-        self._shutdown_timer: threading.Timer | None = None
-        self.sweeper: periodic.Periodic | None = None
-
-    # --- process lifecycle ----------------------------------------------------------------------
-
-    def before_worker_boot(self, broker: RedisBroker, worker: Any) -> None:
-        """Runs in each worker process before its threads start: build the engine there (never
-        inherited across a fork), its pool sized to the worker's threads, and start the heartbeat."""
-        self.worker_id = _worker_id()
-        if self.database is None:
-            self.database = db.make_database(
-                self.settings.database_url,
-                pool_size=worker.worker_threads + 2,
-                sender=sender.make_sender(broker),
-                application_name="jobrunner-worker",
-            )
-        self.heartbeat = heartbeat.Heartbeat(self.database, lease_seconds=self.settings.lease_seconds)
-        self.heartbeat.start()
-        self.sweeper = sweeper.make_sweeper(self.database, self.settings)
-        self.sweeper.start()
-
-    def before_worker_shutdown(self, broker: RedisBroker, worker: Any) -> None:
-        """Runs when the worker is asked to stop (SIGTERM): running jobs get
-        ``shutdown_timeout_seconds`` to finish; then each one still running is interrupted with
-        Dramatiq's ``Shutdown`` and goes back to ``queued`` at once (attempt ``interrupted``)."""
-        if self.heartbeat is None:
-            return
-        self._shutdown_timer = threading.Timer(self.settings.shutdown_timeout_seconds, self._interrupt_running)
-        self._shutdown_timer.daemon = True
-        self._shutdown_timer.start()
-
-    def _interrupt_running(self) -> None:
-        for thread_id, job in self.heartbeat.running().items():
-            _log(job.id, job.kind, "interrupting", "still running at the shutdown timeout")
-            raise_thread_exception(thread_id, Shutdown)
-
-    def after_worker_shutdown(self, broker: RedisBroker, worker: Any) -> None:
-        """Runs once the worker's threads stopped: stop the heartbeat, close the pool we built."""
-        if self._shutdown_timer is not None:
-            self._shutdown_timer.cancel()
-        if self.sweeper is not None:
-            self.sweeper.stop()
-        if self.heartbeat is not None:
-            self.heartbeat.stop()
-        if self._owns_database and self.database is not None:
-            self.database.dispose()
+    def __init__(self, state: WorkerState) -> None:
+        self.state = state
+        self.settings = state.settings
 
     # --- one message --------------------------------------------------------------------------
 
-    def before_process_message(self, broker: RedisBroker, message: Any) -> None:
+    def before_process_message(self, broker: Broker, message: Any) -> None:
         """Runs first for each message: claim the job and open its session, or skip the message.
 
         One connection serves the claim (committed at once) and then the job's session, so a job
@@ -155,7 +100,7 @@ class JobSessionMiddleware(Middleware):
         job_id = _job_id(message)
         connection = None
         try:
-            connection = self.database.engine.connect()
+            connection = self.state.require_database().engine.connect()
             job = self._claim(connection, job_id)
         except sa_exc.SQLAlchemyError as exc:
             _log(job_id, None, "db_unreachable", "message skipped, the sweeper re-sends it: %s", exc)
@@ -164,17 +109,17 @@ class JobSessionMiddleware(Middleware):
         except BaseException:
             _close_connection(connection)
             raise
-        kind = _find_kind(job.kind)
+        kind = self.state.registry.find(job.kind)
         limit = kind.time_limit_seconds if kind and kind.time_limit_seconds else self.settings.time_limit_seconds
         # TimeLimit (after us in the list) reads the limit from the message; the row's kind decides it.
         message.options["time_limit"] = limit * 1000
-        session = self.database.sessions(bind=connection)
+        session = self.state.require_database().sessions(bind=connection)
         job.set_checkpoint(functools.partial(store.checkpoint, session, job, lease_seconds=self.settings.lease_seconds))
         _current.set(_Current(job=job, kind=kind, connection=connection, session=session))
-        self.heartbeat.track(job)
+        self.state.heartbeat.track(job)
 
     def after_process_message(
-        self, broker: RedisBroker, message: Any, *, result: Any = None, exception: BaseException | None = None
+        self, broker: Broker, message: Any, *, result: Any = None, exception: BaseException | None = None
     ) -> None:
         """Runs last for each processed message: commit the success or record the failure."""
         current = _current.get()
@@ -190,12 +135,12 @@ class JobSessionMiddleware(Middleware):
             else:
                 self._fail(current, error)
         finally:
-            self.heartbeat.untrack()
+            self.state.heartbeat.untrack()
             # The error's traceback holds the handler's frames (and this record): let them go now,
             # not at the next cyclic garbage collection (as Dramatiq's clear_exception does).
             current.error = None
 
-    def after_skip_message(self, broker: RedisBroker, message: Any) -> None:
+    def after_skip_message(self, broker: Broker, message: Any) -> None:
         """Runs when a later middleware skipped a message we had claimed: give the job back."""
         current = _current.get()
         if current is None:
@@ -204,14 +149,14 @@ class JobSessionMiddleware(Middleware):
         try:
             self._interrupt(current, "the message was skipped before the job ran")
         finally:
-            self.heartbeat.untrack()
+            self.state.heartbeat.untrack()
 
     # --- the claim ------------------------------------------------------------------------------
 
     def _claim(self, connection: Connection, job_id: uuid.UUID) -> registry.RunningJob:
         """Claim the job, or raise SkipMessage saying why not."""
         claim = functools.partial(
-            store.claim_job, connection, job_id, worker_id=self.worker_id, lease_seconds=self.settings.lease_seconds
+            store.claim_job, connection, job_id, worker_id=self.state.worker_id, lease_seconds=self.settings.lease_seconds
         )
         job = claim()
         if job is not None:
@@ -220,7 +165,7 @@ class JobSessionMiddleware(Middleware):
         connection.rollback()  # end the read, so the job's session starts its own transaction
         if expired:
             # The worker that held it died or stalled: record that attempt as lost, claim afresh.
-            with db.session_scope(self.database.sessions) as session:
+            with db.session_scope(self.state.require_database().sessions) as session:
                 store.recover_lost_jobs(
                     session, job_ids=[job_id], quarantine_after_lost=self.settings.quarantine_after_lost
                 )
@@ -256,49 +201,56 @@ class JobSessionMiddleware(Middleware):
         # SQLite: a handler stopped mid-read leaves a statement open on its connection (the error's
         # traceback still holds the cursor), pinning an old snapshot: the next BEGIN IMMEDIATE on
         # that connection would fail with "database is locked". Such a connection is not reused.
-        _close(current, discard=self.database.is_sqlite)
+        _close(current, discard=self.state.require_database().is_sqlite)
         job = current.job
-        status = self._record(
-            job, lambda session: store.record_failure(session, job, error, backoff_seconds=self.settings.retry_backoff_seconds)
-        )
+        backoff = self.settings.retry_backoff_seconds
+        try:
+            status = self._record(job, lambda session: store.record_failure(session, job, error, backoff_seconds=backoff))
+        except _Unrecorded:
+            return
         if status is JobStatus.RETRYING:
             _log(job.id, job.kind, "retrying", "attempt %d of %d failed: %s: %s",
                  job.attempt, job.max_attempts, type(error).__name__, error)
         elif status is JobStatus.FAILED:
             _log(job.id, job.kind, "failed", "attempt %d of %d failed for good",
                  job.attempt, job.max_attempts, exc_info=error)
-        elif status is None:
+        else:
             _log_claim_lost(job)
 
     def _interrupt(self, current: _Current, reason: str) -> None:
         _close(current)
         job = current.job
-        if self._record(job, lambda session: store.interrupt_job(session, job, reason=reason)) is True:
+        try:
+            held = self._record(job, lambda session: store.interrupt_job(session, job, reason=reason))
+        except _Unrecorded:
+            return
+        if held:
             _log(job.id, job.kind, "interrupted", "back to queued: %s", reason)
 
-    def _record(self, job: registry.RunningJob, write: Callable[[Session], Any]) -> Any:
-        """Run ``write`` in a fresh session and commit, retrying while the database is unreachable;
-        :data:`UNRECORDED` when it never could."""
+    def _record(self, job: registry.RunningJob, write: Callable[[Session], _T]) -> _T:
+        """Run ``write`` in a fresh session and commit, retrying while the database is unreachable.
+
+        Raises:
+            _Unrecorded: the database never answered (logged here).
+        """
+        sessions = self.state.require_database().sessions
         delay = RECORD_RETRY_SECONDS
         for attempt in range(1, RECORD_TRIES + 1):
             try:
-                with db.session_scope(self.database.sessions) as session:
+                with db.session_scope(sessions) as session:
                     return write(session)
             except (sa_exc.OperationalError, sa_exc.InterfaceError, BrokerConnectionError) as exc:
                 if attempt == RECORD_TRIES:
                     _log(job.id, job.kind, "unrecorded",
                          "could not record the outcome (%s); the job stays running until its lease expires", exc)
-                    return UNRECORDED
+                    raise _Unrecorded() from exc
                 time.sleep(delay)
                 delay *= 2
-        return UNRECORDED
+        raise AssertionError("unreachable")
 
 
-def _find_kind(name: str) -> registry.JobKind | None:
-    try:
-        return registry.get_kind(name)
-    except errors.UnknownJobKind:
-        return None
+class _Unrecorded(Exception):
+    """An outcome could not be written: the database did not answer (already logged)."""
 
 
 def _job_id(message: Any) -> uuid.UUID:
@@ -331,9 +283,6 @@ def _close_connection(connection: Connection | None) -> None:
         logger.warning("returning a connection to the pool failed; it is discarded", exc_info=True)
         connection.invalidate()
 
-
-def _worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _log_claim_lost(job: registry.RunningJob) -> None:

@@ -11,8 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api.deps import ReadSessionDep, SessionDep
 from api.responses import errors
-from jobs import batches
-from jobs.models import BatchStatus
+from jobs.kinds.batches import service as batches
+from jobs.kinds.batches.models import BatchStatus
 
 router = APIRouter(prefix="/batches", tags=["batches"])
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import SessionDep
 from api.responses import errors
-from jobs import events
+from jobs.kinds.events import outbox as events
 from jobs.models import JobStatus
 
 router = APIRouter(prefix="/events", tags=["events"])

@@ -3,7 +3,7 @@
 FastAPI's ``UploadFile`` spools the whole body before the route runs, so it could not stop an
 oversized upload midway. The upload route reads ``request.stream()`` itself and feeds
 python-multipart's streaming parser, whose callbacks write the ``file`` part's bytes straight to a
-:class:`jobs.files.UploadSink`. Only one network chunk (tens of KiB) is in memory at a time.
+:class:`jobs.kinds.files.uploads.UploadSink`. Only one network chunk (tens of KiB) is in memory at a time.
 """
 
 from __future__ import annotations
@@ -20,8 +20,11 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from api.deps import SessionDep, get_database
 from api.responses import errors
-from jobs import db, errors as job_errors, files, models
-from jobs.models import FileStatus, JobStatus
+from jobs import db, models
+from jobs.kinds.files import errors as file_errors
+from jobs.kinds.files import uploads as files
+from jobs.kinds.files.models import FileStatus
+from jobs.models import JobStatus
 
 router = APIRouter(prefix="/files", tags=["files"])
 
@@ -138,15 +141,15 @@ def _refuse_declared_size(content_length: str | None, max_bytes: int) -> None:
     try:
         declared = int(content_length) if content_length else None
     except ValueError:
-        raise job_errors.InvalidUpload("the Content-Length header is not a number") from None
+        raise file_errors.InvalidUpload("the Content-Length header is not a number") from None
     if declared is not None and declared > max_bytes + MULTIPART_OVERHEAD_BYTES:
-        raise job_errors.UploadTooLarge(f"the upload declares {declared} bytes; the limit is {max_bytes}")
+        raise file_errors.UploadTooLarge(f"the upload declares {declared} bytes; the limit is {max_bytes}")
 
 
 def _boundary(content_type: str | None) -> bytes:
     media_type, options = parse_options_header(content_type)
     if media_type != b"multipart/form-data" or not options.get(b"boundary"):
-        raise job_errors.InvalidUpload("the body must be multipart/form-data with a boundary and a `file` field")
+        raise file_errors.InvalidUpload("the body must be multipart/form-data with a boundary and a `file` field")
     return options[b"boundary"]
 
 
@@ -185,7 +188,7 @@ class _MultipartUpload:
         try:
             self._parser.write(chunk)
         except MultipartParseError as exc:
-            raise job_errors.InvalidUpload(f"the body is not valid multipart/form-data: {exc}") from exc
+            raise file_errors.InvalidUpload(f"the body is not valid multipart/form-data: {exc}") from exc
 
     def finish(self) -> None:
         """Check the body is complete and held a non-empty file.
@@ -195,16 +198,16 @@ class _MultipartUpload:
         """
         self._parser.finalize()
         if not self._ended:
-            raise job_errors.InvalidUpload("the multipart body ended before its closing boundary")
+            raise file_errors.InvalidUpload("the multipart body ended before its closing boundary")
         if not self._got_file:
-            raise job_errors.InvalidUpload("the form has no `file` field")
+            raise file_errors.InvalidUpload("the form has no `file` field")
         if self.sink.size_bytes == 0:
-            raise job_errors.InvalidUpload("the file is empty")
+            raise file_errors.InvalidUpload("the file is empty")
 
     def _add_header_bytes(self, attribute: str, data: bytes) -> None:
         setattr(self, attribute, getattr(self, attribute) + data)
         if len(self._field) + len(self._value) > MULTIPART_OVERHEAD_BYTES:
-            raise job_errors.InvalidUpload("a multipart part header is too long")
+            raise file_errors.InvalidUpload("a multipart part header is too long")
 
     def _end_header(self) -> None:
         self._headers[self._field.lower()] = self._value
@@ -215,7 +218,7 @@ class _MultipartUpload:
         if options.get(b"name") != FILE_FIELD:
             return
         if self._got_file:
-            raise job_errors.InvalidUpload("the form has more than one `file` field")
+            raise file_errors.InvalidUpload("the form has more than one `file` field")
         self._in_file = self._got_file = True
         # parse_options_header hands header bytes back as latin-1; browsers send UTF-8 filenames.
         self.filename = options.get(b"filename", b"").decode("utf-8", "replace")

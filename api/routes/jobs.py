@@ -8,21 +8,21 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, status
-from sqlalchemy.orm import Session
 
 from api import schemas
 from api.deps import ReadSessionDep, SessionDep
 from api.responses import errors
-from jobs import registry, store
+from jobs import store, views
 from jobs.models import JobStatus
+from jobs.registry import Registry
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
-def make_post_router() -> APIRouter:
-    """``POST /jobs`` for the public kinds registered now (the body's schema lists each of them)."""
+def make_post_router(kind_registry: Registry) -> APIRouter:
+    """``POST /jobs`` for the public kinds of ``kind_registry`` (the body's schema lists each of them)."""
     post_router = APIRouter(prefix="/jobs", tags=["jobs"])
-    JobRequest = schemas.job_request_model([kind for kind in registry.all_kinds() if kind.public])
+    JobRequest = schemas.job_request_model([kind for kind in kind_registry.all() if kind.public])
 
     @post_router.post(
         "",
@@ -56,7 +56,7 @@ def list_jobs(
 @router.get("/{job_id}", response_model=schemas.JobOut, responses=errors(401, 404, 422))
 def get_job(job_id: uuid.UUID, session: ReadSessionDep) -> schemas.JobOut:
     """A job with its attempt history."""
-    return _job_out(session, job_id)
+    return views.job_out(session, job_id)
 
 
 @router.post(
@@ -75,11 +75,3 @@ def replay_job(
     session.commit()
     return schemas.JobAccepted(job_id=job.id, status=job.status)
 
-
-def _job_out(session: Session, job_id: uuid.UUID) -> schemas.JobOut:
-    job = store.get_job(session, job_id)
-    history = [schemas.AttemptOut.model_validate(a) for a in store.list_attempts(session, job_id)]
-    return schemas.JobOut.model_validate({**schemas.JobSummary.model_validate(job).model_dump(),
-                                          "args": job.args, "error_traceback": job.error_traceback,
-                                          "enqueued_at": job.enqueued_at, "lease_expires_at": job.lease_expires_at,
-                                          "worker_id": job.worker_id, "history": history})

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import SessionDep
 from api.responses import errors
-from jobs.handlers import events as event_handlers
+from jobs.kinds.events import shop as event_handlers
 
 router = APIRouter(tags=["projections"])
 

@@ -33,8 +33,6 @@ from jobs.store.recovery import (
 )
 from jobs.store.replaying import (
     cancel_jobs,
-    reopen_batch_chunks,
-    replay_batch,
     replay_job,
     replay_jobs,
 )
@@ -57,7 +55,6 @@ __all__ = [
     "MAX_ERROR_CHARS", "MAX_RETRY_DELAY_SECONDS", "SWEEP_LOCK_KEY", "cancel_jobs", "checkpoint", "claim_job",
     "complete_job", "count_jobs", "create_job", "create_jobs", "describe_error", "describe_unclaimable",
     "get_job", "interrupt_job", "list_attempts", "list_jobs", "oldest_queued_at", "prune_jobs",
-    "record_failure", "recover_lost_jobs", "renew_claim", "renew_leases", "reopen_batch_chunks", "replay_batch",
-    "replay_job", "replay_jobs", "resend_overdue_jobs", "retry_delay_seconds", "select_failed_jobs",
+    "record_failure", "recover_lost_jobs", "renew_claim", "renew_leases", "replay_job", "replay_jobs", "resend_overdue_jobs", "retry_delay_seconds", "select_failed_jobs",
     "try_sweep_lock", "utcnow",
 ]

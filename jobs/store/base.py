@@ -1,4 +1,4 @@
-"""What the store modules share: the time, the hot-path statement runner, attempt rows."""
+"""What the store modules share: the time, the hot-path statement runner, the attempt row."""
 
 from __future__ import annotations
 
@@ -8,14 +8,35 @@ from typing import Any
 import psycopg
 from psycopg.pq import TransactionStatus
 from psycopg.rows import namedtuple_row
-from sqlalchemy import Connection
+from sqlalchemy import Connection, insert
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
+
+from jobs import models
+from jobs.models import AttemptOutcome
 
 
 def utcnow() -> dt.datetime:
     """The current time, timezone-aware, in UTC."""
     return dt.datetime.now(dt.timezone.utc)
+
+
+#: Inserts ``job_attempts`` rows built by :func:`attempt_row` (one, or many in an executemany).
+INSERT_ATTEMPT = insert(models.JobAttempt.__table__)
+
+
+def attempt_row(job: Any, *, outcome: AttemptOutcome, finished_at: dt.datetime, **fields: Any) -> dict[str, Any]:
+    """The ``job_attempts`` row of ``job``'s current attempt ending in ``outcome``.
+
+    ``job`` is a ``Job`` or a row with its ``id`` and ``replay_count``, and its ``attempts``,
+    ``worker_id`` and ``started_at`` unless ``fields`` gives ``number``, ``worker_id`` and
+    ``started_at``; ``fields`` also sets the error columns.
+    """
+    row = {"job_id": job.id, "run": job.replay_count, "finished_at": finished_at, "outcome": outcome.value}
+    for column, attribute in (("number", "attempts"), ("worker_id", "worker_id"), ("started_at", "started_at")):
+        if column not in fields:
+            row[column] = getattr(job, attribute)
+    return {**row, **fields}
 
 
 class HotStatement:

@@ -10,7 +10,6 @@ from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from jobs import errors, models, registry, sending
-from jobs.config import get_settings
 from jobs.models import JobStatus
 from jobs.store.base import utcnow
 
@@ -30,7 +29,7 @@ def create_job(
     Raises:
         UnknownJobKind, JobKindNotPublic, InvalidJobArgs: the request does not name a job it may run.
     """
-    job_kind = registry.get_kind(kind)
+    job_kind = registry.of(session).get(kind)
     if public_only and not job_kind.public:
         raise errors.JobKindNotPublic(f"job kind {kind!r} is internal: only the runner creates it")
     now = utcnow()
@@ -41,7 +40,7 @@ def create_job(
         args=job_kind.validate_args(args or {}),
         status=JobStatus.QUEUED,
         attempts=0,
-        max_attempts=max_attempts or job_kind.max_attempts or get_settings().max_attempts,
+        max_attempts=max_attempts or job_kind.max_attempts,
         created_at=now,
         enqueued_at=now,
         replay_count=0,
@@ -67,14 +66,14 @@ def create_jobs(
     Raises:
         UnknownJobKind, InvalidJobArgs: as :func:`create_job`.
     """
-    job_kind = registry.get_kind(kind)
+    job_kind = registry.of(session).get(kind)
     ids = list(job_ids) if job_ids is not None else [uuid.uuid4() for _ in args_list]
     if len(ids) != len(args_list):
         raise ValueError("create_jobs needs one job ID per args")
     if not ids:
         return []
     now = utcnow()
-    max_attempts = job_kind.max_attempts or get_settings().max_attempts
+    max_attempts = job_kind.max_attempts
     common = {"kind": kind, "queue": job_kind.queue, "status": JobStatus.QUEUED.value, "attempts": 0,
               "max_attempts": max_attempts, "created_at": now, "enqueued_at": now, "replay_count": 0}
     rows = [{"id": job_id, "args": job_kind.validate_args(args), **common} for job_id, args in zip(ids, args_list)]

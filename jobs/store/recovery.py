@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from jobs import errors, models, registry, sending
 from jobs.models import AttemptOutcome, JobStatus
-from jobs.store.base import utcnow
+from jobs.store.base import INSERT_ATTEMPT, attempt_row, utcnow
 from jobs.store.running import run_failure_hook
 
 _jobs = models.Job.__table__
@@ -46,11 +46,11 @@ def recover_lost_jobs(
     return recovered
 
 
-def _as_running(job: models.Job) -> registry.RunningJob:
+def _as_running(session: Session, job: models.Job) -> registry.RunningJob:
     """The job as its handler and hooks see it (for a hook run outside the worker)."""
-    kind = registry.get_kind(job.kind)
+    kind = registry.of(session).find(job.kind)
     try:
-        args = kind.parse_args(job.args)
+        args = job.args if kind is None else kind.parse_args(job.args)
     except errors.PermanentError:
         args = job.args
     return registry.RunningJob(
@@ -70,18 +70,10 @@ def _take_back(session: Session, job: models.Job, *, now: dt.datetime, quarantin
         )
     )
     deaths = earlier_deaths + 1
-    session.add(
-        models.JobAttempt(
-            job_id=job.id,
-            run=job.replay_count,
-            number=job.attempts,
-            worker_id=job.worker_id,
-            started_at=job.started_at,
-            finished_at=now,
-            outcome=AttemptOutcome.LOST,
-            error_message="the worker stopped renewing its lease (it died or stalled)",
-        )
-    )
+    session.execute(INSERT_ATTEMPT, attempt_row(
+        job, outcome=AttemptOutcome.LOST, finished_at=now,
+        error_message="the worker stopped renewing its lease (it died or stalled)",
+    ))
     job.claim_token = None
     job.lease_expires_at = None
     if deaths >= quarantine_after_lost or job.attempts >= job.max_attempts:
@@ -94,7 +86,7 @@ def _take_back(session: Session, job: models.Job, *, now: dt.datetime, quarantin
         job.finished_at = now
         job.error_type = "jobs.errors.WorkerLost"
         job.error_message = str(error)
-        run_failure_hook(session, _as_running(job), error)
+        run_failure_hook(session, _as_running(session, job), error)
         return JobStatus.FAILED
     job.status = JobStatus.QUEUED
     job.enqueued_at = now

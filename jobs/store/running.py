@@ -9,7 +9,6 @@ import random
 import traceback
 import uuid
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 from sqlalchemy import (
     Connection,
@@ -25,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from jobs import errors, models, registry, sending
 from jobs.models import AttemptOutcome, JobStatus, UTCDateTime
-from jobs.store.base import HotStatement, utcnow
+from jobs.store.base import INSERT_ATTEMPT, HotStatement, attempt_row, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +160,6 @@ _SUCCEED_WITH_ATTEMPT = insert(_attempts).from_select(
         literal(AttemptOutcome.SUCCEEDED.value),
     ),
 ).returning(_attempts.c.id)
-_INSERT_ATTEMPT = insert(_attempts)
 _HOT_SUCCEED_WITH_ATTEMPT = HotStatement(_SUCCEED_WITH_ATTEMPT)
 
 
@@ -178,21 +176,9 @@ def complete_job(conn: Connection, job: registry.RunningJob) -> bool:
     row = conn.execute(_SUCCEED, params).first()
     if row is None:
         return False
-    conn.execute(_INSERT_ATTEMPT, _attempt_row(row, outcome=AttemptOutcome.SUCCEEDED, now=params["b_now"]))
+    conn.execute(INSERT_ATTEMPT, attempt_row(row, outcome=AttemptOutcome.SUCCEEDED, finished_at=params["b_now"]))
     return True
 
-
-def _attempt_row(row: Any, *, outcome: AttemptOutcome, now: dt.datetime, **extra: Any) -> dict[str, Any]:
-    return {
-        "job_id": row.id,
-        "run": row.replay_count,
-        "number": row.attempts,
-        "worker_id": row.worker_id,
-        "started_at": row.started_at,
-        "finished_at": now,
-        "outcome": outcome.value,
-        **extra,
-    }
 
 
 _FAIL = (
@@ -264,7 +250,7 @@ def record_failure(
     if row is None:
         return None
     outcome = AttemptOutcome.FAILED if final else AttemptOutcome.ERROR
-    conn.execute(_INSERT_ATTEMPT, _attempt_row(row, outcome=outcome, now=now, **details))
+    conn.execute(INSERT_ATTEMPT, attempt_row(row, outcome=outcome, finished_at=now, **details))
     if final:
         run_failure_hook(session, job, error)
         return JobStatus.FAILED
@@ -275,7 +261,8 @@ def record_failure(
 def run_failure_hook(session: Session, job: registry.RunningJob, error: BaseException) -> None:
     """Run the kind's ``on_failed`` in a SAVEPOINT: a hook that raises is logged and undone, and
     the failure is still recorded."""
-    hook = registry.get_kind(job.kind).on_failed
+    kind = registry.of(session).find(job.kind)
+    hook = kind.on_failed if kind is not None else None
     if hook is None:
         return
     try:
@@ -309,9 +296,8 @@ def interrupt_job(session: Session, job: registry.RunningJob, *, reason: str) ->
     row = conn.execute(_INTERRUPT, {"b_job_id": job.id, "b_token": job.claim_token, "b_now": now}).first()
     if row is None:
         return False
-    attempt = _attempt_row(row, outcome=AttemptOutcome.INTERRUPTED, now=now, error_message=reason)
-    attempt["number"] = job.attempt
-    conn.execute(_INSERT_ATTEMPT, attempt)
+    attempt = attempt_row(row, outcome=AttemptOutcome.INTERRUPTED, finished_at=now, number=job.attempt, error_message=reason)
+    conn.execute(INSERT_ATTEMPT, attempt)
     sending.send_after_commit(session, sending.JobMessage(job.id, job.queue))
     return True
 

@@ -7,7 +7,9 @@ import uuid
 import pytest
 from fastapi.testclient import TestClient
 
-from jobs import batches, db, files
+from jobs import db
+from jobs.kinds.batches import service as batches
+from jobs.kinds.files import uploads as files
 
 CSV = (
     b"name,email,quantity\n"

@@ -9,7 +9,10 @@ from sqlalchemy import func, select
 
 from api.app import create_app
 from api.deps import SessionDep
-from jobs import errors, events, models
+from jobs import models
+from jobs.kinds.events import errors as event_errors
+from jobs.kinds.events import models as event_models
+from jobs.kinds.events import outbox as events
 
 
 def _user(n: int, org: str = "acme") -> dict:
@@ -40,7 +43,7 @@ def test_a_list_in_a_list_out_in_one_transaction(client, drain, database):
     assert response.status_code == 202
     answers = response.json()
     assert len(answers) == 100 and not any(a["duplicate"] for a in answers)
-    assert _count(database, models.Event) == 100
+    assert _count(database, event_models.Event) == 100
     assert _count(database, models.Job) == sum(len(a["job_ids"]) for a in answers)
     drain()
     assert client.get("/orgs/acme/stats").json()["user_count"] == 100
@@ -56,7 +59,7 @@ def test_repeated_id_is_stored_once_and_answers_its_first_jobs(client, drain, da
     assert mixed.status_code == 202
     assert [a["duplicate"] for a in mixed.json()] == [True, False]
     drain()
-    assert _count(database, models.Event) == 2
+    assert _count(database, event_models.Event) == 2
     assert client.get("/orgs/acme/stats").json()["user_count"] == 2
 
 
@@ -74,7 +77,7 @@ def test_invalid_event_anywhere_is_422_naming_index_and_field_and_stores_nothing
     too_many = client.post("/events", json=[_user(n) for n in range(events.MAX_EVENTS_PER_CALL + 1)])
     assert too_many.status_code == 422
     assert client.post("/events", json=[]).status_code == 422
-    assert _count(database, models.Event) == 0 and _count(database, models.Job) == 0
+    assert _count(database, event_models.Event) == 0 and _count(database, models.Job) == 0
     assert queued_messages() == 0
 
 
@@ -105,11 +108,11 @@ def test_route_that_emits_then_fails_leaves_no_event_no_job_nothing_sent(setting
     def emit_then_fail(session: SessionDep) -> None:
         events.emit(session, "user_registered", {"org_id": "o", "user_id": "u", "email": "u@example.com"})
         session.flush()
-        raise errors.InvalidEvent("failing after the emit, before any commit")
+        raise event_errors.InvalidEvent("failing after the emit, before any commit")
 
     with TestClient(app) as client:
         assert client.post("/test/emit-then-fail").status_code == 422
-    assert _count(database, models.Event) == 0 and _count(database, models.Job) == 0
+    assert _count(database, event_models.Event) == 0 and _count(database, models.Job) == 0
     assert queued_messages() == 0
 
 
@@ -128,5 +131,5 @@ def test_openapi_lists_every_status_code_of_the_event_routes(client):
 
 def test_events_and_jobs_are_committed_and_sent_before_the_answer(client, database, queued_messages):
     answers = client.post("/events", json=[_user(n) for n in range(10)]).json()
-    assert _count(database, models.Event) == 10
+    assert _count(database, event_models.Event) == 10
     assert queued_messages() == sum(len(a["job_ids"]) for a in answers) == 10

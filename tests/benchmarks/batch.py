@@ -51,10 +51,14 @@ TIMEOUT_SECONDS = 1800
 # Set before jobs reads its settings (get_settings is cached on first use).
 os.environ.update({"JOBRUNNER_DATABASE_URL": DB_URL, "JOBRUNNER_BROKER_URL": REDIS_URL})
 
-from jobs import batches, db, models, registry, store  # noqa: E402
+from jobs import db, kinds, models, store  # noqa: E402
 from jobs.config import get_settings  # noqa: E402
-from worker import broker as worker_broker  # noqa: E402
-from worker import sender  # noqa: E402
+from jobs.kinds.batches import models as batch_models
+from jobs.kinds.batches import service as batches
+from jobs.kinds.files import models as file_models
+from worker import (
+    producer,  # noqa: E402
+    )
 
 _GENERATE = text("""
 INSERT INTO records (file_id, row_number, data, status)
@@ -63,7 +67,7 @@ SELECT :file_id, g, jsonb_build_object(
     'quantity', ' ' || (g % 1000) || ' ', 'city', ' City ' || (g % 100)), 'imported'
 FROM generate_series(1, :n) AS g
 """)
-#: ``jobs.batches.normalize`` in SQL: trim strings, lower-case *email fields, integer strings to numbers.
+#: ``jobs.kinds.batches.service.normalize`` in SQL: trim strings, lower-case *email fields, integer strings to numbers.
 _SET_BASED = text(r"""
 UPDATE bench_set SET status = 'processed', data = (
   SELECT jsonb_object_agg(key, CASE
@@ -80,9 +84,9 @@ def make_records(database: db.Database, count: int) -> uuid.UUID:
     """A processed file with ``count`` generated records, and ``bench_set``: a copy of them."""
     file_id = uuid.uuid4()
     with db.session_scope(database.sessions) as session:
-        session.add(models.File(
+        session.add(file_models.File(
             id=file_id, name="bench.csv", size_bytes=0, sha256="0" * 64, storage_key=uuid.uuid4().hex,
-            status=models.FileStatus.PROCESSED, rows_total=count, rows_imported=count, rows_rejected=0,
+            status=file_models.FileStatus.PROCESSED, rows_total=count, rows_imported=count, rows_rejected=0,
             row_errors=[], byte_offset=0, created_at=store.utcnow(),
         ))
         session.flush()
@@ -119,10 +123,10 @@ def wait_for(database: db.Database, model: type, row_id: uuid.UUID, done: tuple[
     raise TimeoutError(f"{model.__name__} {row_id} did not finish in {TIMEOUT_SECONDS} s")
 
 
-def run_batch(database: db.Database, file_id: uuid.UUID, chunk_size: int) -> tuple[models.Batch, models.Job]:
+def run_batch(database: db.Database, file_id: uuid.UUID, chunk_size: int) -> tuple[batch_models.Batch, models.Job]:
     with db.session_scope(database.sessions) as session:
         batch, _ = batches.create_batch(session, "normalize", file_id=file_id, chunk_size=chunk_size)
-    batch = wait_for(database, models.Batch, batch.id, tuple(models.BATCH_TERMINAL))
+    batch = wait_for(database, batch_models.Batch, batch.id, tuple(batch_models.BATCH_TERMINAL))
     with database.sessions() as session:
         return batch, session.get(models.Job, batch.job_id)
 
@@ -138,12 +142,13 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--chunk-size", type=int, default=1_000)
     options = parser.parse_args()
-    registry.load_kinds()
     redis.Redis.from_url(REDIS_URL).flushdb()
     common.recreate_database(DB_NAME)
     get_settings.cache_clear()
-    broker = worker_broker.make_broker(get_settings())
-    database = db.make_database(DB_URL, sender=sender.make_sender(broker), application_name="jobrunner-bench")
+    settings = get_settings()
+    broker = producer.make_broker(settings)
+    database = db.make_database(DB_URL, sender=producer.make_sender(broker), registry=kinds.load_registry(settings),
+                                application_name="jobrunner-bench")
     workdir = Path(tempfile.mkdtemp(prefix="jobrunner-bench-batch-"))
     proc = None
     try:
@@ -165,7 +170,7 @@ def main() -> None:
         print(f"worker log: {workdir / 'worker.log'}")
 
 
-def report(options: argparse.Namespace, batch: models.Batch, plan: models.Job, set_seconds: float, differences: int) -> None:
+def report(options: argparse.Namespace, batch: batch_models.Batch, plan: models.Job, set_seconds: float, differences: int) -> None:
     total = (batch.finished_at - batch.created_at).total_seconds()
     planning = (plan.finished_at - plan.created_at).total_seconds()
     rate, set_rate = batch.processed / total, options.records / set_seconds

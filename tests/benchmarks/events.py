@@ -46,7 +46,9 @@ from dramatiq import Message  # noqa: E402
 from dramatiq.brokers.redis import RedisBroker  # noqa: E402
 from sqlalchemy import insert, text  # noqa: E402
 
-from jobs import db, models, registry, store  # noqa: E402
+from jobs import db, kinds, models, store  # noqa: E402
+from jobs.config import Settings  # noqa: E402
+from jobs.kinds.events import models as event_models  # noqa: E402
 from tests.benchmarks import common  # noqa: E402
 
 BENCH_DB = "jobrunner_bench_events"
@@ -70,10 +72,11 @@ import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy.orm import Session
 
-from jobs import events
+from jobs.kinds.events import outbox as events
 from jobs.db import make_engine
-from jobs.handlers import events as event_handlers
-from jobs.models import Event, Job
+from jobs.kinds.events import shop as event_handlers
+from jobs.kinds.events.models import Event
+from jobs.models import Job
 
 broker = RedisBroker(url=os.environ["BENCH_REDIS_URL"])
 dramatiq.set_broker(broker)
@@ -146,7 +149,7 @@ def scenario_ingest(url: str, n: int, clients: int, workdir: Path) -> float:
 
 
 def scenario_bulk(url: str, n: int) -> float:
-    database = db.make_database(url, pool_size=2)
+    database = db.make_database(url, pool_size=2, registry=kinds.load_registry(Settings(database_url=url)))
     broker = RedisBroker(url=REDIS_URL, middleware=[])
     now = store.utcnow()
     event_ids = [uuid.uuid4() for _ in range(n)]
@@ -161,7 +164,7 @@ def scenario_bulk(url: str, n: int) -> float:
     try:
         started = time.perf_counter()
         with database.engine.begin() as conn:
-            conn.execute(insert(models.Event.__table__), event_rows)
+            conn.execute(insert(event_models.Event.__table__), event_rows)
             conn.execute(insert(models.Job.__table__), job_rows)
         inserted = time.perf_counter() - started
         for job_id in job_ids:
@@ -213,7 +216,7 @@ def scenario_naive(url: str, engine, n: int, workdir: Path, timeout: float) -> f
     job_ids = [uuid.uuid4() for _ in range(n)]
     bodies = [e for part in event_lists(n) for e in part]
     with engine.begin() as conn:
-        conn.execute(insert(models.Event.__table__), [
+        conn.execute(insert(event_models.Event.__table__), [
             {"id": e, "type": "user_registered", "payload": b["payload"], "handler_jobs": [], "created_at": now}
             for e, b in zip(event_ids, bodies)])
         conn.execute(insert(models.Job.__table__), [
@@ -244,7 +247,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=20_000, help="events per scenario (default 20000)")
     parser.add_argument("--clients", type=int, default=4, help="concurrent HTTP clients for the ingest (default 4)")
     args = parser.parse_args(argv)
-    registry.load_kinds()
     n, timeout = args.events, 60 + 0.01 * args.events
     url = common.recreate_database(BENCH_DB)
     engine = db.make_engine(url, pool_size=2)

@@ -4,7 +4,7 @@ What it measures (PostgreSQL database ``jobrunner_bench_files``, dropped, re-cre
 Redis db 10, flushed; files under a temporary directory, removed at the end):
 
 A. **ingest**: a generated CSV of ``--rows`` rows (default 1,000,000, 8 columns, about 100 MB) is
-   stored as an upload would be (``jobs.files.UploadSink`` + ``register_upload``, which queues its
+   stored as an upload would be (``jobs.kinds.files.uploads.UploadSink`` + ``register_upload``, which queues its
    ``file.process`` job), then ONE worker is started (``jobctl worker --processes 1 --threads 1``).
    Rows/s = rows / (``finished_at`` - ``started_at``) of the job row (the worker's start-up is not
    counted).
@@ -60,11 +60,14 @@ import psycopg  # noqa: E402
 import redis  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
-from jobs import db, files, models, registry  # noqa: E402
+from jobs import db, kinds, models  # noqa: E402
 from jobs.config import Settings  # noqa: E402
+from jobs.kinds.files import models as file_models
+from jobs.kinds.files import uploads as files
 from tests.benchmarks import common  # noqa: E402
-from worker import broker as worker_broker  # noqa: E402
-from worker import sender  # noqa: E402
+from worker import (
+    producer,  # noqa: E402
+    )
 
 REDIS_URL = common.redis_url(10)
 DB_NAME = "jobrunner_bench_files"
@@ -129,7 +132,7 @@ def queue_file(database: db.Database, csv_path: Path, storage_dir: Path) -> uuid
     return job.id
 
 
-def run_ingest(database: db.Database, csv_path: Path, workdir: Path, label: str) -> tuple[float, float, models.File]:
+def run_ingest(database: db.Database, csv_path: Path, workdir: Path, label: str) -> tuple[float, float, file_models.File]:
     """Process the CSV in a fresh one-thread worker: (seconds by the job row, worker peak RSS MB, file)."""
     storage_dir = workdir / "storage"
     job_id = queue_file(database, csv_path, storage_dir)
@@ -142,7 +145,7 @@ def run_ingest(database: db.Database, csv_path: Path, workdir: Path, label: str)
     finally:
         common.stop(proc)
     with database.sessions() as session:
-        file = session.scalars(select(models.File).where(models.File.job_id == job_id)).one()
+        file = session.scalars(select(file_models.File).where(file_models.File.job_id == job_id)).one()
     if job.status != models.JobStatus.SUCCEEDED:
         raise RuntimeError(f"{label}: job ended {job.status}: {job.error_message}")
     return (job.finished_at - job.started_at).total_seconds(), rss, file
@@ -270,12 +273,12 @@ def main() -> None:
     options = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
 
-    registry.load_kinds()
     workdir = Path(tempfile.mkdtemp(prefix="jobrunner-bench-ingest-"))
     redis.Redis.from_url(REDIS_URL).flushdb()
     common.recreate_database(DB_NAME)
-    broker = worker_broker.make_broker(Settings(database_url=DB_URL, broker_url=REDIS_URL))
-    database = db.make_database(DB_URL, sender=sender.make_sender(broker))
+    settings = Settings(database_url=DB_URL, broker_url=REDIS_URL)
+    broker = producer.make_broker(settings)
+    database = db.make_database(DB_URL, sender=producer.make_sender(broker), registry=kinds.load_registry(settings))
     try:
         report(options, workdir, database)
     finally:

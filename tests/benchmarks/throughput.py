@@ -68,11 +68,10 @@ from dramatiq import Message  # noqa: E402
 from dramatiq.brokers.redis import RedisBroker  # noqa: E402
 from sqlalchemy import insert, text  # noqa: E402
 
-from jobs import db, models, registry, store  # noqa: E402
+from jobs import db, kinds, models, store  # noqa: E402
 from jobs.config import Settings  # noqa: E402
 from tests.benchmarks import common  # noqa: E402
-from worker import broker as worker_broker  # noqa: E402
-from worker import sender as worker_sender  # noqa: E402
+from worker import producer  # noqa: E402
 
 try:
     import psutil
@@ -326,9 +325,11 @@ def runner_env(bench: Bench) -> dict[str, str]:
 
 def make_producer(bench: Bench) -> tuple[db.Database, RedisBroker]:
     """A database whose sessions send job IDs to the bench Redis after commit (like the API's)."""
-    broker = worker_broker.make_broker(runner_settings(bench))
+    settings = runner_settings(bench)
+    broker = producer.make_broker(settings)
     database = db.make_database(
-        bench.url, pool_size=2, sender=worker_sender.make_sender(broker), application_name="jobrunner-bench-producer"
+        bench.url, pool_size=2, sender=producer.make_sender(broker), registry=kinds.load_registry(settings),
+        application_name="jobrunner-bench-producer",
     )
     return database, broker
 
@@ -714,7 +715,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    registry.load_kinds()
     timeout = args.timeout if args.timeout is not None else 60 + 0.03 * args.jobs
     runs: dict[str, list[Run]] = {"full": [], "bare": [], "naive": []}
     latency: list[Latency] = []

@@ -10,8 +10,15 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, update
 
-from jobs import batches, db, errors, models, registry, sending, store
-from jobs.models import BatchStatus, ChunkStatus, JobStatus, RecordStatus
+from jobs import db, models, registry, sending, store
+from jobs.kinds.batches import errors as batch_errors
+from jobs.kinds.batches import models as batch_models
+from jobs.kinds.batches import service as batches
+from jobs.kinds.batches.models import BatchStatus, ChunkStatus
+from jobs.kinds.events import models as event_models
+from jobs.kinds.files import models as file_models
+from jobs.kinds.files.models import RecordStatus
+from jobs.models import JobStatus
 
 
 class Crash(BaseException):
@@ -41,10 +48,10 @@ def start_batch(database: db.Database) -> Callable[..., uuid.UUID]:
 
 
 @pytest.fixture
-def read_batch(database: db.Database) -> Callable[[uuid.UUID], models.Batch]:
-    def read(batch_id: uuid.UUID) -> models.Batch:
+def read_batch(database: db.Database) -> Callable[[uuid.UUID], batch_models.Batch]:
+    def read(batch_id: uuid.UUID) -> batch_models.Batch:
         with database.readers() as session:
-            return session.get(models.Batch, batch_id)
+            return session.get(batch_models.Batch, batch_id)
 
     return read
 
@@ -56,17 +63,17 @@ def read_records(database: db.Database) -> Callable[[list[int]], list[tuple[str,
     def read(ids: list[int]) -> list[tuple[str, Any, Any]]:
         with database.readers() as session:
             rows = {r.id: (r.status, r.data, r.errors)
-                    for r in session.execute(select(models.Record).where(models.Record.id.in_(ids))).scalars()}
+                    for r in session.execute(select(file_models.Record).where(file_models.Record.id.in_(ids))).scalars()}
         return [rows[i] for i in ids]
 
     return read
 
 
 @pytest.fixture
-def completion_events(database: db.Database) -> Callable[[uuid.UUID], list[models.Event]]:
-    def read(batch_id: uuid.UUID) -> list[models.Event]:
+def completion_events(database: db.Database) -> Callable[[uuid.UUID], list[event_models.Event]]:
+    def read(batch_id: uuid.UUID) -> list[event_models.Event]:
         with database.readers() as session:
-            found = session.scalars(select(models.Event).where(models.Event.type == batches.COMPLETED_EVENT))
+            found = session.scalars(select(event_models.Event).where(event_models.Event.type == batches.COMPLETED_EVENT))
             return [event for event in found if event.payload["batch_id"] == str(batch_id)]
 
     return read
@@ -80,8 +87,8 @@ def _people(count: int, *, bad_every: int = 0) -> list[dict[str, Any]]:
 
 def _chunk_jobs(database: db.Database, batch_id: uuid.UUID) -> list[models.Job]:
     with database.readers() as session:
-        query = (select(models.Job).join(models.BatchChunk, models.BatchChunk.job_id == models.Job.id)
-                 .where(models.BatchChunk.batch_id == batch_id).order_by(models.BatchChunk.number))
+        query = (select(models.Job).join(batch_models.BatchChunk, batch_models.BatchChunk.job_id == models.Job.id)
+                 .where(batch_models.BatchChunk.batch_id == batch_id).order_by(batch_models.BatchChunk.number))
         return list(session.scalars(query))
 
 
@@ -157,7 +164,7 @@ def test_completion_fires_once_when_8_threads_finish_chunks_together(
     [event] = completion_events(batch_id)
     assert event.id == batches.completion_event_id(batch_id, 0)
     with database.readers() as session:
-        notes = session.scalars(select(models.Notification).where(models.Notification.event_id == event.id)).all()
+        notes = session.scalars(select(event_models.Notification).where(event_models.Notification.event_id == event.id)).all()
     assert len(notes) == 1
 
 
@@ -190,9 +197,9 @@ def test_replaying_a_batch_reopens_it_and_completion_fires_once_more_for_the_new
     batch_id = start_batch("test.explode", record_ids=ids, chunk_size=3)
     drain()
     with db.session_scope(database.sessions) as session:  # fix the record that crashed the chunk
-        session.execute(update(models.Record).where(models.Record.id == ids[4]).values(data={"name": "r4"}))
+        session.execute(update(file_models.Record).where(file_models.Record.id == ids[4]).values(data={"name": "r4"}))
     with db.session_scope(database.sessions) as session:
-        replayed = store.replay_batch(session, batch_id, reason="fixed the data")
+        replayed = batches.replay_batch(session, batch_id, reason="fixed the data")
     assert replayed == [_chunk_jobs(database, batch_id)[1].id]
     reopened = read_batch(batch_id)
     assert (reopened.status, reopened.run, reopened.chunks_done) == (BatchStatus.RUNNING, 1, 2)
@@ -204,7 +211,7 @@ def test_replaying_a_batch_reopens_it_and_completion_fires_once_more_for_the_new
     events = completion_events(batch_id)
     assert sorted(e.id for e in events) == sorted(batches.completion_event_id(batch_id, run) for run in (0, 1))
     with db.session_scope(database.sessions) as session:  # nothing failed is left: a second replay is a no-op
-        assert store.replay_batch(session, batch_id) == []
+        assert batches.replay_batch(session, batch_id) == []
     assert read_batch(batch_id).completions == 2
 
 
@@ -224,9 +231,9 @@ def test_cancel_while_planning_cancels_the_plan_job_and_completes_the_batch_canc
 
 def _run_inline(database: db.Database, job: registry.RunningJob) -> None:
     """Run a claimed job's handler and commit its success, as the middleware does."""
-    kind = registry.get_kind(job.kind)
-    job.args = kind.parse_args(job.args)
     with database.sessions() as session:
+        kind = registry.of(session).get(job.kind)
+        job.args = kind.parse_args(job.args)
         kind.handler(session, job)
         assert store.complete_job(session.connection(), job)
         session.commit()
@@ -245,7 +252,7 @@ def test_cancel_skips_chunks_not_started_and_a_chunk_claimed_before_does_no_work
     file_id, ids = make_records(_people(12))
     batch_id = start_batch("normalize", file_id=file_id, chunk_size=3)
     with database.readers() as session:
-        plan_job_id = session.get(models.Batch, batch_id).job_id
+        plan_job_id = session.get(batch_models.Batch, batch_id).job_id
     _run_inline(database, _claim(database, plan_job_id))
     chunk_jobs = _chunk_jobs(database, batch_id)
     running = _claim(database, chunk_jobs[0].id)  # claimed, not run yet
@@ -259,10 +266,10 @@ def test_cancel_skips_chunks_not_started_and_a_chunk_claimed_before_does_no_work
     assert [fetch(job.id)[0].status for job in chunk_jobs] == [JobStatus.SUCCEEDED] + [JobStatus.CANCELLED] * 3
     assert {r[0] for r in read_records(ids)} == {RecordStatus.IMPORTED}
     with database.readers() as session:
-        statuses = session.scalars(select(models.BatchChunk.status).where(models.BatchChunk.batch_id == batch_id))
+        statuses = session.scalars(select(batch_models.BatchChunk.status).where(batch_models.BatchChunk.batch_id == batch_id))
         assert set(statuses) == {ChunkStatus.CANCELLED}
     assert len(completion_events(batch_id)) == 1
-    with db.session_scope(database.sessions) as session, pytest.raises(errors.BatchNotCancellable):
+    with db.session_scope(database.sessions) as session, pytest.raises(batch_errors.BatchNotCancellable):
         batches.cancel_batch(session, batch_id)
 
 
@@ -273,15 +280,15 @@ def test_planning_makes_one_chunk_row_and_job_per_chunk_with_the_batch_id_as_a_s
     batch_id = start_batch("validate", file_id=file_id, chunk_size=4)
     drain()
     with database.readers() as session:
-        chunks = session.scalars(select(models.BatchChunk).where(models.BatchChunk.batch_id == batch_id)
-                                 .order_by(models.BatchChunk.number)).all()
+        chunks = session.scalars(select(batch_models.BatchChunk).where(batch_models.BatchChunk.batch_id == batch_id)
+                                 .order_by(batch_models.BatchChunk.number)).all()
         assert [(c.first_id, c.last_id, c.size) for c in chunks] == [
             (ids[0], ids[3], 4), (ids[4], ids[7], 4), (ids[8], ids[9], 2)
         ]
         jobs = session.scalars(select(models.Job).where(models.Job.kind == batches.CHUNK_KIND)).all()
         assert sorted(j.args["number"] for j in jobs) == [0, 1, 2]
         assert {j.args["batch_id"] for j in jobs} == {str(batch_id)}
-        assert session.scalar(select(func.count()).select_from(models.Event)) >= 1
+        assert session.scalar(select(func.count()).select_from(event_models.Event)) >= 1
 
 
 def test_jobctl_replay_batch_reopens_the_batch_and_it_completes_again(
@@ -298,7 +305,7 @@ def test_jobctl_replay_batch_reopens_the_batch_and_it_completes_again(
     drain()
     assert (read_batch(batch_id).failed, read_batch(batch_id).completions) == (2, 1)
     with db.session_scope(database.sessions) as session:
-        session.execute(update(models.Record).where(models.Record.id == ids[0]).values(data={"name": "r0"}))
+        session.execute(update(file_models.Record).where(file_models.Record.id == ids[0]).values(data={"name": "r0"}))
     result = CliRunner().invoke(cli.app, ["replay", "--batch", str(batch_id), "--yes", "--json"])
     assert result.exit_code == 0, result.output
     drain()

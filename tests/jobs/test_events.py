@@ -8,8 +8,11 @@ import uuid
 import pytest
 from sqlalchemy import func, insert, select, update
 
-from jobs import db, errors, events, models, registry, sending
-from jobs.handlers import events as event_handlers
+from jobs import db, models, sending
+from jobs.kinds.events import errors as event_errors
+from jobs.kinds.events import models as event_models
+from jobs.kinds.events import outbox as events
+from jobs.kinds.events import shop as event_handlers
 from jobs.models import JobStatus
 from tests import kinds
 
@@ -21,20 +24,6 @@ AUDIT_HANDLER = "test_audit"
 @events.on("order_created", name=AUDIT_HANDLER)
 def audit_order(session, event):
     session.execute(insert(kinds.notes).values(job_id=event.id, text=f"order {event.payload.order_id}"))
-
-
-@registry.job_kind("test.emit_then_fail", max_attempts=1)
-def emit_then_fail(session, job):
-    """Emit an event from inside a job, then fail: the event must not exist."""
-    events.emit(session, "user_registered", {"org_id": "rolled-back", "user_id": "u", "email": "u@example.com"})
-    session.flush()
-    raise kinds.Boom("after emitting")
-
-
-@registry.job_kind("test.emit")
-def emit_from_job(session, job):
-    """Emit an event from inside a job that succeeds."""
-    events.emit(session, "user_registered", {"org_id": "from-a-job", "user_id": str(job.id), "email": "j@example.com"})
 
 
 def _user(org_id: str, n: int) -> dict[str, str]:
@@ -66,9 +55,9 @@ def read(database):
 @pytest.fixture
 def ledger_count(database):
     def count(event_id=None):
-        query = select(func.count()).select_from(models.EventApplication)
+        query = select(func.count()).select_from(event_models.EventApplication)
         if event_id is not None:
-            query = query.where(models.EventApplication.event_id == event_id)
+            query = query.where(event_models.EventApplication.event_id == event_id)
         with database.sessions() as session:
             return session.scalar(query)
 
@@ -91,10 +80,10 @@ def test_distinct_user_registered_events_for_one_org_count_each_once(database, d
         accepted = events.ingest(session, [events.NewEvent("user_registered", _user("acme", n)) for n in range(60)])
     drain()
     assert len({a.event_id for a in accepted}) == 60
-    stats = read(models.OrgStats, "acme")
+    stats = read(event_models.OrgStats, "acme")
     assert stats.user_count == 60
     with database.sessions() as session:
-        latest = session.scalar(select(func.max(models.Event.created_at)))
+        latest = session.scalar(select(func.max(event_models.Event.created_at)))
         statuses = session.scalars(select(models.Job.status).where(models.Job.kind == "event.handle")).all()
     assert stats.last_user_at == latest
     assert statuses == [JobStatus.SUCCEEDED] * 60
@@ -116,10 +105,10 @@ def test_same_event_id_emitted_twice_is_stored_and_applied_once(emit, drain, rea
     drain()
     assert (first.duplicate, second.duplicate) == (False, True)
     assert second.job_ids == first.job_ids
-    assert read(models.OrgStats, "dup-org").user_count == 1
+    assert read(event_models.OrgStats, "dup-org").user_count == 1
     assert ledger_count(event_id) == 1
     with database.sessions() as session:
-        assert session.scalar(select(func.count()).select_from(models.Event)) == 1
+        assert session.scalar(select(func.count()).select_from(event_models.Event)) == 1
 
 
 def test_same_id_twice_in_one_call_is_stored_once(database, drain, read):
@@ -130,7 +119,7 @@ def test_same_id_twice_in_one_call_is_stored_once(database, drain, read):
     drain()
     assert [a.duplicate for a in accepted] == [False, True]
     assert accepted[0].job_ids == accepted[1].job_ids
-    assert read(models.OrgStats, "twice").user_count == 1
+    assert read(event_models.OrgStats, "twice").user_count == 1
 
 
 def test_two_concurrent_transactions_with_one_event_id_store_it_once(database, drain, read):
@@ -151,7 +140,7 @@ def test_two_concurrent_transactions_with_one_event_id_store_it_once(database, d
     drain()
     assert sorted(r.duplicate for r in results) == [False, True]
     assert results[0].job_ids == results[1].job_ids
-    assert read(models.OrgStats, "race").user_count == 1
+    assert read(event_models.OrgStats, "race").user_count == 1
 
 
 def test_duplicated_handle_message_is_applied_once(database, emit, drain, read, ledger_count, fetch):
@@ -162,7 +151,7 @@ def test_duplicated_handle_message_is_applied_once(database, emit, drain, read, 
     drain()
     job, history = fetch(accepted.job_ids[0])
     assert job.status == JobStatus.SUCCEEDED and job.attempts == 1
-    assert read(models.OrgStats, "redelivered").user_count == 1
+    assert read(event_models.OrgStats, "redelivered").user_count == 1
     assert ledger_count(accepted.event_id) == 1
 
 
@@ -179,7 +168,7 @@ def test_job_replayed_by_hand_does_not_apply_its_event_twice(database, emit, pro
     product_id = product(10)
     accepted = emit("order_created", {"order_id": "o-1", "product_id": str(product_id), "quantity": 3})
     drain()
-    before = read(models.Product, product_id)
+    before = read(event_models.Product, product_id)
     assert (before.inventory, before.sales_count) == (7, 1)
     product_job = next(j for j in accepted.job_ids if fetch(j)[0].args["handler"] == event_handlers.PRODUCT_HANDLER)
     _replay_by_hand(database, product_job)
@@ -187,7 +176,7 @@ def test_job_replayed_by_hand_does_not_apply_its_event_twice(database, emit, pro
     job, history = fetch(product_job)
     assert job.status == JobStatus.SUCCEEDED
     assert [a.outcome for a in history] == ["succeeded", "succeeded"]  # it ran again...
-    after = read(models.Product, product_id)
+    after = read(event_models.Product, product_id)
     assert (after.inventory, after.sales_count) == (7, 1)  # ...and changed nothing
     assert ledger_count(accepted.event_id) == len(accepted.job_ids)
 
@@ -200,11 +189,11 @@ def test_order_beyond_inventory_fails_its_handler_only_and_leaves_the_product(em
     jobs = {fetch(j)[0].args["handler"]: fetch(j)[0] for j in accepted.job_ids}
     failed = jobs[event_handlers.PRODUCT_HANDLER]
     assert (failed.status, failed.attempts) == (JobStatus.FAILED, 1)  # permanent: no retry
-    assert failed.error_type == "jobs.errors.NotEnoughInventory"
+    assert failed.error_type == "jobs.kinds.events.errors.NotEnoughInventory"
     assert failed.error_message == f"order big wants 6 of product {product_id}, which has 5"
     assert jobs[AUDIT_HANDLER].status == JobStatus.SUCCEEDED
     assert count_notes(accepted.event_id) == 1
-    unchanged = read(models.Product, product_id)
+    unchanged = read(event_models.Product, product_id)
     assert (unchanged.inventory, unchanged.sales_count) == (5, 0)
 
 
@@ -222,7 +211,7 @@ def test_event_emitted_in_a_rolled_back_session_leaves_nothing(database, queued_
         session.flush()
         session.rollback()
     with database.sessions() as session:
-        assert session.scalar(select(func.count()).select_from(models.Event)) == 0
+        assert session.scalar(select(func.count()).select_from(event_models.Event)) == 0
         assert session.scalar(select(func.count()).select_from(models.Job)) == 0
     assert queued_messages() == 0
 
@@ -232,15 +221,15 @@ def test_job_that_emits_then_fails_leaves_no_event(make_job, drain, database, fe
     drain()
     assert fetch(job_id)[0].status == JobStatus.FAILED
     with database.sessions() as session:
-        assert session.scalar(select(func.count()).select_from(models.Event)) == 0
+        assert session.scalar(select(func.count()).select_from(event_models.Event)) == 0
         assert session.scalar(select(func.count()).select_from(models.Job)) == 1
-    assert read(models.OrgStats, "rolled-back") is None
+    assert read(event_models.OrgStats, "rolled-back") is None
 
 
 def test_job_that_emits_and_succeeds_has_its_event_handled(make_job, drain, read):
     make_job("test.emit")
     drain()
-    assert read(models.OrgStats, "from-a-job").user_count == 1
+    assert read(event_models.OrgStats, "from-a-job").user_count == 1
 
 
 def test_file_and_batch_events_record_one_notification_each(emit, drain, database):
@@ -249,7 +238,7 @@ def test_file_and_batch_events_record_one_notification_each(emit, drain, databas
     emit("batch.completed", {"batch_id": str(batch_id), "total": 10, "processed": 9, "failed": 1})
     drain()
     with database.sessions() as session:
-        messages = sorted(n.message for n in session.scalars(select(models.Notification)))
+        messages = sorted(n.message for n in session.scalars(select(event_models.Notification)))
     assert messages == [f"batch {batch_id} completed: 9 of 10 processed, 1 failed",
                         f"file {file_id} processed: 10 records, 2 errors"]
 
@@ -266,12 +255,12 @@ def test_file_and_batch_events_record_one_notification_each(emit, drain, databas
 )
 def test_invalid_event_stores_nothing_and_names_index_and_field(database, queued_messages, new_events, needle):
     with database.sessions() as session:
-        with pytest.raises(errors.InvalidEvent) as raised:
+        with pytest.raises(event_errors.InvalidEvent) as raised:
             events.ingest(session, [events.NewEvent(t, p) for t, p in new_events])
         session.commit()
     assert needle in str(raised.value)
     with database.sessions() as session:
-        assert session.scalar(select(func.count()).select_from(models.Event)) == 0
+        assert session.scalar(select(func.count()).select_from(event_models.Event)) == 0
     assert queued_messages() == 0
 
 

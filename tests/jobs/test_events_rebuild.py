@@ -7,15 +7,19 @@ import uuid
 import pytest
 from sqlalchemy import delete, select, update
 
-from jobs import db, errors, events, models, projections, sending, store
-from jobs.handlers import events as event_handlers
+from jobs import db, models, sending, store
+from jobs.kinds.events import errors as event_errors
+from jobs.kinds.events import models as event_models
+from jobs.kinds.events import outbox as events
+from jobs.kinds.events import projections
+from jobs.kinds.events import shop as event_handlers
 from jobs.models import JobStatus
 
 
 def _snapshot(database):
     with database.sessions() as session:
-        products = {p.id: (p.inventory, p.sales_count) for p in session.scalars(select(models.Product))}
-        orgs = {o.org_id: (o.user_count, o.last_user_at) for o in session.scalars(select(models.OrgStats))}
+        products = {p.id: (p.inventory, p.sales_count) for p in session.scalars(select(event_models.Product))}
+        orgs = {o.org_id: (o.user_count, o.last_user_at) for o in session.scalars(select(event_models.OrgStats))}
     return products, orgs
 
 
@@ -74,9 +78,9 @@ def test_rebuild_repairs_a_projection_that_drifted(database, drain):
     drain()
     live = _snapshot(database)
     with db.session_scope(database.sessions) as session:
-        session.execute(update(models.Product).values(inventory=99))
-        session.execute(delete(models.OrgStats))
-        session.add(models.OrgStats(org_id="stray", user_count=5))
+        session.execute(update(event_models.Product).values(inventory=99))
+        session.execute(delete(event_models.OrgStats))
+        session.add(event_models.OrgStats(org_id="stray", user_count=5))
     products = _rebuild(database, "products")
     orgs = _rebuild(database, "orgs")
     assert (products.changed, products.missing) == ([product_id], [])
@@ -86,7 +90,7 @@ def test_rebuild_repairs_a_projection_that_drifted(database, drain):
 
 
 def test_rebuild_of_an_unknown_projection_is_refused(database):
-    with pytest.raises(errors.UnknownProjection, match="known: orgs, products"):
+    with pytest.raises(event_errors.UnknownProjection, match="known: orgs, products"):
         _rebuild(database, "nope")
 
 
@@ -97,6 +101,6 @@ def test_event_ids_in_the_ledger_are_unique_per_handler(database, drain):
                     event_id=event_id)
     drain()
     with database.sessions() as session:
-        rows = session.execute(select(models.EventApplication.handler).where(
-            models.EventApplication.event_id == event_id)).scalars().all()
+        rows = session.execute(select(event_models.EventApplication.handler).where(
+            event_models.EventApplication.event_id == event_id)).scalars().all()
     assert rows == [event_handlers.ORG_HANDLER]

@@ -10,9 +10,14 @@ from collections.abc import Callable
 import pytest
 from sqlalchemy import select
 
-from jobs import csvrows, db, files, models, registry
-from jobs.handlers import files as files_handler
-from jobs.models import AttemptOutcome, FileStatus, JobStatus
+from jobs import db, registry
+from jobs.kinds.events import models as event_models
+from jobs.kinds.files import csvrows
+from jobs.kinds.files import handlers as files_handler
+from jobs.kinds.files import models as file_models
+from jobs.kinds.files import uploads as files
+from jobs.kinds.files.models import FileStatus
+from jobs.models import AttemptOutcome, JobStatus
 
 
 @pytest.fixture
@@ -32,8 +37,8 @@ def make_file(database: db.Database, settings) -> Callable[..., tuple[uuid.UUID,
 
 
 @pytest.fixture
-def read_file(database: db.Database) -> Callable[[uuid.UUID], models.File]:
-    def read(file_id: uuid.UUID) -> models.File:
+def read_file(database: db.Database) -> Callable[[uuid.UUID], file_models.File]:
+    def read(file_id: uuid.UUID) -> file_models.File:
         with database.sessions() as session:
             return files.get_file(session, file_id)
 
@@ -46,9 +51,9 @@ def read_records(database: db.Database) -> Callable[[uuid.UUID], list[tuple[int,
 
     def read(file_id: uuid.UUID) -> list[tuple[int, dict]]:
         query = (
-            select(models.Record.row_number, models.Record.data)
-            .where(models.Record.file_id == file_id)
-            .order_by(models.Record.row_number)
+            select(file_models.Record.row_number, file_models.Record.data)
+            .where(file_models.Record.file_id == file_id)
+            .order_by(file_models.Record.row_number)
         )
         with database.sessions() as session:
             return [tuple(row) for row in session.execute(query)]
@@ -248,7 +253,7 @@ def test_postgresql_copy_through_the_stage_gives_the_records_csv_reader_read(dat
                     taken["rewritten"] += bool(good)
                     stage.copy(session, file_id, stage.write_numbered(list(enumerate(good, 1))), rows_before=0, numbered=True)
                     expected = [dict(zip(header, row)) for row in good]
-                query = select(models.Record.data).where(models.Record.file_id == file_id).order_by(models.Record.row_number)
+                query = select(file_models.Record.data).where(file_models.Record.file_id == file_id).order_by(file_models.Record.row_number)
                 assert session.scalars(query).all() == expected, data
         session.rollback()
     assert taken["plain"] > 100 and taken["rewritten"] > 100  # the generator makes both kinds
@@ -343,15 +348,14 @@ def test_a_file_failed_midway_keeps_its_committed_blocks_and_a_replay_finishes_i
 def test_processed_file_emits_one_file_processed_event_with_its_counts(client, drain, database):
     from sqlalchemy import select
 
-    from jobs import models as m
 
     body = b"name,email\nAda,ada@example.com\nbad\nBob,bob@example.com\n"
     file_id = client.post("/files", files={"file": ("people.csv", body, "text/csv")}).json()["file_id"]
     drain()
     with database.readers() as session:
-        events = session.scalars(select(m.Event).where(m.Event.type == "file.processed")).all()
+        events = session.scalars(select(event_models.Event).where(event_models.Event.type == "file.processed")).all()
         assert [e.payload for e in events] == [{"file_id": file_id, "records": 2, "errors": 1}]
-        notes = session.scalars(select(m.Notification)).all()
+        notes = session.scalars(select(event_models.Notification)).all()
     assert len(notes) == 1
 
 

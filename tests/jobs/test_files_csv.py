@@ -6,7 +6,8 @@ import io
 
 import pytest
 
-from jobs import csvrows, files
+from jobs.kinds.files import csvrows
+from jobs.kinds.files import uploads as files
 
 TRICKY = (
     b"\xef\xbb\xbfid,text\r\n"

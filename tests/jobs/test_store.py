@@ -8,7 +8,7 @@ import uuid
 import pytest
 from sqlalchemy import update
 
-from jobs import db, errors, models, store
+from jobs import db, errors, models, sending, store
 from jobs.models import AttemptOutcome, JobStatus
 from tests import kinds
 
@@ -107,18 +107,21 @@ def test_committed_session_sends_each_job_once(database, queued_messages, sessio
     assert len(ids) == 3
 
 
-def test_a_failed_send_leaves_the_job_queued(database_url, fetch, caplog):
+def test_a_failed_send_leaves_the_job_queued_logged_with_its_id_and_counted(database_url, kind_registry, fetch, caplog):
     def broken_sender(messages):
         raise ConnectionError("redis is down")
 
-    broken = db.make_database(database_url, pool_size=1, sender=broken_sender)
+    broken = db.make_database(database_url, pool_size=1, sender=broken_sender, registry=kind_registry)
+    failed_before = sending.failed_sends()
     try:
         with db.session_scope(broken.sessions) as session:
             job_id = store.create_job(session, "noop").id
     finally:
         broken.dispose()
     assert fetch(job_id)[0].status == JobStatus.QUEUED
-    assert "stay queued" in caplog.text
+    warnings = [r for r in caplog.records if r.levelname == "WARNING" and "stay queued" in r.getMessage()]
+    assert len(warnings) == 1 and str(job_id) in warnings[0].getMessage()
+    assert sending.failed_sends() == failed_before + 1
 
 
 def test_replay_moves_failed_jobs_back_to_queued_once(database, make_job, fetch, queued_messages):

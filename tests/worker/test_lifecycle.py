@@ -44,7 +44,7 @@ def test_failing_job_retries_then_fails_with_every_attempt_recorded(make_job, dr
         (2, AttemptOutcome.ERROR),
         (3, AttemptOutcome.FAILED),
     ]
-    assert all(a.error_type == "jobs.handlers.basic.IntentionalFailure" for a in history)
+    assert all(a.error_type == "jobs.kinds.basic.IntentionalFailure" for a in history)
     assert all(a.error_message == "always broken" for a in history)
     assert all("raise IntentionalFailure" in a.error_traceback for a in history)
     assert job.error_message == "always broken" and "Traceback" in job.error_traceback

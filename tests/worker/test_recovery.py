@@ -16,8 +16,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from api.app import create_app
-from jobs import db, files, models, store
-from jobs.models import AttemptOutcome, FileStatus, JobStatus
+from jobs import db, models, store
+from jobs.kinds.files import models as file_models
+from jobs.kinds.files import uploads as files
+from jobs.kinds.files.models import FileStatus
+from jobs.models import AttemptOutcome, JobStatus
 from tests import kinds
 from tests.worker.processes import WorkerProcess, wait_until
 
@@ -178,7 +181,7 @@ def test_kill_9_mid_file_resumes_from_its_checkpoint_with_every_row_once(databas
         file, job = files.register_upload(session, sink, name="big.csv", content_type="text/csv", block_rows=500)
         file_id, job_id = file.id, job.id
 
-    def progress() -> models.File:
+    def progress() -> file_models.File:
         with database.readers() as session:
             return files.get_file(session, file_id)
 
@@ -195,9 +198,9 @@ def test_kill_9_mid_file_resumes_from_its_checkpoint_with_every_row_once(databas
         FileStatus.PROCESSED, rows, rows, len(content)
     )
     with database.readers() as session:
-        numbers = session.scalars(select(models.Record.row_number).where(models.Record.file_id == file_id)).all()
+        numbers = session.scalars(select(file_models.Record.row_number).where(file_models.Record.file_id == file_id)).all()
         notes = session.scalars(
-            select(models.Record.data).where(models.Record.file_id == file_id, models.Record.row_number % 1000 == 0)
+            select(file_models.Record.data).where(file_models.Record.file_id == file_id, file_models.Record.row_number % 1000 == 0)
         ).all()
         history = session.scalars(select(models.JobAttempt.outcome).where(models.JobAttempt.job_id == job_id)).all()
     assert sorted(numbers) == list(range(1, rows + 1))  # every row once: none skipped, none twice

@@ -15,7 +15,9 @@ from types import TracebackType
 
 from sqlalchemy.orm import Session
 
-from jobs import db, errors, models, store
+from jobs import db, models, store
+from jobs.kinds.files import errors as file_errors
+from jobs.kinds.files import models as file_models
 
 #: Longest filename kept (in characters).
 MAX_NAME_CHARS = 255
@@ -77,7 +79,7 @@ class UploadSink:
         """
         self.size_bytes += len(data)
         if self.size_bytes > self.max_bytes:
-            raise errors.UploadTooLarge(f"the file is larger than the limit of {self.max_bytes} bytes")
+            raise file_errors.UploadTooLarge(f"the file is larger than the limit of {self.max_bytes} bytes")
         self._sha256.update(data)
         self._file.write(data)
 
@@ -114,7 +116,7 @@ def register_upload(
     name: str | None,
     content_type: str | None,
     block_rows: int | None = None,
-) -> tuple[models.File, models.Job]:
+) -> tuple[file_models.File, models.Job]:
     """Insert the ``files`` row of a stored upload and its ``file.process`` job in ``session``
     (the job's ID goes to the broker once the session commits).
 
@@ -124,14 +126,14 @@ def register_upload(
     args = {"file_id": str(file_id)} | ({"block_rows": block_rows} if block_rows else {})
     job = store.create_job(session, "file.process", args)
     session.flush()  # the job row first: the file row refers to it (no relationship orders them)
-    file = models.File(
+    file = file_models.File(
         id=file_id,
         name=sanitize_filename(name),
         content_type=content_type[:255] if content_type else None,
         size_bytes=sink.size_bytes,
         sha256=sink.sha256,
         storage_key=sink.storage_key,
-        status=models.FileStatus.PENDING,
+        status=file_models.FileStatus.PENDING,
         job_id=job.id,
         rows_total=0,
         rows_imported=0,
@@ -144,10 +146,10 @@ def register_upload(
     return file, job
 
 
-def get_file(session: Session, file_id: uuid.UUID) -> models.File:
+def get_file(session: Session, file_id: uuid.UUID) -> file_models.File:
     """The file with ``file_id``.
 
     Raises:
         FileNotFound: there is none.
     """
-    return db.get_or_raise(session, models.File, file_id, errors.FileNotFound, what="file")
+    return db.get_or_raise(session, file_models.File, file_id, file_errors.FileNotFound, what="file")

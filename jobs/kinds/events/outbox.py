@@ -28,16 +28,18 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from jobs import db, errors, models, store
+from jobs.kinds.events import errors as event_errors
+from jobs.kinds.events import models as event_models
 
 logger = logging.getLogger(__name__)
 
-#: The internal job kind that runs one handler for one event (registered in ``jobs.handlers.events``).
+#: The internal job kind that runs one handler for one event (registered in ``jobs.kinds.events.handlers``).
 HANDLE_KIND = "event.handle"
 #: The most events one :func:`ingest` call (one ``POST /events``) takes.
 MAX_EVENTS_PER_CALL = 1000
 
-_events = models.Event.__table__
-_ledger = models.EventApplication.__table__
+_events = event_models.Event.__table__
+_ledger = event_models.EventApplication.__table__
 
 PayloadT = TypeVar("PayloadT", bound=type[pydantic.BaseModel])
 
@@ -110,7 +112,7 @@ def payload_model(type_name: str) -> type[pydantic.BaseModel]:
     try:
         return _types[type_name]
     except KeyError:
-        raise errors.UnknownEventType(f"unknown event type: {type_name!r}") from None
+        raise event_errors.UnknownEventType(f"unknown event type: {type_name!r}") from None
 
 
 def handlers_for(type_name: str) -> list[HandlerSpec]:
@@ -180,7 +182,7 @@ def ingest(session: Session, new_events: Sequence[NewEvent]) -> list[Accepted]:
         UnknownEventType, InvalidEvent: an event does not fit (the message names its index and field).
     """
     if len(new_events) > MAX_EVENTS_PER_CALL:
-        raise errors.InvalidEvent(f"at most {MAX_EVENTS_PER_CALL} events at once, got {len(new_events)}")
+        raise event_errors.InvalidEvent(f"at most {MAX_EVENTS_PER_CALL} events at once, got {len(new_events)}")
     rows = [_event_row(index, event) for index, event in enumerate(new_events)]
     first_rows: dict[uuid.UUID, dict[str, Any]] = {}
     for row in rows:
@@ -200,13 +202,13 @@ def _event_row(index: int, event: NewEvent) -> dict[str, Any]:
     """Validate one event and build its row, with its handler jobs' IDs chosen now."""
     try:
         model = payload_model(event.type)
-    except errors.UnknownEventType as exc:
-        raise errors.InvalidEvent(f"event {index}: type: {exc}") from None
+    except event_errors.UnknownEventType as exc:
+        raise event_errors.InvalidEvent(f"event {index}: type: {exc}") from None
     raw = event.payload.model_dump(mode="json") if isinstance(event.payload, pydantic.BaseModel) else event.payload
     try:
         payload = model.model_validate(raw).model_dump(mode="json")
     except pydantic.ValidationError as exc:
-        raise errors.InvalidEvent(f"event {index} ({event.type}): {_describe(exc)}") from exc
+        raise event_errors.InvalidEvent(f"event {index} ({event.type}): {_describe(exc)}") from exc
     jobs = [{"handler": spec.name, "job_id": str(uuid.uuid4())} for spec in handlers_for(event.type)]
     return {"id": event.id or uuid.uuid4(), "type": event.type, "payload": payload, "handler_jobs": jobs,
             "created_at": store.utcnow()}
@@ -257,7 +259,7 @@ def apply_handler(session: Session, event_id: uuid.UUID, handler_name: str, *, j
     spec = get_handler(row.type, handler_name)
     try:
         payload = payload_model(row.type).model_validate(row.payload)
-    except (pydantic.ValidationError, errors.UnknownEventType) as exc:
+    except (pydantic.ValidationError, event_errors.UnknownEventType) as exc:
         raise errors.PermanentError(f"event {event_id} no longer fits its type {row.type!r}: {exc}") from exc
     if not _record_application(session, event_id, handler_name, job_id=job_id):
         logger.info("event %s was already applied by handler %s; skipped", event_id, handler_name)
@@ -289,13 +291,13 @@ class HandlerState:
     applied_at: Any
 
 
-def get_event(session: Session, event_id: uuid.UUID) -> tuple[models.Event, list[HandlerState]]:
+def get_event(session: Session, event_id: uuid.UUID) -> tuple[event_models.Event, list[HandlerState]]:
     """An event and the state of each of its handlers.
 
     Raises:
         EventNotFound: there is none.
     """
-    event = db.get_or_raise(session, models.Event, event_id, errors.EventNotFound, what="event")
+    event = db.get_or_raise(session, event_models.Event, event_id, event_errors.EventNotFound, what="event")
     job_ids = [uuid.UUID(j["job_id"]) for j in event.handler_jobs]
     jobs = {job.id: job for job in session.scalars(select(models.Job).where(models.Job.id.in_(job_ids)))}
     applied = dict(session.execute(select(_ledger.c.handler, _ledger.c.applied_at).where(_ledger.c.event_id == event_id)).all())

@@ -1,20 +1,51 @@
-"""Send job IDs to Redis: the :class:`jobs.sending.Sender` the API, worker and CLI hand to ``jobs``."""
+"""The producer side of the broker: what the API and ``jobctl`` load to send job IDs to Redis.
+
+It carries no worker runtime (no middleware, heartbeat, sweeper or time limit): importing the API
+loads only this. The worker's broker (:mod:`worker.broker`) consumes the queues these messages go to.
+"""
 
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Sequence
 from typing import Any
 
+import redis
 from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
 
-from jobs import sending
-from worker import actors
+from jobs import registry, sending
+from jobs.config import Settings
 
+logger = logging.getLogger(__name__)
 
+#: Bounds on talking to Redis, so an unreachable broker fails a send or a health check quickly.
+REDIS_CONNECT_TIMEOUT_SECONDS = 2.0
+REDIS_SOCKET_TIMEOUT_SECONDS = 10.0
+#: Actor names: one actor per queue, all running the same function.
+ACTOR_PREFIX = "jobrunner.run"
 #: Most messages sent in one Redis pipeline (one round trip).
 PIPELINE_SIZE = 500
+
+
+def actor_name(queue: str) -> str:
+    """The name of the actor consuming ``queue``."""
+    return ACTOR_PREFIX if queue == registry.DEFAULT_QUEUE else f"{ACTOR_PREFIX}.{queue}"
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    """A Redis client for the broker URL, with bounded connect and socket timeouts."""
+    return redis.Redis.from_url(
+        settings.broker_url,
+        socket_connect_timeout=REDIS_CONNECT_TIMEOUT_SECONDS,
+        socket_timeout=REDIS_SOCKET_TIMEOUT_SECONDS,
+    )
+
+
+def make_broker(settings: Settings) -> RedisBroker:
+    """A bare Redis broker for sending IDs (the API, the CLI): no middleware, no actors."""
+    return RedisBroker(client=redis_client(settings), middleware=[])
 
 
 def make_sender(broker: RedisBroker) -> sending.Sender:
@@ -23,22 +54,23 @@ def make_sender(broker: RedisBroker) -> sending.Sender:
 
     def send(messages: Sequence[sending.JobMessage]) -> None:
         if len(messages) == 1:
-            broker.enqueue(_to_message(messages[0]), delay=messages[0].delay_ms)
+            broker.enqueue(to_message(messages[0]), delay=messages[0].delay_ms)
             return
         for offset in range(0, len(messages), PIPELINE_SIZE):
             with broker.client.pipeline(transaction=False) as pipe:
                 pipelined = _PipelinedBroker(broker, pipe)
                 for message in messages[offset:offset + PIPELINE_SIZE]:
-                    RedisBroker.enqueue(pipelined, _to_message(message), delay=message.delay_ms)  # type: ignore[arg-type]
+                    RedisBroker.enqueue(pipelined, to_message(message), delay=message.delay_ms)  # type: ignore[arg-type]
                 pipe.execute()
 
     return send
 
 
-def _to_message(message: sending.JobMessage) -> Message:
+def to_message(message: sending.JobMessage) -> Message[Any]:
+    """The Dramatiq message carrying one job's ID to its queue's actor."""
     return Message(
         queue_name=message.queue,
-        actor_name=actors.actor_name(message.queue),
+        actor_name=actor_name(message.queue),
         args=(str(message.job_id),),
         kwargs={},
         options={},

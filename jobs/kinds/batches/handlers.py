@@ -5,7 +5,7 @@ ranges of ``chunk_size`` (a window function, so the database does it in one pass
 jobs and the chunk rows go in with one executemany each, and the job IDs are sent after the commit
 (pipelined). A chunk reads its records, runs the operation on each in Python (a record that raises
 fails alone), writes every result back in one statement, and counts itself in the batch row (see
-:mod:`jobs.batches`). Operations are pure functions, so no record needs a SAVEPOINT: the only write
+:mod:`jobs.kinds.batches.service`). Operations are pure functions, so no record needs a SAVEPOINT: the only write
 that could fail is the chunk's single bulk UPDATE, and then the chunk as a whole retries.
 """
 
@@ -19,14 +19,19 @@ import pydantic
 from sqlalchemy import ColumnElement, bindparam, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
-from jobs import batches, errors, models, registry, store
-from jobs.models import BatchStatus, ChunkStatus, RecordStatus
+from jobs import errors, registry, store
+from jobs.kinds.batches import errors as batch_errors
+from jobs.kinds.batches import models as batch_models
+from jobs.kinds.batches import service as batches
+from jobs.kinds.batches.models import BatchStatus, ChunkStatus
+from jobs.kinds.files import models as file_models
+from jobs.kinds.files.models import RecordStatus
 
 #: Planning a very large file must not be cut off by the default time limit.
 PLAN_TIME_LIMIT_SECONDS = 3600
 
-_records = models.Record.__table__
-_chunks = models.BatchChunk.__table__
+_records = file_models.Record.__table__
+_chunks = batch_models.BatchChunk.__table__
 
 #: PostgreSQL: a chunk's results in one UPDATE, the rows passed as one JSON array.
 _WRITE_RESULTS_PG = text(
@@ -67,7 +72,7 @@ def mark_plan_failed(session: Session, job: registry.RunningJob, error: BaseExce
     """Runs in the transaction that records the plan job's final failure: the batch shows
     ``failed`` and why (a replay of the job plans it again)."""
     batch_id = _arg(job.args, "batch_id", uuid.UUID)
-    batch = session.get(models.Batch, batch_id) if batch_id else None
+    batch = session.get(batch_models.Batch, batch_id) if batch_id else None
     if batch is None or batch.status != BatchStatus.PLANNING:
         return
     batch.status = BatchStatus.FAILED
@@ -81,7 +86,7 @@ def plan_batch(session: Session, job: registry.RunningJob) -> None:
     """Split the batch into chunks, each with its ``batch.chunk`` job, in this job's transaction."""
     try:
         batch = batches.lock_batch(session, job.args.batch_id)
-    except errors.BatchNotFound as exc:
+    except batch_errors.BatchNotFound as exc:
         raise errors.PermanentError(str(exc)) from exc
     if batch.status not in (BatchStatus.PLANNING, BatchStatus.FAILED):
         return  # planned already
@@ -104,7 +109,7 @@ def plan_batch(session: Session, job: registry.RunningJob) -> None:
         batches.complete_batch(session, batch.id)
 
 
-def _plan_chunks(session: Session, batch: models.Batch) -> list[dict[str, Any]]:
+def _plan_chunks(session: Session, batch: batch_models.Batch) -> list[dict[str, Any]]:
     """Each chunk's records: an ID range of the file (from one grouped query), or part of the list."""
     if batch.file_id is None:
         ids = batch.record_ids or []
@@ -138,7 +143,7 @@ def fail_chunk_records(session: Session, job: registry.RunningJob, error: BaseEx
     chunk = _lock_chunk(session, batch_id, number) if batch_id is not None and number is not None else None
     if chunk is None or chunk.status != ChunkStatus.PENDING:
         return  # gone, or counted already (a replay that failed before it reopened the chunk)
-    batch = session.get(models.Batch, batch_id)
+    batch = session.get(batch_models.Batch, batch_id)
     details = store.describe_error(error)
     reason = f"the chunk failed: {details['error_type']}: {details['error_message']}"
     failed = session.execute(
@@ -159,17 +164,17 @@ def run_chunk(session: Session, job: registry.RunningJob) -> None:
         raise errors.PermanentError(f"batch {args.batch_id} has no chunk {args.number}")
     if chunk.status == ChunkStatus.FAILED:
         # Replayed on its own (not through store.replay_batch): reopen the chunk and its batch here.
-        store.reopen_batch_chunks(session, args.batch_id, [job.id])
+        batches.reopen_batch_chunks(session, args.batch_id, [job.id])
         session.refresh(chunk)
     if chunk.status != ChunkStatus.PENDING:
         return  # counted already
-    batch = session.get(models.Batch, args.batch_id, populate_existing=True)
+    batch = session.get(batch_models.Batch, args.batch_id, populate_existing=True)
     if batch.cancelled_at is not None:
         batches.finish_chunk(session, chunk, ChunkStatus.CANCELLED, processed=chunk.processed, failed=chunk.failed)
         return
     try:
         operation = batches.get_operation(batch.operation)
-    except errors.UnknownOperation as exc:
+    except batch_errors.UnknownOperation as exc:
         raise errors.PermanentError(str(exc)) from exc
     # Every row fetched before any operation runs: no cursor stays open if one raises.
     rows = session.execute(select(_records.c.id, _records.c.data).where(_chunk_records(batch, chunk))).all()
@@ -179,17 +184,17 @@ def run_chunk(session: Session, job: registry.RunningJob) -> None:
     batches.finish_chunk(session, chunk, ChunkStatus.SUCCEEDED, processed=len(results), failed=failed)
 
 
-def _lock_chunk(session: Session, batch_id: uuid.UUID, number: int) -> models.BatchChunk | None:
+def _lock_chunk(session: Session, batch_id: uuid.UUID, number: int) -> batch_models.BatchChunk | None:
     query = (
-        select(models.BatchChunk)
-        .where(models.BatchChunk.batch_id == batch_id, models.BatchChunk.number == number)
+        select(batch_models.BatchChunk)
+        .where(batch_models.BatchChunk.batch_id == batch_id, batch_models.BatchChunk.number == number)
         .with_for_update()
         .execution_options(populate_existing=True)
     )
     return session.scalars(query).first()
 
 
-def _chunk_records(batch: models.Batch, chunk: models.BatchChunk) -> ColumnElement[bool]:
+def _chunk_records(batch: batch_models.Batch, chunk: batch_models.BatchChunk) -> ColumnElement[bool]:
     if chunk.record_ids is not None:
         return _records.c.id.in_(chunk.record_ids)
     return (_records.c.file_id == batch.file_id) & _records.c.id.between(chunk.first_id, chunk.last_id)

@@ -11,8 +11,7 @@ from typing import Any
 from sqlalchemy import Table, delete, insert, select, text, update
 from sqlalchemy.orm import Session
 
-from jobs import errors
-
+from jobs.kinds.events import errors as event_errors
 
 #: Recomputes a projection: its rows by key, each a dict of the compared columns.
 Recompute = Callable[[Session], dict[Any, dict[str, Any]]]
@@ -80,7 +79,7 @@ def rebuild_projection(session: Session, name: str, *, dry_run: bool = False) ->
     """
     spec = _projections.get(name)
     if spec is None:
-        raise errors.UnknownProjection(f"unknown projection {name!r}; known: {', '.join(projection_names())}")
+        raise event_errors.UnknownProjection(f"unknown projection {name!r}; known: {', '.join(projection_names())}")
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text(f"LOCK TABLE {spec.table.name} IN SHARE ROW EXCLUSIVE MODE"))
     computed = spec.recompute(session)

@@ -1,9 +1,9 @@
-"""``event.handle`` (one handler for one event) and the shipped event types, handlers and projections.
+"""The shop's events, handlers and projections (the shipped example domain).
 
 - ``user_registered`` -> the org projection (``org_stats``): user count, time of the latest user.
 - ``order_created`` -> the product projection (``products``): inventory down by the quantity, sales
   count up; an order beyond the inventory fails that handler for good and leaves the product as it was.
-- ``file.processed`` and ``batch.completed`` -> a ``notifications`` row.
+- Products (the product projection's initial rows) are created and read here too.
 """
 
 from __future__ import annotations
@@ -16,33 +16,19 @@ from sqlalchemy import case, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
-from jobs import db, errors, events, models, projections, registry, store
+from jobs import db, errors, store
+from jobs.kinds.events import errors as event_errors
+from jobs.kinds.events import models as event_models
+from jobs.kinds.events import outbox as events
+from jobs.kinds.events import projections
 
-_products = models.Product.__table__
-_orgs = models.OrgStats.__table__
+_products = event_models.Product.__table__
+_orgs = event_models.OrgStats.__table__
 
 #: Ledger names of the shipped handlers (stable: renaming one would re-apply every event).
 ORG_HANDLER = "org_stats"
 PRODUCT_HANDLER = "product_inventory"
-NOTIFY_HANDLER = "notify"
 
-
-class HandleEventArgs(pydantic.BaseModel):
-    """``event.handle``: which event, and which of its type's handlers."""
-
-    model_config = pydantic.ConfigDict(extra="forbid")
-
-    event_id: uuid.UUID
-    handler: str = pydantic.Field(min_length=1, max_length=200)
-
-
-@registry.job_kind(events.HANDLE_KIND, args=HandleEventArgs, max_attempts=5)
-def handle_event(session: Session, job: registry.RunningJob) -> None:
-    """Apply one handler to one event, exactly once (see :func:`jobs.events.apply_handler`)."""
-    events.apply_handler(session, job.args.event_id, job.args.handler, job_id=job.id)
-
-
-# --- event types --------------------------------------------------------------------------------
 
 #: An org, user or order key: a non-empty string.
 _Key = Annotated[str, pydantic.StringConstraints(min_length=1, max_length=100)]
@@ -69,27 +55,6 @@ class OrderCreated(pydantic.BaseModel):
     order_id: _Key
     product_id: uuid.UUID
     quantity: int = pydantic.Field(gt=0, le=1_000_000)
-
-
-@events.event_type("file.processed")
-class FileProcessed(pydantic.BaseModel):
-    """An uploaded file was parsed (emitted by ``file.process`` when it finishes)."""
-
-    file_id: uuid.UUID
-    #: Rows stored and rows refused.
-    records: int = pydantic.Field(default=0, ge=0)
-    errors: int = pydantic.Field(default=0, ge=0)
-
-
-@events.event_type("batch.completed")
-class BatchCompleted(pydantic.BaseModel):
-    """Every chunk of a batch run is terminal (emitted once per run by the batch)."""
-
-    batch_id: uuid.UUID
-    status: str = pydantic.Field(default="completed", max_length=50)
-    total: int = pydantic.Field(default=0, ge=0)
-    processed: int = pydantic.Field(default=0, ge=0)
-    failed: int = pydantic.Field(default=0, ge=0)
 
 
 # --- handlers -----------------------------------------------------------------------------------
@@ -139,29 +104,9 @@ def take_inventory(session: Session, event: events.StoredEvent) -> None:
     inventory = session.scalar(select(_products.c.inventory).where(_products.c.id == payload.product_id))
     if inventory is None:
         raise errors.PermanentError(f"order {payload.order_id}: no product {payload.product_id}")
-    raise errors.NotEnoughInventory(
+    raise event_errors.NotEnoughInventory(
         f"order {payload.order_id} wants {payload.quantity} of product {payload.product_id}, which has {inventory}"
     )
-
-
-@events.on("file.processed", name=NOTIFY_HANDLER)
-def notify_file_processed(session: Session, event: events.StoredEvent) -> None:
-    """Record that a file was processed."""
-    payload: FileProcessed = event.payload
-    _notify(session, event, f"file {payload.file_id} processed: {payload.records} records, {payload.errors} errors")
-
-
-@events.on("batch.completed", name=NOTIFY_HANDLER)
-def notify_batch_completed(session: Session, event: events.StoredEvent) -> None:
-    """Record that a batch completed."""
-    payload: BatchCompleted = event.payload
-    _notify(session, event, f"batch {payload.batch_id} {payload.status}: {payload.processed} of {payload.total} "
-                            f"processed, {payload.failed} failed")
-
-
-def _notify(session: Session, event: events.StoredEvent, message: str) -> None:
-    session.add(models.Notification(event_id=event.id, event_type=event.type, message=message, created_at=store.utcnow()))
-    session.flush()
 
 
 # --- projections --------------------------------------------------------------------------------
@@ -197,32 +142,32 @@ def recompute_products(session: Session) -> dict[Any, dict[str, Any]]:
 # --- products (the projection's initial rows) -----------------------------------------------------
 
 
-def create_product(session: Session, *, sku: str, inventory: int) -> models.Product:
+def create_product(session: Session, *, sku: str, inventory: int) -> event_models.Product:
     """Add a product with its starting inventory.
 
     Raises:
         DuplicateSku: one with ``sku`` exists already.
     """
-    product = models.Product(id=uuid.uuid4(), sku=sku, initial_inventory=inventory, inventory=inventory,
+    product = event_models.Product(id=uuid.uuid4(), sku=sku, initial_inventory=inventory, inventory=inventory,
                              sales_count=0, created_at=store.utcnow())
     try:
         # A SAVEPOINT, so that losing a race for the SKU leaves the caller's transaction usable.
         with session.begin_nested():
             session.add(product)
     except sa_exc.IntegrityError as exc:
-        raise errors.DuplicateSku(f"a product with SKU {sku!r} exists already") from exc
+        raise event_errors.DuplicateSku(f"a product with SKU {sku!r} exists already") from exc
     return product
 
 
-def get_product(session: Session, product_id: uuid.UUID) -> models.Product:
+def get_product(session: Session, product_id: uuid.UUID) -> event_models.Product:
     """A product.
 
     Raises:
         ProductNotFound: there is none.
     """
-    return db.get_or_raise(session, models.Product, product_id, errors.ProductNotFound, what="product")
+    return db.get_or_raise(session, event_models.Product, product_id, event_errors.ProductNotFound, what="product")
 
 
-def get_org_stats(session: Session, org_id: str) -> models.OrgStats:
+def get_org_stats(session: Session, org_id: str) -> event_models.OrgStats:
     """An org's projection; an org no event has touched yet has no users (not an error)."""
-    return session.get(models.OrgStats, org_id) or models.OrgStats(org_id=org_id, user_count=0, last_user_at=None)
+    return session.get(event_models.OrgStats, org_id) or event_models.OrgStats(org_id=org_id, user_count=0, last_user_at=None)

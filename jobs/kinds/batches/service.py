@@ -1,4 +1,4 @@
-"""Batches: an operation applied to many records, split into chunk jobs (``jobs.handlers.batches``).
+"""Batches: an operation applied to many records, split into chunk jobs (``jobs.kinds.batches.handlers``).
 
 - An **operation** is ``operation(data) -> data``, registered with ``@operation("name")``: it gets a
   copy of a record's data and returns the data to store, or raises (:class:`RecordRejected` with the
@@ -25,10 +25,15 @@ from typing import Any
 from sqlalchemy import case, exists, select, update
 from sqlalchemy.orm import Session
 
-from jobs import db, errors, events, models, store
-from jobs.models import BatchStatus, ChunkStatus, RecordStatus
+from jobs import db, models, store
+from jobs.kinds.batches import errors as batch_errors
+from jobs.kinds.batches import models as batch_models
+from jobs.kinds.batches.models import BatchStatus, ChunkStatus
+from jobs.kinds.events import outbox as events
+from jobs.kinds.files import models as file_models
+from jobs.kinds.files.models import RecordStatus
 
-#: The internal job kinds (registered in ``jobs.handlers.batches``).
+#: The internal job kinds (registered in ``jobs.kinds.batches.handlers``).
 PLAN_KIND = "batch.plan"
 CHUNK_KIND = "batch.chunk"
 #: The domain event a batch emits once per run when every chunk is terminal.
@@ -40,9 +45,9 @@ MAX_RECORD_IDS = 10_000
 #: How many failed records ``GET /batches/{id}`` shows.
 FAILED_SAMPLE_SIZE = 10
 
-_batches = models.Batch.__table__
-_chunks = models.BatchChunk.__table__
-_records = models.Record.__table__
+_batches = batch_models.Batch.__table__
+_chunks = batch_models.BatchChunk.__table__
+_records = file_models.Record.__table__
 _jobs = models.Job.__table__
 
 # --- operations -----------------------------------------------------------------------------------
@@ -75,7 +80,7 @@ def get_operation(name: str) -> Operation:
         return _operations[name]
     except KeyError:
         known = ", ".join(sorted(_operations))
-        raise errors.UnknownOperation(f"unknown operation {name!r}; known: {known}") from None
+        raise batch_errors.UnknownOperation(f"unknown operation {name!r}; known: {known}") from None
 
 
 #: Fields ``validate`` requires to be present and not blank.
@@ -102,7 +107,7 @@ def validate(data: dict[str, Any]) -> dict[str, Any]:
     if quantity not in (None, "") and not _is_non_negative_integer(quantity):
         problems.append(f"quantity: not a non-negative integer: {quantity!r}")
     if problems:
-        raise errors.RecordRejected(problems)
+        raise batch_errors.RecordRejected(problems)
     return data
 
 
@@ -144,7 +149,7 @@ def apply_operation(func: Operation, record_id: int, data: dict[str, Any]) -> Re
     """Run ``func`` on one record; whatever it raises fails this record only."""
     try:
         return RecordResult(record_id, func(dict(data)), RecordStatus.PROCESSED, None)
-    except errors.RecordRejected as exc:
+    except batch_errors.RecordRejected as exc:
         return RecordResult(record_id, data, RecordStatus.FAILED, exc.problems)
     except Exception as exc:  # noqa: BLE001 - per-record isolation: one bad record fails alone
         return RecordResult(record_id, data, RecordStatus.FAILED, [f"{type(exc).__name__}: {exc}"])
@@ -160,7 +165,7 @@ def create_batch(
     file_id: uuid.UUID | None = None,
     record_ids: Sequence[int] | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> tuple[models.Batch, models.Job]:
+) -> tuple[batch_models.Batch, models.Job]:
     """Insert a batch over a processed file's records or a list of record IDs, and its
     ``batch.plan`` job, in ``session`` (the job's ID goes to the broker once it commits).
 
@@ -172,14 +177,14 @@ def create_batch(
     """
     get_operation(operation_name)
     if (file_id is None) == (record_ids is None):
-        raise errors.InvalidBatch("give either file_id or record_ids (one of them)")
+        raise batch_errors.InvalidBatch("give either file_id or record_ids (one of them)")
     if not 1 <= chunk_size <= MAX_CHUNK_SIZE:
-        raise errors.InvalidBatch(f"chunk_size must be between 1 and {MAX_CHUNK_SIZE}, got {chunk_size}")
+        raise batch_errors.InvalidBatch(f"chunk_size must be between 1 and {MAX_CHUNK_SIZE}, got {chunk_size}")
     ids = _check_file(session, file_id) if file_id is not None else _check_record_ids(session, record_ids or [])
     batch_id = uuid.uuid4()
     job = store.create_job(session, PLAN_KIND, {"batch_id": str(batch_id)})
     session.flush()  # the job row first: the batch row refers to it (no relationship orders them)
-    batch = models.Batch(
+    batch = batch_models.Batch(
         id=batch_id, operation=operation_name, file_id=file_id, record_ids=ids, chunk_size=chunk_size,
         status=BatchStatus.PLANNING, job_id=job.id, total=len(ids) if ids is not None else 0, processed=0,
         failed=0, chunks_total=0, chunks_done=0, run=0, completions=0, created_at=store.utcnow(),
@@ -190,29 +195,29 @@ def create_batch(
 
 
 def _check_file(session: Session, file_id: uuid.UUID) -> None:
-    file = session.get(models.File, file_id)
+    file = session.get(file_models.File, file_id)
     if file is None:
-        raise errors.InvalidBatch(f"no file {file_id}")
-    if file.status != models.FileStatus.PROCESSED:
-        raise errors.FileNotProcessed(f"file {file_id} is {file.status}; a batch needs a processed file")
+        raise batch_errors.InvalidBatch(f"no file {file_id}")
+    if file.status != file_models.FileStatus.PROCESSED:
+        raise batch_errors.FileNotProcessed(f"file {file_id} is {file.status}; a batch needs a processed file")
 
 
 def _check_record_ids(session: Session, record_ids: Sequence[int]) -> list[int]:
     ids = sorted(set(record_ids))
     if not ids:
-        raise errors.InvalidBatch("record_ids is empty")
+        raise batch_errors.InvalidBatch("record_ids is empty")
     if len(ids) > MAX_RECORD_IDS:
-        raise errors.InvalidBatch(f"at most {MAX_RECORD_IDS} record IDs per batch, got {len(ids)}")
+        raise batch_errors.InvalidBatch(f"at most {MAX_RECORD_IDS} record IDs per batch, got {len(ids)}")
     found = set(session.scalars(select(_records.c.id).where(_records.c.id.in_(ids))))
     missing = [i for i in ids if i not in found]
     if missing:
-        raise errors.InvalidBatch(f"{len(missing)} record ID(s) match no record, e.g. {missing[:5]}")
+        raise batch_errors.InvalidBatch(f"{len(missing)} record ID(s) match no record, e.g. {missing[:5]}")
     return ids
 
 
 # --- counting and completing -----------------------------------------------------------------------
 
-def finish_chunk(session: Session, chunk: models.BatchChunk, status: ChunkStatus, *, processed: int, failed: int) -> bool:
+def finish_chunk(session: Session, chunk: batch_models.BatchChunk, status: ChunkStatus, *, processed: int, failed: int) -> bool:
     """Record a chunk's outcome and add its share to the batch in one atomic UPDATE (in the caller's
     transaction); complete the batch if this was its last chunk. ``chunk`` is the locked, pending
     chunk row. Returns whether the batch completed."""
@@ -271,7 +276,7 @@ def completion_event_id(batch_id: uuid.UUID, run: int) -> uuid.UUID:
 # --- cancelling -----------------------------------------------------------------------------------
 
 
-def cancel_batch(session: Session, batch_id: uuid.UUID) -> models.Batch:
+def cancel_batch(session: Session, batch_id: uuid.UUID) -> batch_models.Batch:
     """Cancel a batch: chunks not started finish ``cancelled`` at once (their jobs too), running ones
     finish their work, and a chunk claimed later sees the cancel and does nothing. The batch ends
     ``cancelled`` when every chunk is terminal. Repeating it is harmless.
@@ -281,8 +286,8 @@ def cancel_batch(session: Session, batch_id: uuid.UUID) -> models.Batch:
         BatchNotCancellable: it has finished already.
     """
     batch = lock_batch(session, batch_id)
-    if batch.status in models.BATCH_TERMINAL:
-        raise errors.BatchNotCancellable(f"batch {batch_id} is {batch.status}; only an unfinished batch can be cancelled")
+    if batch.status in batch_models.BATCH_TERMINAL:
+        raise batch_errors.BatchNotCancellable(f"batch {batch_id} is {batch.status}; only an unfinished batch can be cancelled")
     batch.cancelled_at = batch.cancelled_at or store.utcnow()
     session.flush()
     if batch.status == BatchStatus.PLANNING:
@@ -313,14 +318,14 @@ def _count_cancelled_chunks(session: Session, batch_id: uuid.UUID) -> None:
 # --- reading --------------------------------------------------------------------------------------
 
 
-def lock_batch(session: Session, batch_id: uuid.UUID) -> models.Batch:
+def lock_batch(session: Session, batch_id: uuid.UUID) -> batch_models.Batch:
     """The batch, its row locked until the transaction ends (PostgreSQL; SQLite's writer lock does it).
 
     Raises:
         BatchNotFound: there is none.
     """
     return db.get_or_raise(
-        session, models.Batch, batch_id, errors.BatchNotFound, what="batch", with_for_update=True, populate_existing=True
+        session, batch_models.Batch, batch_id, batch_errors.BatchNotFound, what="batch", with_for_update=True, populate_existing=True
     )
 
 
@@ -328,7 +333,7 @@ def lock_batch(session: Session, batch_id: uuid.UUID) -> models.Batch:
 class Progress:
     """A batch and what follows from its counts."""
 
-    batch: models.Batch
+    batch: batch_models.Batch
     #: Records done (processed, failed or not) per record in the batch, as a percentage.
     percent: float
     records_per_second: float | None
@@ -342,8 +347,8 @@ def get_progress(session: Session, batch_id: uuid.UUID) -> Progress:
     Raises:
         BatchNotFound: there is no such batch.
     """
-    batch = db.get_or_raise(session, models.Batch, batch_id, errors.BatchNotFound, what="batch")
-    finished = batch.status in models.BATCH_TERMINAL
+    batch = db.get_or_raise(session, batch_models.Batch, batch_id, batch_errors.BatchNotFound, what="batch")
+    finished = batch.status in batch_models.BATCH_TERMINAL
     percent = 100.0 * batch.processed / batch.total if batch.total else (100.0 if finished else 0.0)
     rate = None
     if batch.started_at is not None:
@@ -352,7 +357,7 @@ def get_progress(session: Session, batch_id: uuid.UUID) -> Progress:
     return Progress(batch, round(percent, 2), rate, _failed_sample(session, batch))
 
 
-def _failed_sample(session: Session, batch: models.Batch) -> list[tuple[int, list[str]]]:
+def _failed_sample(session: Session, batch: batch_models.Batch) -> list[tuple[int, list[str]]]:
     if batch.failed == 0:
         return []
     query = select(_records.c.id, _records.c.errors).where(_records.c.status == RecordStatus.FAILED.value)
@@ -362,3 +367,63 @@ def _failed_sample(session: Session, batch: models.Batch) -> list[tuple[int, lis
         query = query.where(_records.c.id.in_(batch.record_ids or []))
     rows = session.execute(query.order_by(_records.c.id).limit(FAILED_SAMPLE_SIZE))
     return [(row.id, list(row.errors or [])) for row in rows]
+
+
+# --- replaying ------------------------------------------------------------------------------------
+
+
+def replay_batch(
+    session: Session, batch_id: uuid.UUID, *, reason: str | None = None, job_ids: Sequence[uuid.UUID] | None = None
+) -> list[uuid.UUID]:
+    """Replay a batch's failed chunk jobs (only those among ``job_ids`` if given) and reopen the batch
+    for a new run, in the caller's transaction; a failed ``batch.plan`` job is replayed too, and the
+    batch goes back to planning. Returns the jobs replayed.
+
+    Raises:
+        BatchNotFound: there is no such batch.
+    """
+    batch = db.get_or_raise(
+        session, batch_models.Batch, batch_id, batch_errors.BatchNotFound, what="batch", with_for_update=True, populate_existing=True
+    )
+    chunks = batch_models.BatchChunk.__table__
+    query = (
+        select(chunks.c.job_id)
+        .join(_jobs, _jobs.c.id == chunks.c.job_id)
+        .where(chunks.c.batch_id == batch_id, _jobs.c.status == models.JobStatus.FAILED.value)
+    )
+    if job_ids is not None:
+        query = query.where(chunks.c.job_id.in_(job_ids))
+    replayed = store.replay_jobs(session, list(session.scalars(query)), reason=reason)
+    reopen_batch_chunks(session, batch_id, replayed)
+    wanted = job_ids is None or batch.job_id in job_ids
+    if batch.status == batch_models.BatchStatus.FAILED and batch.job_id is not None and wanted:
+        if store.replay_jobs(session, [batch.job_id], reason=reason):
+            replayed.append(batch.job_id)
+            batch.status, batch.error_message, batch.finished_at = batch_models.BatchStatus.PLANNING, None, None
+    session.flush()
+    return replayed
+
+
+def reopen_batch_chunks(session: Session, batch_id: uuid.UUID, job_ids: Sequence[uuid.UUID]) -> int:
+    """Put the failed chunks of these (replayed) chunk jobs back to pending and reopen their batch:
+    ``running``, those chunks no longer done, and a new run if its completion had fired for this
+    one. The chunks' earlier share of the counts stays until they finish again (and replace it).
+    Returns how many chunks were reopened."""
+    if not job_ids:
+        return 0
+    chunks, batches = batch_models.BatchChunk.__table__, batch_models.Batch.__table__
+    reopened = session.execute(
+        update(chunks)
+        .where(chunks.c.batch_id == batch_id, chunks.c.job_id.in_(job_ids),
+               chunks.c.status == batch_models.ChunkStatus.FAILED.value)
+        .values(status=batch_models.ChunkStatus.PENDING.value)
+    ).rowcount
+    if reopened:
+        finished = batches.c.status != batch_models.BatchStatus.RUNNING.value
+        session.execute(
+            update(batches)
+            .where(batches.c.id == batch_id)
+            .values(status=batch_models.BatchStatus.RUNNING.value, chunks_done=batches.c.chunks_done - reopened,
+                    run=batches.c.run + case((finished, 1), else_=0), finished_at=None)
+        )
+    return reopened

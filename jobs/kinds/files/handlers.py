@@ -1,6 +1,6 @@
 """``file.process``: read an uploaded CSV into ``records`` rows, a block at a time, resumably.
 
-The stored file is read as bytes in chunks (see :func:`jobs.csvrows.read_chunks`), so the offset
+The stored file is read as bytes in chunks (see :func:`jobs.kinds.files.csvrows.read_chunks`), so the offset
 after each block is exact. A block is at most ``block_rows`` lines and about 1 MiB; its rows are
 written in one go and committed through ``job.checkpoint()`` together with the file row's counts,
 first row errors and byte offset. A later attempt (a retry, a replay, a worker that took the job
@@ -38,9 +38,14 @@ import pydantic
 from sqlalchemy import insert, text
 from sqlalchemy.orm import Session
 
-from jobs import csvrows, errors, events, files, models, registry, store
+from jobs import errors, registry, store
 from jobs.config import get_settings
-from jobs.models import FileStatus
+from jobs.kinds.events import outbox as events
+from jobs.kinds.files import csvrows
+from jobs.kinds.files import errors as file_errors
+from jobs.kinds.files import models as file_models
+from jobs.kinds.files import uploads as files
+from jobs.kinds.files.models import FileStatus
 
 #: The most lines read per block (fewer when the block reaches about 1 MiB first, or a quoted field
 #: spans lines): one bulk write and one checkpoint each.
@@ -50,7 +55,7 @@ MAX_ROW_ERRORS = 100
 #: A big file must not be cut off by the default time limit; it checkpoints as it goes anyway.
 TIME_LIMIT_SECONDS = 3600
 
-_records = models.Record.__table__
+_records = file_models.Record.__table__
 _COPY_RECORDS = "COPY records (file_id, row_number, data, status) FROM STDIN"
 #: Built once: ``json.dumps`` with options builds a new encoder on every call.
 _encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -75,7 +80,7 @@ def mark_file_failed(session: Session, job: registry.RunningJob, error: BaseExce
     """Runs in the transaction that records the job's final failure: the file shows ``failed`` and
     why. Blocks committed before stay, with their checkpoint, so a replay of the job resumes."""
     file_id = _file_id(job.args)
-    file = session.get(models.File, file_id) if file_id else None
+    file = session.get(file_models.File, file_id) if file_id else None
     if file is None:
         return
     file.status = FileStatus.FAILED
@@ -132,14 +137,14 @@ def process_file(session: Session, job: registry.RunningJob) -> None:
     )
 
 
-def _load_file(session: Session, file_id: uuid.UUID) -> models.File:
+def _load_file(session: Session, file_id: uuid.UUID) -> file_models.File:
     try:
         return files.get_file(session, file_id)
-    except errors.FileNotFound as exc:
+    except file_errors.FileNotFound as exc:
         raise errors.PermanentError(f"file {file_id} no longer exists") from exc
 
 
-def _open_stored(file: models.File) -> BinaryIO:
+def _open_stored(file: file_models.File) -> BinaryIO:
     path: Path = files.stored_path(get_settings().storage_dir, file.storage_key)
     try:
         return path.open("rb")
@@ -199,7 +204,7 @@ class _Ingest:
     :meth:`write` (the database work, in the job's thread) are apart so that they overlap.
     """
 
-    def __init__(self, session: Session, file: models.File, header: list[str]) -> None:
+    def __init__(self, session: Session, file: file_models.File, header: list[str]) -> None:
         self.session = session
         self.file = file
         self.header = header
@@ -249,14 +254,14 @@ def insert_records(session: Session, file_id: uuid.UUID, rows: list[tuple[int, d
     if conn.dialect.name != "postgresql":
         conn.execute(
             insert(_records),
-            [{"file_id": file_id, "row_number": n, "data": data, "status": models.RecordStatus.IMPORTED.value}
+            [{"file_id": file_id, "row_number": n, "data": data, "status": file_models.RecordStatus.IMPORTED.value}
              for n, data in rows],
         )
         return
     # COPY's text format, built here in one string: faster than a write_row() call per row. JSON
     # from the encoder has no raw tab, newline or carriage return (it escapes every control
     # character), so a backslash is the only character COPY needs escaped.
-    suffix = f"\t{models.RecordStatus.IMPORTED.value}\n"
+    suffix = f"\t{file_models.RecordStatus.IMPORTED.value}\n"
     prefix = f"{file_id}\t"
     data = "".join(
         [f"{prefix}{n}\t{_encode_json(row).replace(_BACKSLASH, _ESCAPED_BACKSLASH)}{suffix}" for n, row in rows]
@@ -340,4 +345,4 @@ class _CsvStage:
             cursor.execute(self._prepare)
             with cursor.copy(copy_sql) as copy:
                 copy.write(data)
-            cursor.execute(self._insert, (file_id, rows_before, self.header, models.RecordStatus.IMPORTED.value))
+            cursor.execute(self._insert, (file_id, rows_before, self.header, file_models.RecordStatus.IMPORTED.value))

@@ -1,0 +1,87 @@
+"""``jobctl``: run the processes, migrate the database, inspect, sweep, prune and replay jobs.
+
+One module per command group: ``run`` (api, worker), ``dev`` (dev, demo), ``db``, ``jobs`` (jobs,
+stats, sweep, prune), ``events``, ``replay``; ``common`` holds what they share.
+
+Exit codes: 0 success, 1 an operation failed or only partly went through, 2 bad usage (Click's
+own code for a bad option, and ours for a missing selector or a bad setting). Errors are one line
+on stderr; ``-v`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Annotated
+
+import click
+import pydantic
+import typer
+from sqlalchemy import exc as sa_exc
+
+from jobs import errors
+from worker.cli import db, dev, events, jobs, replay, run
+from worker.cli.common import USAGE_ERROR, UsageError
+
+app = typer.Typer(
+    help="jobrunner: background jobs with one database session per job.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(db.app, name="db")
+app.add_typer(jobs.app, name="jobs")
+app.add_typer(events.app, name="events")
+for command in (run.api, run.worker, dev.dev, dev.demo, jobs.stats, jobs.sweep, jobs.prune, replay.replay):
+    app.command()(command)
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks and debug logs.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def main() -> None:
+    """Console-script entry: errors become one line on stderr (the traceback only with ``-v``)."""
+    verbose = any(arg in ("-v", "--verbose") for arg in sys.argv[1:])
+    try:
+        # standalone_mode=False: Click returns the exit code and raises its errors to us.
+        code = app(standalone_mode=False)
+    except (UsageError, pydantic.ValidationError) as exc:
+        _fail(exc, USAGE_ERROR, verbose)
+    except errors.JobError as exc:
+        _fail(exc, 1, verbose)
+    except sa_exc.DBAPIError as exc:
+        if _is_missing_schema(exc):
+            exc = RuntimeError("the database has no jobrunner tables yet: run `jobctl db upgrade` first")
+        _fail(exc, 1, verbose)
+    except typer.Abort:
+        _fail(RuntimeError("aborted"), 1, verbose)
+    except (typer.TyperException, click.ClickException) as exc:
+        # Click's own errors (a bad option is usage: 2). Recent Typer raises them from its own
+        # copy of Click, which click.ClickException does not match.
+        _fail(exc, exc.exit_code, verbose)
+    except Exception as exc:  # noqa: BLE001 - the CLI's edge: one line, not a traceback
+        _fail(exc, 1, verbose)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _is_missing_schema(exc: sa_exc.DBAPIError) -> bool:
+    message = str(exc.orig)
+    return "no such table" in message or ("relation" in message and "does not exist" in message)
+
+
+def _fail(exc: BaseException, code: int, verbose: bool) -> None:
+    if verbose:
+        import traceback
+
+        traceback.print_exception(exc)
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, pydantic.ValidationError):
+        message = "bad setting: " + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)

@@ -1,0 +1,33 @@
+"""``jobctl dev`` and ``jobctl demo``: everything on the embedded defaults."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from worker import devmode
+from worker.cli.common import new_console
+
+
+def dev(
+    port: Annotated[int, typer.Option(min=1, max=65535, help="API port.")] = 8000,
+    threads: Annotated[int, typer.Option(min=1, help="Worker threads.")] = 4,
+) -> None:
+    """API and one worker together on the embedded defaults (SQLite, a private Redis); Ctrl-C stops."""
+    try:
+        with devmode.DevStack(port=port, threads=threads) as stack:
+            new_console().print(f"jobrunner dev: API on {stack.api_url}  (Ctrl-C stops)")
+            stack.wait()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM, even during start-up: the children are stopped
+        pass
+
+
+def demo(
+    rows: Annotated[int, typer.Option(min=10, help="Rows of the demo CSV.")] = 20_000,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="API port (0: any free one).")] = 0,
+) -> None:
+    """Run the whole pipeline on the embedded defaults, as a user would drive it over HTTP."""
+    from worker import demo as demo_module
+
+    raise typer.Exit(demo_module.run(rows=rows, port=port, console=new_console()))

@@ -1,0 +1,133 @@
+"""``jobctl jobs``, ``stats``, ``sweep`` and ``prune``: inspect and maintain jobs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from jobs import db, models, store, views
+from jobs.config import get_settings
+from worker import sweeper
+from worker.cli.common import (
+    JsonOption,
+    first_line,
+    jobs_table,
+    new_console,
+    open_database,
+    parse_ids,
+    parse_time,
+    when,
+)
+
+app = typer.Typer(help="Inspect jobs.", no_args_is_help=True)
+
+
+@app.command("list")
+def jobs_list(
+    status: Annotated[models.JobStatus | None, typer.Option(help="Only this status.")] = None,
+    kind: Annotated[str | None, typer.Option(help="Only this kind.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="At most this many.")] = 50,
+    as_json: JsonOption = False,
+) -> None:
+    """Jobs, newest first."""
+    settings = get_settings()
+    with open_database(settings) as database, database.readers() as session:
+        jobs, _ = store.list_jobs(session, status=status, kind=kind, limit=limit)
+    if as_json:
+        typer.echo(json.dumps([views.JobSummary.model_validate(job).model_dump(mode="json") for job in jobs]))
+    else:
+        new_console().print(jobs_table(f"{len(jobs)} job(s), newest first", jobs))
+
+
+@app.command("show")
+def jobs_show(job_id: Annotated[str, typer.Argument(help="The job's ID.")], as_json: JsonOption = False) -> None:
+    """A job's fields, attempt history and last traceback."""
+    settings = get_settings()
+    (parsed,) = parse_ids([job_id])
+    with open_database(settings) as database, database.readers() as session:
+        job = views.job_out(session, parsed)
+    if as_json:
+        typer.echo(job.model_dump_json())
+        return
+    console = new_console()
+    for key, value in job.model_dump(exclude={"history", "error_traceback"}).items():
+        shown = when(value) if isinstance(value, dt.datetime) else str(value)
+        console.print(Text.assemble((key, "bold"), ": ", shown))
+    table = Table(title="history")
+    for column in ("run", "attempt", "outcome", "worker", "finished", "error"):
+        table.add_column(column)
+    for a in job.history:
+        table.add_row(str(a.run), str(a.number), a.outcome, a.worker_id or "", when(a.finished_at),
+                      first_line(a.error_message, 60))
+    console.print(table)
+    if job.error_traceback:
+        console.print("[bold]last traceback[/bold]:")
+        console.print(job.error_traceback, markup=False)
+
+
+def stats(as_json: JsonOption = False) -> None:
+    """Counts by kind and status, and the age of the oldest queued job."""
+    settings = get_settings()
+    with open_database(settings) as database, database.readers() as session:
+        counts = store.count_jobs(session)
+        oldest = store.oldest_queued_at(session)
+    age = (store.utcnow() - oldest).total_seconds() if oldest else None
+    if as_json:
+        typer.echo(json.dumps({"counts": [{"kind": k, "status": s, "count": n} for k, s, n in counts],
+                               "oldest_queued_age_seconds": age}))
+        return
+    table = Table(title="jobs by kind and status")
+    for column in ("kind", "status", "count"):
+        table.add_column(column)
+    for kind, status, count in counts:
+        table.add_row(kind, status, str(count))
+    console = new_console()
+    console.print(table)
+    console.print(f"oldest queued job: {'none' if age is None else f'{age:.0f} s ago'}")
+
+
+def sweep(as_json: JsonOption = False) -> None:
+    """Run one sweeper pass: take back jobs of dead workers, re-send jobs whose message seems lost."""
+    settings = get_settings()
+    with open_database(settings) as database:
+        report = sweeper.sweep_once(database, settings)
+    summary = {
+        "ran": report.ran,
+        "requeued": [str(i) for i in report.requeued],
+        "quarantined": [str(i) for i in report.quarantined],
+        "resent": [str(i) for i in report.resent],
+    }
+    if as_json:
+        typer.echo(json.dumps(summary))
+    elif not report.ran:
+        typer.echo("another sweeper pass is running; nothing done")
+    else:
+        typer.echo(f"requeued {len(report.requeued)}, quarantined {len(report.quarantined)}, "
+                   f"re-sent {len(report.resent)}")
+
+
+def prune(
+    succeeded_older_than: Annotated[str, typer.Option(help="Delete succeeded jobs finished before this (e.g. 7d).")] = "7d",
+    failed_older_than: Annotated[str | None, typer.Option(help="Also delete failed jobs finished before this.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete old finished jobs and their history, in batches; failed ones only when asked."""
+    settings = get_settings()
+    plan = [([models.JobStatus.SUCCEEDED, models.JobStatus.CANCELLED], parse_time(succeeded_older_than))]
+    if failed_older_than is not None:
+        plan.append(([models.JobStatus.FAILED], parse_time(failed_older_than)))
+    deleted = 0
+    with open_database(settings) as database:
+        for statuses, before in plan:
+            while True:
+                with db.session_scope(database.sessions) as session:
+                    batch = store.prune_jobs(session, statuses=statuses, older_than=before)
+                deleted += batch
+                if batch == 0:
+                    break
+    typer.echo(json.dumps({"deleted": deleted}) if as_json else f"deleted {deleted} job(s)")
