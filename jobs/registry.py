@@ -19,6 +19,7 @@ import pydantic
 from sqlalchemy.orm import Session
 
 from jobs import errors
+from jobs.config import Settings
 
 #: The queue a kind goes to unless it names another.
 DEFAULT_QUEUE = "default"
@@ -154,9 +155,9 @@ class Registry:
     a kind: the worker, the API, the CLI, and (through ``Session.info``, see :func:`of`) the store.
     """
 
-    def __init__(self, *, max_attempts: int, time_limit_seconds: float) -> None:
-        self.max_attempts = max_attempts
-        self.time_limit_seconds = time_limit_seconds
+    def __init__(self, settings: Settings) -> None:
+        #: The application's settings, for handlers that need one (``registry.of(session).settings``).
+        self.settings = settings
         self._kinds: dict[str, JobKind] = {}
 
     def add(self, kind: JobKind) -> None:
@@ -172,8 +173,8 @@ class Registry:
             raise ValueError(f"job kind {kind.name!r} is already registered")
         self._kinds[kind.name] = dataclasses.replace(
             kind,
-            max_attempts=kind.max_attempts or self.max_attempts,
-            time_limit_seconds=kind.time_limit_seconds or self.time_limit_seconds,
+            max_attempts=kind.max_attempts or self.settings.max_attempts,
+            time_limit_seconds=kind.time_limit_seconds or self.settings.time_limit_seconds,
         )
 
     def add_module(self, module: ModuleType) -> None:

@@ -36,7 +36,7 @@ def load_registry(settings: Settings, extra_modules: Iterable[str] = ()) -> Regi
         ModuleNotFoundError: a named module does not exist.
         ValueError: two modules declare the same kind name.
     """
-    registry = Registry(max_attempts=settings.max_attempts, time_limit_seconds=settings.time_limit_seconds)
+    registry = Registry(settings)
     for name in (*SHIPPED_MODULES, *settings.job_module_names, *extra_modules):
         registry.add_module(importlib.import_module(name))
     return registry

@@ -39,7 +39,6 @@ from sqlalchemy import insert, text
 from sqlalchemy.orm import Session
 
 from jobs import errors, registry, store
-from jobs.config import get_settings
 from jobs.kinds.events import outbox as events
 from jobs.kinds.files import csvrows
 from jobs.kinds.files import errors as file_errors
@@ -113,7 +112,7 @@ def process_file(session: Session, job: registry.RunningJob) -> None:
         return
     file.status = FileStatus.PROCESSING
     file.error_message = None
-    with _open_stored(file) as stream:
+    with _open_stored(session, file) as stream:
         header, header_end = _read_header(stream)
         offset = max(file.byte_offset, header_end)
         ingest = _Ingest(session, file, header)
@@ -144,8 +143,8 @@ def _load_file(session: Session, file_id: uuid.UUID) -> file_models.File:
         raise errors.PermanentError(f"file {file_id} no longer exists") from exc
 
 
-def _open_stored(file: file_models.File) -> BinaryIO:
-    path: Path = files.stored_path(get_settings().storage_dir, file.storage_key)
+def _open_stored(session: Session, file: file_models.File) -> BinaryIO:
+    path: Path = files.stored_path(registry.of(session).settings.storage_dir, file.storage_key)
     try:
         return path.open("rb")
     except FileNotFoundError as exc:
