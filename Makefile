@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-postgres test-sqlite install clean
+.PHONY: demo test test-postgres test-sqlite lint install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ test-postgres: $(STAMP)
 
 test-sqlite: $(STAMP)
 	JOBRUNNER_TEST_DATABASE=sqlite $(BIN)/pytest -q
+
+# The quality gates CI runs before the tests: lint, formatting, types.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
