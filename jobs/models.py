@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -18,6 +18,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     TypeDecorator,
     Uuid,
@@ -60,6 +61,11 @@ BigIntKey = BigInteger().with_variant(Integer(), "sqlite")
 
 class Base(DeclarativeBase):
     """Declarative base with constraint names Alembic can manage."""
+
+    if TYPE_CHECKING:
+        #: Every model here is declared with ``__tablename__``, so it is mapped to a ``Table`` (the
+        #: stubs say only ``FromClause``, which ``insert()``/``update()``/``delete()`` refuse).
+        __table__: ClassVar[Table]
 
     metadata = MetaData(
         naming_convention={
