@@ -24,6 +24,7 @@ so both readers give the same records for the same bytes. A chunk's bytes also c
 
 from __future__ import annotations
 
+import _csv
 import collections
 import csv
 import dataclasses
@@ -71,7 +72,11 @@ class Chunk:
     __slots__ = ("_rows", "end_offset", "plain_csv", "row_count")
 
     def __init__(
-        self, end_offset: int, *, rows: list[list[str] | BadRecord] | None = None, plain: tuple[bytes, int] | None = None
+        self,
+        end_offset: int,
+        *,
+        rows: list[list[str] | BadRecord] | None = None,
+        plain: tuple[bytes, int] | None = None,
     ) -> None:
         """A chunk ending at ``end_offset``, of ``rows``, or of ``plain`` CSV: (its bytes, its record count)."""
         self.end_offset = end_offset
@@ -80,15 +85,16 @@ class Chunk:
         #: reads the same records from them: UTF-8, no blank line, one kind of line end, a quote
         #: only ever opening a whole quoted field, no line starting ``\.`` (COPY's end-of-data
         #: mark). Unquoted empty fields come out as NULL in COPY unless it is told ``FORCE_NOT_NULL``.
-        self.plain_csv, count = plain if plain is not None else (None, len(rows or ()))
+        self.plain_csv: bytes | None = None if plain is None else plain[0]
         #: How many records (rows) the chunk holds.
-        self.row_count = count
+        self.row_count = len(rows or ()) if plain is None else plain[1]
         self._rows = rows
 
     @property
     def rows(self) -> list[list[str] | BadRecord]:
         """Each record's fields, or why it could not be read (parsed on first use for plain CSV)."""
         if self._rows is None:
+            assert self.plain_csv is not None  # a chunk is made of rows or of plain CSV
             self._rows = [fields for fields in _csv_reader(self.plain_csv.decode("utf-8")) if fields]
         return self._rows
 
@@ -279,14 +285,18 @@ def _rows_before_error(text: str) -> tuple[list[list[str] | BadRecord], int | No
     return rows, None
 
 
-def _csv_reader(text: str) -> Iterator[list[str]]:
+def _csv_reader(text: str) -> _csv.Reader:
     # newline="\n": lines end at "\n" only, as read_records splits them (a lone "\r" is csv's to judge).
     return csv.reader(io.StringIO(text, newline="\n"), strict=True)
 
 
 def _line_end(data: bytes, lines: int) -> int:
     """The offset just after the first ``lines`` lines of ``data``."""
-    return _lines_pattern(lines).match(data).end() if lines else 0
+    if not lines:
+        return 0
+    match = _lines_pattern(lines).match(data)
+    assert match is not None  # csv read ``lines`` whole lines of ``data``, each ending in "\n"
+    return match.end()
 
 
 def _is_plain_csv(data: bytes) -> bool:
