@@ -214,7 +214,7 @@ def of(session: Session) -> Registry:
     Raises:
         RuntimeError: the session was not made by such a sessionmaker.
     """
-    registry = session.info.get(REGISTRY_KEY)
+    registry: Registry | None = session.info.get(REGISTRY_KEY)
     if registry is None:
         raise RuntimeError("this session knows no job kinds: make it with jobs.db.make_database(..., registry=...)")
     return registry
