@@ -6,6 +6,7 @@ import collections
 import time
 import uuid
 from collections.abc import Iterable
+from typing import Any
 
 import httpx
 from rich.console import Console
@@ -20,21 +21,25 @@ DEMO_DIR = VAR_DIR / "demo"
 #: Longest the demo waits for its jobs.
 WAIT_SECONDS = 300.0
 _TERMINAL = {"succeeded", "failed", "cancelled"}
+#: A JSON object the API answered.
+Json = dict[str, Any]
 
 
 def run(*, rows: int, port: int, console: Console) -> int:
     """Run the demo; returns the exit code (0 when everything ended as expected)."""
     port = port or devmode.free_port()
     console.print(f"[bold]jobrunner demo[/bold]: starting API, worker and a private Redis under {DEMO_DIR}/ …")
-    with devmode.DevStack(port=port, threads=4, var_dir=DEMO_DIR, fresh=True) as stack:
-        with httpx.Client(base_url=stack.api_url, timeout=60) as client:
-            imported = _import_file(client, console, rows)
-            batch = _run_batch(client, console, imported["id"]) if imported else None
-            jobs = _post_jobs(client, console)
-            event_jobs, product_id = _post_events(client, console)
-            states = _wait_for(client, console, {**jobs, **event_jobs}, "running the jobs and the event handlers")
-            _show_projections(client, console, product_id)
-            _summarise(console, client, states, stack.env["JOBRUNNER_DATABASE_URL"])
+    with (
+        devmode.DevStack(port=port, threads=4, var_dir=DEMO_DIR, fresh=True) as stack,
+        httpx.Client(base_url=stack.api_url, timeout=60) as client,
+    ):
+        imported = _import_file(client, console, rows)
+        batch = _run_batch(client, console, imported["id"]) if imported else None
+        jobs = _post_jobs(client, console)
+        event_jobs, product_id = _post_events(client, console)
+        states = _wait_for(client, console, {**jobs, **event_jobs}, "running the jobs and the event handlers")
+        _show_projections(client, console, product_id)
+        _summarise(console, client, states, stack.env["JOBRUNNER_DATABASE_URL"])
     console.print("demo finished; processes stopped.")
     return 0 if batch in ("completed", "completed_with_errors") and _as_expected(states) else 1
 
@@ -53,7 +58,7 @@ def demo_csv(rows: int) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def _import_file(client: httpx.Client, console: Console, rows: int) -> dict | None:
+def _import_file(client: httpx.Client, console: Console, rows: int) -> Json | None:
     """Upload a generated CSV and wait for its import; returns the file's final state."""
     body = demo_csv(rows)
     response = client.post("/files", files={"file": ("customers.csv", body, "text/csv")})
@@ -101,7 +106,8 @@ def _run_batch(client: httpx.Client, console: Console, file_id: str) -> str | No
                   f"{batch['chunks_done']}/{batch['chunks_total']}", f"{batch['records_per_second'] or 0:,.0f}",
                   f"#{sample['record_id']}: {'; '.join(sample['errors'])}" if sample else "")
     console.print(table)
-    return batch["status"]
+    status: str = batch["status"]
+    return status
 
 
 #: Demo events: users joining orgs, and orders against one product (the last one too big).
@@ -116,7 +122,7 @@ def _post_events(client: httpx.Client, console: Console) -> tuple[dict[uuid.UUID
     product = client.post("/products", json={"sku": "DEMO-WIDGET", "inventory": 100})
     product.raise_for_status()
     product_id = product.json()["id"]
-    events = [
+    events: list[Json] = [
         {"type": "user_registered",
          "payload": {"org_id": DEMO_ORGS[n % len(DEMO_ORGS)], "user_id": f"user-{n}", "email": f"user{n}@example.com"}}
         for n in range(DEMO_USERS)
@@ -130,7 +136,7 @@ def _post_events(client: httpx.Client, console: Console) -> tuple[dict[uuid.UUID
         chunk = events[start : start + 100]
         response = client.post("/events", json=chunk)
         response.raise_for_status()
-        for event, accepted in zip(chunk, response.json()):
+        for event, accepted in zip(chunk, response.json(), strict=True):  # one answer per event
             label = "too-big" if event["payload"].get("order_id") == "order-too-big" else "event"
             jobs.update({uuid.UUID(job_id): label for job_id in accepted["job_ids"]})
     console.print(f"posted {len(events)} domain events in lists of 100 ({DEMO_USERS} users joining "
@@ -155,7 +161,8 @@ def _show_projections(client: httpx.Client, console: Console, product_id: str) -
 def _post_jobs(client: httpx.Client, console: Console) -> dict[uuid.UUID, str]:
     """Post noop jobs, jobs that fail once and then succeed, and one that fails for good."""
     posted: dict[uuid.UUID, str] = {}
-    plan = [("noop", {}, "noop")] * 200 + [("fail", {"fail_times": 1, "message": "flaky, once"}, "flaky")] * 20
+    plan: list[tuple[str, Json, str]] = [("noop", {}, "noop")] * 200
+    plan += [("fail", {"fail_times": 1, "message": "flaky, once"}, "flaky")] * 20
     plan.append(("fail", {"permanent": True, "message": "the demo's broken job"}, "broken"))
     for kind, args, label in plan:
         response = client.post("/jobs", json={"kind": kind, "args": args})
@@ -165,9 +172,9 @@ def _post_jobs(client: httpx.Client, console: Console) -> dict[uuid.UUID, str]:
     return posted
 
 
-def _wait_for(client: httpx.Client, console: Console, jobs: dict[uuid.UUID, str], title: str) -> dict[uuid.UUID, dict]:
+def _wait_for(client: httpx.Client, console: Console, jobs: dict[uuid.UUID, str], title: str) -> dict[uuid.UUID, Json]:
     """Poll each job until it is terminal (bounded), with a progress bar."""
-    states: dict[uuid.UUID, dict] = {}
+    states: dict[uuid.UUID, Json] = {}
     pending = list(jobs)
     deadline = time.monotonic() + WAIT_SECONDS
     with Progress(console=console, transient=False) as progress:
@@ -189,7 +196,7 @@ def _wait_for(client: httpx.Client, console: Console, jobs: dict[uuid.UUID, str]
     return states
 
 
-def _all_jobs(client: httpx.Client) -> Iterable[dict]:
+def _all_jobs(client: httpx.Client) -> Iterable[Json]:
     cursor = None
     while True:
         page = client.get("/jobs", params={"limit": 500, **({"cursor": cursor} if cursor else {})}).json()
@@ -199,7 +206,7 @@ def _all_jobs(client: httpx.Client) -> Iterable[dict]:
             return
 
 
-def _summarise(console: Console, client: httpx.Client, states: dict[uuid.UUID, dict], database_url: str) -> None:
+def _summarise(console: Console, client: httpx.Client, states: dict[uuid.UUID, Json], database_url: str) -> None:
     counts = collections.Counter((job["kind"], job["status"]) for job in _all_jobs(client))
     table = Table(title="all jobs by kind and status")
     for column in ("kind", "status", "jobs"):
@@ -212,14 +219,16 @@ def _summarise(console: Console, client: httpx.Client, states: dict[uuid.UUID, d
     for job_id, state in _failed(states.values()):
         console.print(f"failed for good: {job_id} ({state['error_type']}: {state['error_message']})")
         console.print("replay it with:")
-        console.print(f"  JOBRUNNER_DATABASE_URL={database_url} jobctl replay {job_id} --reason 'fixed it'", markup=False)
+        console.print(
+            f"  JOBRUNNER_DATABASE_URL={database_url} jobctl replay {job_id} --reason 'fixed it'", markup=False
+        )
 
 
-def _failed(states: Iterable[dict]) -> list[tuple[str, dict]]:
+def _failed(states: Iterable[Json]) -> list[tuple[str, Json]]:
     return [(s["id"], s) for s in states if s["status"] == "failed"]
 
 
-def _as_expected(states: dict[uuid.UUID, dict]) -> bool:
+def _as_expected(states: dict[uuid.UUID, Json]) -> bool:
     want = {"noop": "succeeded", "flaky": "succeeded", "broken": "failed", "event": "succeeded", "too-big": "failed"}
     return all(s["status"] == want[s["label"]] for s in states.values())
 
