@@ -26,7 +26,9 @@ def healthz(request: Request, database: Annotated[db.Database, Depends(get_datab
         with database.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
     except sa_exc.SQLAlchemyError as exc:
-        problems.append(f"database unreachable: {type(exc.orig or exc).__name__}")
+        # A driver's error (DBAPIError) names its cause in .orig; others (a pool timeout) have none.
+        cause = exc.orig if isinstance(exc, sa_exc.DBAPIError) else None
+        problems.append(f"database unreachable: {type(cause or exc).__name__}")
     try:
         request.app.state.broker.client.ping()
     except RedisError as exc:

@@ -182,3 +182,15 @@ def test_a_failure_message_with_nul_is_recorded_escaped(database, make_job, fetc
     with db.session_scope(database.sessions) as session:
         store.record_failure(session, job, RuntimeError("bad \x00 byte"), backoff_seconds=0)
     assert fetch(job_id)[0].error_message == "bad \\x00 byte"
+
+
+def test_healthz_is_503_when_no_database_connection_is_free(client, monkeypatch):
+    from sqlalchemy import exc as sa_exc
+
+    def no_connection():  # a pool timeout: a SQLAlchemyError that wraps no driver error (no .orig)
+        raise sa_exc.TimeoutError("QueuePool limit reached")
+
+    monkeypatch.setattr(client.app.state.database.engine, "connect", no_connection)
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json()["detail"] == "database unreachable: TimeoutError"
