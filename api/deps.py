@@ -17,7 +17,8 @@ _bearer = HTTPBearer(auto_error=False, description="Needed when JOBRUNNER_API_TO
 
 def get_database(request: Request) -> db.Database:
     """The app's database (built by the lifespan)."""
-    return request.app.state.database
+    database: db.Database = request.app.state.database
+    return database
 
 
 def get_session(database: Annotated[db.Database, Depends(get_database)]) -> Iterator[Session]:

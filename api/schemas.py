@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Protocol, Union
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -21,6 +21,16 @@ class ErrorBody(BaseModel):
     detail: str | list[dict[str, Any]]
 
 
+class JobRequestBody(Protocol):
+    """What every variant of :func:`job_request_model` holds, as the route reads it."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def args(self) -> BaseModel | dict[str, Any]: ...
+
+
 def job_request_model(kinds: list[JobKind]) -> Any:
     """``POST /jobs``'s body: one variant per public kind, ``kind`` naming it and ``args`` its model,
     so the OpenAPI document tells clients exactly what each kind takes (and FastAPI checks it)."""
@@ -28,12 +38,13 @@ def job_request_model(kinds: list[JobKind]) -> Any:
     for kind in kinds:
         name = "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]+", kind.name)) + "JobRequest"
         args_type: Any = kind.args_model or dict[str, Any]
+        kind_type: Any = Literal[kind.name]
         variants.append(
             create_model(
                 name,
                 __config__=ConfigDict(extra="forbid"),
                 __doc__=f"A ``{kind.name}`` job.",
-                kind=(Literal[kind.name], ...),  # type: ignore[valid-type]
+                kind=(kind_type, ...),
                 args=(args_type, Field(default_factory=args_type)),
             )
         )

@@ -43,7 +43,13 @@ _UPLOAD_BODY = {
                 "schema": {
                     "type": "object",
                     "required": ["file"],
-                    "properties": {"file": {"type": "string", "format": "binary", "description": "A UTF-8 CSV file with a header row."}},
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "A UTF-8 CSV file with a header row.",
+                        }
+                    },
                 }
             }
         },

@@ -71,7 +71,7 @@ class UploadSink:
         # "x": never overwrite, even if two keys collided.
         self._file = self.path.open("xb")
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         """Append ``data``.
 
         Raises:
