@@ -16,4 +16,4 @@ def run_job(job_id: str) -> None:
 def declare_actors(broker: dramatiq.Broker, queues: set[str]) -> None:
     """Declare one actor per queue on ``broker``, so a worker consumes each of them."""
     for queue in sorted(queues):
-        dramatiq.actor(run_job, broker=broker, actor_name=producer.actor_name(queue), queue_name=queue)
+        dramatiq.actor(broker=broker, actor_name=producer.actor_name(queue), queue_name=queue)(run_job)

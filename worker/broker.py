@@ -30,7 +30,8 @@ def make_worker_broker(
     first, then interrupts. ``database``: a ready one (tests); by default it is built at worker boot.
     """
     state = WorkerState(settings=settings, registry=registry, database=database)
-    broker = RedisBroker(client=producer.redis_client(settings), middleware=[])
+    # Dramatiq's RedisBroker.__init__ carries no annotations (dramatiq is only partly typed).
+    broker = RedisBroker(client=producer.redis_client(settings), middleware=[])  # type: ignore[no-untyped-call]
     broker.add_middleware(WorkerLifecycle(state))
     broker.add_middleware(JobSessionMiddleware(state))
     broker.add_middleware(TimeLimit(time_limit=settings.time_limit_seconds * 1000))
