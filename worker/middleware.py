@@ -79,7 +79,7 @@ def run_current_job() -> None:
             raise errors.UnknownJobKind(f"this worker has no job kind {current.job.kind!r}")
         current.job.args = current.kind.parse_args(current.job.args)
         current.kind.handler(current.session, current.job)
-    except BaseException as exc:  # noqa: BLE001 - TimeLimitExceeded and Shutdown are failures too
+    except BaseException as exc:  # TimeLimitExceeded and Shutdown are failures too
         current.error = exc
 
 
@@ -156,7 +156,11 @@ class JobSessionMiddleware(Middleware):
     def _claim(self, connection: Connection, job_id: uuid.UUID) -> registry.RunningJob:
         """Claim the job, or raise SkipMessage saying why not."""
         claim = functools.partial(
-            store.claim_job, connection, job_id, worker_id=self.state.worker_id, lease_seconds=self.settings.lease_seconds
+            store.claim_job,
+            connection,
+            job_id,
+            worker_id=self.state.worker_id,
+            lease_seconds=self.settings.lease_seconds,
         )
         job = claim()
         if job is not None:
@@ -186,7 +190,7 @@ class JobSessionMiddleware(Middleware):
                 session.commit()
             else:
                 session.rollback()
-        except BaseException as exc:  # noqa: BLE001 - the commit failed: that is the job's failure
+        except BaseException as exc:  # the commit failed: that is the job's failure
             _close(current)
             self._fail(current, exc)
             return
@@ -205,7 +209,9 @@ class JobSessionMiddleware(Middleware):
         job = current.job
         backoff = self.settings.retry_backoff_seconds
         try:
-            status = self._record(job, lambda session: store.record_failure(session, job, error, backoff_seconds=backoff))
+            status = self._record(
+                job, lambda session: store.record_failure(session, job, error, backoff_seconds=backoff)
+            )
         except _Unrecorded:
             return
         if status is JobStatus.RETRYING:

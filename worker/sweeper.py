@@ -44,7 +44,9 @@ def sweep_once(database: db.Database, settings: Settings) -> SweepReport:
     for job_id in report.requeued:
         logger.info("job %s lost its worker; queued again", job_id, extra={"job_id": str(job_id), "action": "requeued"})
     for job_id in report.quarantined:
-        logger.error("job %s failed: its worker died too often", job_id, extra={"job_id": str(job_id), "action": "quarantined"})
+        logger.error(
+            "job %s failed: its worker died too often", job_id, extra={"job_id": str(job_id), "action": "quarantined"}
+        )
     if report.resent:
         logger.info("re-sent %d job(s) whose message seemed lost", len(report.resent))
     return report

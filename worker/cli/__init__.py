@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import click
 import pydantic
@@ -57,7 +57,7 @@ def main() -> None:
         _fail(exc, 1, verbose)
     except sa_exc.DBAPIError as exc:
         if _is_missing_schema(exc):
-            exc = RuntimeError("the database has no jobrunner tables yet: run `jobctl db upgrade` first")
+            _fail(RuntimeError("the database has no jobrunner tables yet: run `jobctl db upgrade` first"), 1, verbose)
         _fail(exc, 1, verbose)
     except typer.Abort:
         _fail(RuntimeError("aborted"), 1, verbose)
@@ -65,7 +65,7 @@ def main() -> None:
         # Click's own errors (a bad option is usage: 2). Recent Typer raises them from its own
         # copy of Click, which click.ClickException does not match.
         _fail(exc, exc.exit_code, verbose)
-    except Exception as exc:  # noqa: BLE001 - the CLI's edge: one line, not a traceback
+    except Exception as exc:  # the CLI's edge: one line, not a traceback
         _fail(exc, 1, verbose)
     sys.exit(code if isinstance(code, int) else 0)
 
@@ -75,7 +75,7 @@ def _is_missing_schema(exc: sa_exc.DBAPIError) -> bool:
     return "no such table" in message or ("relation" in message and "does not exist" in message)
 
 
-def _fail(exc: BaseException, code: int, verbose: bool) -> None:
+def _fail(exc: BaseException, code: int, verbose: bool) -> NoReturn:
     if verbose:
         import traceback
 

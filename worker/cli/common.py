@@ -60,7 +60,7 @@ def parse_time(value: str) -> dt.datetime:
         parsed = dt.datetime.fromisoformat(value)
     except ValueError:
         raise UsageError(f"not a duration (30m, 2h, 3d) or an ISO time: {value!r}") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
 def parse_ids(values: list[str]) -> list[uuid.UUID]:

@@ -18,7 +18,9 @@ app = typer.Typer(help="Domain events and their projections.", no_args_is_help=T
 @app.command("rebuild")
 def rebuild(
     projection: Annotated[str, typer.Argument(help="The projection: orgs or products.")],
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only compare with the live rows; change nothing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only compare with the live rows; change nothing.")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Recompute a projection from its initial rows and the ledger of applied events."""

@@ -112,7 +112,9 @@ def sweep(as_json: JsonOption = False) -> None:
 
 
 def prune(
-    succeeded_older_than: Annotated[str, typer.Option(help="Delete succeeded jobs finished before this (e.g. 7d).")] = "7d",
+    succeeded_older_than: Annotated[
+        str, typer.Option(help="Delete succeeded jobs finished before this (e.g. 7d).")
+    ] = "7d",
     failed_older_than: Annotated[str | None, typer.Option(help="Also delete failed jobs finished before this.")] = None,
     as_json: JsonOption = False,
 ) -> None:

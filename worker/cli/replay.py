@@ -38,7 +38,9 @@ def replay(
     error_type: Annotated[str | None, typer.Option(help="Error type is exactly this.")] = None,
     batch: Annotated[str | None, typer.Option(help="Failed chunk jobs of this batch.")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="At most this many.")] = None,
-    all_failed: Annotated[bool, typer.Option("--all-failed", help="Every failed job (no other selector needed).")] = False,
+    all_failed: Annotated[
+        bool, typer.Option("--all-failed", help="Every failed job (no other selector needed).")
+    ] = False,
     reason: Annotated[str | None, typer.Option(help="Why, kept in each job's history.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be replayed; change nothing.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
@@ -85,7 +87,9 @@ def replay(
         raise typer.Exit(1)
 
 
-def _replay_batch(database: db.Database, batch: str, job_ids: list[uuid.UUID], *, reason: str | None) -> list[uuid.UUID]:
+def _replay_batch(
+    database: db.Database, batch: str, job_ids: list[uuid.UUID], *, reason: str | None
+) -> list[uuid.UUID]:
     """Replay a batch's selected failed jobs and reopen the batch for a new run, in one transaction."""
     try:
         batch_id = uuid.UUID(batch)
@@ -95,7 +99,9 @@ def _replay_batch(database: db.Database, batch: str, job_ids: list[uuid.UUID], *
         return batches.replay_batch(session, batch_id, reason=reason, job_ids=job_ids)
 
 
-def _replay_in_chunks(database: db.Database, job_ids: list[uuid.UUID], *, reason: str | None, quiet: bool) -> list[uuid.UUID]:
+def _replay_in_chunks(
+    database: db.Database, job_ids: list[uuid.UUID], *, reason: str | None, quiet: bool
+) -> list[uuid.UUID]:
     replayed: list[uuid.UUID] = []
     with Progress(console=new_console(err=True), disable=quiet or len(job_ids) <= REPLAY_CHUNK) as progress:
         task = progress.add_task("replaying", total=len(job_ids))
