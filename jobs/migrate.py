@@ -18,7 +18,8 @@ def alembic_config(url: str | URL) -> Config:
     """An Alembic config for the database at ``url``, without an ini file."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    config.set_main_option("sqlalchemy.url", db.normalize_url(url).render_as_string(hide_password=False).replace("%", "%%"))
+    rendered = db.normalize_url(url).render_as_string(hide_password=False)
+    config.set_main_option("sqlalchemy.url", rendered.replace("%", "%%"))
     return config
 
 

@@ -26,7 +26,10 @@ connection = config.attributes.get("connection")
 if connection is not None:
     _run(connection)
 else:
-    engine = db.make_engine(config.get_main_option("sqlalchemy.url"), pool_size=1, application_name="jobrunner-migrate")
+    url = config.get_main_option("sqlalchemy.url")
+    if url is None:
+        raise RuntimeError("no database to migrate: pass a connection or sqlalchemy.url (see jobs.migrate)")
+    engine = db.make_engine(url, pool_size=1, application_name="jobrunner-migrate")
     try:
         with engine.connect() as conn:
             _run(conn)

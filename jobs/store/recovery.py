@@ -60,7 +60,7 @@ def _as_running(session: Session, job: models.Job) -> registry.RunningJob:
 
 
 def _take_back(session: Session, job: models.Job, *, now: dt.datetime, quarantine_after_lost: int) -> JobStatus:
-    earlier_deaths = session.scalar(
+    earlier_deaths = session.execute(
         select(func.count())
         .select_from(models.JobAttempt)
         .where(
@@ -68,7 +68,7 @@ def _take_back(session: Session, job: models.Job, *, now: dt.datetime, quarantin
             models.JobAttempt.run == job.replay_count,
             models.JobAttempt.outcome == AttemptOutcome.LOST,
         )
-    )
+    ).scalar_one()
     deaths = earlier_deaths + 1
     session.execute(INSERT_ATTEMPT, attempt_row(
         job, outcome=AttemptOutcome.LOST, finished_at=now,
@@ -131,7 +131,10 @@ def resend_overdue_jobs(session: Session, *, older_than_seconds: float, limit: i
     if session.get_bind().dialect.name == "postgresql":
         overdue = overdue.with_for_update(skip_locked=True)
     rows = session.execute(
-        update(_jobs).where(_jobs.c.id.in_(overdue.scalar_subquery())).values(enqueued_at=now).returning(_jobs.c.id, _jobs.c.queue)
+        update(_jobs)
+        .where(_jobs.c.id.in_(overdue.scalar_subquery()))
+        .values(enqueued_at=now)
+        .returning(_jobs.c.id, _jobs.c.queue)
     ).all()
     for row in rows:
         sending.send_after_commit(session, sending.JobMessage(row.id, row.queue))
