@@ -9,7 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+import psycopg
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -119,6 +120,15 @@ def make_database(
     sessions = sessionmaker(engine, expire_on_commit=False, info=info)
     sending.install(sessions)
     return Database(engine=engine, sessions=sessions)
+
+
+def psycopg_connection(conn: Connection) -> psycopg.Connection[Any]:
+    """The psycopg connection under ``conn``, on PostgreSQL (:func:`normalize_url` picks psycopg 3),
+    for what SQLAlchemy does not do (COPY, statements run straight on the driver's cursor)."""
+    driver = conn.connection.driver_connection
+    if not isinstance(driver, psycopg.Connection):
+        raise TypeError(f"not a psycopg connection: {type(driver).__name__} (PostgreSQL through psycopg 3 only)")
+    return driver
 
 
 def get_or_raise(

@@ -30,7 +30,7 @@ import io
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
@@ -38,7 +38,7 @@ import pydantic
 from sqlalchemy import insert, text
 from sqlalchemy.orm import Session
 
-from jobs import errors, registry, store
+from jobs import db, errors, registry, store
 from jobs.kinds.events import outbox as events
 from jobs.kinds.files import csvrows
 from jobs.kinds.files import errors as file_errors
@@ -151,7 +151,7 @@ def _open_stored(session: Session, file: file_models.File) -> BinaryIO:
         raise errors.PermanentError(f"the stored file is missing ({file.storage_key} in the storage dir)") from exc
 
 
-def _read_ahead(items: Iterator[_T]) -> Iterator[_T]:
+def _read_ahead(items: Iterator[_T]) -> Generator[_T, None, None]:
     """The items of ``items``, the next one read in a thread while the caller works on this one.
 
     Reading the file (Python) then overlaps writing the block before (mostly the database's time,
@@ -220,17 +220,21 @@ class _Ingest:
             if isinstance(item, list) and len(item) == width:
                 good.append((number, item))
             else:
-                reason = item.reason if isinstance(item, csvrows.BadRecord) else f"expected {width} fields, got {len(item)}"
+                if isinstance(item, csvrows.BadRecord):
+                    reason = item.reason
+                else:
+                    reason = f"expected {width} fields, got {len(item)}"
                 errors.append((number, reason))
         if self.stage is not None:
             return _Block(chunk.row_count, chunk.end_offset, _CsvStage.write_numbered(good), True, [], errors)
-        objects = [(number, dict(zip(self.header, fields))) for number, fields in good]
+        objects = [(number, dict(zip(self.header, fields, strict=True))) for number, fields in good]  # width checked
         return _Block(chunk.row_count, chunk.end_offset, None, False, objects, errors)
 
     def write(self, block: _Block) -> None:
         """Write the block's good rows in one go, and count the block in the file row."""
         file, before = self.file, self.file.rows_total
         if block.stage_csv is not None:
+            assert self.stage is not None  # prepare() gives a block stage CSV only when there is a stage
             self.stage.copy(self.session, file.id, block.stage_csv, rows_before=before, numbered=block.numbered)
         else:
             insert_records(self.session, file.id, [(before + number, data) for number, data in block.objects])
@@ -266,7 +270,7 @@ def insert_records(session: Session, file_id: uuid.UUID, rows: list[tuple[int, d
         [f"{prefix}{n}\t{_encode_json(row).replace(_BACKSLASH, _ESCAPED_BACKSLASH)}{suffix}" for n, row in rows]
     )
     # psycopg's COPY runs on the session's own connection, so it is part of the job's transaction.
-    with conn.connection.driver_connection.cursor() as cursor, cursor.copy(_COPY_RECORDS) as copy:
+    with db.psycopg_connection(conn).cursor() as cursor, cursor.copy(_COPY_RECORDS) as copy:
         copy.write(data.encode())
 
 
@@ -331,7 +335,9 @@ class _CsvStage:
             time.sleep(0)  # let the job's thread have the GIL, as csvrows does while it parses
         return out.getvalue().encode()
 
-    def copy(self, session: Session, file_id: uuid.UUID, data: bytes, *, rows_before: int, numbered: bool = False) -> None:
+    def copy(
+        self, session: Session, file_id: uuid.UUID, data: bytes, *, rows_before: int, numbered: bool = False
+    ) -> None:
         """Insert the rows of ``data`` as the file's records numbered from ``rows_before + 1`` on, in
         the session's transaction. ``data`` is plain CSV of this width (see
         :attr:`csvrows.Chunk.plain_csv`), or with ``numbered`` what :meth:`write_numbered` made."""
@@ -339,7 +345,7 @@ class _CsvStage:
             self._run(session, self._copy_numbered if numbered else self._copy_plain, data, file_id, rows_before)
 
     def _run(self, session: Session, copy_sql: str, data: bytes, file_id: uuid.UUID, rows_before: int) -> None:
-        driver = session.connection().connection.driver_connection
+        driver = db.psycopg_connection(session.connection())
         with driver.cursor() as cursor:
             cursor.execute(self._prepare)
             with cursor.copy(copy_sql) as copy:
