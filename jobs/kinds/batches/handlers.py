@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 import pydantic
-from sqlalchemy import ColumnElement, bindparam, func, insert, select, text, update
+from sqlalchemy import ColumnElement, CursorResult, bindparam, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from jobs import errors, registry, store
@@ -29,6 +30,8 @@ from jobs.kinds.files.models import RecordStatus
 
 #: Planning a very large file must not be cut off by the default time limit.
 PLAN_TIME_LIMIT_SECONDS = 3600
+
+_T = TypeVar("_T")
 
 _records = file_models.Record.__table__
 _chunks = batch_models.BatchChunk.__table__
@@ -99,7 +102,7 @@ def plan_batch(session: Session, job: registry.RunningJob) -> None:
         session.execute(insert(_chunks), [
             {"batch_id": batch.id, "number": n, "job_id": job_id, "status": ChunkStatus.PENDING.value,
              "processed": 0, "failed": 0, **chunk}
-            for n, (job_id, chunk) in enumerate(zip(job_ids, ranges))
+            for n, (job_id, chunk) in enumerate(zip(job_ids, ranges, strict=True))  # one job per range
         ])
     batch.status = BatchStatus.RUNNING
     batch.total = sum(chunk["size"] for chunk in ranges)
@@ -143,13 +146,17 @@ def fail_chunk_records(session: Session, job: registry.RunningJob, error: BaseEx
     chunk = _lock_chunk(session, batch_id, number) if batch_id is not None and number is not None else None
     if chunk is None or chunk.status != ChunkStatus.PENDING:
         return  # gone, or counted already (a replay that failed before it reopened the chunk)
-    batch = session.get(batch_models.Batch, batch_id)
+    batch = session.get_one(batch_models.Batch, batch_id)  # the chunk's batch (a foreign key)
     details = store.describe_error(error)
     reason = f"the chunk failed: {details['error_type']}: {details['error_message']}"
-    failed = session.execute(
-        update(_records)
-        .where(_chunk_records(batch, chunk))
-        .values(status=RecordStatus.FAILED.value, errors=[reason])
+    # Session.execute is typed Result; a DML statement's is a CursorResult, which has the rowcount.
+    failed = cast(
+        "CursorResult[Any]",
+        session.execute(
+            update(_records)
+            .where(_chunk_records(batch, chunk))
+            .values(status=RecordStatus.FAILED.value, errors=[reason])
+        ),
     ).rowcount
     batches.finish_chunk(session, chunk, ChunkStatus.FAILED, processed=failed, failed=failed)
 
@@ -168,7 +175,7 @@ def run_chunk(session: Session, job: registry.RunningJob) -> None:
         session.refresh(chunk)
     if chunk.status != ChunkStatus.PENDING:
         return  # counted already
-    batch = session.get(batch_models.Batch, args.batch_id, populate_existing=True)
+    batch = session.get_one(batch_models.Batch, args.batch_id, populate_existing=True)  # the chunk's batch
     if batch.cancelled_at is not None:
         batches.finish_chunk(session, chunk, ChunkStatus.CANCELLED, processed=chunk.processed, failed=chunk.failed)
         return
@@ -213,7 +220,7 @@ def _write_results(session: Session, results: list[batches.RecordResult]) -> Non
     ])
 
 
-def _arg(args: Any, name: str, convert: type) -> Any:
+def _arg(args: Any, name: str, convert: Callable[[str], _T]) -> _T | None:
     """One argument of a hook's job: from the model, or from the raw dict if it no longer fits."""
     value = getattr(args, name, None) if not isinstance(args, dict) else args.get(name)
     try:

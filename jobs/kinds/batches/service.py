@@ -20,9 +20,9 @@ import datetime as dt
 import re
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import case, exists, select, update
+from sqlalchemy import CursorResult, case, exists, select, update
 from sqlalchemy.orm import Session
 
 from jobs import db, models, store
@@ -151,7 +151,7 @@ def apply_operation(func: Operation, record_id: int, data: dict[str, Any]) -> Re
         return RecordResult(record_id, func(dict(data)), RecordStatus.PROCESSED, None)
     except batch_errors.RecordRejected as exc:
         return RecordResult(record_id, data, RecordStatus.FAILED, exc.problems)
-    except Exception as exc:  # noqa: BLE001 - per-record isolation: one bad record fails alone
+    except Exception as exc:  # per-record isolation: one bad record fails alone
         return RecordResult(record_id, data, RecordStatus.FAILED, [f"{type(exc).__name__}: {exc}"])
 
 
@@ -180,7 +180,11 @@ def create_batch(
         raise batch_errors.InvalidBatch("give either file_id or record_ids (one of them)")
     if not 1 <= chunk_size <= MAX_CHUNK_SIZE:
         raise batch_errors.InvalidBatch(f"chunk_size must be between 1 and {MAX_CHUNK_SIZE}, got {chunk_size}")
-    ids = _check_file(session, file_id) if file_id is not None else _check_record_ids(session, record_ids or [])
+    ids: list[int] | None = None  # a file's batch takes all its records, known when it is planned
+    if file_id is not None:
+        _check_file(session, file_id)
+    else:
+        ids = _check_record_ids(session, record_ids or [])
     batch_id = uuid.uuid4()
     job = store.create_job(session, PLAN_KIND, {"batch_id": str(batch_id)})
     session.flush()  # the job row first: the batch row refers to it (no relationship orders them)
@@ -217,7 +221,9 @@ def _check_record_ids(session: Session, record_ids: Sequence[int]) -> list[int]:
 
 # --- counting and completing -----------------------------------------------------------------------
 
-def finish_chunk(session: Session, chunk: batch_models.BatchChunk, status: ChunkStatus, *, processed: int, failed: int) -> bool:
+def finish_chunk(
+    session: Session, chunk: batch_models.BatchChunk, status: ChunkStatus, *, processed: int, failed: int
+) -> bool:
     """Record a chunk's outcome and add its share to the batch in one atomic UPDATE (in the caller's
     transaction); complete the batch if this was its last chunk. ``chunk`` is the locked, pending
     chunk row. Returns whether the batch completed."""
@@ -287,7 +293,9 @@ def cancel_batch(session: Session, batch_id: uuid.UUID) -> batch_models.Batch:
     """
     batch = lock_batch(session, batch_id)
     if batch.status in batch_models.BATCH_TERMINAL:
-        raise batch_errors.BatchNotCancellable(f"batch {batch_id} is {batch.status}; only an unfinished batch can be cancelled")
+        raise batch_errors.BatchNotCancellable(
+            f"batch {batch_id} is {batch.status}; only an unfinished batch can be cancelled"
+        )
     batch.cancelled_at = batch.cancelled_at or store.utcnow()
     session.flush()
     if batch.status == BatchStatus.PLANNING:
@@ -297,7 +305,9 @@ def cancel_batch(session: Session, batch_id: uuid.UUID) -> batch_models.Batch:
             session.flush()
             complete_batch(session, batch_id)
     else:
-        pending = select(_chunks.c.job_id).where(_chunks.c.batch_id == batch_id, _chunks.c.status == ChunkStatus.PENDING.value)
+        pending = select(_chunks.c.job_id).where(
+            _chunks.c.batch_id == batch_id, _chunks.c.status == ChunkStatus.PENDING.value
+        )
         if store.cancel_jobs(session, pending):
             _count_cancelled_chunks(session, batch_id)
     session.refresh(batch)
@@ -306,10 +316,14 @@ def cancel_batch(session: Session, batch_id: uuid.UUID) -> batch_models.Batch:
 
 def _count_cancelled_chunks(session: Session, batch_id: uuid.UUID) -> None:
     job_cancelled = exists().where(_jobs.c.id == _chunks.c.job_id, _jobs.c.status == models.JobStatus.CANCELLED.value)
-    cancelled = session.execute(
-        update(_chunks)
-        .where(_chunks.c.batch_id == batch_id, _chunks.c.status == ChunkStatus.PENDING.value, job_cancelled)
-        .values(status=ChunkStatus.CANCELLED.value)
+    # Session.execute is typed Result; a DML statement's is a CursorResult, which has the rowcount.
+    cancelled = cast(
+        "CursorResult[Any]",
+        session.execute(
+            update(_chunks)
+            .where(_chunks.c.batch_id == batch_id, _chunks.c.status == ChunkStatus.PENDING.value, job_cancelled)
+            .values(status=ChunkStatus.CANCELLED.value)
+        ),
     ).rowcount
     if cancelled:
         count_done(session, batch_id, chunks=cancelled)
@@ -325,7 +339,13 @@ def lock_batch(session: Session, batch_id: uuid.UUID) -> batch_models.Batch:
         BatchNotFound: there is none.
     """
     return db.get_or_raise(
-        session, batch_models.Batch, batch_id, batch_errors.BatchNotFound, what="batch", with_for_update=True, populate_existing=True
+        session,
+        batch_models.Batch,
+        batch_id,
+        batch_errors.BatchNotFound,
+        what="batch",
+        with_for_update=True,
+        populate_existing=True,
     )
 
 
@@ -383,7 +403,13 @@ def replay_batch(
         BatchNotFound: there is no such batch.
     """
     batch = db.get_or_raise(
-        session, batch_models.Batch, batch_id, batch_errors.BatchNotFound, what="batch", with_for_update=True, populate_existing=True
+        session,
+        batch_models.Batch,
+        batch_id,
+        batch_errors.BatchNotFound,
+        what="batch",
+        with_for_update=True,
+        populate_existing=True,
     )
     chunks = batch_models.BatchChunk.__table__
     query = (
@@ -396,10 +422,14 @@ def replay_batch(
     replayed = store.replay_jobs(session, list(session.scalars(query)), reason=reason)
     reopen_batch_chunks(session, batch_id, replayed)
     wanted = job_ids is None or batch.job_id in job_ids
-    if batch.status == batch_models.BatchStatus.FAILED and batch.job_id is not None and wanted:
-        if store.replay_jobs(session, [batch.job_id], reason=reason):
-            replayed.append(batch.job_id)
-            batch.status, batch.error_message, batch.finished_at = batch_models.BatchStatus.PLANNING, None, None
+    if (
+        batch.status == batch_models.BatchStatus.FAILED
+        and batch.job_id is not None
+        and wanted
+        and store.replay_jobs(session, [batch.job_id], reason=reason)
+    ):
+        replayed.append(batch.job_id)
+        batch.status, batch.error_message, batch.finished_at = batch_models.BatchStatus.PLANNING, None, None
     session.flush()
     return replayed
 
@@ -412,11 +442,14 @@ def reopen_batch_chunks(session: Session, batch_id: uuid.UUID, job_ids: Sequence
     if not job_ids:
         return 0
     chunks, batches = batch_models.BatchChunk.__table__, batch_models.Batch.__table__
-    reopened = session.execute(
-        update(chunks)
-        .where(chunks.c.batch_id == batch_id, chunks.c.job_id.in_(job_ids),
-               chunks.c.status == batch_models.ChunkStatus.FAILED.value)
-        .values(status=batch_models.ChunkStatus.PENDING.value)
+    reopened = cast(
+        "CursorResult[Any]",  # Session.execute is typed Result; a DML statement's is a CursorResult
+        session.execute(
+            update(chunks)
+            .where(chunks.c.batch_id == batch_id, chunks.c.job_id.in_(job_ids),
+                   chunks.c.status == batch_models.ChunkStatus.FAILED.value)
+            .values(status=batch_models.ChunkStatus.PENDING.value)
+        ),
     ).rowcount
     if reopened:
         finished = batches.c.status != batch_models.BatchStatus.RUNNING.value

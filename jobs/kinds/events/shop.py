@@ -9,10 +9,10 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import pydantic
-from sqlalchemy import case, select, update
+from sqlalchemy import CursorResult, case, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
@@ -94,10 +94,14 @@ def take_inventory(session: Session, event: events.StoredEvent) -> None:
         PermanentError: there is no such product.
     """
     payload: OrderCreated = event.payload
-    taken = session.execute(
-        update(_products)
-        .where(_products.c.id == payload.product_id, _products.c.inventory >= payload.quantity)
-        .values(inventory=_products.c.inventory - payload.quantity, sales_count=_products.c.sales_count + 1)
+    # Session.execute is typed Result; a DML statement's is a CursorResult, which has the rowcount.
+    taken = cast(
+        "CursorResult[Any]",
+        session.execute(
+            update(_products)
+            .where(_products.c.id == payload.product_id, _products.c.inventory >= payload.quantity)
+            .values(inventory=_products.c.inventory - payload.quantity, sales_count=_products.c.sales_count + 1)
+        ),
     ).rowcount
     if taken == 1:
         return
