@@ -55,5 +55,7 @@ def notify_batch_completed(session: Session, event: events.StoredEvent) -> None:
 
 
 def _notify(session: Session, event: events.StoredEvent, message: str) -> None:
-    session.add(event_models.Notification(event_id=event.id, event_type=event.type, message=message, created_at=store.utcnow()))
+    session.add(
+        event_models.Notification(event_id=event.id, event_type=event.type, message=message, created_at=store.utcnow())
+    )
     session.flush()

@@ -160,7 +160,11 @@ class Accepted:
 
 
 def emit(
-    session: Session, type_name: str, payload: Mapping[str, Any] | pydantic.BaseModel, *, event_id: uuid.UUID | None = None
+    session: Session,
+    type_name: str,
+    payload: Mapping[str, Any] | pydantic.BaseModel,
+    *,
+    event_id: uuid.UUID | None = None,
 ) -> Accepted:
     """Store one event and its handler jobs in ``session``: they exist only if it commits.
 
@@ -300,7 +304,9 @@ def get_event(session: Session, event_id: uuid.UUID) -> tuple[event_models.Event
     event = db.get_or_raise(session, event_models.Event, event_id, event_errors.EventNotFound, what="event")
     job_ids = [uuid.UUID(j["job_id"]) for j in event.handler_jobs]
     jobs = {job.id: job for job in session.scalars(select(models.Job).where(models.Job.id.in_(job_ids)))}
-    applied = dict(session.execute(select(_ledger.c.handler, _ledger.c.applied_at).where(_ledger.c.event_id == event_id)).all())
+    applied = dict(
+        session.execute(select(_ledger.c.handler, _ledger.c.applied_at).where(_ledger.c.event_id == event_id)).all()
+    )
     states = [HandlerState(j["handler"], jobs.get(uuid.UUID(j["job_id"])), applied.get(j["handler"]))
               for j in event.handler_jobs]
     return event, states

@@ -85,7 +85,9 @@ def rebuild_projection(session: Session, name: str, *, dry_run: bool = False) ->
     computed = spec.recompute(session)
     key = spec.table.c[spec.key]
     columns = sorted({column for values in computed.values() for column in values})
-    live = {row[0]: dict(zip(columns, row[1:])) for row in session.execute(select(key, *(spec.table.c[c] for c in columns)))}
+    # Each row is the key, then one value per column.
+    rows = session.execute(select(key, *(spec.table.c[c] for c in columns)))
+    live = {row[0]: dict(zip(columns, row[1:], strict=True)) for row in rows}
     changed = [k for k, values in computed.items() if k in live and live[k] != values]
     missing = [k for k in computed if k not in live]
     extra = [k for k in live if k not in computed] if spec.delete_extra else []

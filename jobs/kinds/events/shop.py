@@ -174,4 +174,5 @@ def get_product(session: Session, product_id: uuid.UUID) -> event_models.Product
 
 def get_org_stats(session: Session, org_id: str) -> event_models.OrgStats:
     """An org's projection; an org no event has touched yet has no users (not an error)."""
-    return session.get(event_models.OrgStats, org_id) or event_models.OrgStats(org_id=org_id, user_count=0, last_user_at=None)
+    stats = session.get(event_models.OrgStats, org_id)
+    return stats or event_models.OrgStats(org_id=org_id, user_count=0, last_user_at=None)
