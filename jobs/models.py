@@ -26,7 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):

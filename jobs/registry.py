@@ -85,7 +85,10 @@ class JobKind:
             InvalidJobArgs: they do not fit; the message says which field and why.
         """
         try:
-            stored = dict(args) if self.args_model is None else self.args_model.model_validate(args).model_dump(mode="json")
+            if self.args_model is None:
+                stored = dict(args)
+            else:
+                stored = self.args_model.model_validate(args).model_dump(mode="json")
         except pydantic.ValidationError as exc:
             raise errors.InvalidJobArgs(_describe(exc)) from exc
         # PostgreSQL's JSONB cannot hold a NUL character; refuse it on every database alike.

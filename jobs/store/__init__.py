@@ -55,6 +55,7 @@ __all__ = [
     "MAX_ERROR_CHARS", "MAX_RETRY_DELAY_SECONDS", "SWEEP_LOCK_KEY", "cancel_jobs", "checkpoint", "claim_job",
     "complete_job", "count_jobs", "create_job", "create_jobs", "describe_error", "describe_unclaimable",
     "get_job", "interrupt_job", "list_attempts", "list_jobs", "oldest_queued_at", "prune_jobs",
-    "record_failure", "recover_lost_jobs", "renew_claim", "renew_leases", "replay_job", "replay_jobs", "resend_overdue_jobs", "retry_delay_seconds", "select_failed_jobs",
+    "record_failure", "recover_lost_jobs", "renew_claim", "renew_leases", "replay_job", "replay_jobs",
+    "resend_overdue_jobs", "retry_delay_seconds", "select_failed_jobs",
     "try_sweep_lock", "utcnow",
 ]

@@ -76,7 +76,10 @@ def create_jobs(
     max_attempts = job_kind.max_attempts
     common = {"kind": kind, "queue": job_kind.queue, "status": JobStatus.QUEUED.value, "attempts": 0,
               "max_attempts": max_attempts, "created_at": now, "enqueued_at": now, "replay_count": 0}
-    rows = [{"id": job_id, "args": job_kind.validate_args(args), **common} for job_id, args in zip(ids, args_list)]
+    rows = [
+        {"id": job_id, "args": job_kind.validate_args(args), **common}
+        for job_id, args in zip(ids, args_list, strict=True)  # one ID per args, checked above
+    ]
     # Core executemany: SQLAlchemy's "insertmanyvalues" turns it into a few multi-row INSERTs.
     session.execute(_INSERT_JOBS, rows)
     for job_id in ids:

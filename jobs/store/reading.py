@@ -94,7 +94,9 @@ def select_failed_jobs(
     limit: int | None = None,
 ) -> list[models.Job]:
     """The ``failed`` jobs matching every given filter, oldest failure first (what a replay takes)."""
-    query = select(models.Job).where(models.Job.status == JobStatus.FAILED).order_by(models.Job.finished_at, models.Job.id)
+    query = (
+        select(models.Job).where(models.Job.status == JobStatus.FAILED).order_by(models.Job.finished_at, models.Job.id)
+    )
     if job_ids:
         query = query.where(models.Job.id.in_(job_ids))
     if kind is not None:
