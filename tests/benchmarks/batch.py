@@ -36,10 +36,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-import redis  # noqa: E402
-from sqlalchemy import text  # noqa: E402
+import redis
+from sqlalchemy import text
 
-from tests.benchmarks import common  # noqa: E402 - imports nothing of jobs
+from tests.benchmarks import common  # imports nothing of jobs
 
 REDIS_URL = common.redis_url(6)
 DB_NAME = "jobrunner_bench_batches"
@@ -51,14 +51,12 @@ TIMEOUT_SECONDS = 1800
 # Set before jobs reads its settings (get_settings is cached on first use).
 os.environ.update({"JOBRUNNER_DATABASE_URL": DB_URL, "JOBRUNNER_BROKER_URL": REDIS_URL})
 
-from jobs import db, kinds, models, store  # noqa: E402
-from jobs.config import get_settings  # noqa: E402
+from jobs import db, kinds, models, store
+from jobs.config import get_settings
 from jobs.kinds.batches import models as batch_models
 from jobs.kinds.batches import service as batches
 from jobs.kinds.files import models as file_models
-from worker import (
-    producer,  # noqa: E402
-    )
+from worker import producer
 
 _GENERATE = text("""
 INSERT INTO records (file_id, row_number, data, status)
@@ -170,7 +168,9 @@ def main() -> None:
         print(f"worker log: {workdir / 'worker.log'}")
 
 
-def report(options: argparse.Namespace, batch: batch_models.Batch, plan: models.Job, set_seconds: float, differences: int) -> None:
+def report(
+    options: argparse.Namespace, batch: batch_models.Batch, plan: models.Job, set_seconds: float, differences: int
+) -> None:
     total = (batch.finished_at - batch.created_at).total_seconds()
     planning = (plan.finished_at - plan.created_at).total_seconds()
     rate, set_rate = batch.processed / total, options.records / set_seconds

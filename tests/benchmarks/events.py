@@ -40,16 +40,16 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import httpx  # noqa: E402
-import redis  # noqa: E402
-from dramatiq import Message  # noqa: E402
-from dramatiq.brokers.redis import RedisBroker  # noqa: E402
-from sqlalchemy import insert, text  # noqa: E402
+import httpx
+import redis
+from dramatiq import Message
+from dramatiq.brokers.redis import RedisBroker
+from sqlalchemy import insert, text
 
-from jobs import db, kinds, models, store  # noqa: E402
-from jobs.config import Settings  # noqa: E402
-from jobs.kinds.events import models as event_models  # noqa: E402
-from tests.benchmarks import common  # noqa: E402
+from jobs import db, kinds, models, store
+from jobs.config import Settings
+from jobs.kinds.events import models as event_models
+from tests.benchmarks import common
 
 BENCH_DB = "jobrunner_bench_events"
 REDIS_URL = common.redis_url(9)
@@ -157,10 +157,11 @@ def scenario_bulk(url: str, n: int) -> float:
     lists = [e for part in event_lists(n) for e in part]
     event_rows = [{"id": e, "type": "user_registered", "payload": body["payload"],
                    "handler_jobs": [{"handler": "org_stats", "job_id": str(j)}], "created_at": now}
-                  for e, j, body in zip(event_ids, job_ids, lists)]
-    job_rows = [{"id": j, "kind": "event.handle", "queue": "default", "args": {"event_id": str(e), "handler": "org_stats"},
+                  for e, j, body in zip(event_ids, job_ids, lists, strict=True)]  # n of each
+    job_rows = [{"id": j, "kind": "event.handle", "queue": "default",
+                 "args": {"event_id": str(e), "handler": "org_stats"},
                  "status": "queued", "attempts": 0, "max_attempts": 5, "created_at": now, "enqueued_at": now,
-                 "replay_count": 0} for e, j in zip(event_ids, job_ids)]
+                 "replay_count": 0} for e, j in zip(event_ids, job_ids, strict=True)]
     try:
         started = time.perf_counter()
         with database.engine.begin() as conn:
@@ -218,11 +219,11 @@ def scenario_naive(url: str, engine, n: int, workdir: Path, timeout: float) -> f
     with engine.begin() as conn:
         conn.execute(insert(event_models.Event.__table__), [
             {"id": e, "type": "user_registered", "payload": b["payload"], "handler_jobs": [], "created_at": now}
-            for e, b in zip(event_ids, bodies)])
+            for e, b in zip(event_ids, bodies, strict=True)])  # n of each
         conn.execute(insert(models.Job.__table__), [
             {"id": j, "kind": "event.handle", "queue": "default", "args": {"event_id": str(e), "handler": "org_stats"},
              "status": "queued", "attempts": 0, "max_attempts": 5, "created_at": now, "enqueued_at": now,
-             "replay_count": 0} for e, j in zip(event_ids, job_ids)])
+             "replay_count": 0} for e, j in zip(event_ids, job_ids, strict=True)])
     broker = RedisBroker(url=REDIS_URL, middleware=[])
     for job_id in job_ids:
         broker.enqueue(Message(queue_name="default", actor_name="bench.naive_event", args=(str(job_id),),
@@ -269,7 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         engine.dispose()
         client.close()
     line = "=" * 90
-    print(f"\n{line}\nevents benchmark: {n:,} user_registered events, lists of {LIST_SIZE}, {os.cpu_count()} CPUs\n{line}")
+    print(f"\n{line}\nevents benchmark: {n:,} user_registered events, lists of {LIST_SIZE}, "
+          f"{os.cpu_count()} CPUs\n{line}")
     print(f"ingest POST /events (1 uvicorn process, {args.clients} clients)   {fmt(ingest):>10} events/s"
           f"   (target >= {TARGET_INGEST:,.0f})")
     print(f"bulk limit (Core bulk INSERT + bare sends)            {fmt(bulk):>10} events/s")

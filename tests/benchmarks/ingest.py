@@ -55,19 +55,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-import httpx  # noqa: E402
-import psycopg  # noqa: E402
-import redis  # noqa: E402
-from sqlalchemy import select  # noqa: E402
+import httpx
+import psycopg
+import redis
+from sqlalchemy import select
 
-from jobs import db, kinds, models  # noqa: E402
-from jobs.config import Settings  # noqa: E402
+from jobs import db, kinds, models
+from jobs.config import Settings
 from jobs.kinds.files import models as file_models
 from jobs.kinds.files import uploads as files
-from tests.benchmarks import common  # noqa: E402
-from worker import (
-    producer,  # noqa: E402
-    )
+from tests.benchmarks import common
+from worker import producer
 
 REDIS_URL = common.redis_url(10)
 DB_NAME = "jobrunner_bench_files"
@@ -132,7 +130,9 @@ def queue_file(database: db.Database, csv_path: Path, storage_dir: Path) -> uuid
     return job.id
 
 
-def run_ingest(database: db.Database, csv_path: Path, workdir: Path, label: str) -> tuple[float, float, file_models.File]:
+def run_ingest(
+    database: db.Database, csv_path: Path, workdir: Path, label: str
+) -> tuple[float, float, file_models.File]:
     """Process the CSV in a fresh one-thread worker: (seconds by the job row, worker peak RSS MB, file)."""
     storage_dir = workdir / "storage"
     job_id = queue_file(database, csv_path, storage_dir)
@@ -172,10 +172,13 @@ def run_copy(csv_path: Path) -> float:
         conn.execute(f"CREATE TABLE bench_copy ({', '.join(f'{c} text' for c in COLUMNS)})")
         conn.commit()
         started = time.perf_counter()
-        with conn.cursor() as cursor, csv_path.open("rb") as source:
-            with cursor.copy("COPY bench_copy FROM STDIN (FORMAT csv, HEADER true)") as copy:
-                while chunk := source.read(1 << 20):
-                    copy.write(chunk)
+        with (
+            conn.cursor() as cursor,
+            csv_path.open("rb") as source,
+            cursor.copy("COPY bench_copy FROM STDIN (FORMAT csv, HEADER true)") as copy,
+        ):
+            while chunk := source.read(1 << 20):
+                copy.write(chunk)
         conn.commit()
         return time.perf_counter() - started
 
@@ -196,7 +199,7 @@ def records_copy_data(csv_path: Path) -> bytes:
         reader = csv.reader(source)
         header = next(reader)
         return "".join(
-            f"{file_id}\t{n}\t{encode(dict(zip(header, row))).replace(chr(92), chr(92) * 2)}\timported\n"
+            f"{file_id}\t{n}\t{encode(dict(zip(header, row, strict=True))).replace(chr(92), chr(92) * 2)}\timported\n"
             for n, row in enumerate(reader, 1)
         ).encode()
 
@@ -208,7 +211,10 @@ def run_copy_records(data: bytes) -> float:
         conn.execute("CREATE TABLE bench_records (LIKE records INCLUDING ALL)")
         conn.commit()
         started = time.perf_counter()
-        with conn.cursor() as cursor, cursor.copy("COPY bench_records (file_id, row_number, data, status) FROM STDIN") as copy:
+        with (
+            conn.cursor() as cursor,
+            cursor.copy("COPY bench_records (file_id, row_number, data, status) FROM STDIN") as copy,
+        ):
             for start in range(0, len(data), 1 << 20):
                 copy.write(data[start:start + (1 << 20)])
         conn.commit()
@@ -294,7 +300,8 @@ def report(options: argparse.Namespace, workdir: Path, database: db.Database) ->
           f"{options.rows:,} rows ({write_csv(big, options.rows) / 1e6:.1f} MB)", flush=True)
 
     small_seconds, small_rss, _ = run_ingest(database, small, workdir, "small")
-    print(f"file.process {options.small_rows:,} rows: {small_seconds:.2f} s, worker peak RSS {small_rss:.1f} MB", flush=True)
+    print(f"file.process {options.small_rows:,} rows: {small_seconds:.2f} s, worker peak RSS {small_rss:.1f} MB",
+          flush=True)
     records_data = records_copy_data(big)
     ingest_rates, copy_rates, records_rates, big_rss = [], [], [], 0.0
     for run in range(1, options.repeat + 1):
@@ -306,17 +313,19 @@ def report(options: argparse.Namespace, workdir: Path, database: db.Database) ->
         copy_rates.append(options.rows / run_copy(big))
         records_rates.append(options.rows / run_copy_records(records_data))
         print(f"run {run}: file.process {ingest_rates[-1]:,.0f} rows/s (imported {file.rows_imported:,}, "
-              f"rejected {file.rows_rejected:,}, worker peak RSS {rss:.1f} MB); plain COPY {copy_rates[-1]:,.0f} rows/s; "
+              f"rejected {file.rows_rejected:,}, worker peak RSS {rss:.1f} MB); "
+              f"plain COPY {copy_rates[-1]:,.0f} rows/s; "
               f"COPY into a records-shaped table {records_rates[-1]:,.0f} rows/s", flush=True)
     ingest_rate, copy_rate, records_rate = (statistics.median(r) for r in (ingest_rates, copy_rates, records_rates))
     print(f"medians of {options.repeat}: file.process {ingest_rate:,.0f} rows/s, plain COPY {copy_rate:,.0f} rows/s, "
           f"records-shaped COPY {records_rate:,.0f} rows/s")
     print(f"ingest / plain COPY: {ingest_rate / copy_rate:.0%} (target >= 40%); per run: "
-          f"{', '.join(f'{i / c:.0%}' for i, c in zip(ingest_rates, copy_rates))}")
+          f"{', '.join(f'{i / c:.0%}' for i, c in zip(ingest_rates, copy_rates, strict=True))}")
     print(f"ingest / records-shaped COPY: {ingest_rate / records_rate:.0%} (not a target: where the time goes); "
           f"records-shaped COPY / plain COPY: {records_rate / copy_rate:.0%} (writing records rows at all, with no "
           "parsing or checking, costs that much)")
-    print(f"worker peak RSS, {options.rows:,} - {options.small_rows:,} rows: {big_rss - small_rss:+.1f} MB (target <= +30 MB)", flush=True)
+    print(f"worker peak RSS, {options.rows:,} - {options.small_rows:,} rows: {big_rss - small_rss:+.1f} MB "
+          "(target <= +30 MB)", flush=True)
 
     # Not a target: the same file with one row in 1,000 too short, so that no block is plain CSV and
     # every block's good rows are written again by csv.writer.
@@ -332,7 +341,8 @@ def report(options: argparse.Namespace, workdir: Path, database: db.Database) ->
 
     if not options.skip_upload:
         seconds, before, rss, status = run_upload(workdir, options.upload_mb)
-        print(f"upload {options.upload_mb} MB: HTTP {status} in {seconds:.1f} s ({options.upload_mb / seconds:.0f} MB/s), "
+        print(f"upload {options.upload_mb} MB: HTTP {status} in {seconds:.1f} s "
+              f"({options.upload_mb / seconds:.0f} MB/s), "
               f"API RSS {before:.1f} MB before it, peak {rss:.1f} MB (target < 100 MB)", flush=True)
 
 

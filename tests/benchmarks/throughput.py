@@ -63,15 +63,15 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import redis  # noqa: E402
-from dramatiq import Message  # noqa: E402
-from dramatiq.brokers.redis import RedisBroker  # noqa: E402
-from sqlalchemy import insert, text  # noqa: E402
+import redis
+from dramatiq import Message
+from dramatiq.brokers.redis import RedisBroker
+from sqlalchemy import insert, text
 
-from jobs import db, kinds, models, store  # noqa: E402
-from jobs.config import Settings  # noqa: E402
-from tests.benchmarks import common  # noqa: E402
-from worker import producer  # noqa: E402
+from jobs import db, kinds, models, store
+from jobs.config import Settings
+from tests.benchmarks import common
+from worker import producer
 
 try:
     import psutil
@@ -146,7 +146,7 @@ def _children(pid: int) -> list[int]:
 def _cmdline(proc: Any) -> list[str]:
     try:
         return proc.cmdline()
-    except Exception:  # noqa: BLE001
+    except Exception:  # the process may be gone, or not ours to read
         return []
 
 
@@ -379,7 +379,9 @@ def scenario_full(bench: Bench, n: int, index: int) -> Run:
         child = worker_child_pid(proc.pid)
         if child is None:
             print("  ! could not find the worker child process: RSS not sampled", flush=True)
-        wait_until_done(bench, proc, run, bench.count_succeeded, spawned_at=spawned_at, rss_pid=child, log_path=log_path)
+        wait_until_done(
+            bench, proc, run, bench.count_succeeded, spawned_at=spawned_at, rss_pid=child, log_path=log_path
+        )
     finally:
         stop(proc)
     return _record_span(bench, run, spawned_at)
@@ -572,8 +574,8 @@ def _wait_for(bench: Bench, proc: subprocess.Popen[bytes], ids: list[uuid.UUID],
         if done >= len(ids):
             return done
         if proc.poll() is not None or time.time() > deadline:
-            print(f"  ! latency: {done}/{len(ids)} done, worker rc={proc.poll()}; log tail:\n{common.log_tail(log_path)}",
-                  flush=True)
+            print(f"  ! latency: {done}/{len(ids)} done, worker rc={proc.poll()}; "
+                  f"log tail:\n{common.log_tail(log_path)}", flush=True)
             return done
         time.sleep(POLL_SECONDS)
 
@@ -637,7 +639,8 @@ def print_summary(args: argparse.Namespace, runs: dict[str, list[Run]], latency:
     print(f"\n{line}\njobrunner throughput benchmark: {args.jobs:,} jobs per scenario, {args.repeat} run(s) each "
           f"(medians), 1 worker process x {THREADS} threads, consumer timeout {CONSUMER_TIMEOUT_MS} ms, "
           f"{os.cpu_count()} CPUs\n{line}")
-    header = f"{'scenario':<18} {'jobs/s':>10} {'busy s':>8} {'wall s':>8} {'boot s':>7} {'enqueue s':>10}  runs (jobs/s)  statuses (last run)"
+    header = (f"{'scenario':<18} {'jobs/s':>10} {'busy s':>8} {'wall s':>8} {'boot s':>7} {'enqueue s':>10}  "
+              "runs (jobs/s)  statuses (last run)")
     print(header)
     print("-" * len(header))
     rates: dict[str, float | None] = {}
@@ -646,13 +649,15 @@ def print_summary(args: argparse.Namespace, runs: dict[str, list[Run]], latency:
         rates[key] = _median([r.rate for r in rs])
         per_run = ", ".join(_fmt(r.rate) for r in rs)
         print(f"{label:<18} {_fmt(rates[key]):>10} {_fmt(_median([r.busy_seconds for r in rs]), '.3f'):>8} "
-              f"{_fmt(_median([r.wall_seconds for r in rs]), '.2f'):>8} {_fmt(_median([r.boot_seconds for r in rs]), '.2f'):>7} "
+              f"{_fmt(_median([r.wall_seconds for r in rs]), '.2f'):>8} "
+              f"{_fmt(_median([r.boot_seconds for r in rs]), '.2f'):>7} "
               f"{_fmt(_median([r.enqueue_seconds for r in rs]), '.2f'):>10}  {per_run:<13}  {rs[-1].statuses}"
               + (f"  NOTE: {rs[-1].note}" if rs[-1].note else ""))
     print("  jobs/s = N / (last finish - first start) as the worker recorded them: A and C from jobs.started_at/")
     print("  finished_at; B from the actor's own time.time() pair, sent with ONE Redis RPUSH per message (its only")
     print("  work). wall = spawn -> poll (0.2 s) saw all done, boot included. enqueue: A create_job in")
-    print(f"  {ENQUEUE_BATCH:,}-row transactions + send after commit; B/C broker.enqueue per message (C: rows bulk-inserted first).")
+    print(f"  {ENQUEUE_BATCH:,}-row transactions + send after commit; B/C broker.enqueue per message "
+          "(C: rows bulk-inserted first).")
 
     print("\nCPU while the jobs ran, % of one core (median of runs; 'other' = processes that are not this")
     print("benchmark's, PostgreSQL or Redis: anything above a few % means a shared machine skewed the figures)")
@@ -664,9 +669,12 @@ def print_summary(args: argparse.Namespace, runs: dict[str, list[Run]], latency:
     print("\nratios (of the median rates; in brackets, each run's ratio to the runs beside it)")
     for name, other in (("full/bare", "bare"), ("full/naive", "naive")):
         ratio = rates["full"] / rates[other] if rates["full"] and rates[other] else None
-        per_run = [a.rate / b.rate if a.rate and b.rate else None for a, b in zip(runs["full"], runs[other])]
+        # Every scenario ran args.repeat times (a run that failed ended the benchmark before this).
+        per_run = [a.rate / b.rate if a.rate and b.rate else None
+                   for a, b in zip(runs["full"], runs[other], strict=True)]
         target = TARGETS[name]
-        print(f"  {name:<11} {_fmt(ratio, '.2f'):>6}   (target >= {target:.2f}){_verdict(None if ratio is None else ratio >= target)}"
+        verdict = _verdict(None if ratio is None else ratio >= target)
+        print(f"  {name:<11} {_fmt(ratio, '.2f'):>6}   (target >= {target:.2f}){verdict}"
               f"   [{', '.join(_fmt(r, '.2f') for r in per_run)}]")
 
     print("\nworker child RSS, scenario A (MiB)")
@@ -680,7 +688,8 @@ def print_summary(args: argparse.Namespace, runs: dict[str, list[Run]], latency:
             print(f"  run {i}: not sampled")
 
     if latency:
-        print("\nenqueue-to-start latency, full path (ms): started_at - created_at  [after commit: started_at - commit returned]")
+        print("\nenqueue-to-start latency, full path (ms): started_at - created_at  "
+              "[after commit: started_at - commit returned]")
         print(f"  {'rate':>8} {'jobs':>6} {'sent/s':>7} {'late':>5} {'p50':>7} {'p95':>7} {'p99':>7} {'max':>7}   "
               f"{'p50':>6} {'p99':>6}")
         for lat in latency:
@@ -701,7 +710,9 @@ def print_summary(args: argparse.Namespace, runs: dict[str, list[Run]], latency:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--jobs", type=int, default=10_000, help="jobs (messages) per throughput scenario (default 10000)")
+    parser.add_argument(
+        "--jobs", type=int, default=10_000, help="jobs (messages) per throughput scenario (default 10000)"
+    )
     parser.add_argument("--repeat", type=int, default=1, help="runs of each throughput scenario; medians are reported")
     parser.add_argument("--skip-latency", action="store_true", help="skip the enqueue-to-start latency runs")
     parser.add_argument("--timeout", type=float, default=None,
