@@ -62,8 +62,8 @@ def read_records(database: db.Database) -> Callable[[list[int]], list[tuple[str,
 
     def read(ids: list[int]) -> list[tuple[str, Any, Any]]:
         with database.readers() as session:
-            rows = {r.id: (r.status, r.data, r.errors)
-                    for r in session.execute(select(file_models.Record).where(file_models.Record.id.in_(ids))).scalars()}
+            query = select(file_models.Record).where(file_models.Record.id.in_(ids))
+            rows = {r.id: (r.status, r.data, r.errors) for r in session.execute(query).scalars()}
         return [rows[i] for i in ids]
 
     return read
@@ -73,7 +73,9 @@ def read_records(database: db.Database) -> Callable[[list[int]], list[tuple[str,
 def completion_events(database: db.Database) -> Callable[[uuid.UUID], list[event_models.Event]]:
     def read(batch_id: uuid.UUID) -> list[event_models.Event]:
         with database.readers() as session:
-            found = session.scalars(select(event_models.Event).where(event_models.Event.type == batches.COMPLETED_EVENT))
+            found = session.scalars(
+                select(event_models.Event).where(event_models.Event.type == batches.COMPLETED_EVENT)
+            )
             return [event for event in found if event.payload["batch_id"] == str(batch_id)]
 
     return read
@@ -99,7 +101,9 @@ def test_counts_are_exact_with_chunk_size_7_over_100_records_with_bad_ones(
     batch_id = start_batch("validate", file_id=file_id, chunk_size=7)
     drain()
     batch = read_batch(batch_id)
-    assert (batch.status, batch.total, batch.processed, batch.failed) == (BatchStatus.COMPLETED_WITH_ERRORS, 100, 100, 11)
+    assert (batch.status, batch.total, batch.processed, batch.failed) == (
+        BatchStatus.COMPLETED_WITH_ERRORS, 100, 100, 11
+    )
     assert (batch.chunks_done, batch.chunks_total, batch.completions, batch.completed_run) == (15, 15, 1, 0)
     records = read_records(ids)
     bad = [i for i, (status, _, _) in enumerate(records, start=1) if status == RecordStatus.FAILED]
@@ -111,7 +115,9 @@ def test_counts_are_exact_with_chunk_size_7_over_100_records_with_bad_ones(
                              "processed": 100, "failed": 11}
 
 
-def test_normalize_trims_lowercases_emails_and_parses_integers(make_records, start_batch, drain, read_batch, read_records):
+def test_normalize_trims_lowercases_emails_and_parses_integers(
+    make_records, start_batch, drain, read_batch, read_records
+):
     file_id, ids = make_records([{"name": "  Ada ", "email": " Ada@Example.COM", "quantity": " 42 ", "zip": "007"}])
     batch_id = start_batch("normalize", file_id=file_id)
     drain()
@@ -121,14 +127,18 @@ def test_normalize_trims_lowercases_emails_and_parses_integers(make_records, sta
     ]
 
 
-def test_one_bad_record_fails_alone_and_the_others_are_written(make_records, start_batch, drain, read_batch, read_records):
+def test_one_bad_record_fails_alone_and_the_others_are_written(
+    make_records, start_batch, drain, read_batch, read_records
+):
     rows = [{"name": f"r{i}"} for i in range(5)]
     rows[2]["boom"] = "yes"
     _, ids = make_records(rows)
     batch_id = start_batch("test.explode", record_ids=ids, chunk_size=10)
     drain()
     batch = read_batch(batch_id)
-    assert (batch.status, batch.processed, batch.failed, batch.chunks_total) == (BatchStatus.COMPLETED_WITH_ERRORS, 5, 1, 1)
+    assert (batch.status, batch.processed, batch.failed, batch.chunks_total) == (
+        BatchStatus.COMPLETED_WITH_ERRORS, 5, 1, 1
+    )
     records = read_records(ids)
     assert [r[0] for r in records] == ["processed", "processed", "failed", "processed", "processed"]
     assert records[2][1] == {"name": "r2", "boom": "yes"}  # left as it was
@@ -164,7 +174,8 @@ def test_completion_fires_once_when_8_threads_finish_chunks_together(
     [event] = completion_events(batch_id)
     assert event.id == batches.completion_event_id(batch_id, 0)
     with database.readers() as session:
-        notes = session.scalars(select(event_models.Notification).where(event_models.Notification.event_id == event.id)).all()
+        query = select(event_models.Notification).where(event_models.Notification.event_id == event.id)
+        notes = session.scalars(query).all()
     assert len(notes) == 1
 
 
@@ -177,7 +188,9 @@ def test_chunk_that_fails_for_good_counts_its_records_as_failed_and_the_batch_st
     batch_id = start_batch("test.explode", record_ids=ids, chunk_size=3)
     drain()
     batch = read_batch(batch_id)
-    assert (batch.status, batch.processed, batch.failed, batch.chunks_done) == (BatchStatus.COMPLETED_WITH_ERRORS, 9, 3, 3)
+    assert (batch.status, batch.processed, batch.failed, batch.chunks_done) == (
+        BatchStatus.COMPLETED_WITH_ERRORS, 9, 3, 3
+    )
     assert batch.completions == 1
     failed_job = _chunk_jobs(database, batch_id)[1]
     assert fetch(failed_job.id)[0].status == JobStatus.FAILED
@@ -205,7 +218,9 @@ def test_replaying_a_batch_reopens_it_and_completion_fires_once_more_for_the_new
     assert (reopened.status, reopened.run, reopened.chunks_done) == (BatchStatus.RUNNING, 1, 2)
     drain()
     batch = read_batch(batch_id)
-    assert (batch.status, batch.processed, batch.failed, batch.chunks_done) == (BatchStatus.COMPLETED_WITH_ERRORS, 9, 1, 3)
+    assert (batch.status, batch.processed, batch.failed, batch.chunks_done) == (
+        BatchStatus.COMPLETED_WITH_ERRORS, 9, 1, 3
+    )
     assert (batch.run, batch.completions, batch.completed_run) == (1, 2, 1)
     assert [r[0] for r in read_records(ids)[3:6]] == ["processed", "processed", "failed"]
     events = completion_events(batch_id)
@@ -266,7 +281,9 @@ def test_cancel_skips_chunks_not_started_and_a_chunk_claimed_before_does_no_work
     assert [fetch(job.id)[0].status for job in chunk_jobs] == [JobStatus.SUCCEEDED] + [JobStatus.CANCELLED] * 3
     assert {r[0] for r in read_records(ids)} == {RecordStatus.IMPORTED}
     with database.readers() as session:
-        statuses = session.scalars(select(batch_models.BatchChunk.status).where(batch_models.BatchChunk.batch_id == batch_id))
+        statuses = session.scalars(
+            select(batch_models.BatchChunk.status).where(batch_models.BatchChunk.batch_id == batch_id)
+        )
         assert set(statuses) == {ChunkStatus.CANCELLED}
     assert len(completion_events(batch_id)) == 1
     with db.session_scope(database.sessions) as session, pytest.raises(batch_errors.BatchNotCancellable):
@@ -310,4 +327,6 @@ def test_jobctl_replay_batch_reopens_the_batch_and_it_completes_again(
     assert result.exit_code == 0, result.output
     drain()
     batch = read_batch(batch_id)
-    assert (batch.status, batch.processed, batch.failed, batch.run, batch.completions) == (BatchStatus.COMPLETED, 4, 0, 1, 2)
+    assert (batch.status, batch.processed, batch.failed, batch.run, batch.completions) == (
+        BatchStatus.COMPLETED, 4, 0, 1, 2
+    )

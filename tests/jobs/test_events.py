@@ -246,7 +246,10 @@ def test_file_and_batch_events_record_one_notification_each(emit, drain, databas
 @pytest.mark.parametrize(
     ("new_events", "needle"),
     [
-        ([("user_registered", _user("o", 1)), ("no.such.type", {})], "event 1: type: unknown event type: 'no.such.type'"),
+        (
+            [("user_registered", _user("o", 1)), ("no.such.type", {})],
+            "event 1: type: unknown event type: 'no.such.type'",
+        ),
         ([("order_created", {"order_id": "o", "product_id": str(uuid.uuid4()), "quantity": 0})],
          "event 0 (order_created): payload.quantity: Input should be greater than 0"),
         ([("user_registered", {"org_id": "o", "user_id": "u", "email": "u@x", "extra": 1})],

@@ -175,17 +175,22 @@ def test_plain_csv_blocks_become_the_same_records_as_csv_reads(make_file, drain,
     assert chunk.plain_csv == body
     file_id, _ = make_file(header + body)
     drain()
-    expected = [(n, dict(zip(["id", "text", "extra"], row))) for n, row in enumerate(csv.reader(io.StringIO(body.decode(), newline="")), 1)]
+    rows = csv.reader(io.StringIO(body.decode(), newline=""))
+    expected = [(n, dict(zip(["id", "text", "extra"], row, strict=True))) for n, row in enumerate(rows, 1)]
     assert read_records(file_id) == expected
     assert read_file(file_id).rows_imported == 3
 
 
-def test_a_file_of_several_mebibytes_is_imported_row_for_row(make_file, drain, read_file, read_records, database, monkeypatch):
+def test_a_file_of_several_mebibytes_is_imported_row_for_row(
+    make_file, drain, read_file, read_records, database, monkeypatch
+):
     """Pieces of 1 MiB at the real sizes: quoted newlines cross piece ends, bad rows fall between.
     On PostgreSQL every block goes through the COPY stage, as it is or written again; on SQLite none."""
     stage_copies = []
     original = files_handler._CsvStage._run
-    monkeypatch.setattr(files_handler._CsvStage, "_run", lambda self, *a: stage_copies.append(a[1]) or original(self, *a))
+    monkeypatch.setattr(
+        files_handler._CsvStage, "_run", lambda self, *a: stage_copies.append(a[1]) or original(self, *a)
+    )
     lines, expected = [b"n,name,note\n"], []
     for n in range(1, 40_001):
         if n % 997 == 0 and n < 20_000:  # bad rows in the first half only: plain blocks in the second
@@ -220,7 +225,7 @@ def test_wide_files_are_imported_whole(make_file, drain, read_file, read_records
     file_id, _ = make_file(content)
     drain()
     assert read_file(file_id).rows_imported == 3
-    assert read_records(file_id) == [(n, dict(zip(header, fields))) for n, fields in enumerate(rows, 1)]
+    assert read_records(file_id) == [(n, dict(zip(header, fields, strict=True))) for n, fields in enumerate(rows, 1)]
 
 
 @pytest.mark.postgres_only
@@ -247,13 +252,18 @@ def test_postgresql_copy_through_the_stage_gives_the_records_csv_reader_read(dat
                 if chunk.plain_csv is not None:
                     taken["plain"] += 1
                     stage.copy(session, file_id, chunk.plain_csv, rows_before=0)
-                    expected = [dict(zip(header, row)) for row in chunk.rows]
+                    expected = [dict(zip(header, row, strict=True)) for row in chunk.rows]  # plain: all of width
                 else:
                     good = [row for row in chunk.rows if isinstance(row, list) and len(row) == width]
                     taken["rewritten"] += bool(good)
-                    stage.copy(session, file_id, stage.write_numbered(list(enumerate(good, 1))), rows_before=0, numbered=True)
-                    expected = [dict(zip(header, row)) for row in good]
-                query = select(file_models.Record.data).where(file_models.Record.file_id == file_id).order_by(file_models.Record.row_number)
+                    numbered = stage.write_numbered(list(enumerate(good, 1)))
+                    stage.copy(session, file_id, numbered, rows_before=0, numbered=True)
+                    expected = [dict(zip(header, row, strict=True)) for row in good]
+                query = (
+                    select(file_models.Record.data)
+                    .where(file_models.Record.file_id == file_id)
+                    .order_by(file_models.Record.row_number)
+                )
                 assert session.scalars(query).all() == expected, data
         session.rollback()
     assert taken["plain"] > 100 and taken["rewritten"] > 100  # the generator makes both kinds

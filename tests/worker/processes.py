@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -57,10 +58,8 @@ class WorkerProcess:
 
     def signal(self, signum: int) -> None:
         """Send ``signum`` to the whole group (master and worker processes)."""
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, signum)
-        except ProcessLookupError:
-            pass
 
     def kill(self) -> None:
         """kill -9 every process of the worker."""

@@ -22,7 +22,9 @@ def _ago(seconds):
     return store.utcnow() - dt.timedelta(seconds=seconds)
 
 
-def test_sweep_resends_queued_jobs_whose_message_seems_lost(database, settings, make_job, queued_messages, redis_client, fetch):
+def test_sweep_resends_queued_jobs_whose_message_seems_lost(
+    database, settings, make_job, queued_messages, redis_client, fetch
+):
     old = make_job("noop")
     make_job("noop")  # sent just now: not overdue, so not re-sent
     redis_client.flushdb()  # both messages lost
