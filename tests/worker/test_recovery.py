@@ -97,11 +97,11 @@ def test_kill_9_mid_run_loses_no_job_and_applies_none_twice(database, workers, c
               f"{(rerun_at - killed_at).total_seconds():.1f} s (behind the queue's backlog)")
 
 
-def test_flushed_redis_with_500_jobs_in_flight_still_runs_them_all(database, workers, redis_client, capsys):
+def test_flushed_redis_with_500_jobs_in_flight_still_runs_them_all(database, workers, flush_redis, capsys):
     job_ids = _create_notes(database, 500, sleep_seconds=0.01)
     workers()
     wait_until(lambda: JobStatus.SUCCEEDED in _statuses(database, job_ids).values(), what="the first success")
-    redis_client.flushdb()
+    flush_redis()  # the run's own Redis db
     flushed_at = time.monotonic()
     wait_until(lambda: _all_terminal(database, job_ids), what="every job terminal")
     assert set(_statuses(database, job_ids).values()) == {JobStatus.SUCCEEDED}
