@@ -95,7 +95,7 @@ def redis_server() -> Iterator[servers.RunRedis]:
     if REDIS_OVERRIDE_URL:
         try:
             server: servers.RunRedis = servers.ClaimedRedisDb(REDIS_OVERRIDE_URL)
-        except (RuntimeError, redis.RedisError) as exc:
+        except (RuntimeError, ValueError, redis.RedisError) as exc:
             pytest.exit(str(exc), returncode=pytest.ExitCode.USAGE_ERROR)
     else:
         server = servers.PrivateRedis()

@@ -165,9 +165,9 @@ class ClaimedRedisDb:
                 client.close()
         finally:
             server.close()
-        where = f"db {named} of {url}" if named is not None else f"no db of {url} is empty"
-        raise RuntimeError(f"JOBRUNNER_TEST_REDIS_URL: {where} holds keys this run did not make; the tests only "
-                           "use an empty db there (unset it to let the tests start a Redis of their own)")
+        where = f"db {named} of {url} holds" if named is not None else f"every db of {url} holds"
+        raise RuntimeError(f"JOBRUNNER_TEST_REDIS_URL: {where} keys this run did not make; the tests only use an "
+                           "empty db there (or unset it, and the tests start a Redis of their own)")
 
     def _claim(self, client: redis.Redis) -> bool:
         if not client.set(self.MARKER, self.owner, nx=True):
@@ -200,7 +200,7 @@ def _redis_db_named(parts: Any) -> int | None:
 def _with_redis_db(parts: Any, number: int) -> str:
     if parts.scheme == "unix":
         query = {**dict(parse_qsl(parts.query)), "db": str(number)}
-        return urlunsplit(parts._replace(query=urlencode(query)))
+        return f"unix://{parts.path}?{urlencode(query)}"  # urlunsplit would drop the // of unix://
     return urlunsplit(parts._replace(path=f"/{number}"))
 
 
