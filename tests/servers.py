@@ -39,11 +39,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _die_with_parent() -> None:
-    # In the child between fork and exec: a process group of its own (Ctrl-C at the terminal does
-    # not stop it before the run's teardown is done with it), and SIGTERM when the run dies.
+def _die_with_parent(signum: int = signal.SIGTERM) -> None:
+    # In the child between fork and exec (after any change of user, which would clear it): a
+    # process group of its own (Ctrl-C at the terminal does not stop it before the run's teardown is
+    # done with it), and ``signum`` when the process that started it dies.
     os.setsid()
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signum)
+
+
+def _quit_with_parent() -> None:
+    _die_with_parent(signal.SIGQUIT)  # SIGQUIT: a postmaster's immediate shutdown
 
 
 def _wait(ready: Callable[[], Any], *, alive: Callable[[], bool], what: str, log: Path) -> None:
@@ -92,24 +97,38 @@ def redis_server_executable() -> str:
 
 
 class PrivateRedis:
-    """A ``redis-server`` of the run's own on a unix socket in a temp dir: no TCP port, nothing
-    saved. The whole server is ours, so flushing its db is fine. It gets SIGTERM if the run dies."""
+    """A ``redis-server`` of the run's own on a unix socket in a temp dir (or, with ``tcp``, on a
+    free 127.0.0.1 port), nothing saved. The whole server is ours, so flushing its db is fine. It
+    gets SIGTERM if the process that started it dies."""
 
-    def __init__(self) -> None:
+    PORT_TRIES = 5
+
+    def __init__(self, *, tcp: bool = False) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="jobrunner-test-redis-"))
         self.socket = self.dir / "redis.sock"
         self.log = self.dir / "redis.log"
-        self.url = f"unix://{self.socket}?db=0"
-        self.process = subprocess.Popen(
-            [redis_server_executable(), "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
-             "--save", "", "--appendonly", "no", "--dir", str(self.dir), "--logfile", str(self.log)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
-        )
-        self.client = redis.Redis.from_url(self.url)
         try:
-            _wait(lambda: self.socket.exists() and self.client.ping(), alive=lambda: self.process.poll() is None,
-                  what="the test run's redis-server", log=self.log)
+            for _ in range(self.PORT_TRIES if tcp else 1):  # another process may take the free port first
+                self.port = free_port() if tcp else 0
+                self.url = f"redis://127.0.0.1:{self.port}/0" if tcp else f"unix://{self.socket}?db=0"
+                self.process = subprocess.Popen(
+                    [redis_server_executable(), "--port", str(self.port), "--bind", "127.0.0.1",
+                     "--unixsocket", str(self.socket), "--unixsocketperm", "700",
+                     "--save", "", "--appendonly", "no", "--dir", str(self.dir), "--logfile", str(self.log)],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                    preexec_fn=_die_with_parent,
+                )
+                self.client = redis.Redis.from_url(self.url)
+                try:
+                    _wait(lambda: self.socket.exists() and self.client.ping(),
+                          alive=lambda: self.process.poll() is None, what="the private redis-server", log=self.log)
+                    return
+                except RuntimeError:
+                    if not tcp or "Address already in use" not in _tail(self.log):
+                        raise
+                    self.client.close()
+                    self.process.wait()
+            raise RuntimeError(f"no free port for the private redis-server after {self.PORT_TRIES} tries")
         except BaseException:
             self.close()
             raise
@@ -118,8 +137,9 @@ class PrivateRedis:
         self.client.flushdb()
 
     def close(self) -> None:
-        self.client.close()
-        if self.process.poll() is None:
+        if hasattr(self, "client"):
+            self.client.close()
+        if hasattr(self, "process") and self.process.poll() is None:
             self.process.terminate()
             try:
                 self.process.wait(timeout=10)
@@ -265,8 +285,8 @@ def postgres_bindir() -> Path:
 class ThrowawayPostgres:
     """A PostgreSQL server of its own: ``initdb`` into a temp dir, trust auth, listening on
     127.0.0.1 only on a free port, its unix socket in that dir. Run as the ``postgres`` OS user when
-    we are root (PostgreSQL refuses to run as root), else as ourselves. :meth:`stop` stops it and
-    removes the dir."""
+    we are root (PostgreSQL refuses to run as root), else as ourselves. The postmaster is our child
+    and gets SIGQUIT (immediate shutdown) if we die. :meth:`stop` stops it and removes the dir."""
 
     PORT_TRIES = 5
 
@@ -275,6 +295,7 @@ class ThrowawayPostgres:
         self.dir = Path(tempfile.mkdtemp(prefix="jobrunner-test-pg-"))
         self.data = self.dir / "data"
         self.log = self.dir / "postgres.log"
+        self.process: subprocess.Popen[bytes] | None = None
         self._as_user: dict[str, Any] = {}
         try:
             if os.geteuid() == 0:
@@ -287,7 +308,21 @@ class ThrowawayPostgres:
                 self._as_user = {"user": owner.pw_uid, "group": owner.pw_gid, "extra_groups": []}
             self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
                       "--locale=C", "--no-sync")
-            self._start()
+            conf = (self.data / "postgresql.conf").read_text()
+            for _ in range(self.PORT_TRIES):  # another process may take the free port first
+                self.port = free_port()
+                (self.data / "postgresql.conf").write_text(
+                    conf + f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\n"
+                    f"unix_socket_directories = '{self.dir}'\n"
+                )
+                try:
+                    self._start()
+                    break
+                except RuntimeError:
+                    if "could not bind" not in _tail(self.log):
+                        raise
+            else:
+                raise RuntimeError(f"no free port for the throwaway PostgreSQL after {self.PORT_TRIES} tries")
         except BaseException:
             self.stop()
             raise
@@ -297,44 +332,51 @@ class ThrowawayPostgres:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
 
     def _start(self) -> None:
-        conf = (self.data / "postgresql.conf").read_text()
-        for _ in range(self.PORT_TRIES):  # another process may take the free port first
-            self.port = free_port()
-            (self.data / "postgresql.conf").write_text(
-                conf + f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\n"
-                f"unix_socket_directories = '{self.dir}'\n"
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [str(self.bindir / "postgres"), "-D", str(self.data)], cwd=self.dir, stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT, preexec_fn=_quit_with_parent, **self._as_user,
             )
-            try:
-                self.pg_ctl("start", "-l", str(self.log))
-                return
-            except RuntimeError:
-                if "could not bind" not in _tail(self.log):
-                    raise
-        raise RuntimeError(f"no free port for the throwaway PostgreSQL after {self.PORT_TRIES} tries")
+        _wait(self._ready, alive=lambda: self.process is not None and self.process.poll() is None,
+              what="the throwaway PostgreSQL", log=self.log)
+
+    def _ready(self) -> bool:
+        import psycopg
+
+        try:
+            with psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres",
+                                 connect_timeout=2):
+                return True
+        except psycopg.OperationalError:
+            return False
 
     def restart(self) -> None:
-        """Stop the server (fast: connections are cut, running transactions roll back) and start it
-        again, waiting until it accepts connections."""
-        self.pg_ctl("restart", "-m", "fast", "-l", str(self.log))
+        """Restart the server as ``pg_ctlcluster ... restart`` does: a fast shutdown (connections
+        are cut, running transactions roll back), then a start; returns once it accepts connections."""
+        self.pg_ctl("stop", "-m", "fast")
+        self._reap()
+        self._start()
 
     def pg_ctl(self, *args: str) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-w", "-t", str(int(START_TIMEOUT_SECONDS)), *args)
 
     def stop(self) -> None:
         """Stop the server (immediate: its data goes anyway) and remove its dir."""
-        if (self.data / "postmaster.pid").exists():
+        if self.process is not None and self.process.poll() is None:
             try:
                 self.pg_ctl("stop", "-m", "immediate")
             except RuntimeError:
-                self._kill_postmaster()
+                self.process.kill()
+        self._reap()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def _kill_postmaster(self) -> None:
-        try:
-            pid = int((self.data / "postmaster.pid").read_text().split()[0])
-            os.kill(pid, signal.SIGQUIT)
-        except (OSError, ValueError, IndexError):
-            pass
+    def _reap(self) -> None:
+        if self.process is not None:
+            try:
+                self.process.wait(timeout=START_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
     def _run(self, program: str, *args: str) -> None:
         result = subprocess.run(
