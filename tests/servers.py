@@ -112,16 +112,38 @@ class PrivateRedis:
                 self.port = free_port() if tcp else 0
                 self.url = f"redis://127.0.0.1:{self.port}/0" if tcp else f"unix://{self.socket}?db=0"
                 self.process = subprocess.Popen(
-                    [redis_server_executable(), "--port", str(self.port), "--bind", "127.0.0.1",
-                     "--unixsocket", str(self.socket), "--unixsocketperm", "700",
-                     "--save", "", "--appendonly", "no", "--dir", str(self.dir), "--logfile", str(self.log)],
-                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                    [
+                        redis_server_executable(),
+                        "--port",
+                        str(self.port),
+                        "--bind",
+                        "127.0.0.1",
+                        "--unixsocket",
+                        str(self.socket),
+                        "--unixsocketperm",
+                        "700",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--dir",
+                        str(self.dir),
+                        "--logfile",
+                        str(self.log),
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.STDOUT,
                     preexec_fn=_die_with_parent,
                 )
                 self.client = redis.Redis.from_url(self.url)
                 try:
-                    _wait(lambda: self.socket.exists() and self.client.ping(),
-                          alive=lambda: self.process.poll() is None, what="the private redis-server", log=self.log)
+                    _wait(
+                        lambda: self.socket.exists() and self.client.ping(),
+                        alive=lambda: self.process.poll() is None,
+                        what="the private redis-server",
+                        log=self.log,
+                    )
                     return
                 except RuntimeError:
                     if not tcp or "Address already in use" not in _tail(self.log):
@@ -186,8 +208,10 @@ class ClaimedRedisDb:
         finally:
             server.close()
         where = f"db {named} of {url} holds" if named is not None else f"every db of {url} holds"
-        raise RuntimeError(f"JOBRUNNER_TEST_REDIS_URL: {where} keys this run did not make; the tests only use an "
-                           "empty db there (or unset it, and the tests start a Redis of their own)")
+        raise RuntimeError(
+            f"JOBRUNNER_TEST_REDIS_URL: {where} keys this run did not make; the tests only use an "
+            "empty db there (or unset it, and the tests start a Redis of their own)"
+        )
 
     def _claim(self, client: redis.Redis) -> bool:
         if not client.set(self.MARKER, self.owner, nx=True):
@@ -269,8 +293,9 @@ def postgres_bindir() -> Path:
     """Where ``initdb`` and ``pg_ctl`` are: ``pg_config --bindir`` (Debian keeps them out of PATH,
     e.g. /usr/lib/postgresql/15/bin), else the folder of ``initdb`` on PATH."""
     try:
-        bindir = Path(subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True,
-                                     check=True).stdout.strip())
+        bindir = Path(
+            subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=True).stdout.strip()
+        )
         if (bindir / "initdb").exists() and (bindir / "pg_ctl").exists():
             return bindir
     except (OSError, subprocess.CalledProcessError):
@@ -278,8 +303,9 @@ def postgres_bindir() -> Path:
     initdb = shutil.which("initdb")
     if initdb:
         return Path(initdb).resolve().parent
-    raise RuntimeError("initdb and pg_ctl not found (neither in `pg_config --bindir` nor on PATH): "
-                       "install PostgreSQL's server package")
+    raise RuntimeError(
+        "initdb and pg_ctl not found (neither in `pg_config --bindir` nor on PATH): install PostgreSQL's server package"
+    )
 
 
 class ThrowawayPostgres:
@@ -302,12 +328,24 @@ class ThrowawayPostgres:
                 try:
                     owner = pwd.getpwnam("postgres")
                 except KeyError:
-                    raise RuntimeError("PostgreSQL refuses to run as root, and there is no `postgres` user to "
-                                       "run the throwaway server as") from None
+                    raise RuntimeError(
+                        "PostgreSQL refuses to run as root, and there is no `postgres` user to "
+                        "run the throwaway server as"
+                    ) from None
                 os.chown(self.dir, owner.pw_uid, owner.pw_gid)
                 self._as_user = {"user": owner.pw_uid, "group": owner.pw_gid, "extra_groups": []}
-            self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                      "--locale=C", "--no-sync")
+            self._run(
+                "initdb",
+                "-D",
+                str(self.data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            )
             conf = (self.data / "postgresql.conf").read_text()
             for _ in range(self.PORT_TRIES):  # another process may take the free port first
                 self.port = free_port()
@@ -334,18 +372,28 @@ class ThrowawayPostgres:
     def _start(self) -> None:
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [str(self.bindir / "postgres"), "-D", str(self.data)], cwd=self.dir, stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT, preexec_fn=_quit_with_parent, **self._as_user,
+                [str(self.bindir / "postgres"), "-D", str(self.data)],
+                cwd=self.dir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_quit_with_parent,
+                **self._as_user,
             )
-        _wait(self._ready, alive=lambda: self.process is not None and self.process.poll() is None,
-              what="the throwaway PostgreSQL", log=self.log)
+        _wait(
+            self._ready,
+            alive=lambda: self.process is not None and self.process.poll() is None,
+            what="the throwaway PostgreSQL",
+            log=self.log,
+        )
 
     def _ready(self) -> bool:
         import psycopg
 
         try:
-            with psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres",
-                                 connect_timeout=2):
+            with psycopg.connect(
+                host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", connect_timeout=2
+            ):
                 return True
         except psycopg.OperationalError:
             return False
@@ -380,9 +428,16 @@ class ThrowawayPostgres:
 
     def _run(self, program: str, *args: str) -> None:
         result = subprocess.run(
-            [str(self.bindir / program), *args], cwd=self.dir, stdin=subprocess.DEVNULL,
-            capture_output=True, text=True, timeout=START_TIMEOUT_SECONDS + 30, **self._as_user,
+            [str(self.bindir / program), *args],
+            cwd=self.dir,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=START_TIMEOUT_SECONDS + 30,
+            **self._as_user,
         )
         if result.returncode != 0:
-            raise RuntimeError(f"{program} {' '.join(args)} exited with {result.returncode}:\n"
-                               f"{result.stdout}{result.stderr}\n{_tail(self.log)}")
+            raise RuntimeError(
+                f"{program} {' '.join(args)} exited with {result.returncode}:\n"
+                f"{result.stdout}{result.stderr}\n{_tail(self.log)}"
+            )
