@@ -410,8 +410,10 @@ def test_events_rebuild_reports_the_projection_equal_to_live(jobctl, client, dra
     assert unknown.returncode == 1 and unknown.stderr.startswith("error:")
 
 
-def test_a_database_without_tables_gets_a_hint_not_a_traceback(tmp_path):
+def test_a_database_without_tables_gets_a_hint_not_a_traceback(tmp_path, redis_url):
+    # The default database (SQLite under ./var, here empty); the run's Redis, not the default one.
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBRUNNER_")}
+    env["JOBRUNNER_BROKER_URL"] = redis_url
     result = subprocess.run([sys.executable, "-m", "worker", "stats"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1

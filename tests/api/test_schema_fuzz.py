@@ -27,15 +27,13 @@ API_TOKEN = "fuzz-token"
 
 
 @pytest.fixture(scope="module")
-def live_api(tmp_path_factory, database_url):
+def live_api(tmp_path_factory, database_url, redis_url):
     """``jobctl api`` in a subprocess against the test database and Redis."""
-    from tests.conftest import REDIS_URL
-
     port = devmode.free_port()
     env = {
         **os.environ,
         "JOBRUNNER_DATABASE_URL": database_url,
-        "JOBRUNNER_BROKER_URL": REDIS_URL,
+        "JOBRUNNER_BROKER_URL": redis_url,
         "JOBRUNNER_STORAGE_DIR": str(tmp_path_factory.mktemp("uploads")),
         "JOBRUNNER_MAX_UPLOAD_BYTES": "100000",
         "JOBRUNNER_JOB_MODULES": "tests.kinds",

@@ -17,7 +17,8 @@ Redis db 6, flushed):
    the same normalisation).
 
 The script never asserts: figures and targets are printed. Every process it starts is stopped on
-exit. Run from the project root (PostgreSQL at 127.0.0.1:5432, Redis at 127.0.0.1:6379)::
+exit. Run from the project root (PostgreSQL at 127.0.0.1:5432,
+where it makes a database of its own; a redis-server of its own; both removed at exit)::
 
     .venv/bin/python tests/benchmarks/batch.py [--records N] [--chunk-size N]
 """

@@ -6,11 +6,17 @@ Import it after the script has put the project root on ``sys.path``::
 
 Nothing here imports ``jobs`` at import time (``batch.py`` sets ``JOBRUNNER_*`` variables before
 ``jobs`` first reads its settings), so importing this module early is safe.
+
+What a benchmark run touches: a redis-server of its own (unless ``JOBRUNNER_BENCH_REDIS_URL`` is
+set: then the dbs it names there are flushed), and databases with names of their own on the
+PostgreSQL server of ``JOBRUNNER_BENCH_PG_ADMIN_URL``; both are removed when the script exits.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import secrets
 import signal
 import subprocess
 import time
@@ -27,34 +33,57 @@ ROOT = Path(__file__).resolve().parents[2]
 PG_ADMIN_URL = os.environ.get("JOBRUNNER_BENCH_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
 
+#: This run's suffix to the benchmarks' database names, so two runs at once never share one.
+RUN_ID = secrets.token_hex(4)
+#: The redis-server this process started for itself (see :func:`redis_url`), if any.
+_private_redis = None
+
+
 def redis_url(db: int) -> str:
-    """``JOBRUNNER_BENCH_REDIS_URL`` if set, else Redis db ``db`` at 127.0.0.1:6379."""
-    return os.environ.get("JOBRUNNER_BENCH_REDIS_URL", f"redis://127.0.0.1:6379/{db}")
+    """``JOBRUNNER_BENCH_REDIS_URL`` if set (the benchmark flushes it), else db ``db`` of a
+    redis-server this process starts for itself (on a free 127.0.0.1 port, as a real deployment
+    talks TCP; stopped at exit)."""
+    global _private_redis
+    if "JOBRUNNER_BENCH_REDIS_URL" in os.environ:
+        return os.environ["JOBRUNNER_BENCH_REDIS_URL"]
+    if _private_redis is None:
+        from tests import servers  # imports no jobs module
+
+        _private_redis = servers.PrivateRedis(tcp=True)
+        atexit.register(_private_redis.close)
+    return f"redis://127.0.0.1:{_private_redis.port}/{db}"
 
 
 # --- databases ------------------------------------------------------------------------------------
 
 
 def database_url(name: str, admin_url: str = PG_ADMIN_URL) -> str:
-    """``admin_url`` pointing at database ``name`` instead (password kept)."""
-    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    """``admin_url`` pointing at this run's database ``name`` instead (``name`` with the run's
+    suffix; password kept)."""
+    return make_url(admin_url).set(database=f"{name}_{RUN_ID}").render_as_string(hide_password=False)
 
 
 def recreate_database(name: str, admin_url: str = PG_ADMIN_URL) -> str:
-    """Drop database ``name`` (forcing out any connection), create it empty, migrate it to the
-    newest revision and return its URL."""
+    """Create this run's database ``name`` (see :func:`database_url`) empty, migrate it to the newest
+    revision and return its URL. It is dropped when the script exits."""
     from jobs import migrate  # here, not at import time: see the module docstring
 
+    url = database_url(name, admin_url)
+    database = make_url(url).database
+    _admin(admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')  # this run's own, from an earlier call
+    _admin(admin_url, f'CREATE DATABASE "{database}"')
+    atexit.register(_admin, admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    migrate.upgrade(url)
+    return url
+
+
+def _admin(admin_url: str, statement: str) -> None:
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
-            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            conn.execute(text(f"CREATE DATABASE {name}"))
+            conn.execute(text(statement))
     finally:
         admin.dispose()
-    url = database_url(name, admin_url)
-    migrate.upgrade(url)
-    return url
 
 
 # --- processes ------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ Redis db 9, flushed before each scenario; ``user_registered`` events spread over
 
 It prints figures and ratios and never asserts. Every process it starts is stopped on exit.
 
-Run from the project root (PostgreSQL at 127.0.0.1:5432, Redis at 127.0.0.1:6379)::
+Run from the project root (PostgreSQL at 127.0.0.1:5432,
+where it makes a database of its own; a redis-server of its own; both removed at exit)::
 
     .venv/bin/python tests/benchmarks/events.py [--events N] [--clients K]
 """

@@ -26,13 +26,14 @@ D. **upload memory** (unless ``--skip-upload``): ``jobctl api`` as a subprocess;
    process's peak RSS (``VmHWM``) after the upload. Target: < 100 MB.
 
 The script never asserts: targets are printed next to the figures. Every process it starts is
-stopped on exit. Run from the project root (PostgreSQL at 127.0.0.1:5432, Redis at 127.0.0.1:6379)::
+stopped on exit. Run from the project root (PostgreSQL at 127.0.0.1:5432,
+where it makes a database of its own; a redis-server of its own; both removed at exit)::
 
     .venv/bin/python tests/benchmarks/ingest.py [--rows N] [--small-rows N] [--repeat N] [--upload-mb N] [--skip-upload]
 
 Environment overrides: ``JOBRUNNER_BENCH_PG_ADMIN_URL`` (default
-``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``), ``JOBRUNNER_BENCH_REDIS_URL`` (default
-``redis://127.0.0.1:6379/10``).
+``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``), ``JOBRUNNER_BENCH_REDIS_URL`` (default: a
+redis-server of the script's own; a Redis named here has its db flushed).
 """
 
 from __future__ import annotations

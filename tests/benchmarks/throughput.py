@@ -32,13 +32,14 @@ for it and its descendants) on exit, Ctrl-C, SIGTERM or error. The figures inclu
 other processes used meanwhile: on a shared machine they are only as good as that is small. The
 bench database is left in place for inspection.
 
-Run from the project root (PostgreSQL at 127.0.0.1:5432, Redis at 127.0.0.1:6379)::
+Run from the project root (PostgreSQL at 127.0.0.1:5432,
+where it makes a database of its own; a redis-server of its own; both removed at exit)::
 
     .venv/bin/python tests/benchmarks/throughput.py [--jobs N] [--repeat K] [--skip-latency]
 
 Environment overrides: ``JOBRUNNER_BENCH_PG_ADMIN_URL`` (default
-``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``), ``JOBRUNNER_BENCH_REDIS_URL`` (default
-``redis://127.0.0.1:6379/13``).
+``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``), ``JOBRUNNER_BENCH_REDIS_URL`` (default: a
+redis-server of the script's own; a Redis named here has its db flushed).
 """
 
 from __future__ import annotations
@@ -735,7 +736,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             workdir = Path(tmp)
             (workdir / "bench_bare.py").write_text(textwrap.dedent(BARE_MODULE % {"key": SPANS_KEY}))
             (workdir / "bench_naive.py").write_text(textwrap.dedent(NAIVE_MODULE))
-            print(f"re-creating database {BENCH_DB} and migrating it; Redis {REDIS_URL}", flush=True)
+            print(f"creating database {BENCH_DB}_{common.RUN_ID} and migrating it; Redis {REDIS_URL}", flush=True)
             bench = Bench(common.recreate_database(BENCH_DB, common.PG_ADMIN_URL), workdir, timeout)
             for i in range(1, args.repeat + 1):
                 for key, scenario in (("full", scenario_full), ("bare", scenario_bare), ("naive", scenario_naive)):

@@ -23,11 +23,11 @@ def _ago(seconds):
 
 
 def test_sweep_resends_queued_jobs_whose_message_seems_lost(
-    database, settings, make_job, queued_messages, redis_client, fetch
+    database, settings, make_job, queued_messages, flush_redis, fetch
 ):
     old = make_job("noop")
     make_job("noop")  # sent just now: not overdue, so not re-sent
-    redis_client.flushdb()  # both messages lost
+    flush_redis()  # both messages lost
     _age(database, old, enqueued_at=_ago(settings.requeue_after_seconds + 5))
     report = sweeper.sweep_once(database, settings)
     assert report.ran and report.resent == [old]
@@ -36,7 +36,7 @@ def test_sweep_resends_queued_jobs_whose_message_seems_lost(
     assert sweeper.sweep_once(database, settings).resent == []  # not re-sent on every pass
 
 
-def test_sweep_resends_retrying_jobs_only_once_their_retry_is_overdue(database, settings, make_job, redis_client):
+def test_sweep_resends_retrying_jobs_only_once_their_retry_is_overdue(database, settings, make_job):
     due, later = make_job("noop"), make_job("noop")
     long_ago = _ago(settings.requeue_after_seconds + 5)
     _age(database, due, status=JobStatus.RETRYING, enqueued_at=long_ago, next_retry_at=long_ago)
@@ -44,11 +44,11 @@ def test_sweep_resends_retrying_jobs_only_once_their_retry_is_overdue(database, 
     assert sweeper.sweep_once(database, settings).resent == [due]
 
 
-def test_sweep_takes_back_a_job_whose_worker_died(database, settings, make_job, fetch, queued_messages, redis_client):
+def test_sweep_takes_back_a_job_whose_worker_died(database, settings, make_job, fetch, queued_messages, flush_redis):
     job_id = make_job("noop")
     with database.engine.connect() as conn:
         store.claim_job(conn, job_id, worker_id="dead-worker", lease_seconds=30)
-    redis_client.flushdb()
+    flush_redis()
     _age(database, job_id, lease_expires_at=_ago(1))
     report = sweeper.sweep_once(database, settings)
     assert report.requeued == [job_id]
