@@ -43,7 +43,10 @@ def create_app(settings: Settings | None = None, kind_registry: Registry | None 
         app.state.settings = settings
         app.state.broker = broker
         app.state.database = db.make_database(
-            settings.database_url, pool_size=10, sender=producer.make_sender(broker), registry=kind_registry,
+            settings.database_url,
+            pool_size=10,
+            sender=producer.make_sender(broker),
+            registry=kind_registry,
             application_name="jobrunner-api",
         )
         try:

@@ -69,7 +69,14 @@ def job_out(session: Session, job_id: uuid.UUID) -> JobOut:
     """
     job = store.get_job(session, job_id)
     history = [AttemptOut.model_validate(a) for a in store.list_attempts(session, job_id)]
-    return JobOut.model_validate({**JobSummary.model_validate(job).model_dump(),
-                                  "args": job.args, "error_traceback": job.error_traceback,
-                                  "enqueued_at": job.enqueued_at, "lease_expires_at": job.lease_expires_at,
-                                  "worker_id": job.worker_id, "history": history})
+    return JobOut.model_validate(
+        {
+            **JobSummary.model_validate(job).model_dump(),
+            "args": job.args,
+            "error_traceback": job.error_traceback,
+            "enqueued_at": job.enqueued_at,
+            "lease_expires_at": job.lease_expires_at,
+            "worker_id": job.worker_id,
+            "history": history,
+        }
+    )

@@ -138,8 +138,9 @@ def throwaway_postgres() -> Iterator[servers.ThrowawayPostgres]:
 
 
 @pytest.fixture
-def settings(request: pytest.FixtureRequest, redis_url: str, tmp_path: Path,
-             monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+def settings(
+    request: pytest.FixtureRequest, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Settings]:
     """Settings for the test, also exported to the environment (for ``get_settings`` and children)."""
     database_fixture = "throwaway_postgres" if "throwaway_postgres" in request.fixturenames else "database_url"
     database_url = request.getfixturevalue(database_fixture)
@@ -173,7 +174,10 @@ def database(settings: Settings, flush_redis: Callable[[], None], kind_registry:
     flush_redis()
     broker = producer.make_broker(settings)
     database = db.make_database(
-        settings.database_url, pool_size=10, sender=producer.make_sender(broker), registry=kind_registry,
+        settings.database_url,
+        pool_size=10,
+        sender=producer.make_sender(broker),
+        registry=kind_registry,
         application_name=APPLICATION_NAME,
     )
     _empty(database)
@@ -246,16 +250,31 @@ def make_records(database: db.Database) -> Callable[[list[dict[str, Any]]], tupl
     def make(rows: list[dict[str, Any]]) -> tuple[uuid.UUID, list[int]]:
         file_id = uuid.uuid4()
         with db.session_scope(database.sessions) as session:
-            session.add(file_models.File(
-                id=file_id, name="data.csv", size_bytes=1, sha256="0" * 64, storage_key=uuid.uuid4().hex,
-                status=file_models.FileStatus.PROCESSED, rows_total=len(rows), rows_imported=len(rows), rows_rejected=0,
-                row_errors=[], byte_offset=0, created_at=store.utcnow(),
-            ))
+            session.add(
+                file_models.File(
+                    id=file_id,
+                    name="data.csv",
+                    size_bytes=1,
+                    sha256="0" * 64,
+                    storage_key=uuid.uuid4().hex,
+                    status=file_models.FileStatus.PROCESSED,
+                    rows_total=len(rows),
+                    rows_imported=len(rows),
+                    rows_rejected=0,
+                    row_errors=[],
+                    byte_offset=0,
+                    created_at=store.utcnow(),
+                )
+            )
             session.flush()
             files_handler.insert_records(session, file_id, list(enumerate(rows, start=1)))
-            ids = list(session.scalars(
-                select(file_models.Record.id).where(file_models.Record.file_id == file_id).order_by(file_models.Record.row_number)
-            ))
+            ids = list(
+                session.scalars(
+                    select(file_models.Record.id)
+                    .where(file_models.Record.file_id == file_id)
+                    .order_by(file_models.Record.row_number)
+                )
+            )
         return file_id, ids
 
     return make

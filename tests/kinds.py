@@ -77,9 +77,7 @@ def stolen_while_running(session: Session, job: registry.RunningJob) -> None:
     (In this order so that SQLite, with one writer at a time, can run it too.)"""
     engine = session.get_bind().engine
     with engine.begin() as conn:
-        conn.execute(
-            update(models.Job.__table__).where(models.Job.id == job.id).values(claim_token=uuid.uuid4())
-        )
+        conn.execute(update(models.Job.__table__).where(models.Job.id == job.id).values(claim_token=uuid.uuid4()))
     session.execute(insert(notes).values(job_id=job.id, text="stale"))
 
 

@@ -16,9 +16,7 @@ from worker.middleware import JobSessionMiddleware
 from worker.state import WorkerState
 
 
-def make_worker_broker(
-    settings: Settings, registry: Registry, *, database: db.Database | None = None
-) -> RedisBroker:
+def make_worker_broker(settings: Settings, registry: Registry, *, database: db.Database | None = None) -> RedisBroker:
     """The worker's broker: the lifecycle middleware (database, heartbeat, sweeper, shutdown), the
     job session middleware, then Dramatiq's time limit, and one actor per queue of ``registry``.
 

@@ -78,8 +78,9 @@ def _import_file(client: httpx.Client, console: Console, rows: int) -> Json | No
     for column in ("status", "rows", "imported", "rejected", "first errors"):
         table.add_column(column)
     errors = "; ".join(f"row {e['row']}: {e['reason']}" for e in state["row_errors"][:3])
-    table.add_row(state["status"], str(state["rows_total"]), str(state["rows_imported"]),
-                  str(state["rows_rejected"]), errors)
+    table.add_row(
+        state["status"], str(state["rows_total"]), str(state["rows_imported"]), str(state["rows_rejected"]), errors
+    )
     console.print(table)
     return state if state["status"] == "processed" else None
 
@@ -102,9 +103,15 @@ def _run_batch(client: httpx.Client, console: Console, file_id: str) -> str | No
     for column in ("status", "records", "processed", "failed", "chunks", "records/s", "a failed record"):
         table.add_column(column)
     sample = batch["failed_sample"][0] if batch["failed_sample"] else None
-    table.add_row(batch["status"], str(batch["total"]), str(batch["processed"]), str(batch["failed"]),
-                  f"{batch['chunks_done']}/{batch['chunks_total']}", f"{batch['records_per_second'] or 0:,.0f}",
-                  f"#{sample['record_id']}: {'; '.join(sample['errors'])}" if sample else "")
+    table.add_row(
+        batch["status"],
+        str(batch["total"]),
+        str(batch["processed"]),
+        str(batch["failed"]),
+        f"{batch['chunks_done']}/{batch['chunks_total']}",
+        f"{batch['records_per_second'] or 0:,.0f}",
+        f"#{sample['record_id']}: {'; '.join(sample['errors'])}" if sample else "",
+    )
     console.print(table)
     status: str = batch["status"]
     return status
@@ -123,14 +130,23 @@ def _post_events(client: httpx.Client, console: Console) -> tuple[dict[uuid.UUID
     product.raise_for_status()
     product_id = product.json()["id"]
     events: list[Json] = [
-        {"type": "user_registered",
-         "payload": {"org_id": DEMO_ORGS[n % len(DEMO_ORGS)], "user_id": f"user-{n}", "email": f"user{n}@example.com"}}
+        {
+            "type": "user_registered",
+            "payload": {
+                "org_id": DEMO_ORGS[n % len(DEMO_ORGS)],
+                "user_id": f"user-{n}",
+                "email": f"user{n}@example.com",
+            },
+        }
         for n in range(DEMO_USERS)
     ]
-    events += [{"type": "order_created", "payload": {"order_id": f"order-{n}", "product_id": product_id, "quantity": 1}}
-               for n in range(DEMO_ORDERS)]
-    events.append({"type": "order_created",
-                   "payload": {"order_id": "order-too-big", "product_id": product_id, "quantity": 1000}})
+    events += [
+        {"type": "order_created", "payload": {"order_id": f"order-{n}", "product_id": product_id, "quantity": 1}}
+        for n in range(DEMO_ORDERS)
+    ]
+    events.append(
+        {"type": "order_created", "payload": {"order_id": "order-too-big", "product_id": product_id, "quantity": 1000}}
+    )
     jobs: dict[uuid.UUID, str] = {}
     for start in range(0, len(events), 100):
         chunk = events[start : start + 100]
@@ -139,9 +155,11 @@ def _post_events(client: httpx.Client, console: Console) -> tuple[dict[uuid.UUID
         for event, accepted in zip(chunk, response.json(), strict=True):  # one answer per event
             label = "too-big" if event["payload"].get("order_id") == "order-too-big" else "event"
             jobs.update({uuid.UUID(job_id): label for job_id in accepted["job_ids"]})
-    console.print(f"posted {len(events)} domain events in lists of 100 ({DEMO_USERS} users joining "
-                  f"{len(DEMO_ORGS)} orgs, {DEMO_ORDERS + 1} orders, the last beyond the inventory): "
-                  f"{len(jobs)} handler jobs")
+    console.print(
+        f"posted {len(events)} domain events in lists of 100 ({DEMO_USERS} users joining "
+        f"{len(DEMO_ORGS)} orgs, {DEMO_ORDERS + 1} orders, the last beyond the inventory): "
+        f"{len(jobs)} handler jobs"
+    )
     return jobs, product_id
 
 
@@ -153,8 +171,10 @@ def _show_projections(client: httpx.Client, console: Console, product_id: str) -
         stats = client.get(f"/orgs/{org}/stats").json()
         table.add_row(f"org {org}", f"{stats['user_count']} users")
     product = client.get(f"/products/{product_id}").json()
-    table.add_row(f"product {product['sku']}",
-                  f"inventory {product['inventory']} of {product['initial_inventory']}, {product['sales_count']} sales")
+    table.add_row(
+        f"product {product['sku']}",
+        f"inventory {product['inventory']} of {product['initial_inventory']}, {product['sales_count']} sales",
+    )
     console.print(table)
 
 
@@ -231,7 +251,3 @@ def _failed(states: Iterable[Json]) -> list[tuple[str, Json]]:
 def _as_expected(states: dict[uuid.UUID, Json]) -> bool:
     want = {"noop": "succeeded", "flaky": "succeeded", "broken": "failed", "event": "succeeded", "too-big": "failed"}
     return all(s["status"] == want[s["label"]] for s in states.values())
-
-
-
-

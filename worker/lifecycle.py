@@ -61,8 +61,12 @@ class WorkerLifecycle(Middleware):
 
     def _interrupt_running(self) -> None:
         for thread_id, job in self.state.heartbeat.running().items():
-            logger.info("job %s (%s) interrupting: still running at the shutdown timeout", job.id, job.kind,
-                        extra={"job_id": str(job.id), "kind": job.kind, "action": "interrupting"})
+            logger.info(
+                "job %s (%s) interrupting: still running at the shutdown timeout",
+                job.id,
+                job.kind,
+                extra={"job_id": str(job.id), "kind": job.kind, "action": "interrupting"},
+            )
             raise_thread_exception(thread_id, Shutdown)  # type: ignore[no-untyped-call]  # unannotated in dramatiq
 
     def after_worker_shutdown(self, broker: Broker, worker: Any) -> None:

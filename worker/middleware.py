@@ -215,11 +215,26 @@ class JobSessionMiddleware(Middleware):
         except _Unrecorded:
             return
         if status is JobStatus.RETRYING:
-            _log(job.id, job.kind, "retrying", "attempt %d of %d failed: %s: %s",
-                 job.attempt, job.max_attempts, type(error).__name__, error)
+            _log(
+                job.id,
+                job.kind,
+                "retrying",
+                "attempt %d of %d failed: %s: %s",
+                job.attempt,
+                job.max_attempts,
+                type(error).__name__,
+                error,
+            )
         elif status is JobStatus.FAILED:
-            _log(job.id, job.kind, "failed", "attempt %d of %d failed for good",
-                 job.attempt, job.max_attempts, exc_info=error)
+            _log(
+                job.id,
+                job.kind,
+                "failed",
+                "attempt %d of %d failed for good",
+                job.attempt,
+                job.max_attempts,
+                exc_info=error,
+            )
         else:
             _log_claim_lost(job)
 
@@ -247,8 +262,13 @@ class JobSessionMiddleware(Middleware):
                     return write(session)
             except (sa_exc.OperationalError, sa_exc.InterfaceError, BrokerConnectionError) as exc:
                 if attempt == RECORD_TRIES:
-                    _log(job.id, job.kind, "unrecorded",
-                         "could not record the outcome (%s); the job stays running until its lease expires", exc)
+                    _log(
+                        job.id,
+                        job.kind,
+                        "unrecorded",
+                        "could not record the outcome (%s); the job stays running until its lease expires",
+                        exc,
+                    )
                     raise _Unrecorded() from exc
                 time.sleep(delay)
                 delay *= 2
@@ -290,10 +310,13 @@ def _close_connection(connection: Connection | None) -> None:
         connection.invalidate()
 
 
-
 def _log_claim_lost(job: registry.RunningJob) -> None:
-    _log(job.id, job.kind, "claim_lost",
-         "another worker took this job over (lease expired); this attempt's work was discarded")
+    _log(
+        job.id,
+        job.kind,
+        "claim_lost",
+        "another worker took this job over (lease expired); this attempt's work was discarded",
+    )
 
 
 #: The level each outcome is logged at: the routine ones quietly, a final failure as an error.
@@ -312,5 +335,12 @@ _LEVELS = {
 
 def _log(job_id: uuid.UUID, kind: str | None, action: str, msg: str, *args: Any, exc_info: Any = None) -> None:
     """Log one job outcome at the level :data:`_LEVELS` gives it."""
-    logger.log(_LEVELS[action], f"job %s (%s) {action}: {msg}", job_id, kind, *args, exc_info=exc_info,
-               extra={"job_id": str(job_id), "kind": kind, "action": action})
+    logger.log(
+        _LEVELS[action],
+        f"job %s (%s) {action}: {msg}",
+        job_id,
+        kind,
+        *args,
+        exc_info=exc_info,
+        extra={"job_id": str(job_id), "kind": kind, "action": action},
+    )

@@ -45,7 +45,7 @@ def redis_client(settings: Settings) -> redis.Redis:
 
 def make_broker(settings: Settings) -> RedisBroker:
     """A bare Redis broker for sending IDs (the API, the CLI): no middleware, no actors."""
-    return RedisBroker(client=redis_client(settings), middleware=[])
+    return RedisBroker(client=redis_client(settings), middleware=[])  # type: ignore[no-untyped-call]
 
 
 def make_sender(broker: RedisBroker) -> sending.Sender:
@@ -59,7 +59,7 @@ def make_sender(broker: RedisBroker) -> sending.Sender:
         for offset in range(0, len(messages), PIPELINE_SIZE):
             with broker.client.pipeline(transaction=False) as pipe:
                 pipelined = _PipelinedBroker(broker, pipe)
-                for message in messages[offset:offset + PIPELINE_SIZE]:
+                for message in messages[offset : offset + PIPELINE_SIZE]:
                     RedisBroker.enqueue(pipelined, to_message(message), delay=message.delay_ms)  # type: ignore[arg-type]
                 pipe.execute()
 
@@ -93,5 +93,5 @@ class _PipelinedBroker:
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("do_"):
-            return RedisBroker._dispatch(self, name[len("do_"):])  # type: ignore[arg-type]
+            return RedisBroker._dispatch(self, name[len("do_") :])  # type: ignore[arg-type, no-untyped-call]
         return getattr(self._broker, name)

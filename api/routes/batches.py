@@ -84,7 +84,10 @@ def create_batch(request: BatchRequest, session: SessionDep) -> BatchAccepted:
     """Store a batch and queue its planning. Unknown operation or file, bad IDs: 422; a file not
     processed yet: 409."""
     batch, job = batches.create_batch(
-        session, request.operation, file_id=request.file_id, record_ids=request.record_ids,
+        session,
+        request.operation,
+        file_id=request.file_id,
+        record_ids=request.record_ids,
         chunk_size=request.chunk_size,
     )
     session.commit()
@@ -98,7 +101,9 @@ def get_batch(batch_id: uuid.UUID, session: ReadSessionDep) -> BatchOut:
 
 
 @router.post(
-    "/{batch_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=BatchOut,
+    "/{batch_id}/cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=BatchOut,
     responses=errors(401, 404, 409, 422),
 )
 def cancel_batch(batch_id: uuid.UUID, session: SessionDep) -> BatchOut:
@@ -111,11 +116,25 @@ def cancel_batch(batch_id: uuid.UUID, session: SessionDep) -> BatchOut:
 def _batch_out(progress: batches.Progress) -> BatchOut:
     batch = progress.batch
     return BatchOut(
-        id=batch.id, operation=batch.operation, status=BatchStatus(batch.status), file_id=batch.file_id,
-        chunk_size=batch.chunk_size, total=batch.total, processed=batch.processed, failed=batch.failed,
-        percent=progress.percent, chunks_done=batch.chunks_done, chunks_total=batch.chunks_total, run=batch.run,
-        completions=batch.completions, records_per_second=progress.records_per_second,
+        id=batch.id,
+        operation=batch.operation,
+        status=BatchStatus(batch.status),
+        file_id=batch.file_id,
+        chunk_size=batch.chunk_size,
+        total=batch.total,
+        processed=batch.processed,
+        failed=batch.failed,
+        percent=progress.percent,
+        chunks_done=batch.chunks_done,
+        chunks_total=batch.chunks_total,
+        run=batch.run,
+        completions=batch.completions,
+        records_per_second=progress.records_per_second,
         failed_sample=[FailedRecord(record_id=i, errors=e) for i, e in progress.failed_sample],
-        job_id=batch.job_id, error_message=batch.error_message, created_at=batch.created_at,
-        started_at=batch.started_at, finished_at=batch.finished_at, cancelled_at=batch.cancelled_at,
+        job_id=batch.job_id,
+        error_message=batch.error_message,
+        created_at=batch.created_at,
+        started_at=batch.started_at,
+        finished_at=batch.finished_at,
+        cancelled_at=batch.cancelled_at,
     )

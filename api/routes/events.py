@@ -63,9 +63,13 @@ class EventOut(BaseModel):
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=EventAccepted | list[EventAccepted],
-    responses={200: {"model": EventAccepted | list[EventAccepted],
-                     "description": "Every event was a repeat of one already stored"},
-               **errors(401, 422)},
+    responses={
+        200: {
+            "model": EventAccepted | list[EventAccepted],
+            "description": "Every event was a repeat of one already stored",
+        },
+        **errors(401, 422),
+    },
 )
 def post_events(
     body: Annotated[EventIn | EventList, Body()], session: SessionDep, response: Response
@@ -85,9 +89,14 @@ def get_event(event_id: uuid.UUID, session: SessionDep) -> EventOut:
     """An event and the state of each handler's job."""
     event, states = events.get_event(session, event_id)
     handlers = [
-        HandlerOut(handler=s.handler, job_id=s.job.id if s.job else None, status=s.job.status if s.job else None,
-                   attempts=s.job.attempts if s.job else None, error_message=s.job.error_message if s.job else None,
-                   applied_at=s.applied_at)
+        HandlerOut(
+            handler=s.handler,
+            job_id=s.job.id if s.job else None,
+            status=s.job.status if s.job else None,
+            attempts=s.job.attempts if s.job else None,
+            error_message=s.job.error_message if s.job else None,
+            applied_at=s.applied_at,
+        )
         for s in states
     ]
     return EventOut(id=event.id, type=event.type, payload=event.payload, created_at=event.created_at, handlers=handlers)

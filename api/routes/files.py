@@ -102,9 +102,7 @@ class FileOut(BaseModel):
     responses=errors(401, 413, 422),
     openapi_extra=_UPLOAD_BODY,
 )
-async def upload_file(
-    request: Request, database: Annotated[db.Database, Depends(get_database)]
-) -> FileAccepted:
+async def upload_file(request: Request, database: Annotated[db.Database, Depends(get_database)]) -> FileAccepted:
     """Store an uploaded CSV (multipart field ``file``) and queue its processing.
 
     Too large (declared or as it streams in): 413, nothing kept. Not a multipart form with one

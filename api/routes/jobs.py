@@ -77,4 +77,3 @@ def replay_job(
     job = store.replay_job(session, job_id, reason=request.reason if request else None)
     session.commit()
     return schemas.JobAccepted(job_id=job.id, status=job.status)
-

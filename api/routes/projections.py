@@ -48,8 +48,9 @@ class OrgStatsOut(BaseModel):
     last_user_at: dt.datetime | None
 
 
-@router.post("/products", status_code=status.HTTP_201_CREATED, response_model=ProductOut,
-             responses=errors(401, 409, 422))
+@router.post(
+    "/products", status_code=status.HTTP_201_CREATED, response_model=ProductOut, responses=errors(401, 409, 422)
+)
 def post_product(request: ProductIn, session: SessionDep) -> ProductOut:
     """Add a product with its starting inventory (orders then take from it)."""
     product = event_handlers.create_product(session, sku=request.sku, inventory=request.inventory)

@@ -74,8 +74,16 @@ def create_jobs(
         return []
     now = utcnow()
     max_attempts = job_kind.max_attempts
-    common = {"kind": kind, "queue": job_kind.queue, "status": JobStatus.QUEUED.value, "attempts": 0,
-              "max_attempts": max_attempts, "created_at": now, "enqueued_at": now, "replay_count": 0}
+    common = {
+        "kind": kind,
+        "queue": job_kind.queue,
+        "status": JobStatus.QUEUED.value,
+        "attempts": 0,
+        "max_attempts": max_attempts,
+        "created_at": now,
+        "enqueued_at": now,
+        "replay_count": 0,
+    }
     rows = [
         {"id": job_id, "args": job_kind.validate_args(args), **common}
         for job_id, args in zip(ids, args_list, strict=True)  # one ID per args, checked above

@@ -54,8 +54,14 @@ def _as_running(session: Session, job: models.Job) -> registry.RunningJob:
     except errors.PermanentError:
         args = job.args
     return registry.RunningJob(
-        id=job.id, kind=job.kind, args=args, attempt=job.attempts, max_attempts=job.max_attempts,
-        run=job.replay_count, claim_token=job.claim_token or uuid.uuid4(), queue=job.queue,
+        id=job.id,
+        kind=job.kind,
+        args=args,
+        attempt=job.attempts,
+        max_attempts=job.max_attempts,
+        run=job.replay_count,
+        claim_token=job.claim_token or uuid.uuid4(),
+        queue=job.queue,
     )
 
 
@@ -70,10 +76,15 @@ def _take_back(session: Session, job: models.Job, *, now: dt.datetime, quarantin
         )
     ).scalar_one()
     deaths = earlier_deaths + 1
-    session.execute(INSERT_ATTEMPT, attempt_row(
-        job, outcome=AttemptOutcome.LOST, finished_at=now,
-        error_message="the worker stopped renewing its lease (it died or stalled)",
-    ))
+    session.execute(
+        INSERT_ATTEMPT,
+        attempt_row(
+            job,
+            outcome=AttemptOutcome.LOST,
+            finished_at=now,
+            error_message="the worker stopped renewing its lease (it died or stalled)",
+        ),
+    )
     job.claim_token = None
     job.lease_expires_at = None
     if deaths >= quarantine_after_lost or job.attempts >= job.max_attempts:

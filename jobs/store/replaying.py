@@ -18,7 +18,6 @@ _jobs = models.Job.__table__
 _attempts = models.JobAttempt.__table__
 
 
-
 def replay_jobs(session: Session, job_ids: Sequence[uuid.UUID], *, reason: str | None = None) -> list[uuid.UUID]:
     """Put the ``failed`` jobs among ``job_ids`` back to ``queued`` for a new run; skip the others.
 
@@ -51,8 +50,15 @@ def replay_jobs(session: Session, job_ids: Sequence[uuid.UUID], *, reason: str |
         conn.execute(
             INSERT_ATTEMPT,
             [
-                attempt_row(row, outcome=AttemptOutcome.REPLAYED, finished_at=now, number=0, worker_id=None,
-                            started_at=None, error_message=reason)
+                attempt_row(
+                    row,
+                    outcome=AttemptOutcome.REPLAYED,
+                    finished_at=now,
+                    number=0,
+                    worker_id=None,
+                    started_at=None,
+                    error_message=reason,
+                )
                 for row in rows
             ],
         )
@@ -83,8 +89,13 @@ def cancel_jobs(session: Session, job_ids: Sequence[uuid.UUID] | Select[Any]) ->
     rows = session.execute(
         update(_jobs)
         .where(_jobs.c.id.in_(job_ids), _jobs.c.status.in_([s.value for s in models.CLAIMABLE]))
-        .values(status=JobStatus.CANCELLED.value, finished_at=utcnow(), next_retry_at=None,
-                claim_token=None, lease_expires_at=None)
+        .values(
+            status=JobStatus.CANCELLED.value,
+            finished_at=utcnow(),
+            next_retry_at=None,
+            claim_token=None,
+            lease_expires_at=None,
+        )
         .returning(_jobs.c.id)
     ).all()
     return [row.id for row in rows]

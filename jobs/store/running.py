@@ -9,8 +9,10 @@ import random
 import traceback
 import uuid
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     bindparam,
     func,
@@ -38,7 +40,7 @@ MAX_RETRY_DELAY_SECONDS = 3600.0
 
 
 #: The claimable statuses, inlined as constants: nothing left for SQLAlchemy to expand per call.
-_CLAIMABLE_SQL = [literal_column(f"'{status.value}'") for status in models.CLAIMABLE]
+_CLAIMABLE_SQL: list[ColumnElement[Any]] = [literal_column(f"'{status.value}'") for status in models.CLAIMABLE]
 
 _CLAIM = (
     update(_jobs)
@@ -111,9 +113,7 @@ def claim_job(
 
 def describe_unclaimable(conn: Connection, job_id: uuid.UUID) -> tuple[str, bool]:
     """Why a job could not be claimed, and whether it is running under an expired lease."""
-    row = conn.execute(
-        select(_jobs.c.status, _jobs.c.lease_expires_at).where(_jobs.c.id == job_id)
-    ).first()
+    row = conn.execute(select(_jobs.c.status, _jobs.c.lease_expires_at).where(_jobs.c.id == job_id)).first()
     if row is None:
         return "no such job", False
     if row.status != JobStatus.RUNNING:
@@ -148,18 +148,22 @@ _SUCCEED = (
 )
 _succeeded = _SUCCEED.cte("succeeded")
 #: PostgreSQL: the fenced update and the attempt row in one statement (a data-modifying CTE).
-_SUCCEED_WITH_ATTEMPT = insert(_attempts).from_select(
-    _attempt_columns,
-    select(
-        _succeeded.c.id,
-        _succeeded.c.replay_count,
-        _succeeded.c.attempts,
-        _succeeded.c.worker_id,
-        _succeeded.c.started_at,
-        _now_param,
-        literal(AttemptOutcome.SUCCEEDED.value),
-    ),
-).returning(_attempts.c.id)
+_SUCCEED_WITH_ATTEMPT = (
+    insert(_attempts)
+    .from_select(
+        _attempt_columns,
+        select(
+            _succeeded.c.id,
+            _succeeded.c.replay_count,
+            _succeeded.c.attempts,
+            _succeeded.c.worker_id,
+            _succeeded.c.started_at,
+            _now_param,
+            literal(AttemptOutcome.SUCCEEDED.value),
+        ),
+    )
+    .returning(_attempts.c.id)
+)
 _HOT_SUCCEED_WITH_ATTEMPT = HotStatement(_SUCCEED_WITH_ATTEMPT)
 
 
@@ -169,16 +173,16 @@ def complete_job(conn: Connection, job: registry.RunningJob) -> bool:
     Returns False, changing nothing, if this worker no longer holds the claim: the caller must then
     roll the handler's work back.
     """
-    params = {"b_job_id": job.id, "b_token": job.claim_token, "b_now": utcnow()}
+    now = utcnow()
+    params = {"b_job_id": job.id, "b_token": job.claim_token, "b_now": now}
     if conn.dialect.name == "postgresql":
         # A handler that ran no SQL leaves nothing to commit with the success: then it runs alone.
         return _HOT_SUCCEED_WITH_ATTEMPT.first(conn, params, own_transaction=True) is not None
     row = conn.execute(_SUCCEED, params).first()
     if row is None:
         return False
-    conn.execute(INSERT_ATTEMPT, attempt_row(row, outcome=AttemptOutcome.SUCCEEDED, finished_at=params["b_now"]))
+    conn.execute(INSERT_ATTEMPT, attempt_row(row, outcome=AttemptOutcome.SUCCEEDED, finished_at=now))
     return True
-
 
 
 _FAIL = (
@@ -216,7 +220,7 @@ def describe_error(error: BaseException) -> dict[str, str]:
 
 def retry_delay_seconds(attempt: int, *, base_seconds: float) -> float:
     """Exponential backoff with jitter: about ``base * 2**(attempt-1)``, capped at an hour."""
-    delay = min(base_seconds * 2 ** (attempt - 1), MAX_RETRY_DELAY_SECONDS)
+    delay = min(base_seconds * 2.0 ** (attempt - 1), MAX_RETRY_DELAY_SECONDS)
     return delay * random.uniform(0.9, 1.1)
 
 
@@ -251,7 +255,7 @@ def record_failure(
         return None
     outcome = AttemptOutcome.FAILED if final else AttemptOutcome.ERROR
     conn.execute(INSERT_ATTEMPT, attempt_row(row, outcome=outcome, finished_at=now, **details))
-    if final:
+    if delay is None:
         run_failure_hook(session, job, error)
         return JobStatus.FAILED
     sending.send_after_commit(session, sending.JobMessage(job.id, job.queue, delay_ms=int(delay * 1000)))
@@ -269,7 +273,9 @@ def run_failure_hook(session: Session, job: registry.RunningJob, error: BaseExce
         with session.begin_nested():
             hook(session, job, error)
     except Exception:
-        logger.exception("the on_failed hook of job %s (%s) raised; the failure is recorded without it", job.id, job.kind)
+        logger.exception(
+            "the on_failed hook of job %s (%s) raised; the failure is recorded without it", job.id, job.kind
+        )
 
 
 _INTERRUPT = (
@@ -296,7 +302,9 @@ def interrupt_job(session: Session, job: registry.RunningJob, *, reason: str) ->
     row = conn.execute(_INTERRUPT, {"b_job_id": job.id, "b_token": job.claim_token, "b_now": now}).first()
     if row is None:
         return False
-    attempt = attempt_row(row, outcome=AttemptOutcome.INTERRUPTED, finished_at=now, number=job.attempt, error_message=reason)
+    attempt = attempt_row(
+        row, outcome=AttemptOutcome.INTERRUPTED, finished_at=now, number=job.attempt, error_message=reason
+    )
     conn.execute(INSERT_ATTEMPT, attempt)
     sending.send_after_commit(session, sending.JobMessage(job.id, job.queue))
     return True

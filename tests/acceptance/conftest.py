@@ -46,8 +46,13 @@ def jobctl(settings, database) -> Callable[..., subprocess.CompletedProcess[str]
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            jobctl_command(*args), cwd=REPO_ROOT, env=cli_env(), capture_output=True, text=True,
-            stdin=subprocess.DEVNULL, timeout=COMMAND_TIMEOUT_SECONDS,
+            jobctl_command(*args),
+            cwd=REPO_ROOT,
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=COMMAND_TIMEOUT_SECONDS,
         )
 
     return run

@@ -101,8 +101,13 @@ def test_a_job_replayed_by_someone_else_while_confirming_is_skipped(database, ma
     job_id = make_failed_job()
     before = queued_messages()
     with subprocess.Popen(
-        jobctl_command("replay", str(job_id)), cwd=REPO_ROOT, env=cli_env(), text=True,
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        jobctl_command("replay", str(job_id)),
+        cwd=REPO_ROOT,
+        env=cli_env(),
+        text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     ) as process:
         try:
             prompt = _read_until(process.stderr, "Replay 1 job(s)?")
@@ -128,8 +133,15 @@ def test_two_concurrent_replays_of_the_same_selection_enqueue_each_job_once(make
     # the whole selection, and answering both at once makes their updates race. (Two `--yes` runs
     # started together almost never overlap: interpreter start-up dwarfs the replay itself.)
     processes = [
-        subprocess.Popen(jobctl_command("replay", "--kind", "fail", "--json"), cwd=REPO_ROOT, env=cli_env(),
-                         text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        subprocess.Popen(
+            jobctl_command("replay", "--kind", "fail", "--json"),
+            cwd=REPO_ROOT,
+            env=cli_env(),
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         for _ in range(2)
     ]
     try:
@@ -148,7 +160,7 @@ def test_two_concurrent_replays_of_the_same_selection_enqueue_each_job_once(make
     assert [set(summary["selected"]) for summary in summaries] == [job_ids, job_ids]
     first, second = (set(summary["replayed"]) for summary in summaries)
     assert first.isdisjoint(second) and first | second == job_ids
-    for process, summary, (_, stderr) in zip(processes, summaries, outputs):
+    for process, summary, (_, stderr) in zip(processes, summaries, outputs, strict=True):
         # What the other replay took first is counted as skipped, and the exit code says so.
         assert set(summary["skipped"]) == job_ids - set(summary["replayed"])
         assert process.returncode == (1 if summary["skipped"] else 0), stderr
@@ -245,8 +257,12 @@ def test_dev_serves_runs_a_job_and_leaves_no_process_behind_on_sigterm(tmp_path)
     api = f"http://127.0.0.1:{port}"
     log = (tmp_path / "dev.log").open("wb")
     dev = subprocess.Popen(
-        jobctl_command("dev", "--port", str(port)), cwd=tmp_path, env=embedded_defaults_env(),
-        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        jobctl_command("dev", "--port", str(port)),
+        cwd=tmp_path,
+        env=embedded_defaults_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     log.close()
     descendants: dict[int, str] = {}
@@ -275,8 +291,13 @@ def test_dev_serves_runs_a_job_and_leaves_no_process_behind_on_sigterm(tmp_path)
 
 def test_demo_runs_to_the_end_and_stops_its_processes(tmp_path):
     result = subprocess.run(
-        jobctl_command("demo", "--rows", "100"), cwd=tmp_path, env=embedded_defaults_env(),
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=DEMO_SECONDS,
+        jobctl_command("demo", "--rows", "100"),
+        cwd=tmp_path,
+        env=embedded_defaults_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=DEMO_SECONDS,
     )
 
     assert result.returncode == 0, (result.stdout, result.stderr, _logs(tmp_path / "var" / "demo"))
@@ -414,7 +435,8 @@ def test_a_database_without_tables_gets_a_hint_not_a_traceback(tmp_path, redis_u
     # The default database (SQLite under ./var, here empty); the run's Redis, not the default one.
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBRUNNER_")}
     env["JOBRUNNER_BROKER_URL"] = redis_url
-    result = subprocess.run([sys.executable, "-m", "worker", "stats"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "worker", "stats"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 1
     assert result.stderr.strip() == "error: the database has no jobrunner tables yet: run `jobctl db upgrade` first"

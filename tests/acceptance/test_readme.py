@@ -19,8 +19,14 @@ from worker.cli import app
 
 README = (REPO_ROOT / "README.md").read_text()
 #: Stand-ins for the README's placeholders.
-PLACEHOLDERS = {"ID": str(uuid.uuid4()), "K": "noop", "T": "builtins.ValueError", "TEXT": "disk full", "N": "5",
-                "...": "2h"}
+PLACEHOLDERS = {
+    "ID": str(uuid.uuid4()),
+    "K": "noop",
+    "T": "builtins.ValueError",
+    "TEXT": "disk full",
+    "N": "5",
+    "...": "2h",
+}
 
 
 def _code_lines() -> list[str]:
@@ -47,8 +53,9 @@ def _inline_jobctl() -> list[str]:
 
 def _readme_jobctl_commands() -> list[str]:
     procfile = (REPO_ROOT / "Procfile").read_text()
-    from_procfile = [re.sub(r"\$\{\w+:-(\w+)\}", r"\1", line.split(":", 1)[1].strip())
-                     for line in procfile.splitlines()]
+    from_procfile = [
+        re.sub(r"\$\{\w+:-(\w+)\}", r"\1", line.split(":", 1)[1].strip()) for line in procfile.splitlines()
+    ]
     return [line for line in _code_lines() if line.startswith("jobctl ")] + _inline_jobctl() + from_procfile
 
 
@@ -94,6 +101,11 @@ def test_each_benchmark_the_readme_names_runs_with_help():
     named = re.findall(r"`(?:\.venv/bin/python tests/benchmarks/)?(\w+\.py)`", README.split("Benchmarks", 1)[1])
     assert {"throughput.py", "ingest.py", "events.py", "batch.py"} <= set(named)
     for script in sorted(set(named)):
-        result = subprocess.run([sys.executable, f"tests/benchmarks/{script}", "--help"], cwd=REPO_ROOT,
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [sys.executable, f"tests/benchmarks/{script}", "--help"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert result.returncode == 0, result.stderr

@@ -64,8 +64,11 @@ def test_repeated_id_is_stored_once_and_answers_its_first_jobs(client, drain, da
 
 
 def test_invalid_event_anywhere_is_422_naming_index_and_field_and_stores_nothing(client, database, queued_messages):
-    bad_payload = [_user(0), _user(1), {"type": "order_created",
-                                        "payload": {"order_id": "o", "product_id": str(uuid.uuid4()), "quantity": -1}}]
+    bad_payload = [
+        _user(0),
+        _user(1),
+        {"type": "order_created", "payload": {"order_id": "o", "product_id": str(uuid.uuid4()), "quantity": -1}},
+    ]
     response = client.post("/events", json=bad_payload)
     assert response.status_code == 422
     assert response.json()["detail"] == "event 2 (order_created): payload.quantity: Input should be greater than 0"

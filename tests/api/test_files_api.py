@@ -82,7 +82,7 @@ def test_upload_going_over_the_limit_midway_is_413_and_its_partial_file_removed(
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: the limit is found while streaming
         for start in range(0, len(body), 100):
-            yield body[start:start + 100]
+            yield body[start : start + 100]
 
     response = _post_raw(small_limit_client, chunks())
     assert response.status_code == 413

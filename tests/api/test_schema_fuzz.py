@@ -41,8 +41,9 @@ def live_api(tmp_path_factory, database_url, redis_url):
     env["JOBRUNNER_API_TOKEN"] = API_TOKEN  # so the fuzzer's checks of authentication hold too
     log = tmp_path_factory.mktemp("api") / "api.log"
     with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "worker", "api", "--port", str(port)],
-                                   env=env, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "worker", "api", "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
     base_url = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:
@@ -68,8 +69,9 @@ def test_no_route_answers_5xx_or_outside_its_schema(live_api):
     for operation in operations:
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=EXAMPLES_PER_ROUTE, deadline=None, suppress_health_check=list(HealthCheck),
-                  database=None)
+        @settings(
+            max_examples=EXAMPLES_PER_ROUTE, deadline=None, suppress_health_check=list(HealthCheck), database=None
+        )
         def check(case):
             case.call_and_validate(
                 base_url=live_api,

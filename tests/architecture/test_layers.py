@@ -13,8 +13,17 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("jobs", "worker", "api")
 #: The worker runtime: what only a worker process needs.
-WORKER_RUNTIME = ("worker.middleware", "worker.lifecycle", "worker.heartbeat", "worker.sweeper", "worker.broker",
-                  "worker.actors", "worker.state", "worker.entry", "worker.cli")
+WORKER_RUNTIME = (
+    "worker.middleware",
+    "worker.lifecycle",
+    "worker.heartbeat",
+    "worker.sweeper",
+    "worker.broker",
+    "worker.actors",
+    "worker.state",
+    "worker.entry",
+    "worker.cli",
+)
 
 
 def _modules_after(code: str) -> set[str]:
@@ -63,8 +72,9 @@ def _import_graph() -> dict[str, set[str]]:
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in files else node.module
-                           for a in node.names]
+                targets = [
+                    f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in files else node.module for a in node.names
+                ]
             graph[name] |= {t for t in targets if t in files and t != name}
     return graph
 
@@ -72,16 +82,25 @@ def _import_graph() -> dict[str, set[str]]:
 def test_jobs_imports_neither_worker_nor_api():
     graph = _import_graph()
     assert "jobs.store.running" in graph
-    wrong = {(m, t) for m, targets in graph.items() if m.startswith("jobs") for t in targets
-             if t.split(".")[0] in ("worker", "api")}
+    wrong = {
+        (m, t)
+        for m, targets in graph.items()
+        if m.startswith("jobs")
+        for t in targets
+        if t.split(".")[0] in ("worker", "api")
+    }
     assert wrong == set()
 
 
 def test_api_and_worker_do_not_import_each_other_but_through_the_producer():
     graph = _import_graph()
-    wrong = {(m, t) for m, targets in graph.items() for t in targets
-             if (m.startswith("api") and t.startswith("worker") and t != "worker.producer")
-             or (m.startswith("worker") and t.startswith("api"))}
+    wrong = {
+        (m, t)
+        for m, targets in graph.items()
+        for t in targets
+        if (m.startswith("api") and t.startswith("worker") and t != "worker.producer")
+        or (m.startswith("worker") and t.startswith("api"))
+    }
     assert wrong == set()
 
 
@@ -96,7 +115,7 @@ def test_no_import_cycle():
         path.append(module)
         for target in sorted(graph[module]):
             if state.get(target) == 1:
-                cycles.append(path[path.index(target):] + [target])
+                cycles.append(path[path.index(target) :] + [target])
             elif target not in state:
                 visit(target)
         path.pop()

@@ -83,11 +83,22 @@ def make_records(database: db.Database, count: int) -> uuid.UUID:
     """A processed file with ``count`` generated records, and ``bench_set``: a copy of them."""
     file_id = uuid.uuid4()
     with db.session_scope(database.sessions) as session:
-        session.add(file_models.File(
-            id=file_id, name="bench.csv", size_bytes=0, sha256="0" * 64, storage_key=uuid.uuid4().hex,
-            status=file_models.FileStatus.PROCESSED, rows_total=count, rows_imported=count, rows_rejected=0,
-            row_errors=[], byte_offset=0, created_at=store.utcnow(),
-        ))
+        session.add(
+            file_models.File(
+                id=file_id,
+                name="bench.csv",
+                size_bytes=0,
+                sha256="0" * 64,
+                storage_key=uuid.uuid4().hex,
+                status=file_models.FileStatus.PROCESSED,
+                rows_total=count,
+                rows_imported=count,
+                rows_rejected=0,
+                row_errors=[],
+                byte_offset=0,
+                created_at=store.utcnow(),
+            )
+        )
         session.flush()
         session.execute(_GENERATE, {"file_id": file_id, "n": count})
         session.execute(text("CREATE TABLE bench_set AS SELECT id, data, status FROM records"))
@@ -107,8 +118,9 @@ def run_set_based(database: db.Database) -> float:
 
 def start_workers(workdir: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "JOBRUNNER_SWEEP_INTERVAL_SECONDS": "600"}
-    return common.spawn([JOBCTL, "worker", "--processes", "2", "--threads", "4"], env=env,
-                        log_path=workdir / "worker.log")
+    return common.spawn(
+        [JOBCTL, "worker", "--processes", "2", "--threads", "4"], env=env, log_path=workdir / "worker.log"
+    )
 
 
 def wait_for(database: db.Database, model: type, row_id: uuid.UUID, done: tuple[str, ...]) -> models.Base:
@@ -132,8 +144,12 @@ def run_batch(database: db.Database, file_id: uuid.UUID, chunk_size: int) -> tup
 
 def count_differences(database: db.Database) -> int:
     with database.engine.connect() as conn:
-        return conn.execute(text("SELECT count(*) FROM records r JOIN bench_set b USING (id) WHERE r.data <> b.data "
-                                 "OR r.status <> b.status")).scalar_one()
+        return conn.execute(
+            text(
+                "SELECT count(*) FROM records r JOIN bench_set b USING (id) WHERE r.data <> b.data "
+                "OR r.status <> b.status"
+            )
+        ).scalar_one()
 
 
 def main() -> None:
@@ -146,8 +162,12 @@ def main() -> None:
     get_settings.cache_clear()
     settings = get_settings()
     broker = producer.make_broker(settings)
-    database = db.make_database(DB_URL, sender=producer.make_sender(broker), registry=kinds.load_registry(settings),
-                                application_name="jobrunner-bench")
+    database = db.make_database(
+        DB_URL,
+        sender=producer.make_sender(broker),
+        registry=kinds.load_registry(settings),
+        application_name="jobrunner-bench",
+    )
     workdir = Path(tempfile.mkdtemp(prefix="jobrunner-bench-batch-"))
     proc = None
     try:
@@ -175,8 +195,10 @@ def report(
     total = (batch.finished_at - batch.created_at).total_seconds()
     planning = (plan.finished_at - plan.created_at).total_seconds()
     rate, set_rate = batch.processed / total, options.records / set_seconds
-    print(f"batch {batch.id}: {batch.status}, {batch.processed:,} processed, {batch.failed:,} failed, "
-          f"{batch.chunks_done}/{batch.chunks_total} chunks of {options.chunk_size:,}")
+    print(
+        f"batch {batch.id}: {batch.status}, {batch.processed:,} processed, {batch.failed:,} failed, "
+        f"{batch.chunks_done}/{batch.chunks_total} chunks of {options.chunk_size:,}"
+    )
     print(f"end to end: {total:.2f} s, {rate:,.0f} records/s")
     print(f"  vs set-based: {rate / set_rate:.1%} of its {set_rate:,.0f} records/s (target >= 25%)")
     print(f"planning: {planning:.2f} s, {planning / total:.1%} of the end-to-end time (target < 10%)")

@@ -15,6 +15,7 @@ PostgreSQL server of ``JOBRUNNER_BENCH_PG_ADMIN_URL``; both are removed when the
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import secrets
 import signal
@@ -96,8 +97,9 @@ def spawn(argv: Sequence[str], *, env: dict[str, str], log_path: Path, cwd: Path
     """Start ``argv`` in a session (and process group) of its own, so that it and its children can
     be stopped together, with stdout and stderr going to ``log_path``. Remembered for :func:`stop_all`."""
     with open(log_path, "wb") as log:  # the child has its own copy of the descriptor
-        proc = subprocess.Popen(list(argv), cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            list(argv), cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     _started.append(proc)
     return proc
 
@@ -125,20 +127,16 @@ def stop(proc: subprocess.Popen[bytes], *, grace_seconds: float = 30.0, signal_g
             pass
         except subprocess.TimeoutExpired:
             print(f"  process {proc.pid} ignored SIGTERM for {grace_seconds:.0f} s: killing it", flush=True)
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
     for pid in leftovers:
         try:
             if os.getpgid(pid) == proc.pid:  # still in the group we started (not a reused PID)
                 os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
 
 
 def stop_all(*, grace_seconds: float = 30.0, signal_group: bool = True) -> None:
@@ -199,8 +197,15 @@ def free_port() -> int:
     return devmode.free_port()
 
 
-def wait_for_http(url: str, *, proc: subprocess.Popen[bytes] | None = None, log_path: Path | None = None,
-                  timeout: float = 60.0, request_timeout: float = 2.0, interval: float = 0.2) -> None:
+def wait_for_http(
+    url: str,
+    *,
+    proc: subprocess.Popen[bytes] | None = None,
+    log_path: Path | None = None,
+    timeout: float = 60.0,
+    request_timeout: float = 2.0,
+    interval: float = 0.2,
+) -> None:
     """Poll ``url`` every ``interval`` s until it answers 200. Raises RuntimeError if ``proc`` (the
     server) exits first (with the tail of ``log_path``), TimeoutError after ``timeout`` s."""
     deadline = time.monotonic() + timeout

@@ -103,6 +103,7 @@ def naive(job_id):
         s.commit()
 '''
 
+
 def reset(engine, client: redis.Redis) -> None:
     client.flushdb()
     with engine.begin() as conn:
@@ -112,14 +113,25 @@ def reset(engine, client: redis.Redis) -> None:
 
 
 def env_for(url: str, **extra: str) -> dict[str, str]:
-    return {**os.environ, "JOBRUNNER_DATABASE_URL": url, "JOBRUNNER_BROKER_URL": REDIS_URL,
-            "JOBRUNNER_CONSUMER_TIMEOUT_MS": "10", "dramatiq_worker_timeout": "10", **extra}
+    return {
+        **os.environ,
+        "JOBRUNNER_DATABASE_URL": url,
+        "JOBRUNNER_BROKER_URL": REDIS_URL,
+        "JOBRUNNER_CONSUMER_TIMEOUT_MS": "10",
+        "dramatiq_worker_timeout": "10",
+        **extra,
+    }
 
 
 def event_lists(n: int) -> list[list[dict]]:
-    events = [{"type": "user_registered", "payload": {"org_id": f"org-{i % ORGS}", "user_id": f"u{i}",
-                                                      "email": f"u{i}@example.com"}} for i in range(n)]
-    return [events[i:i + LIST_SIZE] for i in range(0, n, LIST_SIZE)]
+    events = [
+        {
+            "type": "user_registered",
+            "payload": {"org_id": f"org-{i % ORGS}", "user_id": f"u{i}", "email": f"u{i}@example.com"},
+        }
+        for i in range(n)
+    ]
+    return [events[i : i + LIST_SIZE] for i in range(0, n, LIST_SIZE)]
 
 
 def scenario_ingest(url: str, n: int, clients: int, workdir: Path) -> float:
@@ -127,8 +139,9 @@ def scenario_ingest(url: str, n: int, clients: int, workdir: Path) -> float:
     proc = common.spawn([str(BIN / "jobctl"), "api", "--port", str(PORT)], env=env_for(url), log_path=log_path)
     base = f"http://127.0.0.1:{PORT}"
     try:
-        common.wait_for_http(f"{base}/healthz", proc=proc, log_path=log_path, request_timeout=1.0,
-                             interval=POLL_SECONDS)
+        common.wait_for_http(
+            f"{base}/healthz", proc=proc, log_path=log_path, request_timeout=1.0, interval=POLL_SECONDS
+        )
         with httpx.Client(base_url=base, timeout=60) as warm:  # warm the pool and the code paths
             warm.post("/events", json=event_lists(LIST_SIZE)[0])
         lists = event_lists(n)
@@ -142,8 +155,11 @@ def scenario_ingest(url: str, n: int, clients: int, workdir: Path) -> float:
         with concurrent.futures.ThreadPoolExecutor(clients) as pool:
             list(pool.map(post_all, [lists[i::clients] for i in range(clients)]))
         seconds = time.perf_counter() - started
-        print(f"  ingest: {n:,} events in {len(lists)} posts of {LIST_SIZE}, {clients} clients: {seconds:.2f} s; "
-              f"answers {sorted(set(codes))}", flush=True)
+        print(
+            f"  ingest: {n:,} events in {len(lists)} posts of {LIST_SIZE}, {clients} clients: {seconds:.2f} s; "
+            f"answers {sorted(set(codes))}",
+            flush=True,
+        )
         return n / seconds
     finally:
         common.stop(proc)
@@ -156,13 +172,31 @@ def scenario_bulk(url: str, n: int) -> float:
     event_ids = [uuid.uuid4() for _ in range(n)]
     job_ids = [uuid.uuid4() for _ in range(n)]
     lists = [e for part in event_lists(n) for e in part]
-    event_rows = [{"id": e, "type": "user_registered", "payload": body["payload"],
-                   "handler_jobs": [{"handler": "org_stats", "job_id": str(j)}], "created_at": now}
-                  for e, j, body in zip(event_ids, job_ids, lists, strict=True)]  # n of each
-    job_rows = [{"id": j, "kind": "event.handle", "queue": "default",
-                 "args": {"event_id": str(e), "handler": "org_stats"},
-                 "status": "queued", "attempts": 0, "max_attempts": 5, "created_at": now, "enqueued_at": now,
-                 "replay_count": 0} for e, j in zip(event_ids, job_ids, strict=True)]
+    event_rows = [
+        {
+            "id": e,
+            "type": "user_registered",
+            "payload": body["payload"],
+            "handler_jobs": [{"handler": "org_stats", "job_id": str(j)}],
+            "created_at": now,
+        }
+        for e, j, body in zip(event_ids, job_ids, lists, strict=True)
+    ]  # n of each
+    job_rows = [
+        {
+            "id": j,
+            "kind": "event.handle",
+            "queue": "default",
+            "args": {"event_id": str(e), "handler": "org_stats"},
+            "status": "queued",
+            "attempts": 0,
+            "max_attempts": 5,
+            "created_at": now,
+            "enqueued_at": now,
+            "replay_count": 0,
+        }
+        for e, j in zip(event_ids, job_ids, strict=True)
+    ]
     try:
         started = time.perf_counter()
         with database.engine.begin() as conn:
@@ -170,21 +204,26 @@ def scenario_bulk(url: str, n: int) -> float:
             conn.execute(insert(models.Job.__table__), job_rows)
         inserted = time.perf_counter() - started
         for job_id in job_ids:
-            broker.enqueue(Message(queue_name="default", actor_name="jobrunner.run", args=(str(job_id),),
-                                   kwargs={}, options={}))
+            broker.enqueue(
+                Message(queue_name="default", actor_name="jobrunner.run", args=(str(job_id),), kwargs={}, options={})
+            )
         seconds = time.perf_counter() - started
     finally:
         database.dispose()
         broker.close()
-    print(f"  bulk limit: {n:,} events + jobs inserted in {inserted:.2f} s, + {n:,} bare sends: {seconds:.2f} s",
-          flush=True)
+    print(
+        f"  bulk limit: {n:,} events + jobs inserted in {inserted:.2f} s, + {n:,} bare sends: {seconds:.2f} s",
+        flush=True,
+    )
     return n / seconds
 
 
 def wait_handled(engine, proc: subprocess.Popen[bytes], n: int, log_path: Path, timeout: float) -> float | None:
     deadline = time.time() + timeout
-    query = text("SELECT count(*) FILTER (WHERE status IN ('succeeded', 'failed')), "
-                 "min(started_at), max(finished_at) FROM jobs WHERE kind = 'event.handle'")
+    query = text(
+        "SELECT count(*) FILTER (WHERE status IN ('succeeded', 'failed')), "
+        "min(started_at), max(finished_at) FROM jobs WHERE kind = 'event.handle'"
+    )
     while True:
         with engine.connect() as conn:
             done, first, last = conn.execute(query).one()
@@ -198,8 +237,11 @@ def wait_handled(engine, proc: subprocess.Popen[bytes], n: int, log_path: Path, 
 
 def scenario_handling(url: str, engine, n: int, workdir: Path, timeout: float) -> float | None:
     log_path = workdir / "worker.log"
-    proc = common.spawn([str(BIN / "jobctl"), "worker", "--processes", str(PROCESSES), "--threads", str(THREADS)],
-                        env=env_for(url), log_path=log_path)
+    proc = common.spawn(
+        [str(BIN / "jobctl"), "worker", "--processes", str(PROCESSES), "--threads", str(THREADS)],
+        env=env_for(url),
+        log_path=log_path,
+    )
     try:
         rate = wait_handled(engine, proc, n, log_path, timeout)
     finally:
@@ -218,22 +260,52 @@ def scenario_naive(url: str, engine, n: int, workdir: Path, timeout: float) -> f
     job_ids = [uuid.uuid4() for _ in range(n)]
     bodies = [e for part in event_lists(n) for e in part]
     with engine.begin() as conn:
-        conn.execute(insert(event_models.Event.__table__), [
-            {"id": e, "type": "user_registered", "payload": b["payload"], "handler_jobs": [], "created_at": now}
-            for e, b in zip(event_ids, bodies, strict=True)])  # n of each
-        conn.execute(insert(models.Job.__table__), [
-            {"id": j, "kind": "event.handle", "queue": "default", "args": {"event_id": str(e), "handler": "org_stats"},
-             "status": "queued", "attempts": 0, "max_attempts": 5, "created_at": now, "enqueued_at": now,
-             "replay_count": 0} for e, j in zip(event_ids, job_ids, strict=True)])
+        conn.execute(
+            insert(event_models.Event.__table__),
+            [
+                {"id": e, "type": "user_registered", "payload": b["payload"], "handler_jobs": [], "created_at": now}
+                for e, b in zip(event_ids, bodies, strict=True)
+            ],
+        )  # n of each
+        conn.execute(
+            insert(models.Job.__table__),
+            [
+                {
+                    "id": j,
+                    "kind": "event.handle",
+                    "queue": "default",
+                    "args": {"event_id": str(e), "handler": "org_stats"},
+                    "status": "queued",
+                    "attempts": 0,
+                    "max_attempts": 5,
+                    "created_at": now,
+                    "enqueued_at": now,
+                    "replay_count": 0,
+                }
+                for e, j in zip(event_ids, job_ids, strict=True)
+            ],
+        )
     broker = RedisBroker(url=REDIS_URL, middleware=[])
     for job_id in job_ids:
-        broker.enqueue(Message(queue_name="default", actor_name="bench.naive_event", args=(str(job_id),),
-                               kwargs={}, options={}))
+        broker.enqueue(
+            Message(queue_name="default", actor_name="bench.naive_event", args=(str(job_id),), kwargs={}, options={})
+        )
     broker.close()
     log_path = workdir / "naive.log"
-    proc = common.spawn([str(BIN / "dramatiq"), "bench_naive_events", "--path", str(workdir),
-                         "--processes", str(PROCESSES), "--threads", str(THREADS)],
-                        env=env_for(url, BENCH_REDIS_URL=REDIS_URL, BENCH_DATABASE_URL=url), log_path=log_path)
+    proc = common.spawn(
+        [
+            str(BIN / "dramatiq"),
+            "bench_naive_events",
+            "--path",
+            str(workdir),
+            "--processes",
+            str(PROCESSES),
+            "--threads",
+            str(THREADS),
+        ],
+        env=env_for(url, BENCH_REDIS_URL=REDIS_URL, BENCH_DATABASE_URL=url),
+        log_path=log_path,
+    )
     try:
         return wait_handled(engine, proc, n, log_path, timeout)
     finally:
@@ -271,14 +343,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         engine.dispose()
         client.close()
     line = "=" * 90
-    print(f"\n{line}\nevents benchmark: {n:,} user_registered events, lists of {LIST_SIZE}, "
-          f"{os.cpu_count()} CPUs\n{line}")
-    print(f"ingest POST /events (1 uvicorn process, {args.clients} clients)   {fmt(ingest):>10} events/s"
-          f"   (target >= {TARGET_INGEST:,.0f})")
+    print(
+        f"\n{line}\nevents benchmark: {n:,} user_registered events, lists of {LIST_SIZE}, {os.cpu_count()} CPUs\n{line}"
+    )
+    print(
+        f"ingest POST /events (1 uvicorn process, {args.clients} clients)   {fmt(ingest):>10} events/s"
+        f"   (target >= {TARGET_INGEST:,.0f})"
+    )
     print(f"bulk limit (Core bulk INSERT + bare sends)            {fmt(bulk):>10} events/s")
     ratio = ingest / bulk if bulk else None
-    print(f"  ingest / bulk limit                                 {fmt(ratio, '.2f'):>10}"
-          f"          (target >= {TARGET_INGEST_RATIO:.2f})")
+    print(
+        f"  ingest / bulk limit                                 {fmt(ratio, '.2f'):>10}"
+        f"          (target >= {TARGET_INGEST_RATIO:.2f})"
+    )
     print(f"handling, jobctl worker {PROCESSES}x{THREADS}                        {fmt(handling):>10} events/s")
     print(f"naive pattern, bare Dramatiq {PROCESSES}x{THREADS}                   {fmt(naive):>10} events/s")
     h_ratio = handling / naive if handling and naive else None

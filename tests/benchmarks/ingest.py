@@ -138,8 +138,9 @@ def run_ingest(
     storage_dir = workdir / "storage"
     job_id = queue_file(database, csv_path, storage_dir)
     env = environment(storage_dir, JOBRUNNER_PREFETCH="1")
-    proc = common.spawn([JOBCTL, "worker", "--processes", "1", "--threads", "1"], env=env,
-                        log_path=workdir / f"worker-{label}.log")
+    proc = common.spawn(
+        [JOBCTL, "worker", "--processes", "1", "--threads", "1"], env=env, log_path=workdir / f"worker-{label}.log"
+    )
     try:
         job = wait_for_job(database, job_id)
         rss = peak_rss_mb(common.descendants(proc.pid))
@@ -217,7 +218,7 @@ def run_copy_records(data: bytes) -> float:
             cursor.copy("COPY bench_records (file_id, row_number, data, status) FROM STDIN") as copy,
         ):
             for start in range(0, len(data), 1 << 20):
-                copy.write(data[start:start + (1 << 20)])
+                copy.write(data[start : start + (1 << 20)])
         conn.commit()
         return time.perf_counter() - started
 
@@ -240,7 +241,7 @@ def run_upload(workdir: Path, megabytes: int) -> tuple[float, float, float, int]
         common.wait_for_http(f"{base}/healthz", proc=proc, log_path=log_path)
         before = peak_rss_mb([proc.pid, *common.descendants(proc.pid)], "VmRSS")
         head = (
-            f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.csv\"\r\n"
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="big.csv"\r\n'
             "Content-Type: text/csv\r\n\r\n"
         ).encode()
         tail = f"\r\n--{BOUNDARY}--\r\n".encode()
@@ -297,12 +298,17 @@ def main() -> None:
 
 def report(options: argparse.Namespace, workdir: Path, database: db.Database) -> None:
     small, big = workdir / "small.csv", workdir / "big.csv"
-    print(f"generating CSVs: {options.small_rows:,} rows ({write_csv(small, options.small_rows) / 1e6:.1f} MB), "
-          f"{options.rows:,} rows ({write_csv(big, options.rows) / 1e6:.1f} MB)", flush=True)
+    print(
+        f"generating CSVs: {options.small_rows:,} rows ({write_csv(small, options.small_rows) / 1e6:.1f} MB), "
+        f"{options.rows:,} rows ({write_csv(big, options.rows) / 1e6:.1f} MB)",
+        flush=True,
+    )
 
     small_seconds, small_rss, _ = run_ingest(database, small, workdir, "small")
-    print(f"file.process {options.small_rows:,} rows: {small_seconds:.2f} s, worker peak RSS {small_rss:.1f} MB",
-          flush=True)
+    print(
+        f"file.process {options.small_rows:,} rows: {small_seconds:.2f} s, worker peak RSS {small_rss:.1f} MB",
+        flush=True,
+    )
     records_data = records_copy_data(big)
     ingest_rates, copy_rates, records_rates, big_rss = [], [], [], 0.0
     for run in range(1, options.repeat + 1):
@@ -313,20 +319,32 @@ def report(options: argparse.Namespace, workdir: Path, database: db.Database) ->
         reset_tables()
         copy_rates.append(options.rows / run_copy(big))
         records_rates.append(options.rows / run_copy_records(records_data))
-        print(f"run {run}: file.process {ingest_rates[-1]:,.0f} rows/s (imported {file.rows_imported:,}, "
-              f"rejected {file.rows_rejected:,}, worker peak RSS {rss:.1f} MB); "
-              f"plain COPY {copy_rates[-1]:,.0f} rows/s; "
-              f"COPY into a records-shaped table {records_rates[-1]:,.0f} rows/s", flush=True)
+        print(
+            f"run {run}: file.process {ingest_rates[-1]:,.0f} rows/s (imported {file.rows_imported:,}, "
+            f"rejected {file.rows_rejected:,}, worker peak RSS {rss:.1f} MB); "
+            f"plain COPY {copy_rates[-1]:,.0f} rows/s; "
+            f"COPY into a records-shaped table {records_rates[-1]:,.0f} rows/s",
+            flush=True,
+        )
     ingest_rate, copy_rate, records_rate = (statistics.median(r) for r in (ingest_rates, copy_rates, records_rates))
-    print(f"medians of {options.repeat}: file.process {ingest_rate:,.0f} rows/s, plain COPY {copy_rate:,.0f} rows/s, "
-          f"records-shaped COPY {records_rate:,.0f} rows/s")
-    print(f"ingest / plain COPY: {ingest_rate / copy_rate:.0%} (target >= 40%); per run: "
-          f"{', '.join(f'{i / c:.0%}' for i, c in zip(ingest_rates, copy_rates, strict=True))}")
-    print(f"ingest / records-shaped COPY: {ingest_rate / records_rate:.0%} (not a target: where the time goes); "
-          f"records-shaped COPY / plain COPY: {records_rate / copy_rate:.0%} (writing records rows at all, with no "
-          "parsing or checking, costs that much)")
-    print(f"worker peak RSS, {options.rows:,} - {options.small_rows:,} rows: {big_rss - small_rss:+.1f} MB "
-          "(target <= +30 MB)", flush=True)
+    print(
+        f"medians of {options.repeat}: file.process {ingest_rate:,.0f} rows/s, plain COPY {copy_rate:,.0f} rows/s, "
+        f"records-shaped COPY {records_rate:,.0f} rows/s"
+    )
+    print(
+        f"ingest / plain COPY: {ingest_rate / copy_rate:.0%} (target >= 40%); per run: "
+        f"{', '.join(f'{i / c:.0%}' for i, c in zip(ingest_rates, copy_rates, strict=True))}"
+    )
+    print(
+        f"ingest / records-shaped COPY: {ingest_rate / records_rate:.0%} (not a target: where the time goes); "
+        f"records-shaped COPY / plain COPY: {records_rate / copy_rate:.0%} (writing records rows at all, with no "
+        "parsing or checking, costs that much)"
+    )
+    print(
+        f"worker peak RSS, {options.rows:,} - {options.small_rows:,} rows: {big_rss - small_rss:+.1f} MB "
+        "(target <= +30 MB)",
+        flush=True,
+    )
 
     # Not a target: the same file with one row in 1,000 too short, so that no block is plain CSV and
     # every block's good rows are written again by csv.writer.
@@ -336,15 +354,21 @@ def report(options: argparse.Namespace, workdir: Path, database: db.Database) ->
             out.write(b"too,short\n" if number and number % 1000 == 0 else line)
     reset_tables()
     seconds, _, file = run_ingest(database, bad, workdir, "bad-rows")
-    print(f"file.process, a bad row in every 1,000: {file.rows_total / seconds:,.0f} rows/s read "
-          f"(imported {file.rows_imported:,}, rejected {file.rows_rejected:,}) = "
-          f"{file.rows_total / seconds / ingest_rate:.0%} of the clean file's rate", flush=True)
+    print(
+        f"file.process, a bad row in every 1,000: {file.rows_total / seconds:,.0f} rows/s read "
+        f"(imported {file.rows_imported:,}, rejected {file.rows_rejected:,}) = "
+        f"{file.rows_total / seconds / ingest_rate:.0%} of the clean file's rate",
+        flush=True,
+    )
 
     if not options.skip_upload:
         seconds, before, rss, status = run_upload(workdir, options.upload_mb)
-        print(f"upload {options.upload_mb} MB: HTTP {status} in {seconds:.1f} s "
-              f"({options.upload_mb / seconds:.0f} MB/s), "
-              f"API RSS {before:.1f} MB before it, peak {rss:.1f} MB (target < 100 MB)", flush=True)
+        print(
+            f"upload {options.upload_mb} MB: HTTP {status} in {seconds:.1f} s "
+            f"({options.upload_mb / seconds:.0f} MB/s), "
+            f"API RSS {before:.1f} MB before it, peak {rss:.1f} MB (target < 100 MB)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

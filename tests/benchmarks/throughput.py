@@ -163,8 +163,9 @@ def cpu_snapshot() -> dict[int, tuple[str, float]]:
     return snapshot
 
 
-def cpu_split(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], ours: set[int],
-              seconds: float) -> dict[str, float]:
+def cpu_split(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], ours: set[int], seconds: float
+) -> dict[str, float]:
     """CPU used between two snapshots, in % of one CPU: by our worker, by PostgreSQL + Redis (ours and
     anyone else's), and by every other process (other work sharing the machine: it skews the figures).
     Processes that lived only between the snapshots are missed."""
@@ -292,8 +293,9 @@ def wait_until_done(
         if done >= run.n:
             run.wall_seconds = time.time() - spawned_at
             if cpu_before is not None and psutil is not None:
-                run.cpu = cpu_split(cpu_before[1], cpu_snapshot(), process_tree(proc.pid),
-                                    time.monotonic() - cpu_before[0])
+                run.cpu = cpu_split(
+                    cpu_before[1], cpu_snapshot(), process_tree(proc.pid), time.monotonic() - cpu_before[0]
+                )
             break
         if proc.poll() is not None:
             run.note = f"worker exited early with code {proc.returncode}"
@@ -329,7 +331,10 @@ def make_producer(bench: Bench) -> tuple[db.Database, RedisBroker]:
     settings = runner_settings(bench)
     broker = producer.make_broker(settings)
     database = db.make_database(
-        bench.url, pool_size=2, sender=producer.make_sender(broker), registry=kinds.load_registry(settings),
+        bench.url,
+        pool_size=2,
+        sender=producer.make_sender(broker),
+        registry=kinds.load_registry(settings),
         application_name="jobrunner-bench-producer",
     )
     return database, broker
@@ -370,8 +375,11 @@ def scenario_full(bench: Bench, n: int, index: int) -> Run:
         database.dispose()
         broker.close()
     queued = bench.redis.hlen("dramatiq:default.msgs")
-    print(f"  enqueued {n} jobs in {run.enqueue_seconds:.2f} s ({n / run.enqueue_seconds:,.0f}/s); "
-          f"{queued} messages in Redis", flush=True)
+    print(
+        f"  enqueued {n} jobs in {run.enqueue_seconds:.2f} s ({n / run.enqueue_seconds:,.0f}/s); "
+        f"{queued} messages in Redis",
+        flush=True,
+    )
     bench.vacuum()
 
     log_path = bench.workdir / f"full-{index}.log"
@@ -463,8 +471,16 @@ def send_messages(actor_name: str, args_list: Sequence[tuple[Any, ...]]) -> floa
 def start_dramatiq(bench: Bench, module: str, log_path: Path, **env: str) -> tuple[subprocess.Popen[bytes], float]:
     spawned_at = time.time()
     proc = common.spawn(
-        [str(BIN / "dramatiq"), module, "--path", str(bench.workdir),
-         "--processes", str(PROCESSES), "--threads", str(THREADS)],
+        [
+            str(BIN / "dramatiq"),
+            module,
+            "--path",
+            str(bench.workdir),
+            "--processes",
+            str(PROCESSES),
+            "--threads",
+            str(THREADS),
+        ],
         env=bench.worker_env(dramatiq_worker_timeout=str(CONSUMER_TIMEOUT_MS), BENCH_REDIS_URL=REDIS_URL, **env),
         log_path=log_path,
     )
@@ -496,13 +512,23 @@ def scenario_naive(bench: Bench, n: int, index: int) -> Run:
     now = store.utcnow()
     ids = [uuid.uuid4() for _ in range(n)]
     rows = [
-        {"id": job_id, "kind": "noop", "queue": "default", "args": {}, "status": "queued", "attempts": 0,
-         "max_attempts": 3, "created_at": now, "enqueued_at": now, "replay_count": 0}
+        {
+            "id": job_id,
+            "kind": "noop",
+            "queue": "default",
+            "args": {},
+            "status": "queued",
+            "attempts": 0,
+            "max_attempts": 3,
+            "created_at": now,
+            "enqueued_at": now,
+            "replay_count": 0,
+        }
         for job_id in ids
     ]
     with bench.engine.begin() as conn:
         for offset in range(0, n, ENQUEUE_BATCH):
-            conn.execute(insert(models.Job.__table__), rows[offset:offset + ENQUEUE_BATCH])
+            conn.execute(insert(models.Job.__table__), rows[offset : offset + ENQUEUE_BATCH])
     run.enqueue_seconds = send_messages("bench.naive", [(str(job_id),) for job_id in ids])
     bench.vacuum()
     log_path = bench.workdir / f"naive-{index}.log"
@@ -575,14 +601,17 @@ def _wait_for(bench: Bench, proc: subprocess.Popen[bytes], ids: list[uuid.UUID],
         if done >= len(ids):
             return done
         if proc.poll() is not None or time.time() > deadline:
-            print(f"  ! latency: {done}/{len(ids)} done, worker rc={proc.poll()}; "
-                  f"log tail:\n{common.log_tail(log_path)}", flush=True)
+            print(
+                f"  ! latency: {done}/{len(ids)} done, worker rc={proc.poll()}; log tail:\n{common.log_tail(log_path)}",
+                flush=True,
+            )
             return done
         time.sleep(POLL_SECONDS)
 
 
-def _paced(bench: Bench, proc: subprocess.Popen[bytes], database: db.Database, rate: float, n: int,
-           log_path: Path) -> Latency:
+def _paced(
+    bench: Bench, proc: subprocess.Popen[bytes], database: db.Database, rate: float, n: int, log_path: Path
+) -> Latency:
     result = Latency(rate, n)
     committed: dict[uuid.UUID, float] = {}
     interval = 1.0 / rate
@@ -626,22 +655,32 @@ def _verdict(ok: bool | None) -> str:
 
 
 def print_run(run: Run) -> None:
-    print(f"  {run.name}: {run.done}/{run.n} done; busy {_fmt(run.busy_seconds, '.3f', ' s')} -> "
-          f"{_fmt(run.rate, ',.0f', ' jobs/s')}; wall {_fmt(run.wall_seconds, '.2f', ' s')} "
-          f"(boot {_fmt(run.boot_seconds, '.2f', ' s')}); statuses {run.statuses}"
-          + (f"; RSS {run.rss_early[1]:.1f} MiB @ {run.rss_early[0]} -> {run.rss_end[1]:.1f} MiB @ {run.rss_end[0]}"
-             if run.rss_early and run.rss_end else "")
-          + ("; CPU % of one core: " + ", ".join(f"{k} {v:.0f}" for k, v in run.cpu.items()) if run.cpu else "")
-          + (f"; NOTE {run.note}" if run.note else ""), flush=True)
+    print(
+        f"  {run.name}: {run.done}/{run.n} done; busy {_fmt(run.busy_seconds, '.3f', ' s')} -> "
+        f"{_fmt(run.rate, ',.0f', ' jobs/s')}; wall {_fmt(run.wall_seconds, '.2f', ' s')} "
+        f"(boot {_fmt(run.boot_seconds, '.2f', ' s')}); statuses {run.statuses}"
+        + (
+            f"; RSS {run.rss_early[1]:.1f} MiB @ {run.rss_early[0]} -> {run.rss_end[1]:.1f} MiB @ {run.rss_end[0]}"
+            if run.rss_early and run.rss_end
+            else ""
+        )
+        + ("; CPU % of one core: " + ", ".join(f"{k} {v:.0f}" for k, v in run.cpu.items()) if run.cpu else "")
+        + (f"; NOTE {run.note}" if run.note else ""),
+        flush=True,
+    )
 
 
 def print_summary(args: argparse.Namespace, runs: dict[str, list[Run]], latency: list[Latency]) -> None:
     line = "=" * 100
-    print(f"\n{line}\njobrunner throughput benchmark: {args.jobs:,} jobs per scenario, {args.repeat} run(s) each "
-          f"(medians), 1 worker process x {THREADS} threads, consumer timeout {CONSUMER_TIMEOUT_MS} ms, "
-          f"{os.cpu_count()} CPUs\n{line}")
-    header = (f"{'scenario':<18} {'jobs/s':>10} {'busy s':>8} {'wall s':>8} {'boot s':>7} {'enqueue s':>10}  "
-              "runs (jobs/s)  statuses (last run)")
+    print(
+        f"\n{line}\njobrunner throughput benchmark: {args.jobs:,} jobs per scenario, {args.repeat} run(s) each "
+        f"(medians), 1 worker process x {THREADS} threads, consumer timeout {CONSUMER_TIMEOUT_MS} ms, "
+        f"{os.cpu_count()} CPUs\n{line}"
+    )
+    header = (
+        f"{'scenario':<18} {'jobs/s':>10} {'busy s':>8} {'wall s':>8} {'boot s':>7} {'enqueue s':>10}  "
+        "runs (jobs/s)  statuses (last run)"
+    )
     print(header)
     print("-" * len(header))
     rates: dict[str, float | None] = {}
@@ -649,16 +688,20 @@ def print_summary(args: argparse.Namespace, runs: dict[str, list[Run]], latency:
         rs = runs[key]
         rates[key] = _median([r.rate for r in rs])
         per_run = ", ".join(_fmt(r.rate) for r in rs)
-        print(f"{label:<18} {_fmt(rates[key]):>10} {_fmt(_median([r.busy_seconds for r in rs]), '.3f'):>8} "
-              f"{_fmt(_median([r.wall_seconds for r in rs]), '.2f'):>8} "
-              f"{_fmt(_median([r.boot_seconds for r in rs]), '.2f'):>7} "
-              f"{_fmt(_median([r.enqueue_seconds for r in rs]), '.2f'):>10}  {per_run:<13}  {rs[-1].statuses}"
-              + (f"  NOTE: {rs[-1].note}" if rs[-1].note else ""))
+        print(
+            f"{label:<18} {_fmt(rates[key]):>10} {_fmt(_median([r.busy_seconds for r in rs]), '.3f'):>8} "
+            f"{_fmt(_median([r.wall_seconds for r in rs]), '.2f'):>8} "
+            f"{_fmt(_median([r.boot_seconds for r in rs]), '.2f'):>7} "
+            f"{_fmt(_median([r.enqueue_seconds for r in rs]), '.2f'):>10}  {per_run:<13}  {rs[-1].statuses}"
+            + (f"  NOTE: {rs[-1].note}" if rs[-1].note else "")
+        )
     print("  jobs/s = N / (last finish - first start) as the worker recorded them: A and C from jobs.started_at/")
     print("  finished_at; B from the actor's own time.time() pair, sent with ONE Redis RPUSH per message (its only")
     print("  work). wall = spawn -> poll (0.2 s) saw all done, boot included. enqueue: A create_job in")
-    print(f"  {ENQUEUE_BATCH:,}-row transactions + send after commit; B/C broker.enqueue per message "
-          "(C: rows bulk-inserted first).")
+    print(
+        f"  {ENQUEUE_BATCH:,}-row transactions + send after commit; B/C broker.enqueue per message "
+        "(C: rows bulk-inserted first)."
+    )
 
     print("\nCPU while the jobs ran, % of one core (median of runs; 'other' = processes that are not this")
     print("benchmark's, PostgreSQL or Redis: anything above a few % means a shared machine skewed the figures)")
@@ -671,37 +714,48 @@ def print_summary(args: argparse.Namespace, runs: dict[str, list[Run]], latency:
     for name, other in (("full/bare", "bare"), ("full/naive", "naive")):
         ratio = rates["full"] / rates[other] if rates["full"] and rates[other] else None
         # Every scenario ran args.repeat times (a run that failed ended the benchmark before this).
-        per_run = [a.rate / b.rate if a.rate and b.rate else None
-                   for a, b in zip(runs["full"], runs[other], strict=True)]
+        per_run = [
+            a.rate / b.rate if a.rate and b.rate else None for a, b in zip(runs["full"], runs[other], strict=True)
+        ]
         target = TARGETS[name]
         verdict = _verdict(None if ratio is None else ratio >= target)
-        print(f"  {name:<11} {_fmt(ratio, '.2f'):>6}   (target >= {target:.2f}){verdict}"
-              f"   [{', '.join(_fmt(r, '.2f') for r in per_run)}]")
+        print(
+            f"  {name:<11} {_fmt(ratio, '.2f'):>6}   (target >= {target:.2f}){verdict}"
+            f"   [{', '.join(_fmt(r, '.2f') for r in per_run)}]"
+        )
 
     print("\nworker child RSS, scenario A (MiB)")
     for i, r in enumerate(runs["full"], 1):
         if r.rss_early and r.rss_end:
             growth = r.rss_end[1] - r.rss_early[1]
-            print(f"  run {i}: {r.rss_early[1]:.1f} after {r.rss_early[0]:,} jobs -> {r.rss_end[1]:.1f} after "
-                  f"{r.rss_end[0]:,} jobs: {growth:+.1f} (peak {_fmt(r.rss_peak, '.1f')}; target within "
-                  f"{TARGETS['rss_mb']:.0f}){_verdict(abs(growth) <= TARGETS['rss_mb'])}")
+            print(
+                f"  run {i}: {r.rss_early[1]:.1f} after {r.rss_early[0]:,} jobs -> {r.rss_end[1]:.1f} after "
+                f"{r.rss_end[0]:,} jobs: {growth:+.1f} (peak {_fmt(r.rss_peak, '.1f')}; target within "
+                f"{TARGETS['rss_mb']:.0f}){_verdict(abs(growth) <= TARGETS['rss_mb'])}"
+            )
         else:
             print(f"  run {i}: not sampled")
 
     if latency:
-        print("\nenqueue-to-start latency, full path (ms): started_at - created_at  "
-              "[after commit: started_at - commit returned]")
-        print(f"  {'rate':>8} {'jobs':>6} {'sent/s':>7} {'late':>5} {'p50':>7} {'p95':>7} {'p99':>7} {'max':>7}   "
-              f"{'p50':>6} {'p99':>6}")
+        print(
+            "\nenqueue-to-start latency, full path (ms): started_at - created_at  "
+            "[after commit: started_at - commit returned]"
+        )
+        print(
+            f"  {'rate':>8} {'jobs':>6} {'sent/s':>7} {'late':>5} {'p50':>7} {'p95':>7} {'p99':>7} {'max':>7}   "
+            f"{'p50':>6} {'p99':>6}"
+        )
         for lat in latency:
             if not lat.latencies_ms:
                 print(f"  {lat.rate:>6g}/s {lat.n:>6} no data {lat.note}")
                 continue
             p = {q: percentile(lat.latencies_ms, q) for q in (50, 95, 99)}
             c = {q: percentile(lat.after_commit_ms, q) for q in (50, 99)}
-            print(f"  {lat.rate:>6g}/s {lat.done:>6} {lat.achieved_rate:>7.1f} {lat.late_sends:>5} {p[50]:>7.1f} "
-                  f"{p[95]:>7.1f} {p[99]:>7.1f} {max(lat.latencies_ms):>7.1f}   [{c[50]:>6.1f} {c[99]:>6.1f}]"
-                  f"  (target p99 <= {TARGETS['p99_ms']:.0f}){_verdict(p[99] <= TARGETS['p99_ms'])}")
+            print(
+                f"  {lat.rate:>6g}/s {lat.done:>6} {lat.achieved_rate:>7.1f} {lat.late_sends:>5} {p[50]:>7.1f} "
+                f"{p[95]:>7.1f} {p[99]:>7.1f} {max(lat.latencies_ms):>7.1f}   [{c[50]:>6.1f} {c[99]:>6.1f}]"
+                f"  (target p99 <= {TARGETS['p99_ms']:.0f}){_verdict(p[99] <= TARGETS['p99_ms'])}"
+            )
         print("  late = sends that began > 5 ms behind the pacing schedule (the producer shares the 2 CPUs).")
     print(line)
 
@@ -716,8 +770,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--repeat", type=int, default=1, help="runs of each throughput scenario; medians are reported")
     parser.add_argument("--skip-latency", action="store_true", help="skip the enqueue-to-start latency runs")
-    parser.add_argument("--timeout", type=float, default=None,
-                        help="longest wait for one scenario, seconds (default 60 + 0.03 s per job)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="longest wait for one scenario, seconds (default 60 + 0.03 s per job)",
+    )
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.repeat < 1:
         parser.error("--jobs and --repeat must be at least 1")

@@ -83,14 +83,24 @@ def completion_events(database: db.Database) -> Callable[[uuid.UUID], list[event
 
 def _people(count: int, *, bad_every: int = 0) -> list[dict[str, Any]]:
     """Rows for ``validate``: every ``bad_every``-th one has a bad email."""
-    return [{"name": f" Person {i} ", "email": "nope" if bad_every and i % bad_every == 0 else f" P{i}@Example.COM ",
-             "quantity": str(i)} for i in range(1, count + 1)]
+    return [
+        {
+            "name": f" Person {i} ",
+            "email": "nope" if bad_every and i % bad_every == 0 else f" P{i}@Example.COM ",
+            "quantity": str(i),
+        }
+        for i in range(1, count + 1)
+    ]
 
 
 def _chunk_jobs(database: db.Database, batch_id: uuid.UUID) -> list[models.Job]:
     with database.readers() as session:
-        query = (select(models.Job).join(batch_models.BatchChunk, batch_models.BatchChunk.job_id == models.Job.id)
-                 .where(batch_models.BatchChunk.batch_id == batch_id).order_by(batch_models.BatchChunk.number))
+        query = (
+            select(models.Job)
+            .join(batch_models.BatchChunk, batch_models.BatchChunk.job_id == models.Job.id)
+            .where(batch_models.BatchChunk.batch_id == batch_id)
+            .order_by(batch_models.BatchChunk.number)
+        )
         return list(session.scalars(query))
 
 
@@ -102,7 +112,10 @@ def test_counts_are_exact_with_chunk_size_7_over_100_records_with_bad_ones(
     drain()
     batch = read_batch(batch_id)
     assert (batch.status, batch.total, batch.processed, batch.failed) == (
-        BatchStatus.COMPLETED_WITH_ERRORS, 100, 100, 11
+        BatchStatus.COMPLETED_WITH_ERRORS,
+        100,
+        100,
+        11,
     )
     assert (batch.chunks_done, batch.chunks_total, batch.completions, batch.completed_run) == (15, 15, 1, 0)
     records = read_records(ids)
@@ -111,8 +124,13 @@ def test_counts_are_exact_with_chunk_size_7_over_100_records_with_bad_ones(
     assert records[8][2] == ["email: not an email address: 'nope'"]
     assert all(status == RecordStatus.PROCESSED and errs is None for status, _, errs in records if status != "failed")
     [event] = completion_events(batch_id)
-    assert event.payload == {"batch_id": str(batch_id), "status": "completed_with_errors", "total": 100,
-                             "processed": 100, "failed": 11}
+    assert event.payload == {
+        "batch_id": str(batch_id),
+        "status": "completed_with_errors",
+        "total": 100,
+        "processed": 100,
+        "failed": 11,
+    }
 
 
 def test_normalize_trims_lowercases_emails_and_parses_integers(
@@ -137,7 +155,10 @@ def test_one_bad_record_fails_alone_and_the_others_are_written(
     drain()
     batch = read_batch(batch_id)
     assert (batch.status, batch.processed, batch.failed, batch.chunks_total) == (
-        BatchStatus.COMPLETED_WITH_ERRORS, 5, 1, 1
+        BatchStatus.COMPLETED_WITH_ERRORS,
+        5,
+        1,
+        1,
     )
     records = read_records(ids)
     assert [r[0] for r in records] == ["processed", "processed", "failed", "processed", "processed"]
@@ -189,7 +210,10 @@ def test_chunk_that_fails_for_good_counts_its_records_as_failed_and_the_batch_st
     drain()
     batch = read_batch(batch_id)
     assert (batch.status, batch.processed, batch.failed, batch.chunks_done) == (
-        BatchStatus.COMPLETED_WITH_ERRORS, 9, 3, 3
+        BatchStatus.COMPLETED_WITH_ERRORS,
+        9,
+        3,
+        3,
     )
     assert batch.completions == 1
     failed_job = _chunk_jobs(database, batch_id)[1]
@@ -219,7 +243,10 @@ def test_replaying_a_batch_reopens_it_and_completion_fires_once_more_for_the_new
     drain()
     batch = read_batch(batch_id)
     assert (batch.status, batch.processed, batch.failed, batch.chunks_done) == (
-        BatchStatus.COMPLETED_WITH_ERRORS, 9, 1, 3
+        BatchStatus.COMPLETED_WITH_ERRORS,
+        9,
+        1,
+        3,
     )
     assert (batch.run, batch.completions, batch.completed_run) == (1, 2, 1)
     assert [r[0] for r in read_records(ids)[3:6]] == ["processed", "processed", "failed"]
@@ -297,10 +324,15 @@ def test_planning_makes_one_chunk_row_and_job_per_chunk_with_the_batch_id_as_a_s
     batch_id = start_batch("validate", file_id=file_id, chunk_size=4)
     drain()
     with database.readers() as session:
-        chunks = session.scalars(select(batch_models.BatchChunk).where(batch_models.BatchChunk.batch_id == batch_id)
-                                 .order_by(batch_models.BatchChunk.number)).all()
+        chunks = session.scalars(
+            select(batch_models.BatchChunk)
+            .where(batch_models.BatchChunk.batch_id == batch_id)
+            .order_by(batch_models.BatchChunk.number)
+        ).all()
         assert [(c.first_id, c.last_id, c.size) for c in chunks] == [
-            (ids[0], ids[3], 4), (ids[4], ids[7], 4), (ids[8], ids[9], 2)
+            (ids[0], ids[3], 4),
+            (ids[4], ids[7], 4),
+            (ids[8], ids[9], 2),
         ]
         jobs = session.scalars(select(models.Job).where(models.Job.kind == batches.CHUNK_KIND)).all()
         assert sorted(j.args["number"] for j in jobs) == [0, 1, 2]
@@ -328,5 +360,9 @@ def test_jobctl_replay_batch_reopens_the_batch_and_it_completes_again(
     drain()
     batch = read_batch(batch_id)
     assert (batch.status, batch.processed, batch.failed, batch.run, batch.completions) == (
-        BatchStatus.COMPLETED, 4, 0, 1, 2
+        BatchStatus.COMPLETED,
+        4,
+        0,
+        1,
+        2,
     )

@@ -114,8 +114,13 @@ def test_same_event_id_emitted_twice_is_stored_and_applied_once(emit, drain, rea
 def test_same_id_twice_in_one_call_is_stored_once(database, drain, read):
     event_id = uuid.uuid4()
     with db.session_scope(database.sessions) as session:
-        accepted = events.ingest(session, [events.NewEvent("user_registered", _user("twice", 1), event_id),
-                                           events.NewEvent("user_registered", _user("twice", 1), event_id)])
+        accepted = events.ingest(
+            session,
+            [
+                events.NewEvent("user_registered", _user("twice", 1), event_id),
+                events.NewEvent("user_registered", _user("twice", 1), event_id),
+            ],
+        )
     drain()
     assert [a.duplicate for a in accepted] == [False, True]
     assert accepted[0].job_ids == accepted[1].job_ids
@@ -159,8 +164,11 @@ def _replay_by_hand(database, job_id: uuid.UUID) -> None:
     """Put a succeeded job back to queued behind the runner's back and send it again: only the
     ledger stands between it and a second application."""
     with db.session_scope(database.sessions) as session:
-        session.execute(update(models.Job).where(models.Job.id == job_id)
-                        .values(status=JobStatus.QUEUED, claim_token=None, finished_at=None))
+        session.execute(
+            update(models.Job)
+            .where(models.Job.id == job_id)
+            .values(status=JobStatus.QUEUED, claim_token=None, finished_at=None)
+        )
         sending.send_after_commit(session, sending.JobMessage(job_id, "default"))
 
 
@@ -181,8 +189,9 @@ def test_job_replayed_by_hand_does_not_apply_its_event_twice(database, emit, pro
     assert ledger_count(accepted.event_id) == len(accepted.job_ids)
 
 
-def test_order_beyond_inventory_fails_its_handler_only_and_leaves_the_product(emit, product, drain, read, fetch,
-                                                                              count_notes):
+def test_order_beyond_inventory_fails_its_handler_only_and_leaves_the_product(
+    emit, product, drain, read, fetch, count_notes
+):
     product_id = product(5)
     accepted = emit("order_created", {"order_id": "big", "product_id": str(product_id), "quantity": 6})
     drain()
@@ -239,8 +248,10 @@ def test_file_and_batch_events_record_one_notification_each(emit, drain, databas
     drain()
     with database.sessions() as session:
         messages = sorted(n.message for n in session.scalars(select(event_models.Notification)))
-    assert messages == [f"batch {batch_id} completed: 9 of 10 processed, 1 failed",
-                        f"file {file_id} processed: 10 records, 2 errors"]
+    assert messages == [
+        f"batch {batch_id} completed: 9 of 10 processed, 1 failed",
+        f"file {file_id} processed: 10 records, 2 errors",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -250,10 +261,14 @@ def test_file_and_batch_events_record_one_notification_each(emit, drain, databas
             [("user_registered", _user("o", 1)), ("no.such.type", {})],
             "event 1: type: unknown event type: 'no.such.type'",
         ),
-        ([("order_created", {"order_id": "o", "product_id": str(uuid.uuid4()), "quantity": 0})],
-         "event 0 (order_created): payload.quantity: Input should be greater than 0"),
-        ([("user_registered", {"org_id": "o", "user_id": "u", "email": "u@x", "extra": 1})],
-         "event 0 (user_registered): payload.extra: Extra inputs are not permitted"),
+        (
+            [("order_created", {"order_id": "o", "product_id": str(uuid.uuid4()), "quantity": 0})],
+            "event 0 (order_created): payload.quantity: Input should be greater than 0",
+        ),
+        (
+            [("user_registered", {"org_id": "o", "user_id": "u", "email": "u@x", "extra": 1})],
+            "event 0 (user_registered): payload.extra: Extra inputs are not permitted",
+        ),
     ],
 )
 def test_invalid_event_stores_nothing_and_names_index_and_field(database, queued_messages, new_events, needle):

@@ -39,10 +39,18 @@ def _handle_jobs(database, status=None):
 def test_rebuild_equals_live_after_redeliveries_and_replays(database, drain):
     with db.session_scope(database.sessions) as session:
         products = [event_handlers.create_product(session, sku=f"sku-{n}", inventory=20).id for n in range(3)]
-        new_events = [events.NewEvent("user_registered", {"org_id": f"org-{n % 4}", "user_id": f"u{n}",
-                                                          "email": f"u{n}@example.com"}) for n in range(40)]
-        new_events += [events.NewEvent("order_created", {"order_id": f"o{n}", "product_id": str(products[n % 3]),
-                                                         "quantity": 1 + n % 7}) for n in range(30)]
+        new_events = [
+            events.NewEvent(
+                "user_registered", {"org_id": f"org-{n % 4}", "user_id": f"u{n}", "email": f"u{n}@example.com"}
+            )
+            for n in range(40)
+        ]
+        new_events += [
+            events.NewEvent(
+                "order_created", {"order_id": f"o{n}", "product_id": str(products[n % 3]), "quantity": 1 + n % 7}
+            )
+            for n in range(30)
+        ]
         events.ingest(session, new_events)
         # Every handler job's message delivered twice.
         for job_id in session.scalars(select(models.Job.id).where(models.Job.kind == events.HANDLE_KIND)):
@@ -56,8 +64,11 @@ def test_rebuild_equals_live_after_redeliveries_and_replays(database, drain):
     # Replays: the failed jobs through the runner, ten succeeded ones by hand behind its back.
     with db.session_scope(database.sessions) as session:
         store.replay_jobs(session, failed, reason="test")
-        session.execute(update(models.Job).where(models.Job.id.in_(succeeded[:10]))
-                        .values(status=JobStatus.QUEUED, claim_token=None))
+        session.execute(
+            update(models.Job)
+            .where(models.Job.id.in_(succeeded[:10]))
+            .values(status=JobStatus.QUEUED, claim_token=None)
+        )
         for job_id in succeeded[:10]:
             sending.send_after_commit(session, sending.JobMessage(job_id, "default"))
     drain()
@@ -97,10 +108,16 @@ def test_rebuild_of_an_unknown_projection_is_refused(database):
 def test_event_ids_in_the_ledger_are_unique_per_handler(database, drain):
     event_id = uuid.uuid4()
     with db.session_scope(database.sessions) as session:
-        events.emit(session, "user_registered", {"org_id": "l", "user_id": "u", "email": "u@example.com"},
-                    event_id=event_id)
+        events.emit(
+            session, "user_registered", {"org_id": "l", "user_id": "u", "email": "u@example.com"}, event_id=event_id
+        )
     drain()
     with database.sessions() as session:
-        rows = session.execute(select(event_models.EventApplication.handler).where(
-            event_models.EventApplication.event_id == event_id)).scalars().all()
+        rows = (
+            session.execute(
+                select(event_models.EventApplication.handler).where(event_models.EventApplication.event_id == event_id)
+            )
+            .scalars()
+            .all()
+        )
     assert rows == [event_handlers.ORG_HANDLER]

@@ -164,7 +164,7 @@ def test_quoted_fields_keep_their_commas_newlines_and_quotes(make_file, drain, r
     "body",
     [
         b'1,"one, two",\n2,"she said ""hi""",x\n3,"line one\nline two",\n',
-        b"1,caf\xc3\xa9 \xe2\x82\xac,\\N\r\n2,back\\slash\ttab, \r\n3,\"\",\\.x\r\n",
+        b'1,caf\xc3\xa9 \xe2\x82\xac,\\N\r\n2,back\\slash\ttab, \r\n3,"",\\.x\r\n',
     ],
 )
 def test_plain_csv_blocks_become_the_same_records_as_csv_reads(make_file, drain, read_file, read_records, body):
@@ -235,15 +235,33 @@ def test_postgresql_copy_through_the_stage_gives_the_records_csv_reader_read(dat
     become through COPY and the stage exactly the records csv.reader read."""
     import random
 
-    pieces = [b"a", b'"q,x"', b'"multi\nline"', b'"m\r\nl"', b'""', b'"""x"""', b"\\.", b"\\N", b" ", b"\t",
-              b"\xc3\xa9", b'x"y', b"\\", b"\r", b'"r\rr"', b""]
+    pieces = [
+        b"a",
+        b'"q,x"',
+        b'"multi\nline"',
+        b'"m\r\nl"',
+        b'""',
+        b'"""x"""',
+        b"\\.",
+        b"\\N",
+        b" ",
+        b"\t",
+        b"\xc3\xa9",
+        b'x"y',
+        b"\\",
+        b"\r",
+        b'"r\rr"',
+        b"",
+    ]
     rng = random.Random(3)
     taken = {"plain": 0, "rewritten": 0}
     with database.sessions() as session:
         for _ in range(1500):
             width, line_end = rng.choice([1, 2, 3]), rng.choice([b"\n", b"\r\n"])
-            lines = [b",".join(b"".join(rng.choice(pieces) for _ in range(rng.randrange(3))) for _ in range(width))
-                     for _ in range(rng.randrange(1, 6))]
+            lines = [
+                b",".join(b"".join(rng.choice(pieces) for _ in range(rng.randrange(3))) for _ in range(width))
+                for _ in range(rng.randrange(1, 6))
+            ]
             data = line_end.join(lines) + (line_end if rng.random() < 0.8 else b"")
             header = [f"h{n}" for n in range(width)]
             stage = files_handler._CsvStage(header)
@@ -357,7 +375,6 @@ def test_a_file_failed_midway_keeps_its_committed_blocks_and_a_replay_finishes_i
 
 def test_processed_file_emits_one_file_processed_event_with_its_counts(client, drain, database):
     from sqlalchemy import select
-
 
     body = b"name,email\nAda,ada@example.com\nbad\nBob,bob@example.com\n"
     file_id = client.post("/files", files={"file": ("people.csv", body, "text/csv")}).json()["file_id"]

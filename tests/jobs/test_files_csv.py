@@ -49,7 +49,7 @@ def test_records_quoted_newlines_bad_bytes_and_blank_lines_are_read_as_csv_says(
 def test_reading_from_any_record_offset_gives_exactly_the_records_after_it():
     records = _read(TRICKY)
     for index, record in enumerate(records):
-        assert _read(TRICKY, record.end_offset) == records[index + 1:]
+        assert _read(TRICKY, record.end_offset) == records[index + 1 :]
 
 
 def test_a_record_longer_than_the_limit_is_cut_off_as_a_bad_one_and_reading_goes_on(monkeypatch):
@@ -99,8 +99,25 @@ def test_only_server_made_storage_keys_become_paths(tmp_path, key):
 
 # --- read_chunks: the same records as read_records, a piece at a time --------------------------
 
-_PIECES = [b"a", b"b,c", b'"q,x"', b'"multi\nline"', b"\n", b"\r\n", b'"', b'x"y', b"\xff", b"\x00",
-           b"\xc3\xa9", b",", b'""', b"\\.", b" ", b"\r", b'"""x"""']
+_PIECES = [
+    b"a",
+    b"b,c",
+    b'"q,x"',
+    b'"multi\nline"',
+    b"\n",
+    b"\r\n",
+    b'"',
+    b'x"y',
+    b"\xff",
+    b"\x00",
+    b"\xc3\xa9",
+    b",",
+    b'""',
+    b"\\.",
+    b" ",
+    b"\r",
+    b'"""x"""',
+]
 
 
 def _chunked(data: bytes, max_lines: int, offset: int = 0, width: int | None = None) -> list[csvrows.Chunk]:
@@ -147,7 +164,7 @@ def test_chunks_hold_exactly_the_records_read_line_by_line_and_resume_at_any_chu
 
 
 def test_a_chunk_is_at_most_max_lines_and_ends_where_its_last_record_does():
-    data = b"1,a\n2,b\n3,\"c\nc\"\n4,d\n5,e\n"
+    data = b'1,a\n2,b\n3,"c\nc"\n4,d\n5,e\n'
     chunks = _chunked(data, 2, width=2)
     assert [c.rows for c in chunks] == [[["1", "a"], ["2", "b"]], [["3", "c\nc"]], [["4", "d"], ["5", "e"]]]
     assert [c.end_offset for c in chunks] == [8, 16, len(data)]

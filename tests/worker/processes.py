@@ -44,7 +44,10 @@ class WorkerProcess:
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "worker", "worker", "--processes", "1", "--threads", str(threads)],
-                env=child_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                env=child_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
 
     @property

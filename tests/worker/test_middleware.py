@@ -22,9 +22,7 @@ def _idle_in_transaction(database) -> int:
         ).scalar_one()
 
 
-def test_second_message_for_a_finished_job_does_not_run_it_again(
-    make_job, drain, fetch, count_notes, database, caplog
-):
+def test_second_message_for_a_finished_job_does_not_run_it_again(make_job, drain, fetch, count_notes, database, caplog):
     job_id = make_job("test.note", {"text": "once"})
     drain()
     with db.session_scope(database.sessions) as session:  # send the same ID again

@@ -65,7 +65,9 @@ def test_kill_9_mid_run_loses_no_job_and_applies_none_twice(database, workers, c
     slow = _create_notes(database, 50, sleep_seconds=0.3)
     job_ids = quick + slow
     first = workers()
-    wait_until(lambda: list(_statuses(database, job_ids).values()).count(JobStatus.SUCCEEDED) >= 40, what="some progress")
+    wait_until(
+        lambda: list(_statuses(database, job_ids).values()).count(JobStatus.SUCCEEDED) >= 40, what="some progress"
+    )
     wait_until(lambda: JobStatus.RUNNING in _statuses(database, slow).values(), what="a slow job running")
     first.kill()
     killed_at = store.utcnow()
@@ -81,20 +83,21 @@ def test_kill_9_mid_run_loses_no_job_and_applies_none_twice(database, workers, c
     assert all(notes.get(job_id) == 1 for job_id in job_ids), "a job's effect is missing"
     with database.readers() as session:
         lost_rows = session.execute(
-            select(models.JobAttempt.job_id, models.JobAttempt.finished_at)
-            .where(models.JobAttempt.outcome == AttemptOutcome.LOST)
+            select(models.JobAttempt.job_id, models.JobAttempt.finished_at).where(
+                models.JobAttempt.outcome == AttemptOutcome.LOST
+            )
         ).all()
-        rerun_at = session.scalar(
-            select(func.max(models.Job.started_at)).where(models.Job.id.in_(running_at_kill))
-        )
+        rerun_at = session.scalar(select(func.max(models.Job.started_at)).where(models.Job.id.in_(running_at_kill)))
     assert running_at_kill and set(running_at_kill) <= {row.job_id for row in lost_rows}
     taken_back_at = max(row.finished_at for row in lost_rows)
     with capsys.disabled():
-        print(f"\n[figure] kill -9 with {len(running_at_kill)} jobs running: {len(lost_jobs)} lost, "
-              f"{len(doubled)} applied twice; taken back by the sweeper "
-              f"{(taken_back_at - killed_at).total_seconds():.1f} s after the kill (lease 2 s, sweep every "
-              f"0.5 s, a new worker starting meanwhile); running again after "
-              f"{(rerun_at - killed_at).total_seconds():.1f} s (behind the queue's backlog)")
+        print(
+            f"\n[figure] kill -9 with {len(running_at_kill)} jobs running: {len(lost_jobs)} lost, "
+            f"{len(doubled)} applied twice; taken back by the sweeper "
+            f"{(taken_back_at - killed_at).total_seconds():.1f} s after the kill (lease 2 s, sweep every "
+            f"0.5 s, a new worker starting meanwhile); running again after "
+            f"{(rerun_at - killed_at).total_seconds():.1f} s (behind the queue's backlog)"
+        )
 
 
 def test_flushed_redis_with_500_jobs_in_flight_still_runs_them_all(database, workers, flush_redis, capsys):
@@ -156,8 +159,10 @@ def test_poison_pill_is_quarantined_after_three_worker_deaths(database, workers)
     while _statuses(database, [job_id])[job_id] != JobStatus.FAILED:
         assert deaths <= 3, "the job kept killing workers past the quarantine"
         worker = workers()
-        wait_until(lambda: not worker.alive() or _statuses(database, [job_id])[job_id] == JobStatus.FAILED,
-                   what="the worker to die or the job to be quarantined")
+        wait_until(
+            lambda worker=worker: not worker.alive() or _statuses(database, [job_id])[job_id] == JobStatus.FAILED,
+            what="the worker to die or the job to be quarantined",
+        )
         if not worker.alive():
             deaths += 1
     job, history = store_fetch(database, job_id)
@@ -192,20 +197,29 @@ def test_kill_9_mid_file_resumes_from_its_checkpoint_with_every_row_once(databas
 
     file = progress()
     assert (file.status, file.rows_total, file.rows_imported, file.byte_offset) == (
-        FileStatus.PROCESSED, rows, rows, len(content)
+        FileStatus.PROCESSED,
+        rows,
+        rows,
+        len(content),
     )
     with database.readers() as session:
-        numbers = session.scalars(select(file_models.Record.row_number).where(file_models.Record.file_id == file_id)).all()
+        numbers = session.scalars(
+            select(file_models.Record.row_number).where(file_models.Record.file_id == file_id)
+        ).all()
         notes = session.scalars(
-            select(file_models.Record.data).where(file_models.Record.file_id == file_id, file_models.Record.row_number % 1000 == 0)
+            select(file_models.Record.data).where(
+                file_models.Record.file_id == file_id, file_models.Record.row_number % 1000 == 0
+            )
         ).all()
         history = session.scalars(select(models.JobAttempt.outcome).where(models.JobAttempt.job_id == job_id)).all()
     assert sorted(numbers) == list(range(1, rows + 1))  # every row once: none skipped, none twice
     assert {data["note"] for data in notes} == {two_lines} and len(notes) == rows // 1000
     assert sorted(history) == sorted([AttemptOutcome.LOST, AttemptOutcome.SUCCEEDED])
     with capsys.disabled():
-        print(f"\n[figure] kill -9 mid-file: killed after {at_kill.rows_total:,} of {rows:,} rows were committed; "
-              f"the next worker went on from there; {rows:,} records, each once")
+        print(
+            f"\n[figure] kill -9 mid-file: killed after {at_kill.rows_total:,} of {rows:,} rows were committed; "
+            f"the next worker went on from there; {rows:,} records, each once"
+        )
 
 
 def test_sigterm_puts_an_unfinished_job_back_and_another_worker_finishes_it(database, workers):
@@ -264,8 +278,9 @@ def test_worker_gets_its_consumer_timeout_before_dramatiq_reads_it(database, wor
     # Dramatiq reads dramatiq_worker_timeout once, at import; jobctl worker must exec Dramatiq with
     # it already set (it bounds how long an idle consumer sleeps, so the pickup latency).
     worker = workers(JOBRUNNER_CONSUMER_TIMEOUT_MS="7")
-    environ = wait_until(lambda: _environ(worker.pid).get("dramatiq_worker_timeout"), timeout=30,
-                         what="the worker's environment")
+    environ = wait_until(
+        lambda: _environ(worker.pid).get("dramatiq_worker_timeout"), timeout=30, what="the worker's environment"
+    )
     assert environ == "7"
     assert "dramatiq" in Path(f"/proc/{worker.pid}/cmdline").read_text()
 

@@ -36,8 +36,13 @@ def new_console(err: bool = False) -> Console:
 def open_database(settings: Settings) -> Iterator[db.Database]:
     """A database that knows the job kinds and whose sessions send job IDs to the broker after commit."""
     broker = producer.make_broker(settings)
-    database = db.make_database(settings.database_url, pool_size=2, sender=producer.make_sender(broker),
-                                registry=kinds.load_registry(settings), application_name="jobctl")
+    database = db.make_database(
+        settings.database_url,
+        pool_size=2,
+        sender=producer.make_sender(broker),
+        registry=kinds.load_registry(settings),
+        application_name="jobctl",
+    )
     try:
         yield database
     finally:
@@ -84,6 +89,12 @@ def jobs_table(title: str, jobs: list[models.Job]) -> Table:
     for column in ("id", "kind", "status", "attempts", "finished", "error"):
         table.add_column(column, overflow="fold" if column == "id" else "ellipsis")
     for job in jobs:
-        table.add_row(str(job.id), job.kind, job.status, f"{job.attempts}/{job.max_attempts}",
-                      when(job.finished_at), first_line(job.error_message, 60))
+        table.add_row(
+            str(job.id),
+            job.kind,
+            job.status,
+            f"{job.attempts}/{job.max_attempts}",
+            when(job.finished_at),
+            first_line(job.error_message, 60),
+        )
     return table

@@ -26,13 +26,21 @@ def rebuild(
     """Recompute a projection from its initial rows and the ledger of applied events."""
     with open_database(get_settings()) as database, db.session_scope(database.sessions) as session:
         report = projections.rebuild_projection(session, projection, dry_run=dry_run)
-    summary = {"projection": report.projection, "rows": report.rows, "matched": report.matched, "dry_run": dry_run,
-               "changed": [str(k) for k in report.changed], "missing": [str(k) for k in report.missing],
-               "extra": [str(k) for k in report.extra]}
+    summary = {
+        "projection": report.projection,
+        "rows": report.rows,
+        "matched": report.matched,
+        "dry_run": dry_run,
+        "changed": [str(k) for k in report.changed],
+        "missing": [str(k) for k in report.missing],
+        "extra": [str(k) for k in report.extra],
+    }
     if as_json:
         typer.echo(json.dumps(summary))
     elif report.matched:
         typer.echo(f"{projection}: {report.rows} rows recomputed; live equals rebuilt")
     else:
-        typer.echo(f"{projection}: {report.rows} rows; {'would fix' if dry_run else 'fixed'} {len(report.changed)} "
-                   f"changed, {len(report.missing)} missing, {len(report.extra)} extra")
+        typer.echo(
+            f"{projection}: {report.rows} rows; {'would fix' if dry_run else 'fixed'} {len(report.changed)} "
+            f"changed, {len(report.missing)} missing, {len(report.extra)} extra"
+        )

@@ -62,8 +62,14 @@ def jobs_show(job_id: Annotated[str, typer.Argument(help="The job's ID.")], as_j
     for column in ("run", "attempt", "outcome", "worker", "finished", "error"):
         table.add_column(column)
     for a in job.history:
-        table.add_row(str(a.run), str(a.number), a.outcome, a.worker_id or "", when(a.finished_at),
-                      first_line(a.error_message, 60))
+        table.add_row(
+            str(a.run),
+            str(a.number),
+            a.outcome,
+            a.worker_id or "",
+            when(a.finished_at),
+            first_line(a.error_message, 60),
+        )
     console.print(table)
     if job.error_traceback:
         console.print("[bold]last traceback[/bold]:")
@@ -78,8 +84,14 @@ def stats(as_json: JsonOption = False) -> None:
         oldest = store.oldest_queued_at(session)
     age = (store.utcnow() - oldest).total_seconds() if oldest else None
     if as_json:
-        typer.echo(json.dumps({"counts": [{"kind": k, "status": s, "count": n} for k, s, n in counts],
-                               "oldest_queued_age_seconds": age}))
+        typer.echo(
+            json.dumps(
+                {
+                    "counts": [{"kind": k, "status": s, "count": n} for k, s, n in counts],
+                    "oldest_queued_age_seconds": age,
+                }
+            )
+        )
         return
     table = Table(title="jobs by kind and status")
     for column in ("kind", "status", "count"):
@@ -107,8 +119,9 @@ def sweep(as_json: JsonOption = False) -> None:
     elif not report.ran:
         typer.echo("another sweeper pass is running; nothing done")
     else:
-        typer.echo(f"requeued {len(report.requeued)}, quarantined {len(report.quarantined)}, "
-                   f"re-sent {len(report.resent)}")
+        typer.echo(
+            f"requeued {len(report.requeued)}, quarantined {len(report.quarantined)}, re-sent {len(report.resent)}"
+        )
 
 
 def prune(

@@ -55,17 +55,26 @@ def replay(
     with open_database(settings) as database:
         with database.readers() as session:
             selected = store.select_failed_jobs(
-                session, job_ids=requested, kind=kind,
-                since=parse_time(since) if since else None, until=parse_time(until) if until else None,
-                error_contains=error_contains, error_type=error_type, batch_id=batch, limit=limit,
+                session,
+                job_ids=requested,
+                kind=kind,
+                since=parse_time(since) if since else None,
+                until=parse_time(until) if until else None,
+                error_contains=error_contains,
+                error_type=error_type,
+                batch_id=batch,
+                limit=limit,
             )
         console = new_console()
         if not as_json:
             console.print(jobs_table(f"{len(selected)} failed job(s) selected", selected))
         if dry_run:
             if as_json:
-                typer.echo(json.dumps({"selected": [str(j.id) for j in selected], "replayed": [], "skipped": [],
-                                       "dry_run": True}))
+                typer.echo(
+                    json.dumps(
+                        {"selected": [str(j.id) for j in selected], "replayed": [], "skipped": [], "dry_run": True}
+                    )
+                )
             return
         if selected and not yes and not typer.confirm(f"Replay {len(selected)} job(s)?", err=True):
             raise typer.Exit(1)
@@ -79,8 +88,16 @@ def replay(
     skipped = [i for i in dict.fromkeys(requested) if i not in selected_ids]
     skipped += [job.id for job in selected if job.id not in replayed_ids]
     if as_json:
-        typer.echo(json.dumps({"selected": [str(j.id) for j in selected], "replayed": [str(i) for i in replayed],
-                               "skipped": [str(i) for i in skipped], "dry_run": False}))
+        typer.echo(
+            json.dumps(
+                {
+                    "selected": [str(j.id) for j in selected],
+                    "replayed": [str(i) for i in replayed],
+                    "skipped": [str(i) for i in skipped],
+                    "dry_run": False,
+                }
+            )
+        )
     else:
         console.print(f"replayed {len(replayed)}, skipped {len(skipped)} (not failed, or no longer)")
     if skipped:

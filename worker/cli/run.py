@@ -21,8 +21,20 @@ def api(
     get_settings()  # refuse bad settings before uvicorn starts
     # Replace this process with uvicorn's own CLI: the API then carries none of the CLI's imports
     # (Typer, Rich, the worker), about 14 MB less resident memory.
-    argv = [sys.executable, "-m", "uvicorn", "api.main:app", "--host", host, "--port", str(port),
-            "--workers", str(workers), "--log-level", "info"]
+    argv = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "api.main:app",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--log-level",
+        "info",
+    ]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, argv)
@@ -43,8 +55,18 @@ def worker(
         env["dramatiq_queue_prefetch"] = str(settings.prefetch)
     # Dramatiq's own shutdown wait must outlast ours, so interrupted jobs are recorded before exit.
     shutdown_ms = int((settings.shutdown_timeout_seconds + devmode.SHUTDOWN_GRACE_SECONDS) * 1000)
-    argv = [sys.executable, "-m", "dramatiq", "worker.entry", "--processes", str(processes), "--threads", str(threads),
-            "--worker-shutdown-timeout", str(shutdown_ms)]
+    argv = [
+        sys.executable,
+        "-m",
+        "dramatiq",
+        "worker.entry",
+        "--processes",
+        str(processes),
+        "--threads",
+        str(threads),
+        "--worker-shutdown-timeout",
+        str(shutdown_ms),
+    ]
     if queues:
         argv += ["--queues", *queues]
     sys.stdout.flush()

@@ -83,8 +83,9 @@ def mark_plan_failed(session: Session, job: registry.RunningJob, error: BaseExce
     batch.finished_at = store.utcnow()
 
 
-@registry.job_kind(batches.PLAN_KIND, args=PlanArgs, on_failed=mark_plan_failed,
-                   time_limit_seconds=PLAN_TIME_LIMIT_SECONDS)
+@registry.job_kind(
+    batches.PLAN_KIND, args=PlanArgs, on_failed=mark_plan_failed, time_limit_seconds=PLAN_TIME_LIMIT_SECONDS
+)
 def plan_batch(session: Session, job: registry.RunningJob) -> None:
     """Split the batch into chunks, each with its ``batch.chunk`` job, in this job's transaction."""
     try:
@@ -99,11 +100,21 @@ def plan_batch(session: Session, job: registry.RunningJob) -> None:
         session, batches.CHUNK_KIND, [{"batch_id": str(batch.id), "number": n} for n in range(len(ranges))]
     )
     if ranges:
-        session.execute(insert(_chunks), [
-            {"batch_id": batch.id, "number": n, "job_id": job_id, "status": ChunkStatus.PENDING.value,
-             "processed": 0, "failed": 0, **chunk}
-            for n, (job_id, chunk) in enumerate(zip(job_ids, ranges, strict=True))  # one job per range
-        ])
+        session.execute(
+            insert(_chunks),
+            [
+                {
+                    "batch_id": batch.id,
+                    "number": n,
+                    "job_id": job_id,
+                    "status": ChunkStatus.PENDING.value,
+                    "processed": 0,
+                    "failed": 0,
+                    **chunk,
+                }
+                for n, (job_id, chunk) in enumerate(zip(job_ids, ranges, strict=True))  # one job per range
+            ],
+        )
     batch.status = BatchStatus.RUNNING
     batch.total = sum(chunk["size"] for chunk in ranges)
     batch.chunks_total = len(ranges)
@@ -116,8 +127,15 @@ def _plan_chunks(session: Session, batch: batch_models.Batch) -> list[dict[str, 
     """Each chunk's records: an ID range of the file (from one grouped query), or part of the list."""
     if batch.file_id is None:
         ids = batch.record_ids or []
-        return [{"record_ids": ids[i:i + batch.chunk_size], "first_id": None, "last_id": None,
-                 "size": len(ids[i:i + batch.chunk_size])} for i in range(0, len(ids), batch.chunk_size)]
+        return [
+            {
+                "record_ids": ids[i : i + batch.chunk_size],
+                "first_id": None,
+                "last_id": None,
+                "size": len(ids[i : i + batch.chunk_size]),
+            }
+            for i in range(0, len(ids), batch.chunk_size)
+        ]
     position = func.row_number().over(order_by=_records.c.id) - 1
     # The SQL "/" of two integers: integer division on both databases (SQLAlchemy's "//" adds FLOOR,
     # which SQLite may lack).
@@ -131,8 +149,10 @@ def _plan_chunks(session: Session, batch: batch_models.Batch) -> list[dict[str, 
         .group_by(numbered.c.chunk)
         .order_by(numbered.c.chunk)
     )
-    return [{"first_id": first, "last_id": last, "size": size, "record_ids": None}
-            for first, last, size in session.execute(query)]
+    return [
+        {"first_id": first, "last_id": last, "size": size, "record_ids": None}
+        for first, last, size in session.execute(query)
+    ]
 
 
 # --- batch.chunk -----------------------------------------------------------------------------------
@@ -215,9 +235,10 @@ def _write_results(session: Session, results: list[batches.RecordResult]) -> Non
         rows = [{"id": r.record_id, "data": r.data, "status": r.status.value, "errors": r.errors} for r in results]
         session.execute(_WRITE_RESULTS_PG, {"rows": json.dumps(rows, ensure_ascii=False, separators=(",", ":"))})
         return
-    session.execute(_WRITE_RESULTS, [
-        {"b_id": r.record_id, "b_data": r.data, "b_status": r.status.value, "b_errors": r.errors} for r in results
-    ])
+    session.execute(
+        _WRITE_RESULTS,
+        [{"b_id": r.record_id, "b_data": r.data, "b_status": r.status.value, "b_errors": r.errors} for r in results],
+    )
 
 
 def _arg(args: Any, name: str, convert: Callable[[str], _T]) -> _T | None:

@@ -189,9 +189,21 @@ def create_batch(
     job = store.create_job(session, PLAN_KIND, {"batch_id": str(batch_id)})
     session.flush()  # the job row first: the batch row refers to it (no relationship orders them)
     batch = batch_models.Batch(
-        id=batch_id, operation=operation_name, file_id=file_id, record_ids=ids, chunk_size=chunk_size,
-        status=BatchStatus.PLANNING, job_id=job.id, total=len(ids) if ids is not None else 0, processed=0,
-        failed=0, chunks_total=0, chunks_done=0, run=0, completions=0, created_at=store.utcnow(),
+        id=batch_id,
+        operation=operation_name,
+        file_id=file_id,
+        record_ids=ids,
+        chunk_size=chunk_size,
+        status=BatchStatus.PLANNING,
+        job_id=job.id,
+        total=len(ids) if ids is not None else 0,
+        processed=0,
+        failed=0,
+        chunks_total=0,
+        chunks_done=0,
+        run=0,
+        completions=0,
+        created_at=store.utcnow(),
     )
     session.add(batch)
     session.flush()
@@ -221,6 +233,7 @@ def _check_record_ids(session: Session, record_ids: Sequence[int]) -> list[int]:
 
 # --- counting and completing -----------------------------------------------------------------------
 
+
 def finish_chunk(
     session: Session, chunk: batch_models.BatchChunk, status: ChunkStatus, *, processed: int, failed: int
 ) -> bool:
@@ -238,8 +251,11 @@ def count_done(session: Session, batch_id: uuid.UUID, *, chunks: int, processed:
     row = session.execute(
         update(_batches)
         .where(_batches.c.id == batch_id)
-        .values(processed=_batches.c.processed + processed, failed=_batches.c.failed + failed,
-                chunks_done=_batches.c.chunks_done + chunks)
+        .values(
+            processed=_batches.c.processed + processed,
+            failed=_batches.c.failed + failed,
+            chunks_done=_batches.c.chunks_done + chunks,
+        )
         .returning(_batches.c.chunks_done, _batches.c.chunks_total, _batches.c.status)
     ).one()
     if row.chunks_done >= row.chunks_total and row.status == BatchStatus.RUNNING:
@@ -260,16 +276,28 @@ def complete_batch(session: Session, batch_id: uuid.UUID) -> bool:
     )
     row = session.execute(
         update(_batches)
-        .where(_batches.c.id == batch_id, _batches.c.status == BatchStatus.RUNNING.value,
-               _batches.c.chunks_done >= _batches.c.chunks_total)
-        .values(status=final, finished_at=store.utcnow(), completions=_batches.c.completions + 1,
-                completed_run=_batches.c.run)
+        .where(
+            _batches.c.id == batch_id,
+            _batches.c.status == BatchStatus.RUNNING.value,
+            _batches.c.chunks_done >= _batches.c.chunks_total,
+        )
+        .values(
+            status=final,
+            finished_at=store.utcnow(),
+            completions=_batches.c.completions + 1,
+            completed_run=_batches.c.run,
+        )
         .returning(_batches.c.status, _batches.c.run, _batches.c.total, _batches.c.processed, _batches.c.failed)
     ).first()
     if row is None:
         return False
-    payload = {"batch_id": str(batch_id), "status": row.status, "total": row.total, "processed": row.processed,
-               "failed": row.failed}
+    payload = {
+        "batch_id": str(batch_id),
+        "status": row.status,
+        "total": row.total,
+        "processed": row.processed,
+        "failed": row.failed,
+    }
     events.emit(session, COMPLETED_EVENT, payload, event_id=completion_event_id(batch_id, row.run))
     return True
 
@@ -446,8 +474,11 @@ def reopen_batch_chunks(session: Session, batch_id: uuid.UUID, job_ids: Sequence
         "CursorResult[Any]",  # Session.execute is typed Result; a DML statement's is a CursorResult
         session.execute(
             update(chunks)
-            .where(chunks.c.batch_id == batch_id, chunks.c.job_id.in_(job_ids),
-                   chunks.c.status == batch_models.ChunkStatus.FAILED.value)
+            .where(
+                chunks.c.batch_id == batch_id,
+                chunks.c.job_id.in_(job_ids),
+                chunks.c.status == batch_models.ChunkStatus.FAILED.value,
+            )
             .values(status=batch_models.ChunkStatus.PENDING.value)
         ),
     ).rowcount
@@ -456,7 +487,11 @@ def reopen_batch_chunks(session: Session, batch_id: uuid.UUID, job_ids: Sequence
         session.execute(
             update(batches)
             .where(batches.c.id == batch_id)
-            .values(status=batch_models.BatchStatus.RUNNING.value, chunks_done=batches.c.chunks_done - reopened,
-                    run=batches.c.run + case((finished, 1), else_=0), finished_at=None)
+            .values(
+                status=batch_models.BatchStatus.RUNNING.value,
+                chunks_done=batches.c.chunks_done - reopened,
+                run=batches.c.run + case((finished, 1), else_=0),
+                finished_at=None,
+            )
         )
     return reopened

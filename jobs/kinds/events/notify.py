@@ -50,8 +50,12 @@ def notify_file_processed(session: Session, event: events.StoredEvent) -> None:
 def notify_batch_completed(session: Session, event: events.StoredEvent) -> None:
     """Record that a batch completed."""
     payload: BatchCompleted = event.payload
-    _notify(session, event, f"batch {payload.batch_id} {payload.status}: {payload.processed} of {payload.total} "
-                            f"processed, {payload.failed} failed")
+    _notify(
+        session,
+        event,
+        f"batch {payload.batch_id} {payload.status}: {payload.processed} of {payload.total} "
+        f"processed, {payload.failed} failed",
+    )
 
 
 def _notify(session: Session, event: events.StoredEvent, message: str) -> None:

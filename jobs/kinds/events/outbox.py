@@ -214,13 +214,20 @@ def _event_row(index: int, event: NewEvent) -> dict[str, Any]:
     except pydantic.ValidationError as exc:
         raise event_errors.InvalidEvent(f"event {index} ({event.type}): {_describe(exc)}") from exc
     jobs = [{"handler": spec.name, "job_id": str(uuid.uuid4())} for spec in handlers_for(event.type)]
-    return {"id": event.id or uuid.uuid4(), "type": event.type, "payload": payload, "handler_jobs": jobs,
-            "created_at": store.utcnow()}
+    return {
+        "id": event.id or uuid.uuid4(),
+        "type": event.type,
+        "payload": payload,
+        "handler_jobs": jobs,
+        "created_at": store.utcnow(),
+    }
 
 
 def _describe(exc: pydantic.ValidationError) -> str:
-    return "; ".join(f"payload.{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else f"payload: {e['msg']}"
-                     for e in exc.errors())
+    return "; ".join(
+        f"payload.{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else f"payload: {e['msg']}"
+        for e in exc.errors()
+    )
 
 
 def _insert_events(session: Session, rows: list[dict[str, Any]]) -> set[uuid.UUID]:
@@ -307,8 +314,10 @@ def get_event(session: Session, event_id: uuid.UUID) -> tuple[event_models.Event
     applied = dict(
         session.execute(select(_ledger.c.handler, _ledger.c.applied_at).where(_ledger.c.event_id == event_id)).all()
     )
-    states = [HandlerState(j["handler"], jobs.get(uuid.UUID(j["job_id"])), applied.get(j["handler"]))
-              for j in event.handler_jobs]
+    states = [
+        HandlerState(j["handler"], jobs.get(uuid.UUID(j["job_id"])), applied.get(j["handler"]))
+        for j in event.handler_jobs
+    ]
     return event, states
 
 

@@ -96,8 +96,15 @@ def rebuild_projection(session: Session, name: str, *, dry_run: bool = False) ->
     return RebuildReport(name, len(computed), changed, missing, extra, dry_run)
 
 
-def _write_projection(session: Session, spec: Projection, computed: dict[Any, dict[str, Any]], *,
-                      changed: list[Any], missing: list[Any], extra: list[Any]) -> None:
+def _write_projection(
+    session: Session,
+    spec: Projection,
+    computed: dict[Any, dict[str, Any]],
+    *,
+    changed: list[Any],
+    missing: list[Any],
+    extra: list[Any],
+) -> None:
     key = spec.table.c[spec.key]
     for k in changed:
         session.execute(update(spec.table).where(key == k).values(**computed[k]))

@@ -152,8 +152,14 @@ def create_product(session: Session, *, sku: str, inventory: int) -> event_model
     Raises:
         DuplicateSku: one with ``sku`` exists already.
     """
-    product = event_models.Product(id=uuid.uuid4(), sku=sku, initial_inventory=inventory, inventory=inventory,
-                             sales_count=0, created_at=store.utcnow())
+    product = event_models.Product(
+        id=uuid.uuid4(),
+        sku=sku,
+        initial_inventory=inventory,
+        inventory=inventory,
+        sales_count=0,
+        created_at=store.utcnow(),
+    )
     try:
         # A SAVEPOINT, so that losing a race for the SKU leaves the caller's transaction usable.
         with session.begin_nested():

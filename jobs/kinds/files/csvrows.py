@@ -187,7 +187,7 @@ def read_chunks(stream: BinaryIO, *, offset: int = 0, max_lines: int, width: int
         while not at_eof and len(buffer) - (offset - base) <= MAX_LINE_BYTES:
             data = stream.read(MAX_LINE_BYTES)
             at_eof = not data
-            buffer, base = buffer[offset - base:] + data, offset
+            buffer, base = buffer[offset - base :] + data, offset
         if offset == 0 and buffer.startswith(_BOM):
             offset = len(_BOM)
         start = offset - base

@@ -257,8 +257,10 @@ def insert_records(session: Session, file_id: uuid.UUID, rows: list[tuple[int, d
     if conn.dialect.name != "postgresql":
         conn.execute(
             insert(_records),
-            [{"file_id": file_id, "row_number": n, "data": data, "status": file_models.RecordStatus.IMPORTED.value}
-             for n, data in rows],
+            [
+                {"file_id": file_id, "row_number": n, "data": data, "status": file_models.RecordStatus.IMPORTED.value}
+                for n, data in rows
+            ],
         )
         return
     # COPY's text format, built here in one string: faster than a write_row() call per row. JSON
@@ -331,7 +333,7 @@ class _CsvStage:
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\r\n")
         for start in range(0, len(rows), _PART_ROWS):
-            writer.writerows([number, *fields] for number, fields in rows[start:start + _PART_ROWS])
+            writer.writerows([number, *fields] for number, fields in rows[start : start + _PART_ROWS])
             time.sleep(0)  # let the job's thread have the GIL, as csvrows does while it parses
         return out.getvalue().encode()
 
