@@ -177,10 +177,6 @@ class DevStack:
             if process is not None:
                 _terminate(process, timeout)
 
-    def pids(self) -> list[int]:
-        """The children's process IDs."""
-        return [process.pid for process in self.processes.values()]
-
 
 def _terminate(process: subprocess.Popen[bytes], timeout: float) -> None:
     if process.poll() is not None:

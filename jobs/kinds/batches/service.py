@@ -430,15 +430,7 @@ def replay_batch(
     Raises:
         BatchNotFound: there is no such batch.
     """
-    batch = db.get_or_raise(
-        session,
-        batch_models.Batch,
-        batch_id,
-        batch_errors.BatchNotFound,
-        what="batch",
-        with_for_update=True,
-        populate_existing=True,
-    )
+    batch = lock_batch(session, batch_id)
     chunks = batch_models.BatchChunk.__table__
     query = (
         select(chunks.c.job_id)
