@@ -1,6 +1,7 @@
 """The per-job session middleware: claim, one fresh session per job, commit or record the failure.
 
-For each message, Dramatiq calls (this middleware is added first, so its ``after_`` hooks run last):
+For each message, Dramatiq calls (this middleware comes before TimeLimit, so its ``after_`` hooks run
+after TimeLimit's; the process lifecycle is :mod:`worker.lifecycle`'s):
 
 1. ``before_process_message``: claim the job in a short transaction of its own; a message whose job
    is finished, running under a live lease or missing, or that arrives while the database cannot be
