@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 
+from api import responses
 from api.deps import require_token
 from api.routes import batches as batches_routes
 from api.routes import events as events_routes
@@ -21,6 +23,8 @@ from jobs.config import Settings, get_settings
 from jobs.registry import Registry
 from worker import producer
 
+logger = logging.getLogger(__name__)
+
 #: The HTTP status of each kind of domain error; any other ``JobError`` is a 400.
 ERROR_STATUS: dict[type[errors.JobError], int] = {
     errors.NotFound: 404,
@@ -28,6 +32,18 @@ ERROR_STATUS: dict[type[errors.JobError], int] = {
     errors.Invalid: 422,
     errors.TooLarge: 413,
 }
+
+#: Database errors that mean "not now" rather than "bad request" or "bug": the server refuses
+#: connections, is shutting down, has no connection slot left, cancelled a statement (a timeout), or
+#: the pool has no connection to give. The API answers them 503 with ``Retry-After``; the engine
+#: drops the broken connections (and ``pool_pre_ping`` the stale ones), so once the database is
+#: back the next request gets a working connection.
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.DisconnectionError,
+    sa_exc.TimeoutError,
+)
 
 
 def create_app(settings: Settings | None = None, kind_registry: Registry | None = None) -> FastAPI:
@@ -55,9 +71,13 @@ def create_app(settings: Settings | None = None, kind_registry: Registry | None 
             app.state.database.dispose()
             broker.close()
 
-    app = FastAPI(title="jobrunner", version="0.1.0", lifespan=lifespan)
+    # Every route can find the database down: each lists the 503 (a route's own 503 takes precedence).
+    app = FastAPI(title="jobrunner", version="0.1.0", lifespan=lifespan, responses=responses.unavailable())
     app.add_exception_handler(errors.JobError, _job_error)
     app.add_exception_handler(sa_exc.DataError, _data_error)
+    for unavailable in DATABASE_UNAVAILABLE:
+        app.add_exception_handler(unavailable, _database_unavailable)
+    app.add_exception_handler(sa_exc.DBAPIError, _other_database_error)
     app.include_router(health.router)
     app.include_router(jobs_routes.make_post_router(kind_registry), dependencies=[Depends(require_token)])
     app.include_router(jobs_routes.router, dependencies=[Depends(require_token)])
@@ -73,6 +93,23 @@ async def _data_error(request: Request, exc: Exception) -> JSONResponse:
     # one) is bad input, not a server fault. The request's session is rolled back by its dependency.
     reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
     return JSONResponse(status_code=422, content={"detail": f"the database refused a value: {reason}"})
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    # The driver's error class (connection refused, AdminShutdown, TooManyConnections,
+    # QueryCanceled...) says enough; its message may hold host names, so it stays in the server's log.
+    cause = exc.orig if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None else exc
+    logger.warning("database unavailable for %s %s: %s", request.method, request.url.path, cause)
+    return responses.unavailable_answer(f"database unavailable ({type(cause).__name__}); retry later")
+
+
+async def _other_database_error(request: Request, exc: Exception) -> JSONResponse:
+    # Any other driver error on a connection that broke under it (SQLAlchemy then invalidated the
+    # connection, so it is not handed out again) is an outage too; the rest (IntegrityError,
+    # ProgrammingError) are faults of the server's own, left to the 500 handler.
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return await _database_unavailable(request, exc)
+    raise exc
 
 
 async def _job_error(request: Request, exc: Exception) -> JSONResponse:

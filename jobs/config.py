@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     consumer_timeout_ms: int = Field(default=10, ge=1, le=60_000)
     #: Messages each worker process prefetches (0: Dramatiq's default, twice its threads).
     prefetch: int = Field(default=0, ge=0, le=65_535)
+    #: How long an ``Idempotency-Key`` of ``POST /jobs`` or a replay keeps its first answer.
+    idempotency_ttl_seconds: float = Field(default=86_400, gt=0, le=365 * 86_400)
     #: Modules to import at start so their job kinds register (comma-separated).
     job_modules: str = ""
 

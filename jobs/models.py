@@ -174,3 +174,20 @@ class JobAttempt(Base):
     error_type: Mapped[str | None] = mapped_column(String(200))
     error_message: Mapped[str | None] = mapped_column(Text)
     error_traceback: Mapped[str | None] = mapped_column(Text)
+
+
+class IdempotencyKey(Base):
+    """A client's ``Idempotency-Key`` and the answer its request got (see :mod:`jobs.idempotency`):
+    a retry with the same key and the same request gets that answer again until ``expires_at``.
+    Written in the transaction of the job it answers for, and deleted with it."""
+
+    __tablename__ = "idempotency_keys"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    #: SHA-256 (hex) of the request the key was first used for: its operation and its input.
+    request_hash: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    #: The job's status in the first answer.
+    job_status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)

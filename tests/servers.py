@@ -405,6 +405,15 @@ class ThrowawayPostgres:
         self._reap()
         self._start()
 
+    def halt(self) -> None:
+        """Stop the server as a fast shutdown does (connections are cut), keeping its data for :meth:`start`."""
+        self.pg_ctl("stop", "-m", "fast")
+        self._reap()
+
+    def start(self) -> None:
+        """Start the server again after :meth:`halt`; returns once it accepts connections."""
+        self._start()
+
     def pg_ctl(self, *args: str) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-w", "-t", str(int(START_TIMEOUT_SECONDS)), *args)
 

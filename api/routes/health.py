@@ -10,15 +10,14 @@ from redis.exceptions import RedisError
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
-from api import schemas
+from api import responses, schemas
 from api.deps import get_database
-from api.responses import errors
 from jobs import db
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", response_model=schemas.Health, responses=errors(503))
+@router.get("/healthz", response_model=schemas.Health, responses=responses.unavailable())
 def healthz(request: Request, database: Annotated[db.Database, Depends(get_database)]) -> schemas.Health | JSONResponse:
     """200 when the database and the broker answer; 503 saying which does not."""
     problems = []
@@ -34,5 +33,5 @@ def healthz(request: Request, database: Annotated[db.Database, Depends(get_datab
     except RedisError as exc:
         problems.append(f"broker unreachable: {type(exc).__name__}")
     if problems:
-        return JSONResponse(status_code=503, content={"detail": "; ".join(problems)})
+        return responses.unavailable_answer("; ".join(problems))
     return schemas.Health(database="ok", broker="ok")

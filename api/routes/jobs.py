@@ -4,19 +4,63 @@ No ``from __future__ import annotations`` here: the body type of ``POST /jobs`` 
 creation, and FastAPI must see the real type, not a string naming a local variable.
 """
 
+import dataclasses
 import uuid
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query, status
+from fastapi import APIRouter, Body, Depends, Header, Query, Request, status
+from sqlalchemy.orm import Session
 
 from api import schemas
 from api.deps import ReadSessionDep, SessionDep
 from api.responses import errors
-from jobs import store, views
+from jobs import idempotency, store, views
 from jobs.models import JobStatus
 from jobs.registry import Registry
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+@dataclasses.dataclass(frozen=True)
+class Once:
+    """A request's ``Idempotency-Key`` (None: none given) and how long its answer is kept."""
+
+    key: str | None
+    ttl_seconds: float
+
+    def answer(
+        self, session: Session, operation: str, request: dict[str, Any], act: Callable[[], idempotency.Answer]
+    ) -> schemas.JobAccepted:
+        """``act``'s answer; with a key, the first answer given to this key and request (see
+        :func:`jobs.idempotency.answer_once`)."""
+        if self.key is None:
+            answer = act()
+        else:
+            request_hash = idempotency.request_hash(operation, request)
+            answer = idempotency.answer_once(session, self.key, request_hash, ttl_seconds=self.ttl_seconds, act=act)
+        return schemas.JobAccepted(job_id=answer.job_id, status=JobStatus(answer.status))
+
+
+def _once(
+    request: Request,
+    key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=idempotency.MAX_KEY_LENGTH,
+            pattern=r"^[!-~]+$",
+            description="Any string of visible ASCII characters (a UUID, say), new for each new request. "
+            "A retry with the same key and the same request gets the first answer (the same job); "
+            "with another request, 422. Kept for JOBRUNNER_IDEMPOTENCY_TTL_SECONDS (default 24 hours).",
+        ),
+    ] = None,
+) -> Once:
+    return Once(key=key, ttl_seconds=request.app.state.settings.idempotency_ttl_seconds)
+
+
+OnceDep = Annotated[Once, Depends(_once)]
 
 
 def make_post_router(kind_registry: Registry) -> APIRouter:
@@ -32,13 +76,19 @@ def make_post_router(kind_registry: Registry) -> APIRouter:
     )
     # JobRequest is a type built at run time, for FastAPI: mypy cannot follow it (hence the ignore);
     # the body is read through schemas.JobRequestBody.
-    def post_job(request: Annotated[JobRequest, Body()], session: SessionDep) -> schemas.JobAccepted:  # type: ignore[valid-type]
-        """Store a job of a public kind; its ID goes to the workers once it is committed."""
+    def post_job(request: Annotated[JobRequest, Body()], session: SessionDep, once: OnceDep) -> schemas.JobAccepted:  # type: ignore[valid-type]
+        """Store a job of a public kind; its ID goes to the workers once it is committed. With an
+        ``Idempotency-Key``, a retry of the same request gets the same job."""
         body: schemas.JobRequestBody = request
         args = body.args if isinstance(body.args, dict) else body.args.model_dump(mode="json")
-        job = store.create_job(session, body.kind, args, public_only=True)
+
+        def create() -> idempotency.Answer:
+            job = store.create_job(session, body.kind, args, public_only=True)
+            return idempotency.Answer(job_id=job.id, status=job.status)
+
+        accepted = once.answer(session, "POST /jobs", {"kind": body.kind, "args": args}, create)
         session.commit()
-        return schemas.JobAccepted(job_id=job.id, status=job.status)
+        return accepted
 
     return post_router
 
@@ -71,9 +121,17 @@ def get_job(job_id: uuid.UUID, session: ReadSessionDep) -> schemas.JobOut:
 def replay_job(
     job_id: uuid.UUID,
     session: SessionDep,
+    once: OnceDep,
     request: Annotated[schemas.ReplayRequest | None, Body()] = None,
 ) -> schemas.JobAccepted:
-    """Put a failed job back to queued for a new run (its history is kept)."""
-    job = store.replay_job(session, job_id, reason=request.reason if request else None)
+    """Put a failed job back to queued for a new run (its history is kept). With an
+    ``Idempotency-Key``, a retry of the same request gets the first answer, not a 409."""
+    reason = request.reason if request else None
+
+    def replay() -> idempotency.Answer:
+        job = store.replay_job(session, job_id, reason=reason)
+        return idempotency.Answer(job_id=job.id, status=job.status)
+
+    accepted = once.answer(session, "POST /jobs/{job_id}/replay", {"job_id": str(job_id), "reason": reason}, replay)
     session.commit()
-    return schemas.JobAccepted(job_id=job.id, status=job.status)
+    return accepted

@@ -177,5 +177,5 @@ def test_openapi_shows_the_multipart_body_and_every_status_code(client):
     post = document["paths"]["/files"]["post"]
     schema = post["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert schema["required"] == ["file"] and schema["properties"]["file"]["format"] == "binary"
-    assert set(post["responses"]) == {"202", "401", "413", "422"}
-    assert set(document["paths"]["/files/{file_id}"]["get"]["responses"]) == {"200", "401", "404", "422"}
+    assert set(post["responses"]) == {"202", "401", "413", "422", "503"}
+    assert set(document["paths"]["/files/{file_id}"]["get"]["responses"]) == {"200", "401", "404", "422", "503"}

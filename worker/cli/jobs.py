@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from jobs import db, models, store, views
+from jobs import db, idempotency, models, store, views
 from jobs.config import get_settings
 from worker import sweeper
 from worker.cli.common import (
@@ -131,7 +131,8 @@ def prune(
     failed_older_than: Annotated[str | None, typer.Option(help="Also delete failed jobs finished before this.")] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Delete old finished jobs and their history, in batches; failed ones only when asked."""
+    """Delete old finished jobs and their history, in batches; failed ones only when asked; and
+    the expired idempotency keys."""
     settings = get_settings()
     plan = [([models.JobStatus.SUCCEEDED, models.JobStatus.CANCELLED], parse_time(succeeded_older_than))]
     if failed_older_than is not None:
@@ -145,4 +146,14 @@ def prune(
                 deleted += batch
                 if batch == 0:
                     break
-    typer.echo(json.dumps({"deleted": deleted}) if as_json else f"deleted {deleted} job(s)")
+        expired_keys = 0
+        while True:
+            with db.session_scope(database.sessions) as session:
+                batch = idempotency.delete_expired(session)
+            expired_keys += batch
+            if batch == 0:
+                break
+    if as_json:
+        typer.echo(json.dumps({"deleted": deleted, "expired_idempotency_keys": expired_keys}))
+    else:
+        typer.echo(f"deleted {deleted} job(s) and {expired_keys} expired idempotency key(s)")
