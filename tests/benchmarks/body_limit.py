@@ -3,7 +3,8 @@ the API's memory.
 
 For each size (default 20 MB and 1 GB) and each way of announcing it (``declared``: a
 Content-Length; ``chunked``: Transfer-Encoding chunked, so the server must count), a raw socket
-sends ``POST /jobs`` with a valid JSON body of that size (``{"kind":"fail","args":{"message":"xxx…"}}``)
+sends ``POST /jobs`` with a valid JSON body of that size (``--shape string``:
+``{"kind":"fail","args":{"message":"xxx…"}}``; ``--shape array``: ``…"message":[1,1,1,…]}}``)
 in 64 KiB writes from one thread while the main thread waits for the answer. It reports the status,
 the time from the first byte sent to the first byte of the answer, how much of the body had been
 sent by then, and the API's peak RSS while it lasted (sampled every 5 ms from /proc, and VmHWM).
@@ -38,21 +39,26 @@ from tests.benchmarks import common
 
 TOKEN = "bench-token"
 WRITE_BYTES = 64 * 1024
-HEAD = b'{"kind":"fail","args":{"message":"'
-TAIL = b'"}}'
+#: The bodies' shapes: one long string, or an array of millions of small numbers (costlier to parse).
+SHAPES = {
+    "string": (b'{"kind":"fail","args":{"message":"', b"x", b'"}}'),
+    "array": (b'{"kind":"fail","args":{"message":[', b"1,", b"1]}}"),
+}
 
 
-def _body_writes(size: int, chunked: bool) -> Iterator[bytes]:
+def _body_writes(size: int, chunked: bool, shape: str) -> Iterator[bytes]:
     """The body's writes (framed as chunks when ``chunked``)."""
-    filler = b"x" * WRITE_BYTES
-    remaining = size - len(HEAD) - len(TAIL)
-    pieces = [HEAD]
+    head, unit, tail = SHAPES[shape]
+    filler = unit * (WRITE_BYTES // len(unit))
+    remaining = size - len(head) - len(tail)
+    remaining -= remaining % len(unit)
+    pieces = [head]
     while remaining > 0:
-        pieces.append(filler[: min(remaining, WRITE_BYTES)])
+        pieces.append(filler[: min(remaining, len(filler))])
         remaining -= len(pieces[-1])
         yield from _framed(pieces, chunked)
         pieces = []
-    yield from _framed([*pieces, TAIL], chunked)
+    yield from _framed([*pieces, tail], chunked)
     if chunked:
         yield b"0\r\n\r\n"
 
@@ -70,7 +76,9 @@ def _request_head(size: int, chunked: bool, token: str | None) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-def measure(port: int, api_pid: int, size: int, *, chunked: bool, token: str | None = TOKEN) -> dict[str, object]:
+def measure(
+    port: int, api_pid: int, size: int, *, chunked: bool, shape: str = "string", token: str | None = TOKEN
+) -> dict[str, object]:
     """One oversized request: status, seconds to the answer, bytes sent by then, peak RSS (MiB)."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=600)
     answered = threading.Event()
@@ -81,7 +89,7 @@ def measure(port: int, api_pid: int, size: int, *, chunked: bool, token: str | N
         nonlocal sent
         try:
             sock.sendall(_request_head(size, chunked, token))
-            for write in _body_writes(size, chunked):
+            for write in _body_writes(size, chunked, shape):
                 if answered.is_set():
                     return
                 sock.sendall(write)
@@ -133,6 +141,7 @@ def measure(port: int, api_pid: int, size: int, *, chunked: bool, token: str | N
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="20,1024", help="body sizes in MB (1e6 bytes), comma-separated")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="string", help="the body's shape")
     parser.add_argument("--root", type=Path, default=ROOT, help="the checkout whose API runs")
     args = parser.parse_args()
     sizes = [int(float(s) * 1_000_000) for s in args.sizes.split(",")]
@@ -155,7 +164,7 @@ def main() -> None:
         print(f"API {api.pid} from {args.root}: RSS at rest {common.rss_mb(api.pid):.0f} MiB")
         for size in sizes:
             for chunked in (False, True):
-                result = measure(port, api.pid, size, chunked=chunked)
+                result = measure(port, api.pid, size, chunked=chunked, shape=args.shape)
                 how = "chunked " if chunked else "declared"
                 print(
                     f"  {size / 1e6:>6.0f} MB {how}: {result['status']} after {result['seconds']:.3f} s, "
@@ -163,7 +172,7 @@ def main() -> None:
                     f"peak RSS {result['peak_rss_mb']:.0f} MiB (VmHWM {common.rss_mb(api.pid, 'VmHWM'):.0f} MiB)",
                     flush=True,
                 )
-        result = measure(port, api.pid, sizes[0], chunked=False, token=None)
+        result = measure(port, api.pid, sizes[0], chunked=False, shape=args.shape, token=None)
         print(
             f"  {sizes[0] / 1e6:>6.0f} MB without the token: {result['status']} after {result['seconds']:.3f} s, "
             f"{result['sent_mb']:.1f} MB sent by then, peak RSS {result['peak_rss_mb']:.0f} MiB"
