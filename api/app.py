@@ -5,13 +5,16 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 
-from api import responses
+from api import responses, schemas, validation
 from api.deps import require_token
+from api.guard import RequestGuard
 from api.routes import batches as batches_routes
 from api.routes import events as events_routes
 from api.routes import files as files_routes
@@ -71,8 +74,15 @@ def create_app(settings: Settings | None = None, kind_registry: Registry | None 
             app.state.database.dispose()
             broker.close()
 
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        problems = exc.errors()
+        detail = schemas.unknown_kind_message(problems, kind_registry) or validation.safe_errors(problems)
+        return validation.SafeJSONResponse(status_code=422, content={"detail": detail})
+
     # Every route can find the database down: each lists the 503 (a route's own 503 takes precedence).
     app = FastAPI(title="jobrunner", version="0.1.0", lifespan=lifespan, responses=responses.unavailable())
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(errors.JobError, _job_error)
     app.add_exception_handler(sa_exc.DataError, _data_error)
     for unavailable in DATABASE_UNAVAILABLE:
@@ -85,14 +95,46 @@ def create_app(settings: Settings | None = None, kind_registry: Registry | None 
     app.include_router(projections_routes.router, dependencies=[Depends(require_token)])
     app.include_router(files_routes.router, dependencies=[Depends(require_token)])
     app.include_router(batches_routes.router, dependencies=[Depends(require_token)])
+    _guard(app, settings)
     return app
+
+
+def _guard(app: FastAPI, settings: Settings) -> None:
+    """Authenticate and bound the body before any route runs (:class:`api.guard.RequestGuard`); the
+    routes that take a JSON body declare the 413 it answers (in the OpenAPI document, where it is built)."""
+    streamed = {("POST", "/files")}  # streams its upload itself, bounded by max_upload_bytes
+    open_paths = {"/healthz", app.openapi_url, app.docs_url, app.swagger_ui_oauth2_redirect_url, app.redoc_url}
+    app.add_middleware(
+        RequestGuard,
+        token=settings.api_token,
+        max_body_bytes=settings.max_body_bytes,
+        open_paths={path for path in open_paths if path},
+        streamed=streamed,
+    )
+    build_openapi = app.openapi
+
+    def openapi_with_413() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = build_openapi()  # also kept in app.openapi_schema, which is amended here
+            too_large = {
+                "description": "The body is larger than JOBRUNNER_MAX_BODY_BYTES",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+            }
+            for operations in document["paths"].values():
+                for operation in operations.values():
+                    if "application/json" in operation.get("requestBody", {}).get("content", {}):
+                        operation["responses"].setdefault("413", too_large)
+        return app.openapi_schema or build_openapi()
+
+    app.openapi = openapi_with_413  # type: ignore[method-assign]
 
 
 async def _data_error(request: Request, exc: Exception) -> JSONResponse:
     # A value the database cannot store (PostgreSQL refuses NUL characters in text and JSON, for
     # one) is bad input, not a server fault. The request's session is rolled back by its dependency.
     reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
-    return JSONResponse(status_code=422, content={"detail": f"the database refused a value: {reason}"})
+    detail = f"the database refused a value: {validation.safe_text(reason)}"
+    return validation.SafeJSONResponse(status_code=422, content={"detail": detail})
 
 
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
@@ -114,4 +156,4 @@ async def _other_database_error(request: Request, exc: Exception) -> JSONRespons
 
 async def _job_error(request: Request, exc: Exception) -> JSONResponse:
     code = next((code for cls, code in ERROR_STATUS.items() if isinstance(exc, cls)), 400)
-    return JSONResponse(status_code=code, content={"detail": str(exc)})
+    return validation.SafeJSONResponse(status_code=code, content={"detail": validation.safe_text(str(exc), 1000)})

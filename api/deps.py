@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import SecretStr
 from sqlalchemy.orm import Session
 
 from jobs import db
@@ -37,16 +38,24 @@ def get_read_session(database: Annotated[db.Database, Depends(get_database)]) ->
 def require_token(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
-    """Refuse the request (401) unless it carries the configured token; open when none is set."""
+    """Refuse the request (401) unless it carries the configured token; open when none is set.
+
+    :class:`api.guard.RequestGuard` already refused such a request before its body was read; this
+    dependency declares the bearer scheme in the OpenAPI document (and checks again)."""
     expected = request.app.state.settings.api_token
     if expected is None:
         return
     given = credentials.credentials if credentials is not None else ""
-    # compare_digest takes time independent of where the strings differ.
-    if not secrets.compare_digest(given.encode(), expected.get_secret_value().encode()):
+    if not token_matches(given, expected):
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
         )
+
+
+def token_matches(given: str, expected: SecretStr) -> bool:
+    """Whether ``given`` is the configured token."""
+    # compare_digest takes time independent of where the strings differ.
+    return secrets.compare_digest(given.encode(), expected.get_secret_value().encode())
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, Protocol, Union
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from api.validation import safe_text
 from jobs.models import JobStatus
-from jobs.registry import JobKind
+from jobs.registry import JobKind, Registry
 from jobs.views import AttemptOut, JobOut, JobSummary
 
 __all__ = ["AttemptOut", "JobOut", "JobSummary"]  # the API's bodies of a job are jobs.views'
@@ -51,6 +53,26 @@ def job_request_model(kinds: list[JobKind]) -> Any:
     if not variants:
         raise RuntimeError("no public job kind is registered")
     return Annotated[Union[tuple(variants)], Field(discriminator="kind")]  # noqa: UP007
+
+
+def unknown_kind_message(errors: Sequence[Mapping[str, Any]], kind_registry: Registry) -> str | None:
+    """One readable line for a ``POST /jobs`` body whose ``kind`` names no public kind (pydantic's
+    ``union_tag_invalid`` on :func:`job_request_model`'s discriminator); None for other errors."""
+    if len(errors) != 1:
+        return None
+    error = errors[0]
+    ctx = error.get("ctx") or {}
+    if error["type"] != "union_tag_invalid" or tuple(error["loc"]) != ("body",) or ctx.get("discriminator") != "'kind'":
+        return None
+    tag = str(ctx.get("tag", ""))
+    public = ", ".join(sorted(kind.name for kind in kind_registry.all() if kind.public))
+    known = kind_registry.find(tag)
+    what = (
+        f"job kind '{safe_text(tag, 100)}' is internal (not postable)"
+        if known
+        else f"unknown job kind '{safe_text(tag, 100)}'"
+    )
+    return f"{what}; public kinds: {public}"
 
 
 class ReplayRequest(BaseModel):

@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     storage_dir: Path = VAR_DIR / "uploads"
     api_token: SecretStr | None = None
     max_upload_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
+    #: The largest request body of a JSON route (uploads have ``max_upload_bytes``); larger: 413.
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     max_attempts: int = Field(default=3, ge=1, le=100)
     #: Base of the exponential backoff: attempt n waits base * 2**(n-1) seconds (with jitter).
     retry_backoff_seconds: float = Field(default=2.0, ge=0, le=3600)

@@ -7,7 +7,7 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Response, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from api.deps import SessionDep
 from api.responses import errors
@@ -17,13 +17,24 @@ from jobs.models import JobStatus
 router = APIRouter(prefix="/events", tags=["events"])
 
 
+def _list_public_types(schema: dict[str, JsonValue]) -> None:
+    # Called when the OpenAPI document is built (every event type is registered by then).
+    public: list[JsonValue] = list(events.public_types())
+    schema["enum"] = public
+
+
 class EventIn(BaseModel):
-    """One event: its type, its payload, and an optional idempotency key."""
+    """One event: its type (a public one), its payload, and an optional idempotency key."""
 
     model_config = ConfigDict(extra="forbid")
 
     id: uuid.UUID | None = None
-    type: str = Field(min_length=1, max_length=100)
+    type: str = Field(
+        min_length=1,
+        max_length=100,
+        description="A public event type; those the runner emits itself are refused.",
+        json_schema_extra=_list_public_types,
+    )
     payload: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -74,9 +85,9 @@ class EventOut(BaseModel):
 def post_events(
     body: Annotated[EventIn | EventList, Body()], session: SessionDep, response: Response
 ) -> EventAccepted | list[EventAccepted]:
-    """Store events and one job per handler in one transaction; a list in, a list out."""
+    """Store events (of public types) and one job per handler in one transaction; a list in, a list out."""
     items = body if isinstance(body, list) else [body]
-    accepted = events.ingest(session, [events.NewEvent(e.type, e.payload, e.id) for e in items])
+    accepted = events.ingest(session, [events.NewEvent(e.type, e.payload, e.id) for e in items], public_only=True)
     session.commit()
     if all(a.duplicate for a in accepted):
         response.status_code = status.HTTP_200_OK

@@ -122,9 +122,9 @@ def test_route_that_emits_then_fails_leaves_no_event_no_job_nothing_sent(setting
 def test_openapi_lists_every_status_code_of_the_event_routes(client):
     paths = client.get("/openapi.json").json()["paths"]
     expected = {
-        ("/events", "post"): {"200", "202", "401", "422", "503"},
+        ("/events", "post"): {"200", "202", "401", "413", "422", "503"},
         ("/events/{event_id}", "get"): {"200", "401", "404", "422", "503"},
-        ("/products", "post"): {"201", "401", "409", "422", "503"},
+        ("/products", "post"): {"201", "401", "409", "413", "422", "503"},
         ("/products/{product_id}", "get"): {"200", "401", "404", "422", "503"},
         ("/orgs/{org_id}/stats", "get"): {"200", "401", "422", "503"},
     }
@@ -136,3 +136,34 @@ def test_events_and_jobs_are_committed_and_sent_before_the_answer(client, databa
     answers = client.post("/events", json=[_user(n) for n in range(10)]).json()
     assert _count(database, event_models.Event) == 10
     assert queued_messages() == sum(len(a["job_ids"]) for a in answers) == 10
+
+
+def test_internal_event_types_are_refused_naming_them_and_store_nothing(client, database, queued_messages):
+    assert events.internal_types() == ["batch.completed", "file.processed"]
+    forged = [
+        {"type": "file.processed", "payload": {"file_id": str(uuid.uuid4())}},
+        {"type": "batch.completed", "payload": {"batch_id": str(uuid.uuid4())}},
+    ]
+    for event in forged:
+        response = client.post("/events", json=event)
+        assert response.status_code == 422
+        detail = response.json()["detail"]
+        assert f"'{event['type']}' is internal" in detail
+        assert "internal types: batch.completed, file.processed" in detail
+        assert "public types: order_created, user_registered" in detail
+    mixed = client.post("/events", json=[_user(0), forged[0]])
+    assert mixed.status_code == 422 and mixed.json()["detail"].startswith("event 1: type: 'file.processed' is internal")
+    assert _count(database, event_models.Event) == 0 and _count(database, models.Job) == 0
+    assert _count(database, event_models.Notification) == 0
+    assert queued_messages() == 0
+
+
+def test_the_runner_still_emits_its_internal_events(session):
+    accepted = events.emit(session, "file.processed", {"file_id": str(uuid.uuid4())})
+    session.commit()
+    assert len(accepted.job_ids) == len(events.handlers_for("file.processed")) == 1
+
+
+def test_openapi_lists_only_the_public_event_types(client):
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    assert schemas["EventIn"]["properties"]["type"]["enum"] == ["order_created", "user_registered"]

@@ -1,4 +1,7 @@
-"""Notifications: ``file.processed`` and ``batch.completed`` each leave a ``notifications`` row."""
+"""Notifications: ``file.processed`` and ``batch.completed`` each leave a ``notifications`` row.
+
+Both types are internal: only the runner emits them (``POST /events`` refuses them).
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """Domain events: typed payloads, handlers, the transactional outbox, exactly-once application.
 
-- An **event type** is a pydantic model registered under a name: ``@event_type("user_registered")``.
+- An **event type** is a pydantic model registered under a name: ``@event_type("user_registered",
+  public=True)``. Only public types may come from outside (``POST /events``, :func:`ingest` with
+  ``public_only=True``); the others are the runner's own (``file.processed``, ...), emitted in code.
 - A **handler** is ``handler(session, event)``, registered with ``@on("user_registered")``. Like a job
   handler it works with the session it is given and never commits, closes or opens one.
 - :func:`emit` (one event) and :func:`ingest` (many) store events in the caller's session together
@@ -70,20 +72,35 @@ class HandlerSpec:
 
 
 _types: dict[str, type[pydantic.BaseModel]] = {}
+_public: set[str] = set()
 _handlers: dict[str, dict[str, HandlerSpec]] = {}
 
 
-def event_type(name: str) -> Callable[[PayloadT], PayloadT]:
-    """Register the decorated pydantic model as the payload of event type ``name``."""
+def event_type(name: str, *, public: bool = False) -> Callable[[PayloadT], PayloadT]:
+    """Register the decorated pydantic model as the payload of event type ``name``. A ``public``
+    type may be posted by clients (``POST /events``); an internal one (the default) only emitted in
+    code, by the runner itself."""
 
     def register(model: PayloadT) -> PayloadT:
         if _types.get(name, model) is not model:
             raise ValueError(f"event type {name!r} is already registered")
         _types[name] = model
+        if public:
+            _public.add(name)
         _handlers.setdefault(name, {})
         return model
 
     return register
+
+
+def public_types() -> list[str]:
+    """The event types clients may post, sorted."""
+    return sorted(_public)
+
+
+def internal_types() -> list[str]:
+    """The event types only the runner emits, sorted."""
+    return sorted(set(_types) - _public)
 
 
 def on(type_name: str, *, name: str | None = None) -> Callable[[EventHandler], EventHandler]:
@@ -174,10 +191,11 @@ def emit(
     return ingest(session, [NewEvent(type_name, payload, event_id)])[0]
 
 
-def ingest(session: Session, new_events: Sequence[NewEvent]) -> list[Accepted]:
+def ingest(session: Session, new_events: Sequence[NewEvent], *, public_only: bool = False) -> list[Accepted]:
     """Store events and one ``event.handle`` job per (event, handler) in ``session``, in bulk.
 
-    Every event is checked first: one that does not fit stores nothing. An ``id`` already stored (or
+    Every event is checked first: one that does not fit (or, with ``public_only``, one of an
+    internal type: events from outside) stores nothing. An ``id`` already stored (or
     repeated within ``new_events``) is not stored again and answers the first one's jobs with
     ``duplicate=True``; two transactions racing with one ``id`` store it once (the primary key, with
     ON CONFLICT DO NOTHING: on PostgreSQL the second waits for the first to commit).
@@ -187,6 +205,9 @@ def ingest(session: Session, new_events: Sequence[NewEvent]) -> list[Accepted]:
     """
     if len(new_events) > MAX_EVENTS_PER_CALL:
         raise event_errors.InvalidEvent(f"at most {MAX_EVENTS_PER_CALL} events at once, got {len(new_events)}")
+    if public_only:
+        for index, event in enumerate(new_events):
+            _check_public(index, event.type)
     rows = [_event_row(index, event) for index, event in enumerate(new_events)]
     first_rows: dict[uuid.UUID, dict[str, Any]] = {}
     for row in rows:
@@ -200,6 +221,14 @@ def ingest(session: Session, new_events: Sequence[NewEvent]) -> list[Accepted]:
         jobs = first_rows[row["id"]]["handler_jobs"] if row["id"] in stored else earlier[row["id"]]
         answers.append(Accepted(row["id"], [uuid.UUID(job["job_id"]) for job in jobs], duplicate=not new))
     return answers
+
+
+def _check_public(index: int, type_name: str) -> None:
+    if type_name in _types and type_name not in _public:
+        raise event_errors.InvalidEvent(
+            f"event {index}: type: {type_name!r} is internal (only the runner emits it); "
+            f"internal types: {', '.join(internal_types())}; public types: {', '.join(public_types())}"
+        )
 
 
 def _event_row(index: int, event: NewEvent) -> dict[str, Any]:

@@ -34,7 +34,7 @@ PRODUCT_HANDLER = "product_inventory"
 _Key = Annotated[str, pydantic.StringConstraints(min_length=1, max_length=100)]
 
 
-@events.event_type("user_registered")
+@events.event_type("user_registered", public=True)
 class UserRegistered(pydantic.BaseModel):
     """A user joined an org."""
 
@@ -46,7 +46,7 @@ class UserRegistered(pydantic.BaseModel):
     email: str = pydantic.Field(max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
 
 
-@events.event_type("order_created")
+@events.event_type("order_created", public=True)
 class OrderCreated(pydantic.BaseModel):
     """An order for some quantity of one product."""
 
