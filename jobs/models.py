@@ -110,9 +110,11 @@ class AttemptOutcome(enum.StrEnum):
     SUCCEEDED = "succeeded"
     #: The handler raised; the job will be retried.
     ERROR = "error"
-    #: The handler raised and the job failed for good.
+    #: The attempt failed and the job failed for good: the run's final attempt. The handler raised,
+    #: or the worker died on the last attempt or for the ``QUARANTINE_AFTER_LOST``-th time (then
+    #: ``error_type`` is ``jobs.errors.WorkerLost``).
     FAILED = "failed"
-    #: The worker died while running it; its lease expired.
+    #: The worker died while running it (its lease expired) and the job was queued again.
     LOST = "lost"
     #: The worker shut down before it finished; not counted against max attempts.
     INTERRUPTED = "interrupted"

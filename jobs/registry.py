@@ -1,6 +1,10 @@
 """Job kinds: a decorator declares a handler under a name, with its options; a :class:`Registry`
 holds the kinds one application runs.
 
+A module may also declare checks of the database's invariants with :func:`invariant` (a feature's
+own, next to the code that keeps them); a :class:`Registry` collects them with the kinds, and
+``jobctl check`` runs them (see :mod:`jobs.store.checking`).
+
 A handler is ``handler(session, job)``: it does its work with the session it is given and never
 commits, closes or opens one. ``job`` is a :class:`RunningJob`; a long handler may call
 ``job.checkpoint()`` to commit its work so far.
@@ -112,6 +116,8 @@ def _describe(exc: pydantic.ValidationError) -> str:
 
 #: The attribute :func:`job_kind` sets on a handler: its declaration, found by :meth:`Registry.add_module`.
 _DECLARATION = "__jobrunner_kind__"
+#: The attribute :func:`invariant` sets on a check, found likewise.
+_INVARIANT = "__jobrunner_invariant__"
 #: Key of the registry in ``Session.info`` (see :func:`of`).
 REGISTRY_KEY = "jobrunner.registry"
 
@@ -151,6 +157,35 @@ def job_kind(
     return declare
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Violation:
+    """One breach of an invariant of the database, as a check found it."""
+
+    #: The invariant broken (a short name, such as ``final-attempt``).
+    invariant: str
+    #: What breaks it: ``job <id>``, ``batch <id>``, ...
+    subject: str
+    #: What is wrong, in one line.
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.invariant}: {self.subject}: {self.detail}"
+
+
+#: ``check(session, limit)``: up to ``limit`` violations of one invariant (set-based SQL, read only).
+Check = Callable[[Session, int], list[Violation]]
+
+
+def invariant(check: Check) -> Check:
+    """Declare ``check`` a check of the database's invariants.
+
+    As with :func:`job_kind`, declaring registers nothing: a :class:`Registry` takes the checks
+    declared in the modules it is given, and ``jobctl check`` runs them after the core's own.
+    """
+    setattr(check, _INVARIANT, True)
+    return check
+
+
 class Registry:
     """The job kinds one application runs, their options resolved against its settings.
 
@@ -162,6 +197,7 @@ class Registry:
         #: The application's settings, for handlers that need one (``registry.of(session).settings``).
         self.settings = settings
         self._kinds: dict[str, JobKind] = {}
+        self._checks: list[Check] = []
 
     def add(self, kind: JobKind) -> None:
         """Add ``kind``, its unset options taking this registry's defaults.
@@ -181,11 +217,18 @@ class Registry:
         )
 
     def add_module(self, module: ModuleType) -> None:
-        """Add every kind declared with :func:`job_kind` in ``module``."""
+        """Add every kind declared with :func:`job_kind` in ``module``, and every check declared
+        with :func:`invariant`."""
         for value in list(vars(module).values()):
             kind = getattr(value, _DECLARATION, None)
             if isinstance(kind, JobKind):
                 self.add(kind)
+            if getattr(value, _INVARIANT, False) is True and value not in self._checks:
+                self._checks.append(value)
+
+    def invariant_checks(self) -> list[Check]:
+        """The checks declared in the modules added, in the order they were added."""
+        return list(self._checks)
 
     def get(self, name: str) -> JobKind:
         """The kind registered under ``name``.

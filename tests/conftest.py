@@ -31,6 +31,7 @@ from jobs.config import Settings, get_settings
 from jobs.kinds.files import handlers as files_handler
 from jobs.kinds.files import models as file_models
 from jobs.registry import Registry
+from jobs.store import checking
 from tests import kinds, servers
 from worker import broker as worker_broker
 from worker import producer
@@ -289,6 +290,17 @@ def fetch(database: db.Database) -> Callable[[uuid.UUID], tuple[models.Job, list
             return store.get_job(session, job_id), store.list_attempts(session, job_id)
 
     return read
+
+
+@pytest.fixture
+def invariants_hold(database: db.Database, kind_registry: Registry) -> Iterator[None]:
+    """After the test (and the fixtures it asked for after this one, such as its worker processes,
+    have stopped): what ``jobctl check`` checks holds in its database. Fault-tolerance tests use it
+    (``pytestmark = pytest.mark.usefixtures("invariants_hold")``)."""
+    yield
+    with database.readers() as session:
+        report = checking.run_checks(session, checking.checks_of(kind_registry))
+    assert report.ok, "jobctl check after the test:\n" + "\n".join(map(str, report.violations))
 
 
 @pytest.fixture

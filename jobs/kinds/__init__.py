@@ -18,11 +18,12 @@ from collections.abc import Iterable
 from jobs.config import Settings
 from jobs.registry import Registry
 
-#: The modules declaring the shipped kinds.
+#: The modules declaring the shipped kinds and their invariant checks (``@registry.invariant``).
 SHIPPED_MODULES = (
     "jobs.kinds.basic",
     "jobs.kinds.files.handlers",
     "jobs.kinds.batches.handlers",
+    "jobs.kinds.batches.service",
     "jobs.kinds.events.handlers",
 )
 

@@ -17,6 +17,11 @@ from jobs.store.running import run_failure_hook
 _jobs = models.Job.__table__
 _attempts = models.JobAttempt.__table__
 
+#: The attempt's message when its worker stopped renewing the lease.
+LOST_MESSAGE = "the worker stopped renewing its lease (it died or stalled)"
+#: The error type of a job failed because its worker died (see :func:`_take_back`).
+WORKER_LOST_TYPE = "jobs.errors.WorkerLost"
+
 
 def recover_lost_jobs(
     session: Session,
@@ -66,6 +71,14 @@ def _as_running(session: Session, job: models.Job) -> registry.RunningJob:
 
 
 def _take_back(session: Session, job: models.Job, *, now: dt.datetime, quarantine_after_lost: int) -> JobStatus:
+    """Close the job's attempt as its worker's death and queue the job again, or fail it.
+
+    The attempt is ``lost`` when the job goes back to ``queued``. When the job fails (this death is
+    the ``quarantine_after_lost``-th of the run, or its last attempt), the attempt is the run's final
+    one: ``failed``, with error type ``jobs.errors.WorkerLost``, as :func:`record_failure` writes
+    ``failed`` rather than ``error`` for a last attempt. So every ``failed`` job has exactly one
+    ``failed`` attempt in its current run, whichever path failed it.
+    """
     earlier_deaths = session.execute(
         select(func.count())
         .select_from(models.JobAttempt)
@@ -76,33 +89,42 @@ def _take_back(session: Session, job: models.Job, *, now: dt.datetime, quarantin
         )
     ).scalar_one()
     deaths = earlier_deaths + 1
+    final = deaths >= quarantine_after_lost or job.attempts >= job.max_attempts
+    if not final:
+        session.execute(
+            INSERT_ATTEMPT,
+            attempt_row(job, outcome=AttemptOutcome.LOST, finished_at=now, error_message=LOST_MESSAGE),
+        )
+        job.claim_token = None
+        job.lease_expires_at = None
+        job.status = JobStatus.QUEUED
+        job.enqueued_at = now
+        sending.send_after_commit(session, sending.JobMessage(job.id, job.queue))
+        return JobStatus.QUEUED
+    error = errors.WorkerLost(
+        f"worker died {deaths} times while running this job"
+        if deaths >= quarantine_after_lost
+        else f"worker died while running this job and its {job.max_attempts} attempts are spent"
+    )
     session.execute(
         INSERT_ATTEMPT,
         attempt_row(
             job,
-            outcome=AttemptOutcome.LOST,
+            outcome=AttemptOutcome.FAILED,
             finished_at=now,
-            error_message="the worker stopped renewing its lease (it died or stalled)",
+            error_type=WORKER_LOST_TYPE,
+            error_message=str(error),
         ),
     )
     job.claim_token = None
     job.lease_expires_at = None
-    if deaths >= quarantine_after_lost or job.attempts >= job.max_attempts:
-        error = errors.WorkerLost(
-            f"worker died {deaths} times while running this job"
-            if deaths >= quarantine_after_lost
-            else f"worker died while running this job and its {job.max_attempts} attempts are spent"
-        )
-        job.status = JobStatus.FAILED
-        job.finished_at = now
-        job.error_type = "jobs.errors.WorkerLost"
-        job.error_message = str(error)
-        run_failure_hook(session, _as_running(session, job), error)
-        return JobStatus.FAILED
-    job.status = JobStatus.QUEUED
-    job.enqueued_at = now
-    sending.send_after_commit(session, sending.JobMessage(job.id, job.queue))
-    return JobStatus.QUEUED
+    job.status = JobStatus.FAILED
+    job.finished_at = now
+    job.error_type = WORKER_LOST_TYPE
+    job.error_message = str(error)
+    job.error_traceback = None  # an earlier attempt's, if any: not this failure's
+    run_failure_hook(session, _as_running(session, job), error)
+    return JobStatus.FAILED
 
 
 # --- the sweeper --------------------------------------------------------------------------------

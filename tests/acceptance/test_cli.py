@@ -16,8 +16,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import delete, update
 
-from jobs import db, store
+from jobs import db, models, store
 from jobs.models import AttemptOutcome, JobStatus
 from tests.acceptance.conftest import (
     COMMAND_TIMEOUT_SECONDS,
@@ -242,6 +243,37 @@ def test_listing_commands_print_json_that_parses(jobctl, make_failed_job, make_j
     swept = _json(jobctl("sweep", "--json"))
     assert swept["ran"] is True
     assert {"requeued", "quarantined", "resent"} <= swept.keys()
+
+
+def test_check_says_ok_on_a_sound_database_and_exits_1_naming_each_violation(jobctl, database, make_failed_job):
+    failed = make_failed_job("fail", message="disk full")
+
+    result = jobctl("check")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert len(result.stdout.splitlines()) == 1 and result.stdout.startswith("OK: every invariant holds")
+    assert _json(jobctl("check", "--json"))["ok"] is True
+
+    with database.engine.begin() as conn:  # the failure without its failed attempt (finding 5)
+        conn.execute(delete(models.JobAttempt.__table__).where(models.JobAttempt.job_id == failed))
+        conn.execute(
+            update(models.Job.__table__).where(models.Job.id == failed).values(lease_expires_at=store.utcnow())
+        )
+    result = jobctl("check")
+    assert result.returncode == 1, result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.startswith(f"final-attempt: job {failed}: failed, but 0 `failed` attempt(s)") for line in lines)
+    assert any(line.startswith(f"running-lease: job {failed}: failed, but holds a lease") for line in lines)
+    assert any(line.startswith(f"attempt-count: job {failed}:") for line in lines)
+    assert lines[-1].startswith("3 violation(s)")
+
+    as_json = jobctl("check", "--json")
+    assert as_json.returncode == 1
+    report = json.loads(as_json.stdout)
+    assert report["ok"] is False and report["truncated"] == []
+    assert {(v["invariant"], v["subject"]) for v in report["violations"]} == {
+        (invariant, f"job {failed}") for invariant in ("final-attempt", "running-lease", "attempt-count")
+    }
+    assert "check_batch_counters" in report["checks"] and "check_file_counts" in report["checks"]
 
 
 def _json(result: subprocess.CompletedProcess[str]) -> object:

@@ -1,6 +1,7 @@
 """Fault tolerance with real worker processes: crashes, a flushed broker, a dead broker at enqueue,
 a stalled worker, a poison pill, a shutdown, a database restart. Waits are bounded and generous;
-recovery times are printed as figures, never asserted."""
+recovery times are printed as figures, never asserted. After each scenario, what ``jobctl check``
+checks holds (the ``invariants_hold`` fixture, run once the test's worker processes are stopped)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from jobs.kinds.files.models import FileStatus
 from jobs.models import AttemptOutcome, JobStatus
 from tests import kinds
 from tests.worker.processes import WorkerProcess, wait_until
+
+pytestmark = pytest.mark.usefixtures("invariants_hold")
 
 
 def _statuses(database, job_ids):
@@ -168,7 +171,9 @@ def test_poison_pill_is_quarantined_after_three_worker_deaths(database, workers)
     job, history = store_fetch(database, job_id)
     assert deaths == 3, [(a.number, a.outcome, a.worker_id) for a in history]
     assert job.error_message == "worker died 3 times while running this job"
-    assert [a.outcome for a in history] == [AttemptOutcome.LOST] * 3
+    # The third death ends the run: its attempt is the final one, "failed" (error type WorkerLost).
+    assert [a.outcome for a in history] == [AttemptOutcome.LOST, AttemptOutcome.LOST, AttemptOutcome.FAILED]
+    assert history[-1].error_type == "jobs.errors.WorkerLost"
 
 
 def test_kill_9_mid_file_resumes_from_its_checkpoint_with_every_row_once(database, workers, settings, capsys):

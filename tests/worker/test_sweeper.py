@@ -1,21 +1,32 @@
-"""The sweeper's passes and pruning, against the real database and Redis."""
+"""The sweeper's passes and pruning, against the real database and Redis; after each test, what
+``jobctl check`` checks holds."""
 
 from __future__ import annotations
 
 import datetime as dt
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import insert, update
 
 from jobs import db, models, store
 from jobs.models import AttemptOutcome, JobStatus
 from tests import kinds
 from worker import sweeper
 
+pytestmark = pytest.mark.usefixtures("invariants_hold")
+
 
 def _age(database, job_id, **columns):
     with database.engine.begin() as conn:
         conn.execute(update(models.Job.__table__).where(models.Job.id == job_id).values(**columns))
+
+
+def _finish(database, job_id, status, finished_at):
+    """Make the job ``status`` (succeeded or failed) after one attempt, its row and history as a worker leaves them."""
+    _age(database, job_id, status=status, finished_at=finished_at, attempts=1)
+    with database.engine.begin() as conn:
+        row = {"job_id": job_id, "run": 0, "number": 1, "finished_at": finished_at, "outcome": status.value}
+        conn.execute(insert(models.JobAttempt.__table__).values(**row))
 
 
 def _ago(seconds):
@@ -77,9 +88,9 @@ def test_only_one_sweep_pass_runs_at_a_time(database):
 
 def test_prune_deletes_old_succeeded_jobs_and_keeps_failed_ones(database, make_job, fetch):
     old_ok, new_ok, old_failed = make_job("noop"), make_job("noop"), make_job("noop")
-    _age(database, old_ok, status=JobStatus.SUCCEEDED, finished_at=_ago(10 * 86400))
-    _age(database, new_ok, status=JobStatus.SUCCEEDED, finished_at=_ago(60))
-    _age(database, old_failed, status=JobStatus.FAILED, finished_at=_ago(10 * 86400))
+    _finish(database, old_ok, JobStatus.SUCCEEDED, _ago(10 * 86400))
+    _finish(database, new_ok, JobStatus.SUCCEEDED, _ago(60))
+    _finish(database, old_failed, JobStatus.FAILED, _ago(10 * 86400))
     with db.session_scope(database.sessions) as session:
         deleted = store.prune_jobs(session, statuses=[JobStatus.SUCCEEDED], older_than=_ago(7 * 86400))
     assert deleted == 1
@@ -95,8 +106,54 @@ def test_quarantine_runs_the_kinds_on_failed_hook(database, settings, make_job, 
     _age(database, job_id, lease_expires_at=_ago(1))
     report = sweeper.sweep_once(database, settings.model_copy(update={"quarantine_after_lost": 1}))
     assert report.quarantined == [job_id]
-    job, _ = fetch(job_id)
+    job, history = fetch(job_id)
     assert (job.status, job.error_type) == (JobStatus.FAILED, "jobs.errors.WorkerLost")
+    # The run's final attempt is "failed" (the worker died on it), not "lost".
+    assert [(a.outcome, a.error_type) for a in history] == [(AttemptOutcome.FAILED, "jobs.errors.WorkerLost")]
     with database.engine.connect() as conn:
         texts = [row.text for row in conn.execute(kinds.notes.select().where(kinds.notes.c.job_id == job_id))]
     assert texts == ["on_failed: worker died 1 times while running this job"]
+
+
+def _die_on_it(database, job_id, worker_id):
+    """A worker claims the job and dies: its lease runs out."""
+    with database.engine.connect() as conn:
+        assert store.claim_job(conn, job_id, worker_id=worker_id, lease_seconds=30) is not None
+    _age(database, job_id, lease_expires_at=_ago(1))
+
+
+def test_a_job_whose_worker_died_on_its_last_attempt_fails_with_its_final_attempt(database, settings, make_job, fetch):
+    job_id = make_job("noop", max_attempts=2)
+    _die_on_it(database, job_id, "first-worker")
+    assert sweeper.sweep_once(database, settings).requeued == [job_id]
+    _die_on_it(database, job_id, "second-worker")
+    assert sweeper.sweep_once(database, settings).quarantined == [job_id]
+    job, history = fetch(job_id)
+    assert (job.status, job.attempts, job.claim_token, job.lease_expires_at) == (JobStatus.FAILED, 2, None, None)
+    assert job.error_message == "worker died while running this job and its 2 attempts are spent"
+    assert [(a.run, a.number, a.outcome, a.worker_id, a.error_type) for a in history] == [
+        (0, 1, AttemptOutcome.LOST, "first-worker", None),
+        (0, 2, AttemptOutcome.FAILED, "second-worker", "jobs.errors.WorkerLost"),
+    ]
+
+
+def test_a_replayed_job_quarantined_again_has_one_failed_attempt_in_its_new_run(database, settings, make_job, fetch):
+    quarantine = settings.model_copy(update={"quarantine_after_lost": 2})
+    job_id = make_job("noop", max_attempts=10)
+    for run in (0, 1):
+        for death in (1, 2):
+            _die_on_it(database, job_id, f"worker-{run}-{death}")
+            sweeper.sweep_once(database, quarantine)
+        assert fetch(job_id)[0].status == JobStatus.FAILED
+        if run == 0:
+            with db.session_scope(database.sessions) as session:
+                store.replay_job(session, job_id, reason="try again")
+    job, history = fetch(job_id)
+    assert job.error_message == "worker died 2 times while running this job"
+    assert [(a.run, a.outcome) for a in history] == [
+        (0, AttemptOutcome.LOST),
+        (0, AttemptOutcome.FAILED),
+        (1, AttemptOutcome.REPLAYED),
+        (1, AttemptOutcome.LOST),
+        (1, AttemptOutcome.FAILED),
+    ]

@@ -1,7 +1,7 @@
 """``jobctl``: run the processes, migrate the database, inspect, sweep, prune and replay jobs.
 
 One module per command group: ``run`` (api, worker), ``dev`` (dev, demo), ``db``, ``jobs`` (jobs,
-stats, sweep, prune), ``events``, ``replay``; ``common`` holds what they share.
+stats, sweep, prune), ``events``, ``replay``, ``check``; ``common`` holds what they share.
 
 Exit codes: 0 success, 1 an operation failed or only partly went through, 2 bad usage (Click's
 own code for a bad option, and ours for a missing selector or a bad setting). Errors are one line
@@ -20,7 +20,7 @@ import typer
 from sqlalchemy import exc as sa_exc
 
 from jobs import errors
-from worker.cli import db, dev, events, jobs, replay, run
+from worker.cli import check, db, dev, events, jobs, replay, run
 from worker.cli.common import USAGE_ERROR, UsageError
 
 app = typer.Typer(
@@ -33,6 +33,7 @@ app.add_typer(jobs.app, name="jobs")
 app.add_typer(events.app, name="events")
 for command in (run.api, run.worker, dev.dev, dev.demo, jobs.stats, jobs.sweep, jobs.prune, replay.replay):
     app.command()(command)
+app.command()(check.check)
 
 
 @app.callback()

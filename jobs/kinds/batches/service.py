@@ -22,10 +22,10 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, case, exists, select, update
+from sqlalchemy import CursorResult, case, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from jobs import db, models, store
+from jobs import db, models, registry, store
 from jobs.kinds.batches import errors as batch_errors
 from jobs.kinds.batches import models as batch_models
 from jobs.kinds.batches.models import BatchStatus, ChunkStatus
@@ -305,6 +305,50 @@ def complete_batch(session: Session, batch_id: uuid.UUID) -> bool:
 def completion_event_id(batch_id: uuid.UUID, run: int) -> uuid.UUID:
     """The ID of the ``batch.completed`` event of one run of a batch (the same on every call)."""
     return uuid.uuid5(batch_id, f"{COMPLETED_EVENT}/{run}")
+
+
+@registry.invariant
+def check_batch_counters(session: Session, limit: int) -> list[registry.Violation]:
+    """``batch-counters`` (``jobctl check``): a batch's counters equal the sums over its chunks, as
+    :func:`finish_chunk`, :func:`count_done` and :func:`reopen_batch_chunks` keep them: ``processed``
+    and ``failed`` the chunks' shares, ``chunks_total`` its chunks, ``chunks_done`` those not
+    pending, and ``total`` their sizes once it has chunks. One grouped query."""
+    pending = ChunkStatus.PENDING.value
+    sums = (
+        select(
+            _chunks.c.batch_id,
+            func.count().label("chunks"),
+            func.sum(case((_chunks.c.status != pending, 1), else_=0)).label("done"),
+            func.sum(_chunks.c.processed).label("processed"),
+            func.sum(_chunks.c.failed).label("failed"),
+            func.sum(_chunks.c.size).label("size"),
+        )
+        .group_by(_chunks.c.batch_id)
+        .subquery()
+    )
+    expected = {
+        "processed": func.coalesce(sums.c.processed, 0),
+        "failed": func.coalesce(sums.c.failed, 0),
+        "chunks_total": func.coalesce(sums.c.chunks, 0),
+        "chunks_done": func.coalesce(sums.c.done, 0),
+        "total": func.coalesce(sums.c.size, _batches.c.total),  # a batch without chunks: not compared
+    }
+    query = (
+        select(_batches, *(value.label(f"expected_{name}") for name, value in expected.items()))
+        .select_from(_batches.outerjoin(sums, sums.c.batch_id == _batches.c.id))
+        .where(or_(*(_batches.c[name] != value for name, value in expected.items())))
+        .limit(limit)
+    )
+    violations = []
+    for row in session.execute(query).mappings():
+        wrong = [
+            f"{name} {row[name]} != {row[f'expected_{name}']}"
+            for name in expected
+            if row[name] != row[f"expected_{name}"]
+        ]
+        detail = f"{row['status']}: {', '.join(wrong)} (the sums over its chunks)"
+        violations.append(registry.Violation("batch-counters", f"batch {row['id']}", detail))
+    return violations
 
 
 # --- cancelling -----------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 import pydantic
-from sqlalchemy import insert, text
+from sqlalchemy import exists, func, insert, or_, select, text
 from sqlalchemy.orm import Session
 
 from jobs import db, errors, registry, store
@@ -55,6 +55,7 @@ MAX_ROW_ERRORS = 100
 TIME_LIMIT_SECONDS = 3600
 
 _records = file_models.Record.__table__
+_files = file_models.File.__table__
 _COPY_RECORDS = "COPY records (file_id, row_number, data, status) FROM STDIN"
 #: Built once: ``json.dumps`` with options builds a new encoder on every call.
 _encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -246,6 +247,52 @@ class _Ingest:
             self.row_errors += [{"row": before + number, "reason": reason} for number, reason in kept]
             file.row_errors = list(self.row_errors)  # a new list: JSON columns do not track mutation
         file.byte_offset = block.end_offset
+
+
+@registry.invariant
+def check_file_counts(session: Session, limit: int) -> list[registry.Violation]:
+    """``file-counts`` (``jobctl check``): a file's ``rows_imported`` equals its records and
+    ``rows_total`` its imported plus rejected rows (each block's rows and counts commit together,
+    see :meth:`_Ingest.write`); no record belongs to a file that does not exist. Grouped queries."""
+    per_file = select(_records.c.file_id, func.count().label("records")).group_by(_records.c.file_id).subquery()
+    records = func.coalesce(per_file.c.records, 0)
+    query = (
+        select(
+            _files.c.id,
+            _files.c.status,
+            _files.c.rows_total,
+            _files.c.rows_imported,
+            _files.c.rows_rejected,
+            records.label("records"),
+        )
+        .select_from(_files.outerjoin(per_file, per_file.c.file_id == _files.c.id))
+        .where(
+            or_(
+                _files.c.rows_imported != records,
+                _files.c.rows_total != _files.c.rows_imported + _files.c.rows_rejected,
+            )
+        )
+        .limit(limit)
+    )
+    violations = []
+    for row in session.execute(query):
+        wrong = []
+        if row.rows_imported != row.records:
+            wrong.append(f"rows_imported {row.rows_imported}, but {row.records} records")
+        if row.rows_total != row.rows_imported + row.rows_rejected:
+            wrong.append(f"rows_total {row.rows_total} != {row.rows_imported} imported + {row.rows_rejected} rejected")
+        violations.append(registry.Violation("file-counts", f"file {row.id}", f"{row.status}: {'; '.join(wrong)}"))
+    orphans = (
+        select(_records.c.file_id, func.count().label("records"))
+        .where(~exists().where(_files.c.id == _records.c.file_id))
+        .group_by(_records.c.file_id)
+        .limit(max(limit - len(violations), 0))
+    )
+    violations += [
+        registry.Violation("file-counts", f"file {row.file_id}", f"no such file, but {row.records} records of it")
+        for row in session.execute(orphans)
+    ]
+    return violations
 
 
 def insert_records(session: Session, file_id: uuid.UUID, rows: list[tuple[int, dict[str, Any]]]) -> None:
