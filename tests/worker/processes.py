@@ -55,6 +55,14 @@ def children_of(pid: int, parents: dict[int, tuple[int, int]] | None = None) -> 
     return sorted(child for child, (ppid, _) in parents.items() if ppid == pid)
 
 
+def _is_dramatiq_master(pid: int) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return argv[1:3] == [b"-m", b"dramatiq"]
+
+
 class WorkerProcess:
     """``jobctl worker``: its supervisor (in a process group of its own), and for each worker
     process a Dramatiq master and its worker process (in a group of their own)."""
@@ -95,9 +103,15 @@ class WorkerProcess:
         return children_of(self.pid)
 
     def worker_pids(self) -> list[int]:
-        """The Dramatiq worker processes (those running the jobs): the children's children."""
+        """The Dramatiq worker processes (those running the jobs): the processes of the tree whose
+        parent is a Dramatiq master (the children's children, under the supervisor)."""
         parents = _parents()
-        return sorted(pid for child in children_of(self.pid, parents) for pid in children_of(child, parents))
+        found, level = [], [self.pid]
+        while level:
+            masters = [pid for pid in level if _is_dramatiq_master(pid)]
+            found += [child for master in masters for child in children_of(master, parents)]
+            level = [child for pid in level for child in children_of(pid, parents)]
+        return sorted(set(found))
 
     def signal(self, signum: int) -> None:
         """Send ``signum`` to every process of the worker (each child's group, then the supervisor's)."""
