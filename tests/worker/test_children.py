@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -61,6 +62,15 @@ def _succeeded_by(database, pid, after):
         )
 
 
+def _gone(pid):
+    """Whether ``pid`` is gone (or a zombie waiting to be reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2] == "Z"
+
+
 def _notes_per_job(database):
     with database.engine.connect() as conn:
         rows = conn.execute(select(kinds.notes.c.job_id, func.count()).group_by(kinds.notes.c.job_id)).all()
@@ -105,6 +115,24 @@ def test_a_killed_worker_process_is_replaced_while_the_others_keep_working(datab
             f"new process {by_newcomer}; {lost} attempts lost and taken back by the sweeper; all done "
             f"{all_done_after:.1f} s after the kill, each job once"
         )
+
+
+def test_a_killed_dramatiq_master_takes_its_worker_process_along_and_is_replaced(database, workers):
+    # kill -9 of a child's Dramatiq master leaves its worker process orphaned: the supervisor kills
+    # it (the child's process group) before starting another, so no extra consumer runs on.
+    job_ids = _create_notes(database, 100, sleep_seconds=0.05)
+    worker = workers(processes=1, threads=2)
+    (master,) = wait_until(worker.children, what="the child")
+    (orphan,) = wait_until(worker.worker_pids, what="its worker process")
+    wait_until(lambda: _count(database, job_ids, JobStatus.SUCCEEDED) >= 10, what="some progress")
+    os.kill(master, signal.SIGKILL)
+    wait_until(lambda: _gone(orphan), what="the orphaned worker process to be killed")
+    replaced = wait_until(lambda: (now := worker.worker_pids()) and orphan not in now and now, what="a new one")
+    assert len(replaced) == 1 and master not in worker.children()
+    wait_until(lambda: _count(database, job_ids, JobStatus.SUCCEEDED) == len(job_ids), what="every job to succeed")
+    notes = _notes_per_job(database)
+    assert all(notes.get(job_id) == 1 for job_id in job_ids), "a job's effect is missing or applied twice"
+    assert worker.stop() == 0
 
 
 def test_a_worker_process_dying_in_a_loop_stops_the_worker_with_a_message(workers):
