@@ -64,6 +64,12 @@ def sleep_past_limit(session: Session, job: registry.RunningJob) -> None:
     _sleep(job.args.seconds)
 
 
+@registry.job_kind("test.wait", args=SleepArgs)
+def wait_without_writing(session: Session, job: registry.RunningJob) -> None:
+    """Sleep in small steps without touching the database (so SQLite can run several at once)."""
+    _sleep(job.args.seconds)
+
+
 def _sleep(seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:

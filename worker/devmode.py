@@ -8,7 +8,6 @@ client object). Every child runs in its own process group and gets SIGTERM if th
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import signal
@@ -26,12 +25,12 @@ from sqlalchemy.engine import make_url
 
 from jobs import migrate
 from jobs.config import VAR_DIR, get_settings
+from worker.supervisor import die_with_parent
 
 #: How much longer than the jobs' shutdown timeout a worker gets to record interrupted jobs.
 SHUTDOWN_GRACE_SECONDS = 15.0
 #: How long the children get to answer at start.
 START_TIMEOUT_SECONDS = 60.0
-_PR_SET_PDEATHSIG = 1
 
 
 def safe_url(url: str) -> str:
@@ -45,12 +44,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: a new process group, and SIGTERM when we die.
-    os.setsid()
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class DevStack:
@@ -120,7 +113,7 @@ class DevStack:
                 "--logfile",
                 str(self.var_dir / "redis.log"),
             ],
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         url = f"unix://{socket_path}?db=0"
         client = redis.Redis.from_url(url)
@@ -135,7 +128,7 @@ class DevStack:
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         log.close()
 

@@ -120,12 +120,19 @@ def _raise_on_sigterm(signum: int, _frame: Any) -> None:
 
 
 def worker_child_pid(parent_pid: int, *, timeout: float = 30.0) -> int | None:
-    """The PID of the Dramatiq worker process (the child of the ``jobctl``/``dramatiq`` parent)."""
+    """The PID of the Dramatiq worker process: the child of a ``dramatiq`` parent, or the grandchild
+    of ``jobctl worker`` (its supervisor runs a single-process Dramatiq master per worker process)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        children = _children(parent_pid)
-        if children:
-            return children[0]
+        try:
+            supervised = b"worker.supervisor" in Path(f"/proc/{parent_pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+        pids = _children(parent_pid)
+        if supervised:
+            pids = _children(pids[0]) if pids else []
+        if pids:
+            return pids[0]
         time.sleep(0.05)
     return None
 

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +35,54 @@ def wait_until(predicate: Callable[[], Any], *, timeout: float = SETTLE_SECONDS,
         time.sleep(0.1)
 
 
-class WorkerProcess:
-    """``jobctl worker`` (Dramatiq's master and its worker process) in a process group of its own."""
+def _parents() -> dict[int, tuple[int, int]]:
+    """Every process's (parent PID, process group), from /proc."""
+    found = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = Path(entry.path, "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            found[int(entry.name)] = (int(fields[1]), int(fields[2]))
+    return found
 
-    def __init__(self, log_dir: Path, *, threads: int = 4, name: str = "worker", **env: str) -> None:
+
+def children_of(pid: int, parents: dict[int, tuple[int, int]] | None = None) -> list[int]:
+    """The PIDs whose parent is ``pid``."""
+    parents = _parents() if parents is None else parents
+    return sorted(child for child, (ppid, _) in parents.items() if ppid == pid)
+
+
+def _is_dramatiq_master(pid: int) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return argv[1:3] == [b"-m", b"dramatiq"]
+
+
+class WorkerProcess:
+    """``jobctl worker``: its supervisor (in a process group of its own), and for each worker
+    process a Dramatiq master and its worker process (in a group of their own)."""
+
+    def __init__(
+        self,
+        log_dir: Path,
+        *,
+        threads: int = 4,
+        processes: int = 1,
+        args: Sequence[str] = (),
+        name: str = "worker",
+        **env: str,
+    ) -> None:
         self.log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
         child_env = {**os.environ, **FAST_RECOVERY, **env}
+        argv = ["--processes", str(processes), "--threads", str(threads), *args]
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "worker", "worker", "--processes", "1", "--threads", str(threads)],
+                [sys.executable, "-m", "worker", "worker", *argv],
                 env=child_env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -52,17 +91,33 @@ class WorkerProcess:
 
     @property
     def pid(self) -> int:
-        """The master's PID (also the process group's)."""
+        """The supervisor's PID (also its process group's)."""
         return self.process.pid
 
     def alive(self) -> bool:
-        """Whether the master still runs."""
+        """Whether the supervisor still runs."""
         return self.process.poll() is None
 
+    def children(self) -> list[int]:
+        """The supervisor's children: one Dramatiq master per worker process (each a group leader)."""
+        return children_of(self.pid)
+
+    def worker_pids(self) -> list[int]:
+        """The Dramatiq worker processes (those running the jobs): the processes of the tree whose
+        parent is a Dramatiq master (the children's children, under the supervisor)."""
+        parents = _parents()
+        found, level = [], [self.pid]
+        while level:
+            masters = [pid for pid in level if _is_dramatiq_master(pid)]
+            found += [child for master in masters for child in children_of(master, parents)]
+            level = [child for pid in level for child in children_of(pid, parents)]
+        return sorted(set(found))
+
     def signal(self, signum: int) -> None:
-        """Send ``signum`` to the whole group (master and worker processes)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pid, signum)
+        """Send ``signum`` to every process of the worker (each child's group, then the supervisor's)."""
+        for group in [*self.children(), self.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signum)
 
     def kill(self) -> None:
         """kill -9 every process of the worker."""

@@ -41,34 +41,53 @@ def api(
 
 
 def worker(
-    processes: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    processes: Annotated[int, typer.Option(min=1, help="Worker processes (a dead one is replaced).")] = 1,
     threads: Annotated[int, typer.Option(min=1, help="Threads per process.")] = 8,
     queues: Annotated[list[str] | None, typer.Option(help="Only these queues (repeatable).")] = None,
+    restart_limit: Annotated[
+        int, typer.Option(min=0, help="Stop the worker when its processes die more often than this...")
+    ] = 5,
+    restart_window: Annotated[float, typer.Option(min=1, help="...within this many seconds.")] = 60.0,
 ) -> None:
-    """Run Dramatiq's worker (its own process machinery) on the job queues."""
+    """Run the job queues' worker processes (Dramatiq workers under a supervisor that replaces dead ones)."""
     settings = get_settings()
     # Dramatiq reads these once, when dramatiq.worker is first imported, and this process has
-    # imported it already: exec a fresh interpreter running Dramatiq's own CLI (same PID, so
-    # signals sent to `jobctl worker` reach Dramatiq's master) with them in its environment.
+    # imported it already: the children are fresh interpreters with them in their environment.
     env = dict(os.environ, dramatiq_worker_timeout=str(settings.consumer_timeout_ms))
     if settings.prefetch:
         env["dramatiq_queue_prefetch"] = str(settings.prefetch)
     # Dramatiq's own shutdown wait must outlast ours, so interrupted jobs are recorded before exit.
     shutdown_ms = int((settings.shutdown_timeout_seconds + devmode.SHUTDOWN_GRACE_SECONDS) * 1000)
-    argv = [
+    child = [
         sys.executable,
         "-m",
         "dramatiq",
         "worker.entry",
         "--processes",
-        str(processes),
+        "1",
         "--threads",
         str(threads),
         "--worker-shutdown-timeout",
         str(shutdown_ms),
     ]
     if queues:
-        argv += ["--queues", *queues]
+        child += ["--queues", *queues]
+    # Replace this process with the supervisor (same PID, so signals sent to `jobctl worker` reach
+    # it; it imports only the standard library). Dramatiq's own master would stop every child when
+    # one dies; the supervisor runs one single-process Dramatiq per child and replaces dead ones.
+    argv = [
+        sys.executable,
+        "-m",
+        "worker.supervisor",
+        "--processes",
+        str(processes),
+        "--restart-limit",
+        str(restart_limit),
+        "--restart-window",
+        str(restart_window),
+        "--",
+        *child,
+    ]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, argv, env)
