@@ -21,6 +21,7 @@ from jobs.store.reading import (
     get_job,
     list_attempts,
     list_jobs,
+    missing_jobs,
     oldest_queued_at,
     select_failed_jobs,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "interrupt_job",
     "list_attempts",
     "list_jobs",
+    "missing_jobs",
     "oldest_queued_at",
     "prune_jobs",
     "record_failure",

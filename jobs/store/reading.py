@@ -24,6 +24,15 @@ def get_job(session: Session, job_id: uuid.UUID) -> models.Job:
     return db.get_or_raise(session, models.Job, job_id, errors.JobNotFound, what="job")
 
 
+def missing_jobs(session: Session, job_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+    """Those of ``job_ids`` no job has, in their order (each once)."""
+    wanted = list(dict.fromkeys(job_ids))
+    if not wanted:
+        return []
+    found = set(session.scalars(select(models.Job.id).where(models.Job.id.in_(wanted))))
+    return [job_id for job_id in wanted if job_id not in found]
+
+
 def list_attempts(session: Session, job_id: uuid.UUID) -> list[models.JobAttempt]:
     """A job's history, oldest first."""
     return list(

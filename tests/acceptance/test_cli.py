@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import select
 import signal
 import subprocess
@@ -13,12 +14,14 @@ import time
 import uuid
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import typer
 from sqlalchemy import delete, update
 
-from jobs import db, models, store
+from jobs import db, errors, models, store
 from jobs.models import AttemptOutcome, JobStatus
 from tests.acceptance.conftest import (
     COMMAND_TIMEOUT_SECONDS,
@@ -27,7 +30,7 @@ from tests.acceptance.conftest import (
     embedded_defaults_env,
     jobctl_command,
 )
-from worker import devmode
+from worker import cli, devmode
 
 #: Longest ``jobctl dev`` may take to answer, and a job posted to it to finish.
 DEV_READY_SECONDS = 60.0
@@ -96,6 +99,53 @@ def test_a_job_that_is_not_failed_is_skipped_and_counted(jobctl, make_failed_job
     assert fetch(failed)[0].status == JobStatus.QUEUED
     row, outcomes = _history(fetch, queued)
     assert (row.status, row.replay_count, outcomes) == (JobStatus.QUEUED, 0, [])
+
+
+def test_a_named_job_that_does_not_exist_is_reported_missing_not_skipped(jobctl, make_failed_job, make_job, fetch):
+    failed, queued, unknown = make_failed_job(), make_job("noop"), uuid.uuid4()
+
+    as_json = jobctl("replay", str(unknown), str(queued), "--yes", "--json")
+
+    assert as_json.returncode == 1, as_json.stderr
+    summary = json.loads(as_json.stdout)
+    assert (summary["skipped"], summary["missing"]) == ([str(queued)], [str(unknown)])
+
+    as_text = jobctl("replay", str(unknown), str(failed), "--yes")
+
+    assert as_text.returncode == 1, as_text.stderr
+    assert f"no such job: {unknown}" in as_text.stdout
+    assert "replayed 1, skipped 0 (not failed, or no longer), missing 1 (no such job)" in as_text.stdout
+    assert fetch(failed)[0].status == JobStatus.QUEUED
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["replay", "--kind", "fail", "--dry-run"], ["events", "rebuild", "orgs", "--dry-run"]],
+    ids=["replay", "events-rebuild"],
+)
+def test_a_dry_run_says_that_nothing_was_changed(command, jobctl, make_failed_job, fetch):
+    job_id = make_failed_job("fail", message="disk full")
+
+    result = jobctl(*command)
+
+    assert result.returncode == 0, result.stderr
+    assert "dry run: nothing was changed" in result.stdout
+    assert fetch(job_id)[0].status == JobStatus.FAILED
+
+
+def test_durations_take_weeks(jobctl, make_failed_job, fetch):
+    recent = make_failed_job("fail", message="recent", failed_ago=dt.timedelta(days=3))
+    older = make_failed_job("fail", message="older", failed_ago=dt.timedelta(days=10))
+    oldest = make_failed_job("fail", message="oldest", failed_ago=dt.timedelta(days=20))
+
+    selected = _json(jobctl("replay", "--since", "2w", "--until", "1w", "--dry-run", "--json"))
+    assert selected["selected"] == [str(older)]
+
+    pruned = _json(jobctl("prune", "--succeeded-older-than", "1w", "--failed-older-than", "2w", "--json"))
+    assert pruned == {"deleted": 1}
+    with pytest.raises(errors.JobNotFound):
+        fetch(oldest)
+    assert fetch(recent)[0].status == fetch(older)[0].status == JobStatus.FAILED
 
 
 def test_a_job_replayed_by_someone_else_while_confirming_is_skipped(database, make_failed_job, fetch, queued_messages):
@@ -214,6 +264,73 @@ def test_verbose_shows_the_traceback(jobctl):
     assert result.stderr.rstrip().splitlines()[-1] == f"error: no job {missing}"
 
 
+@pytest.mark.parametrize("group", [[], ["jobs"], ["events"]], ids=["jobctl", "jobs", "events"])
+def test_a_group_without_a_command_prints_its_help(group, jobctl):
+    result = jobctl(*group)
+
+    assert result.returncode == 2  # as Click does for a group without a command
+    assert result.stderr.startswith(f"Usage: {' '.join(['jobctl', *group])} [OPTIONS] COMMAND [ARGS]...")
+    assert "Commands:" in result.stderr and "Error" not in result.stderr
+    listed = {line.split()[0] for line in result.stderr.split("Commands:")[1].splitlines() if line.strip()}
+    command: Any = _click_tree()
+    for name in group:
+        command = command.commands[name]
+    assert listed == set(command.commands)
+
+
+def _click_tree() -> Any:
+    return typer.main.get_command(cli.app)
+
+
+def _command_paths(command: Any = None, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command and group of jobctl, as the words that name it (the root is ``()``)."""
+    command = _click_tree() if command is None else command
+    paths = [path]
+    for name, sub in getattr(command, "commands", {}).items():
+        paths += _command_paths(sub, (*path, name))
+    return paths
+
+
+#: A Typer type label: ``<bool>``, ``<str>``, ``<int range>``, ``<list[str]>`` (not a choice list
+#: such as ``<queued|running|...>``).
+TYPE_LABEL = re.compile(r"<\w+(\[[\w, \[\]]*\])?( range)?>")
+
+
+@pytest.mark.parametrize("path", _command_paths(), ids=lambda path: " ".join(path) or "jobctl")
+def test_help_shows_no_type_labels(path, jobctl):
+    result = jobctl(*path, "--help")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"Usage: {' '.join(['jobctl', *path])} ")
+    assert TYPE_LABEL.search(result.stdout) is None, result.stdout
+
+
+def test_help_names_what_an_option_takes(jobctl):
+    result = jobctl("replay", "--help")
+
+    assert "Usage: jobctl replay [OPTIONS] [ID]..." in result.stdout
+    for option in ("--kind KIND", "--since WHEN", "--limit N", "--reason TEXT"):
+        assert option in result.stdout
+    assert "1w" in result.stdout  # durations in weeks, said where they are taken
+
+
+def test_a_bad_setting_is_one_line_in_the_validators_own_words(tmp_path):
+    env = {**cli_env(), "JOBRUNNER_DATABASE_URL": "mysql://localhost/jobs"}
+
+    result = subprocess.run(
+        jobctl_command("stats"),
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=COMMAND_TIMEOUT_SECONDS,
+    )
+
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ["error: bad setting: database_url: only PostgreSQL and SQLite are supported"]
+
+
 # --- JSON for scripts -----------------------------------------------------------------------------
 
 
@@ -236,9 +353,15 @@ def test_listing_commands_print_json_that_parses(jobctl, make_failed_job, make_j
     assert stats["oldest_queued_age_seconds"] >= 0
 
     dry = _json(jobctl("replay", "--all-failed", "--dry-run", "--json"))
-    assert dry == {"selected": [str(failed)], "replayed": [], "skipped": [], "dry_run": True}
+    assert dry == {"selected": [str(failed)], "replayed": [], "skipped": [], "missing": [], "dry_run": True}
     replayed = _json(jobctl("replay", "--all-failed", "--yes", "--json"))
-    assert replayed == {"selected": [str(failed)], "replayed": [str(failed)], "skipped": [], "dry_run": False}
+    assert replayed == {
+        "selected": [str(failed)],
+        "replayed": [str(failed)],
+        "skipped": [],
+        "missing": [],
+        "dry_run": False,
+    }
 
     swept = _json(jobctl("sweep", "--json"))
     assert swept["ran"] is True
@@ -274,6 +397,19 @@ def test_check_says_ok_on_a_sound_database_and_exits_1_naming_each_violation(job
         (invariant, f"job {failed}") for invariant in ("final-attempt", "running-lease", "attempt-count")
     }
     assert "check_batch_counters" in report["checks"] and "check_file_counts" in report["checks"]
+
+
+def test_jobs_show_prints_args_as_indented_json(jobctl, make_job):
+    args = {"message": "disk full on /data", "fail_times": 2}
+    job_id = make_job("fail", args)
+
+    result = jobctl("jobs", "show", str(job_id))
+
+    assert result.returncode == 0, result.stderr
+    assert "args: {\n  " in result.stdout  # indented, one key a line
+    shown = result.stdout.split("args: ", 1)[1]
+    shown = shown[: shown.index("\n}") + 2]
+    assert args.items() <= json.loads(shown).items()  # with the defaults the kind filled in
 
 
 def _json(result: subprocess.CompletedProcess[str]) -> object:

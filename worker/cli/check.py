@@ -18,7 +18,7 @@ from worker.cli.common import JsonOption, open_database
 
 def check(
     limit: Annotated[
-        int, typer.Option(min=1, max=1_000_000, help="List at most this many violations of each check.")
+        int, typer.Option(min=1, max=1_000_000, metavar="N", help="List at most this many violations of each check.")
     ] = checking.DEFAULT_LIMIT,
     as_json: JsonOption = False,
 ) -> None:

@@ -22,6 +22,12 @@ USAGE_ERROR = 2
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
+#: What a ``--dry-run`` ends with, so nobody wonders whether it did something.
+DRY_RUN_NOTE = "dry run: nothing was changed"
+
+#: The forms ``parse_time`` takes, for help texts: seconds, minutes, hours, days or weeks ago.
+TIME_FORMS = "30s, 30m, 2h, 3d, 1w or an ISO time"
+
 
 class UsageError(Exception):
     """The command was called in a way it refuses."""
@@ -50,21 +56,21 @@ def open_database(settings: Settings) -> Iterator[db.Database]:
         broker.close()
 
 
-_DURATION = re.compile(r"^(\d+)([smhd])$")
+_DURATION = re.compile(r"^(\d+)([smhdw])$")
 
 
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def parse_time(value: str) -> dt.datetime:
-    """``30m``, ``2h``, ``3d`` (that long ago) or an ISO time (UTC if it names no zone)."""
+    """``30m``, ``2h``, ``3d``, ``1w`` (that long ago) or an ISO time (UTC if it names no zone)."""
     match = _DURATION.match(value.strip())
     if match:
         return store.utcnow() - dt.timedelta(seconds=int(match[1]) * _UNIT_SECONDS[match[2]])
     try:
         parsed = dt.datetime.fromisoformat(value)
     except ValueError:
-        raise UsageError(f"not a duration (30m, 2h, 3d) or an ISO time: {value!r}") from None
+        raise UsageError(f"not a duration (30s, 30m, 2h, 3d, 1w) or an ISO time: {value!r}") from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 

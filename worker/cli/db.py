@@ -14,8 +14,11 @@ app = typer.Typer(help="The database schema.", no_args_is_help=True)
 
 
 @app.command("upgrade")
-def upgrade(revision: Annotated[str, typer.Argument(help="Alembic revision.")] = "heads") -> None:
-    """Bring the database schema up to date."""
+def upgrade(revision: Annotated[str, typer.Argument(metavar="REVISION", hidden=True)] = "heads") -> None:
+    """Bring the database schema up to date.
+
+    REVISION is the Alembic revision to upgrade to (default: heads, the latest).
+    """
     settings = get_settings()
     migrate.upgrade(settings.database_url, revision)
     typer.echo(f"database at {devmode.safe_url(settings.database_url)} is up to date ({revision})")

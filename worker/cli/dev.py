@@ -11,8 +11,8 @@ from worker.cli.common import new_console
 
 
 def dev(
-    port: Annotated[int, typer.Option(min=1, max=65535, help="API port.")] = 8000,
-    threads: Annotated[int, typer.Option(min=1, help="Worker threads.")] = 4,
+    port: Annotated[int, typer.Option(min=1, max=65535, metavar="PORT", help="API port.")] = 8000,
+    threads: Annotated[int, typer.Option(min=1, metavar="N", help="Worker threads.")] = 4,
 ) -> None:
     """API and one worker together on the embedded defaults (SQLite, a private Redis); Ctrl-C stops."""
     try:
@@ -24,8 +24,8 @@ def dev(
 
 
 def demo(
-    rows: Annotated[int, typer.Option(min=10, help="Rows of the demo CSV.")] = 20_000,
-    port: Annotated[int, typer.Option(min=0, max=65535, help="API port (0: any free one).")] = 0,
+    rows: Annotated[int, typer.Option(min=10, metavar="N", help="Rows of the demo CSV.")] = 20_000,
+    port: Annotated[int, typer.Option(min=0, max=65535, metavar="PORT", help="API port (0: any free one).")] = 0,
 ) -> None:
     """Run the whole pipeline on the embedded defaults, as a user would drive it over HTTP."""
     from worker import demo as demo_module

@@ -10,20 +10,23 @@ import typer
 from jobs import db
 from jobs.config import get_settings
 from jobs.kinds.events import projections
-from worker.cli.common import JsonOption, open_database
+from worker.cli.common import DRY_RUN_NOTE, JsonOption, open_database
 
 app = typer.Typer(help="Domain events and their projections.", no_args_is_help=True)
 
 
 @app.command("rebuild")
 def rebuild(
-    projection: Annotated[str, typer.Argument(help="The projection: orgs or products.")],
+    projection: Annotated[str, typer.Argument(metavar="PROJECTION", hidden=True)],
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Only compare with the live rows; change nothing.")
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Recompute a projection from its initial rows and the ledger of applied events."""
+    """Recompute a projection from its initial rows and the ledger of applied events.
+
+    PROJECTION is orgs or products.
+    """
     with open_database(get_settings()) as database, db.session_scope(database.sessions) as session:
         report = projections.rebuild_projection(session, projection, dry_run=dry_run)
     summary = {
@@ -37,10 +40,13 @@ def rebuild(
     }
     if as_json:
         typer.echo(json.dumps(summary))
-    elif report.matched:
+        return
+    if report.matched:
         typer.echo(f"{projection}: {report.rows} rows recomputed; live equals rebuilt")
     else:
         typer.echo(
             f"{projection}: {report.rows} rows; {'would fix' if dry_run else 'fixed'} {len(report.changed)} "
             f"changed, {len(report.missing)} missing, {len(report.extra)} extra"
         )
+    if dry_run:
+        typer.echo(DRY_RUN_NOTE)

@@ -14,6 +14,7 @@ from jobs import db, idempotency, models, store, views
 from jobs.config import get_settings
 from worker import sweeper
 from worker.cli.common import (
+    TIME_FORMS,
     JsonOption,
     first_line,
     jobs_table,
@@ -30,8 +31,8 @@ app = typer.Typer(help="Inspect jobs.", no_args_is_help=True)
 @app.command("list")
 def jobs_list(
     status: Annotated[models.JobStatus | None, typer.Option(help="Only this status.")] = None,
-    kind: Annotated[str | None, typer.Option(help="Only this kind.")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=10_000, help="At most this many.")] = 50,
+    kind: Annotated[str | None, typer.Option(metavar="KIND", help="Only this kind.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, metavar="N", help="At most this many.")] = 50,
     as_json: JsonOption = False,
 ) -> None:
     """Jobs, newest first."""
@@ -45,8 +46,11 @@ def jobs_list(
 
 
 @app.command("show")
-def jobs_show(job_id: Annotated[str, typer.Argument(help="The job's ID.")], as_json: JsonOption = False) -> None:
-    """A job's fields, attempt history and last traceback."""
+def jobs_show(job_id: Annotated[str, typer.Argument(metavar="ID", hidden=True)], as_json: JsonOption = False) -> None:
+    """A job's fields, attempt history and last traceback.
+
+    ID is the job's ID. Its arguments (and any other structured field) print as indented JSON.
+    """
     settings = get_settings()
     (parsed,) = parse_ids([job_id])
     with open_database(settings) as database, database.readers() as session:
@@ -55,8 +59,15 @@ def jobs_show(job_id: Annotated[str, typer.Argument(help="The job's ID.")], as_j
         typer.echo(job.model_dump_json())
         return
     console = new_console()
-    for key, value in job.model_dump(exclude={"history", "error_traceback"}).items():
-        shown = when(value) if isinstance(value, dt.datetime) else str(value)
+    fields = job.model_dump(exclude={"history", "error_traceback"})
+    as_json_values = job.model_dump(mode="json", exclude={"history", "error_traceback"})
+    for key, value in fields.items():
+        if isinstance(value, dt.datetime):
+            shown = when(value)
+        elif isinstance(value, dict | list):
+            shown = json.dumps(as_json_values[key], indent=2, ensure_ascii=False)
+        else:
+            shown = str(value)
         console.print(Text.assemble((key, "bold"), ": ", shown))
     table = Table(title="history")
     for column in ("run", "attempt", "outcome", "worker", "finished", "error"):
@@ -126,9 +137,11 @@ def sweep(as_json: JsonOption = False) -> None:
 
 def prune(
     succeeded_older_than: Annotated[
-        str, typer.Option(help="Delete succeeded jobs finished before this (e.g. 7d).")
+        str, typer.Option(metavar="AGE", help=f"Delete succeeded jobs finished longer ago than this ({TIME_FORMS}).")
     ] = "7d",
-    failed_older_than: Annotated[str | None, typer.Option(help="Also delete failed jobs finished before this.")] = None,
+    failed_older_than: Annotated[
+        str | None, typer.Option(metavar="AGE", help="Also delete failed jobs finished longer ago than this.")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Delete old finished jobs and their history, in batches; failed ones only when asked; and

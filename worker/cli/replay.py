@@ -1,6 +1,7 @@
 """``jobctl replay``: failed jobs back to queued for a new run, keeping their history.
 
-Exit codes: 0 when every job named or selected went through, 1 when some could not, 2 bad usage.
+Exit codes: 0 when every job named or selected went through, 1 when some could not (a named job
+that does not exist, or is not failed), 2 bad usage.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from typing import Annotated
 import typer
 from rich.progress import Progress
 
-from jobs import db, store
+from jobs import db, models, store
 from jobs.config import get_settings
 from jobs.kinds.batches import service as batches
 from worker.cli.common import (
+    DRY_RUN_NOTE,
+    TIME_FORMS,
     JsonOption,
     UsageError,
     jobs_table,
@@ -30,23 +33,29 @@ REPLAY_CHUNK = 500
 
 
 def replay(
-    job_ids: Annotated[list[str] | None, typer.Argument(help="Failed jobs to replay.")] = None,
-    kind: Annotated[str | None, typer.Option(help="Failed jobs of this kind.")] = None,
-    since: Annotated[str | None, typer.Option(help="Failed since (30m, 2h, 3d or ISO time).")] = None,
-    until: Annotated[str | None, typer.Option(help="Failed before (30m, 2h, 3d or ISO time).")] = None,
-    error_contains: Annotated[str | None, typer.Option(help="Error message contains this text.")] = None,
-    error_type: Annotated[str | None, typer.Option(help="Error type is exactly this.")] = None,
-    batch: Annotated[str | None, typer.Option(help="Failed chunk jobs of this batch.")] = None,
-    limit: Annotated[int | None, typer.Option(min=1, help="At most this many.")] = None,
+    job_ids: Annotated[list[str] | None, typer.Argument(metavar="ID", hidden=True)] = None,
+    kind: Annotated[str | None, typer.Option(metavar="KIND", help="Failed jobs of this kind.")] = None,
+    since: Annotated[str | None, typer.Option(metavar="WHEN", help=f"Failed since ({TIME_FORMS}).")] = None,
+    until: Annotated[str | None, typer.Option(metavar="WHEN", help=f"Failed before ({TIME_FORMS}).")] = None,
+    error_contains: Annotated[
+        str | None, typer.Option(metavar="TEXT", help="Error message contains this text.")
+    ] = None,
+    error_type: Annotated[str | None, typer.Option(metavar="TYPE", help="Error type is exactly this.")] = None,
+    batch: Annotated[str | None, typer.Option(metavar="ID", help="Failed chunk jobs of this batch.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, metavar="N", help="At most this many.")] = None,
     all_failed: Annotated[
         bool, typer.Option("--all-failed", help="Every failed job (no other selector needed).")
     ] = False,
-    reason: Annotated[str | None, typer.Option(help="Why, kept in each job's history.")] = None,
+    reason: Annotated[str | None, typer.Option(metavar="TEXT", help="Why, kept in each job's history.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be replayed; change nothing.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Put failed jobs back to queued for a new run, keeping their history."""
+    """Put failed jobs back to queued for a new run, keeping their history.
+
+    Name the failed jobs by ID, select them with the options, or both (a job must match all).
+    Exit 1 when a named job does not exist or is not failed, or a selected one was replayed meanwhile.
+    """
     selectors = [job_ids, kind, since, until, error_contains, error_type, batch]
     if not all_failed and not any(selectors):
         raise UsageError("say which failed jobs to replay (IDs, --kind, --since, ...) or pass --all-failed")
@@ -65,16 +74,17 @@ def replay(
                 batch_id=batch,
                 limit=limit,
             )
+            missing = store.missing_jobs(session, requested)
         console = new_console()
         if not as_json:
             console.print(jobs_table(f"{len(selected)} failed job(s) selected", selected))
+            for job_id in missing:
+                console.print(f"no such job: {job_id}")
         if dry_run:
             if as_json:
-                typer.echo(
-                    json.dumps(
-                        {"selected": [str(j.id) for j in selected], "replayed": [], "skipped": [], "dry_run": True}
-                    )
-                )
+                typer.echo(json.dumps(_summary(selected, [], [], missing, dry_run=True)))
+            else:
+                console.print(f"{DRY_RUN_NOTE}; {len(selected)} job(s) would be replayed")
             return
         if selected and not yes and not typer.confirm(f"Replay {len(selected)} job(s)?", err=True):
             raise typer.Exit(1)
@@ -82,26 +92,35 @@ def replay(
             replayed = _replay_batch(database, batch, [job.id for job in selected], reason=reason)
         else:
             replayed = _replay_in_chunks(database, [job.id for job in selected], reason=reason, quiet=as_json)
-    # Skipped: jobs named on the command line that are not failed (or do not exist), and selected
-    # jobs that stopped being failed before our update (another replay took them).
-    selected_ids, replayed_ids = {job.id for job in selected}, set(replayed)
-    skipped = [i for i in dict.fromkeys(requested) if i not in selected_ids]
+    # Skipped: jobs named on the command line that exist but are not failed, and selected jobs that
+    # stopped being failed before our update (another replay took them). Missing: named, no such job.
+    selected_ids, replayed_ids, missing_ids = {job.id for job in selected}, set(replayed), set(missing)
+    skipped = [i for i in dict.fromkeys(requested) if i not in selected_ids and i not in missing_ids]
     skipped += [job.id for job in selected if job.id not in replayed_ids]
     if as_json:
-        typer.echo(
-            json.dumps(
-                {
-                    "selected": [str(j.id) for j in selected],
-                    "replayed": [str(i) for i in replayed],
-                    "skipped": [str(i) for i in skipped],
-                    "dry_run": False,
-                }
-            )
-        )
+        typer.echo(json.dumps(_summary(selected, replayed, skipped, missing, dry_run=False)))
     else:
-        console.print(f"replayed {len(replayed)}, skipped {len(skipped)} (not failed, or no longer)")
-    if skipped:
+        line = f"replayed {len(replayed)}, skipped {len(skipped)} (not failed, or no longer)"
+        console.print(line + (f", missing {len(missing)} (no such job)" if missing else ""))
+    if skipped or missing:
         raise typer.Exit(1)
+
+
+def _summary(
+    selected: list[models.Job],
+    replayed: list[uuid.UUID],
+    skipped: list[uuid.UUID],
+    missing: list[uuid.UUID],
+    *,
+    dry_run: bool,
+) -> dict[str, object]:
+    return {
+        "selected": [str(job.id) for job in selected],
+        "replayed": [str(i) for i in replayed],
+        "skipped": [str(i) for i in skipped],
+        "missing": [str(i) for i in missing],
+        "dry_run": dry_run,
+    }
 
 
 def _replay_batch(

@@ -13,9 +13,9 @@ from worker import devmode
 
 
 def api(
-    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to bind.")] = 8000,
-    workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes.")] = 1,
+    host: Annotated[str, typer.Option(metavar="HOST", help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, metavar="PORT", help="Port to bind.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, metavar="N", help="uvicorn worker processes.")] = 1,
 ) -> None:
     """Run the HTTP API (uvicorn)."""
     get_settings()  # refuse bad settings before uvicorn starts
@@ -41,13 +41,15 @@ def api(
 
 
 def worker(
-    processes: Annotated[int, typer.Option(min=1, help="Worker processes (a dead one is replaced).")] = 1,
-    threads: Annotated[int, typer.Option(min=1, help="Threads per process.")] = 8,
-    queues: Annotated[list[str] | None, typer.Option(help="Only these queues (repeatable).")] = None,
+    processes: Annotated[int, typer.Option(min=1, metavar="N", help="Worker processes (a dead one is replaced).")] = 1,
+    threads: Annotated[int, typer.Option(min=1, metavar="N", help="Threads per process.")] = 8,
+    queues: Annotated[list[str] | None, typer.Option(metavar="QUEUE", help="Only these queues (repeatable).")] = None,
     restart_limit: Annotated[
-        int, typer.Option(min=0, help="Stop the worker when its processes die more often than this...")
+        int, typer.Option(min=0, metavar="N", help="Stop the worker when its processes die more often than this...")
     ] = 5,
-    restart_window: Annotated[float, typer.Option(min=1, help="...within this many seconds.")] = 60.0,
+    restart_window: Annotated[
+        float, typer.Option(min=1, metavar="SECONDS", help="...within this many seconds.")
+    ] = 60.0,
 ) -> None:
     """Run the job queues' worker processes (Dramatiq workers under a supervisor that replaces dead ones)."""
     settings = get_settings()
