@@ -301,8 +301,8 @@ def test_help_shows_no_type_labels(path, jobctl):
     result = jobctl(*path, "--help")
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(f"Usage: {' '.join(['jobctl', *path])} ")
     assert TYPE_LABEL.search(result.stdout) is None, result.stdout
+    assert result.stdout.startswith(f"Usage: {' '.join(['jobctl', *path])} ")
 
 
 def test_help_names_what_an_option_takes(jobctl):
