@@ -62,8 +62,8 @@ class HotStatement:
         self.postgres_sql = str(compiled)
         #: SQLAlchemy's bind processors (a TypeDecorator's ``process_bind_param`` included), by name.
         self._bind_processors: dict[str, Callable[[Any], Any]] = {}
-        for name, bind in compiled.binds.items():
-            processor = bind.type.bind_processor(dialect)
+        for name in compiled.params:  # the rendered names (``binds`` also holds anonymous ones)
+            processor = compiled.binds[name].type.bind_processor(dialect)
             if processor is not None:
                 self._bind_processors[name] = processor
         #: Values of the statement's own literals (statuses, NULLs), merged under the caller's.

@@ -41,12 +41,27 @@ _private_redis = None
 
 
 def redis_url(db: int) -> str:
-    """``JOBRUNNER_BENCH_REDIS_URL`` if set (the benchmark flushes it), else db ``db`` of a
-    redis-server this process starts for itself (on a free 127.0.0.1 port, as a real deployment
-    talks TCP; stopped at exit)."""
+    """``JOBRUNNER_BENCH_REDIS_URL`` if set, else db ``db`` of a redis-server this process starts for
+    itself (on a free 127.0.0.1 port, as a real deployment talks TCP; stopped at exit).
+
+    The benchmark flushes the db it uses between scenarios, so a db given by the override must be
+    empty at start (then everything flushed is the benchmark's own); otherwise it refuses to run."""
     global _private_redis
     if "JOBRUNNER_BENCH_REDIS_URL" in os.environ:
-        return os.environ["JOBRUNNER_BENCH_REDIS_URL"]
+        url = os.environ["JOBRUNNER_BENCH_REDIS_URL"]
+        import redis
+
+        client = redis.Redis.from_url(url)
+        try:
+            keys = client.dbsize()
+        finally:
+            client.close()
+        if keys:
+            raise SystemExit(
+                f"JOBRUNNER_BENCH_REDIS_URL {url} holds {keys} key(s) this benchmark did not make: "
+                "give it an empty db, or unset it to let the benchmark start a Redis of its own"
+            )
+        return url
     if _private_redis is None:
         from tests import servers  # imports no jobs module
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import datetime as dt
 import os
 import subprocess
 import sys
@@ -36,6 +37,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
@@ -68,6 +70,7 @@ NAIVE_MODULE = '''
 import datetime as dt
 import os
 import uuid
+from typing import Any
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
@@ -165,6 +168,25 @@ def scenario_ingest(url: str, n: int, clients: int, workdir: Path) -> float:
         common.stop(proc)
 
 
+def _handler_job_rows(event_ids: list[uuid.UUID], job_ids: list[uuid.UUID], now: dt.datetime) -> list[dict[str, Any]]:
+    """The queued ``event.handle`` job rows (handler ``org_stats``) of these events, as the outbox writes them."""
+    return [
+        {
+            "id": j,
+            "kind": "event.handle",
+            "queue": "default",
+            "args": {"event_id": str(e), "handler": "org_stats"},
+            "status": "queued",
+            "attempts": 0,
+            "max_attempts": 5,
+            "created_at": now,
+            "enqueued_at": now,
+            "replay_count": 0,
+        }
+        for e, j in zip(event_ids, job_ids, strict=True)
+    ]
+
+
 def scenario_bulk(url: str, n: int) -> float:
     database = db.make_database(url, pool_size=2, registry=kinds.load_registry(Settings(database_url=url)))
     broker = RedisBroker(url=REDIS_URL, middleware=[])
@@ -182,21 +204,7 @@ def scenario_bulk(url: str, n: int) -> float:
         }
         for e, j, body in zip(event_ids, job_ids, lists, strict=True)
     ]  # n of each
-    job_rows = [
-        {
-            "id": j,
-            "kind": "event.handle",
-            "queue": "default",
-            "args": {"event_id": str(e), "handler": "org_stats"},
-            "status": "queued",
-            "attempts": 0,
-            "max_attempts": 5,
-            "created_at": now,
-            "enqueued_at": now,
-            "replay_count": 0,
-        }
-        for e, j in zip(event_ids, job_ids, strict=True)
-    ]
+    job_rows = _handler_job_rows(event_ids, job_ids, now)
     try:
         started = time.perf_counter()
         with database.engine.begin() as conn:
@@ -267,24 +275,7 @@ def scenario_naive(url: str, engine, n: int, workdir: Path, timeout: float) -> f
                 for e, b in zip(event_ids, bodies, strict=True)
             ],
         )  # n of each
-        conn.execute(
-            insert(models.Job.__table__),
-            [
-                {
-                    "id": j,
-                    "kind": "event.handle",
-                    "queue": "default",
-                    "args": {"event_id": str(e), "handler": "org_stats"},
-                    "status": "queued",
-                    "attempts": 0,
-                    "max_attempts": 5,
-                    "created_at": now,
-                    "enqueued_at": now,
-                    "replay_count": 0,
-                }
-                for e, j in zip(event_ids, job_ids, strict=True)
-            ],
-        )
+        conn.execute(insert(models.Job.__table__), _handler_job_rows(event_ids, job_ids, now))
     broker = RedisBroker(url=REDIS_URL, middleware=[])
     for job_id in job_ids:
         broker.enqueue(

@@ -245,8 +245,8 @@ def test_sigterm_puts_an_unfinished_job_back_and_another_worker_finishes_it(data
 @pytest.mark.postgres_only
 @pytest.mark.restarts_postgres
 def test_worker_survives_a_postgresql_restart(throwaway_postgres, database, workers):
-    # On a PostgreSQL server of the test's own (initdb in a temp dir), restarted the way
-    # `pg_ctlcluster ... restart` restarts one: pg_ctl restart -m fast.
+    # On a PostgreSQL server of the test's own (initdb in a temp dir), never the machine's: a fast
+    # shutdown (connections cut), then a start.
     job_ids = _create_notes(database, 200, sleep_seconds=0.05)
     worker = workers()
     wait_until(lambda: JobStatus.SUCCEEDED in _statuses(database, job_ids).values(), what="the first success")
