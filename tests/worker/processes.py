@@ -8,9 +8,12 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from jobs import db, store
 
 #: Short leases and sweeps, so recovery happens within seconds in the tests.
 FAST_RECOVERY = {
@@ -137,3 +140,9 @@ class WorkerProcess:
     def log(self) -> str:
         """What the worker printed."""
         return self.log_path.read_text(errors="replace")
+
+
+def create_notes(database: db.Database, count: int, **args: Any) -> list[uuid.UUID]:
+    """Create and commit ``count`` ``test.note`` jobs (texts "0", "1", ...) with ``args``; their IDs."""
+    with db.session_scope(database.sessions) as session:
+        return [store.create_job(session, "test.note", {"text": str(n), **args}).id for n in range(count)]

@@ -10,34 +10,12 @@ import signal
 import time
 from pathlib import Path
 
-import pytest
 from sqlalchemy import func, select
 
 from jobs import db, models, store
 from jobs.models import AttemptOutcome, JobStatus
 from tests import kinds
-from tests.worker.processes import WorkerProcess, wait_until
-
-
-@pytest.fixture
-def workers(tmp_path):
-    """Start ``jobctl worker`` processes; every one still running is killed after the test."""
-    started: list[WorkerProcess] = []
-
-    def start(**options) -> WorkerProcess:
-        process = WorkerProcess(tmp_path, **options)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        if process.alive():
-            process.kill()
-
-
-def _create_notes(database, count, **args):
-    with db.session_scope(database.sessions) as session:
-        return [store.create_job(session, "test.note", {"text": str(n), **args}).id for n in range(count)]
+from tests.worker.processes import create_notes, wait_until
 
 
 def _statuses(database, job_ids):
@@ -78,7 +56,7 @@ def _notes_per_job(database):
 
 
 def test_a_killed_worker_process_is_replaced_while_the_others_keep_working(database, workers, capsys):
-    job_ids = _create_notes(database, 400, sleep_seconds=0.05)
+    job_ids = create_notes(database, 400, sleep_seconds=0.05)
     worker = workers(processes=2, threads=2)
     pids = wait_until(lambda: len(worker.worker_pids()) == 2 and worker.worker_pids(), what="two worker processes")
     wait_until(lambda: _count(database, job_ids, JobStatus.SUCCEEDED) >= 40, what="some progress")
@@ -120,7 +98,7 @@ def test_a_killed_worker_process_is_replaced_while_the_others_keep_working(datab
 def test_a_killed_dramatiq_master_takes_its_worker_process_along_and_is_replaced(database, workers):
     # kill -9 of a child's Dramatiq master leaves its worker process orphaned: the supervisor kills
     # it (the child's process group) before starting another, so no extra consumer runs on.
-    job_ids = _create_notes(database, 100, sleep_seconds=0.05)
+    job_ids = create_notes(database, 100, sleep_seconds=0.05)
     worker = workers(processes=1, threads=2)
     (master,) = wait_until(worker.children, what="the child")
     (orphan,) = wait_until(worker.worker_pids, what="its worker process")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -21,7 +20,7 @@ from jobs.kinds.files import uploads as files
 from jobs.kinds.files.models import FileStatus
 from jobs.models import AttemptOutcome, JobStatus
 from tests import kinds
-from tests.worker.processes import WorkerProcess, wait_until
+from tests.worker.processes import create_notes, wait_until
 
 pytestmark = pytest.mark.usefixtures("invariants_hold")
 
@@ -43,30 +42,9 @@ def _notes_per_job(database):
     return dict(rows)
 
 
-def _create_notes(database, count, **args):
-    with db.session_scope(database.sessions) as session:
-        return [store.create_job(session, "test.note", {"text": str(n), **args}).id for n in range(count)]
-
-
-@pytest.fixture
-def workers(tmp_path):
-    """Start worker processes; every one still running is killed after the test."""
-    started: list[WorkerProcess] = []
-
-    def start(**options: Any) -> WorkerProcess:
-        process = WorkerProcess(tmp_path, **options)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        if process.alive():
-            process.kill()
-
-
 def test_kill_9_mid_run_loses_no_job_and_applies_none_twice(database, workers, capsys):
-    quick = _create_notes(database, 150)
-    slow = _create_notes(database, 50, sleep_seconds=0.3)
+    quick = create_notes(database, 150)
+    slow = create_notes(database, 50, sleep_seconds=0.3)
     job_ids = quick + slow
     first = workers()
     wait_until(
@@ -105,7 +83,7 @@ def test_kill_9_mid_run_loses_no_job_and_applies_none_twice(database, workers, c
 
 
 def test_flushed_redis_with_500_jobs_in_flight_still_runs_them_all(database, workers, flush_redis, capsys):
-    job_ids = _create_notes(database, 500, sleep_seconds=0.01)
+    job_ids = create_notes(database, 500, sleep_seconds=0.01)
     workers()
     wait_until(lambda: JobStatus.SUCCEEDED in _statuses(database, job_ids).values(), what="the first success")
     flush_redis()  # the run's own Redis db
@@ -134,7 +112,7 @@ def test_jobs_accepted_while_the_broker_is_down_run_once_it_is_back(settings, da
 
 @pytest.mark.postgres_only  # SQLite has one writer: a frozen worker inside a write freezes every other
 def test_stalled_worker_cannot_commit_after_another_took_its_job(database, workers):
-    (job_id,) = _create_notes(database, 1, sleep_seconds=3)
+    (job_id,) = create_notes(database, 1, sleep_seconds=3)
     stalled = workers(JOBRUNNER_LEASE_SECONDS="1")
     wait_until(lambda: _statuses(database, [job_id])[job_id] == JobStatus.RUNNING, what="the job to start")
     stalled.signal(signal.SIGSTOP)  # the whole process freezes: no heartbeat, no progress
@@ -224,7 +202,7 @@ def test_kill_9_mid_file_resumes_from_its_checkpoint_with_every_row_once(databas
 
 
 def test_sigterm_puts_an_unfinished_job_back_and_another_worker_finishes_it(database, workers):
-    (job_id,) = _create_notes(database, 1, sleep_seconds=30)
+    (job_id,) = create_notes(database, 1, sleep_seconds=30)
     first = workers(JOBRUNNER_SHUTDOWN_TIMEOUT_SECONDS="1")
     wait_until(lambda: _statuses(database, [job_id])[job_id] == JobStatus.RUNNING, what="the job to start")
     assert first.stop() == 0
@@ -247,7 +225,7 @@ def test_sigterm_puts_an_unfinished_job_back_and_another_worker_finishes_it(data
 def test_worker_survives_a_postgresql_restart(throwaway_postgres, database, workers):
     # On a PostgreSQL server of the test's own (initdb in a temp dir), never the machine's: a fast
     # shutdown (connections cut), then a start.
-    job_ids = _create_notes(database, 200, sleep_seconds=0.05)
+    job_ids = create_notes(database, 200, sleep_seconds=0.05)
     worker = workers()
     wait_until(lambda: JobStatus.SUCCEEDED in _statuses(database, job_ids).values(), what="the first success")
     started = _postmaster_start_time(database)
