@@ -155,6 +155,10 @@ class Job(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     next_retry_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     replay_count: Mapped[int] = mapped_column(Integer, default=0)
+    #: The broker's key of the last message sent for this job; unset: the job's own ID (its first).
+    message_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    #: When the sweeper last found that message still held by the broker (so it sent none).
+    resend_checked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
 class JobAttempt(Base):

@@ -27,15 +27,22 @@ _PENDING_KEY = "jobrunner.pending_messages"
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class JobMessage:
-    """What goes to the broker for one job: its ID, its queue, and an optional delay."""
+    """What goes to the broker for one job: its ID, its queue, an optional delay, and the key of the
+    message in the broker (``message_id``; by default a fresh one). The store keeps the key of a job's
+    last message on its row (``jobs.message_id``, unset for the first: the job's own ID), so the
+    sweeper can ask the broker whether it still holds that message before sending another."""
 
     job_id: uuid.UUID
     queue: str
     delay_ms: int | None = None
+    message_id: uuid.UUID | None = None
 
 
 #: Sends messages to the broker; raises if it could not.
 Sender = Callable[[Sequence[JobMessage]], None]
+#: Asks the broker which of these messages it still holds (queued, delayed, or delivered and not yet
+#: acknowledged); returns their job IDs. Raises if it could not tell.
+HeldProbe = Callable[[Sequence[JobMessage]], set[uuid.UUID]]
 
 
 def send_after_commit(session: Session, message: JobMessage) -> None:

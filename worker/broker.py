@@ -29,7 +29,7 @@ def make_worker_broker(settings: Settings, registry: Registry, *, database: db.D
     """
     state = WorkerState(settings=settings, registry=registry, database=database)
     # Dramatiq's RedisBroker.__init__ carries no annotations (dramatiq is only partly typed).
-    broker = RedisBroker(client=producer.redis_client(settings), middleware=[])  # type: ignore[no-untyped-call]
+    broker = producer.JobBroker(client=producer.redis_client(settings), middleware=[])  # type: ignore[no-untyped-call]
     broker.add_middleware(WorkerLifecycle(state))
     broker.add_middleware(JobSessionMiddleware(state))
     broker.add_middleware(TimeLimit(time_limit=settings.time_limit_seconds * 1000))

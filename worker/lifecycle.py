@@ -48,7 +48,11 @@ class WorkerLifecycle(Middleware):
                 application_name="jobrunner-worker",
             )
         state.heartbeat.start(state.database)
-        self._sweeper = sweeper.make_sweeper(state.database, state.settings)
+        self._sweeper = sweeper.make_sweeper(
+            state.database,
+            state.settings,
+            held=producer.held_probe(broker),  # type: ignore[arg-type]  # the worker's broker is a RedisBroker
+        )
         self._sweeper.start()
 
     def before_worker_shutdown(self, broker: Broker, worker: Any) -> None:

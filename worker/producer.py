@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import redis
 from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import current_millis, dq_name
 
 from jobs import registry, sending
 from jobs.config import Settings
@@ -43,9 +45,53 @@ def redis_client(settings: Settings) -> redis.Redis:
     )
 
 
-def make_broker(settings: Settings) -> RedisBroker:
+class JobBroker(RedisBroker):
+    """Dramatiq's Redis broker, with one change: a message is kept in Redis under its own
+    ``message_id`` (which :func:`to_message` sets from the job's :class:`~jobs.sending.JobMessage`)
+    instead of a fresh random key, so :func:`held_probe` can ask Redis whether it still holds the
+    message a job was last sent with. Dramatiq picks a random key because its ``Retries`` middleware
+    enqueues the same message again while it is still unacknowledged; the runner never does that
+    (its retries are new messages) and every key it sends is new. The rest is ``RedisBroker.enqueue``
+    as of the pinned Dramatiq (checked by ``tests/worker/test_producer.py``).
+    """
+
+    def enqueue(self, message: Message[Any], *, delay: int | None = None) -> Message[Any]:
+        queue_name = message.queue_name
+        message = message.copy(options={"redis_message_id": message.message_id})
+        if delay is not None:
+            queue_name = dq_name(queue_name)
+            message = message.copy(queue_name=queue_name, options={"eta": current_millis() + delay})
+        self.emit_before("enqueue", message, delay)
+        self.do_enqueue(queue_name, message.options["redis_message_id"], message.encode())
+        self.emit_after("enqueue", message, delay)
+        return message
+
+
+def make_broker(settings: Settings) -> JobBroker:
     """A bare Redis broker for sending IDs (the API, the CLI): no middleware, no actors."""
-    return RedisBroker(client=redis_client(settings), middleware=[])  # type: ignore[no-untyped-call]
+    return JobBroker(client=redis_client(settings), middleware=[])  # type: ignore[no-untyped-call]
+
+
+def held_probe(broker: RedisBroker) -> sending.HeldProbe:
+    """Which of the given messages Redis still holds: queued or delivered and not yet acknowledged
+    (in the queue's message hash), or delayed (in its delay queue's hash). One round trip."""
+
+    def held(messages: Sequence[sending.JobMessage]) -> set[uuid.UUID]:
+        if not messages:
+            return set()
+        with broker.client.pipeline(transaction=False) as pipe:
+            for message in messages:
+                key = str(message.message_id or message.job_id)
+                pipe.hexists(f"{broker.namespace}:{message.queue}.msgs", key)
+                pipe.hexists(f"{broker.namespace}:{dq_name(message.queue)}.msgs", key)
+            answers = pipe.execute()
+        return {
+            message.job_id
+            for message, queued, delayed in zip(messages, answers[0::2], answers[1::2], strict=True)
+            if queued or delayed
+        }
+
+    return held
 
 
 def make_sender(broker: RedisBroker) -> sending.Sender:
@@ -60,20 +106,22 @@ def make_sender(broker: RedisBroker) -> sending.Sender:
             with broker.client.pipeline(transaction=False) as pipe:
                 pipelined = _PipelinedBroker(broker, pipe)
                 for message in messages[offset : offset + PIPELINE_SIZE]:
-                    RedisBroker.enqueue(pipelined, to_message(message), delay=message.delay_ms)  # type: ignore[arg-type]
+                    JobBroker.enqueue(pipelined, to_message(message), delay=message.delay_ms)  # type: ignore[arg-type]
                 pipe.execute()
 
     return send
 
 
 def to_message(message: sending.JobMessage) -> Message[Any]:
-    """The Dramatiq message carrying one job's ID to its queue's actor."""
+    """The Dramatiq message carrying one job's ID to its queue's actor, with the job message's key
+    as its ``message_id`` (a fresh one when it has none)."""
     return Message(
         queue_name=message.queue,
         actor_name=actor_name(message.queue),
         args=(str(message.job_id),),
         kwargs={},
         options={},
+        message_id=str(message.message_id or uuid.uuid4()),
     )
 
 

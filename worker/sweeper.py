@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import uuid
+from collections.abc import Sequence
 
-from jobs import db, store
+from jobs import db, sending, store
 from jobs.config import Settings
 from jobs.models import JobStatus
 from worker import periodic
@@ -29,8 +30,10 @@ class SweepReport:
     resent: list[uuid.UUID] = dataclasses.field(default_factory=list)
 
 
-def sweep_once(database: db.Database, settings: Settings) -> SweepReport:
-    """Run one pass in one transaction; the messages go out after it commits."""
+def sweep_once(database: db.Database, settings: Settings, *, held: sending.HeldProbe | None = None) -> SweepReport:
+    """Run one pass in one transaction; the messages go out after it commits. ``held``: asks the broker
+    which overdue jobs' messages it still holds, so those are not sent again (see
+    :func:`jobs.store.resend_overdue_jobs`); a probe that fails counts as "none held"."""
     with db.session_scope(database.sessions) as session:
         if not store.try_sweep_lock(session):
             return SweepReport(ran=False)
@@ -40,7 +43,12 @@ def sweep_once(database: db.Database, settings: Settings) -> SweepReport:
             requeued=[job_id for job_id, status in recovered if status == JobStatus.QUEUED],
             quarantined=[job_id for job_id, status in recovered if status == JobStatus.FAILED],
         )
-        report.resent = store.resend_overdue_jobs(session, older_than_seconds=settings.requeue_after_seconds)
+        report.resent = store.resend_overdue_jobs(
+            session,
+            older_than_seconds=settings.requeue_after_seconds,
+            held=None if held is None else _forgiving(held),
+            trust_held_for_seconds=settings.resend_held_after_seconds,
+        )
     for job_id in report.requeued:
         logger.info("job %s lost its worker; queued again", job_id, extra={"job_id": str(job_id), "action": "requeued"})
     for job_id in report.quarantined:
@@ -52,6 +60,26 @@ def sweep_once(database: db.Database, settings: Settings) -> SweepReport:
     return report
 
 
-def make_sweeper(database: db.Database, settings: Settings) -> periodic.Periodic:
+def _forgiving(held: sending.HeldProbe) -> sending.HeldProbe:
+    """``held``, answering "none held" (so everything overdue is sent again) when the broker cannot
+    be asked: a lost message must never wait on a failing probe."""
+
+    def probe(messages: Sequence[sending.JobMessage]) -> set[uuid.UUID]:
+        try:
+            return held(messages)
+        except Exception:
+            logger.warning(
+                "could not ask the broker which messages it holds; sending all overdue jobs again", exc_info=True
+            )
+            return set()
+
+    return probe
+
+
+def make_sweeper(
+    database: db.Database, settings: Settings, *, held: sending.HeldProbe | None = None
+) -> periodic.Periodic:
     """A thread running :func:`sweep_once` every ``sweep_interval_seconds``."""
-    return periodic.Periodic("sweeper", settings.sweep_interval_seconds, lambda: sweep_once(database, settings))
+    return periodic.Periodic(
+        "sweeper", settings.sweep_interval_seconds, lambda: sweep_once(database, settings, held=held)
+    )

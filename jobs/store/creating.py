@@ -46,7 +46,7 @@ def create_job(
         replay_count=0,
     )
     session.add(job)
-    sending.send_after_commit(session, sending.JobMessage(job.id, job.queue))
+    sending.send_after_commit(session, sending.JobMessage(job.id, job.queue, message_id=job.id))
     return job
 
 
@@ -91,5 +91,5 @@ def create_jobs(
     # Core executemany: SQLAlchemy's "insertmanyvalues" turns it into a few multi-row INSERTs.
     session.execute(_INSERT_JOBS, rows)
     for job_id in ids:
-        sending.send_after_commit(session, sending.JobMessage(job_id, job_kind.queue))
+        sending.send_after_commit(session, sending.JobMessage(job_id, job_kind.queue, message_id=job_id))
     return ids

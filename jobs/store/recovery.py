@@ -6,7 +6,7 @@ import datetime as dt
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from jobs import errors, models, registry, sending
@@ -144,34 +144,72 @@ def try_sweep_lock(session: Session) -> bool:
     return bool(session.execute(select(func.pg_try_advisory_xact_lock(SWEEP_LOCK_KEY))).scalar_one())
 
 
-def resend_overdue_jobs(session: Session, *, older_than_seconds: float, limit: int = 1000) -> list[uuid.UUID]:
+def resend_overdue_jobs(
+    session: Session,
+    *,
+    older_than_seconds: float,
+    held: sending.HeldProbe | None = None,
+    trust_held_for_seconds: float = 0.0,
+    limit: int = 1000,
+) -> list[uuid.UUID]:
     """Send again the jobs whose message seems lost: ``queued`` and last sent before the cutoff, or
-    ``retrying`` with ``next_retry_at`` before it. Their ``enqueued_at`` becomes now, so a long
-    backlog is not re-sent on every pass. A duplicate message is harmless: the claim skips it.
+    ``retrying`` with ``next_retry_at`` before it. A duplicate message is harmless (the claim skips it)
+    but costs a delivery, so a long backlog must not be re-sent on every pass:
+
+    - ``held``: asks the broker which of the overdue ``queued`` jobs' last messages it still holds
+      (waiting in a long backlog, delayed, or delivered and not yet acknowledged). Those are not sent
+      again, only marked checked (``resend_checked_at``), unless they were sent more than
+      ``trust_held_for_seconds`` ago: a message the broker holds but never delivers (stranded with a
+      dead consumer) is sent again then. Without a probe (or for ``retrying`` jobs) every overdue job
+      is sent again, as the broker cannot tell.
+    - A job sent again gets a new message key (``message_id``) and ``enqueued_at`` now; a job checked
+      is not looked at again before the cutoff passes once more.
+
+    Returns the IDs sent again.
     """
     now = utcnow()
     cutoff = now - dt.timedelta(seconds=older_than_seconds)
     overdue = (
-        select(_jobs.c.id)
+        select(_jobs.c.id, _jobs.c.queue, _jobs.c.status, _jobs.c.message_id, _jobs.c.enqueued_at)
         .where(
             _jobs.c.enqueued_at < cutoff,
             (_jobs.c.status == JobStatus.QUEUED.value)
             | ((_jobs.c.status == JobStatus.RETRYING.value) & (_jobs.c.next_retry_at < cutoff)),
+            (_jobs.c.resend_checked_at.is_(None)) | (_jobs.c.resend_checked_at < cutoff),
         )
         .order_by(_jobs.c.enqueued_at)
         .limit(limit)
     )
     if session.get_bind().dialect.name == "postgresql":
         overdue = overdue.with_for_update(skip_locked=True)
-    rows = session.execute(
-        update(_jobs)
-        .where(_jobs.c.id.in_(overdue.scalar_subquery()))
-        .values(enqueued_at=now)
-        .returning(_jobs.c.id, _jobs.c.queue)
-    ).all()
-    for row in rows:
-        sending.send_after_commit(session, sending.JobMessage(row.id, row.queue))
-    return [row.id for row in rows]
+    rows = session.execute(overdue).all()
+    if not rows:
+        return []
+    still_held: set[uuid.UUID] = set()
+    if held is not None:
+        trusted_since = now - dt.timedelta(seconds=trust_held_for_seconds)
+        still_held = held(
+            [
+                sending.JobMessage(row.id, row.queue, message_id=row.message_id or row.id)
+                for row in rows
+                if row.status == JobStatus.QUEUED.value and row.enqueued_at >= trusted_since
+            ]
+        )
+    if still_held:
+        session.execute(update(_jobs).where(_jobs.c.id.in_(still_held)).values(resend_checked_at=now))
+    messages = [
+        sending.JobMessage(row.id, row.queue, message_id=uuid.uuid4()) for row in rows if row.id not in still_held
+    ]
+    if messages:
+        session.execute(
+            update(_jobs)
+            .where(_jobs.c.id == bindparam("b_id"))
+            .values(enqueued_at=now, message_id=bindparam("b_message_id"), resend_checked_at=None),
+            [{"b_id": message.job_id, "b_message_id": message.message_id} for message in messages],
+        )
+    for message in messages:
+        sending.send_after_commit(session, message)
+    return [message.job_id for message in messages]
 
 
 def prune_jobs(

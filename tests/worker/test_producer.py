@@ -105,3 +105,62 @@ def test_a_pipelined_send_leaves_redis_as_one_enqueue_per_message_does(settings,
     assert sent == job_ids
     assert pipelined == expected
     assert any(key.endswith(".DQ.msgs") for key in pipelined), "the delayed message went to the delay queue"
+
+
+def test_the_job_broker_enqueues_as_redis_broker_does_but_keyed_by_the_message_id(settings, redis_client, flush_redis):
+    """``JobBroker.enqueue`` is Dramatiq's ``RedisBroker.enqueue`` with the Redis key taken from the
+    message's ``message_id``: the same keys, bodies, delay queue and eta as Dramatiq writes, and the
+    message's key is its ID (what the sweeper's probe asks for)."""
+    messages = [*_messages(), sending.JobMessage(uuid.uuid4(), "default", delay_ms=5_000, message_id=uuid.uuid4())]
+    job_broker = producer.make_broker(settings)
+    dramatiq_broker = RedisBroker(client=redis_client, middleware=[])
+    try:
+        flush_redis()
+        for message in messages:
+            dramatiq_broker.enqueue(producer.to_message(message), delay=message.delay_ms)
+        expected = _snapshot(redis_client)
+        flush_redis()
+        sent = [job_broker.enqueue(producer.to_message(m), delay=m.delay_ms) for m in messages]
+        assert _snapshot(redis_client) == expected
+    finally:
+        job_broker.close()
+    for message, dramatiq_message in zip(messages, sent, strict=True):
+        key = dramatiq_message.options["redis_message_id"]
+        assert key == dramatiq_message.message_id
+        queue = f"{message.queue}.DQ" if message.delay_ms else message.queue
+        body = json.loads(redis_client.hget(f"dramatiq:{queue}.msgs", key))
+        assert body["options"]["redis_message_id"] == key  # what the consumer acks with
+    assert sent[-1].message_id == str(messages[-1].message_id)
+
+
+def test_the_held_probe_sees_queued_and_delayed_messages_and_not_lost_ones(settings, redis_client, flush_redis):
+    kept, delayed, lost = (
+        sending.JobMessage(uuid.uuid4(), "default", message_id=uuid.uuid4()),
+        sending.JobMessage(uuid.uuid4(), "files", delay_ms=60_000, message_id=uuid.uuid4()),
+        sending.JobMessage(uuid.uuid4(), "default", message_id=uuid.uuid4()),
+    )
+    first = sending.JobMessage(uuid.uuid4(), "default")  # a job's first message: keyed by the job ID
+    broker = producer.make_broker(settings)
+    try:
+        flush_redis()
+        producer.make_sender(broker)(
+            [kept, delayed, lost, sending.JobMessage(first.job_id, "default", message_id=first.job_id)]
+        )
+        redis_client.hdel("dramatiq:default.msgs", str(lost.message_id))
+        held = producer.held_probe(broker)
+        assert held([kept, delayed, lost, first]) == {kept.job_id, delayed.job_id, first.job_id}
+        # Another key for the same job (a message sent since) is not the one held.
+        assert held([sending.JobMessage(kept.job_id, "default", message_id=uuid.uuid4())]) == set()
+        flush_redis()
+        assert held([kept, delayed, first]) == set()
+    finally:
+        broker.close()
+
+
+def test_a_message_keyed_by_its_id_is_consumed_and_acknowledged(make_job, worker, drain, redis_client, fetch):
+    """The worker's consumer acknowledges by the key the job broker chose: nothing stays behind."""
+    job_id = make_job("noop")
+    drain()
+    assert fetch(job_id)[0].status == "succeeded"
+    assert redis_client.hlen("dramatiq:default.msgs") == 0
+    assert not any(redis_client.smembers(key) for key in redis_client.keys("dramatiq:__acks__.*"))

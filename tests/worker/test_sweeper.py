@@ -11,7 +11,7 @@ from sqlalchemy import insert, update
 from jobs import db, models, store
 from jobs.models import AttemptOutcome, JobStatus
 from tests import kinds
-from worker import sweeper
+from worker import producer, sweeper
 
 pytestmark = pytest.mark.usefixtures("invariants_hold")
 
@@ -157,3 +157,62 @@ def test_a_replayed_job_quarantined_again_has_one_failed_attempt_in_its_new_run(
         (1, AttemptOutcome.LOST),
         (1, AttemptOutcome.FAILED),
     ]
+
+
+@pytest.fixture
+def held(settings):
+    """The sweeper's probe of the test Redis: which messages it still holds."""
+    broker = producer.make_broker(settings)
+    yield producer.held_probe(broker)
+    broker.close()
+
+
+def test_sweep_does_not_resend_a_backlog_whose_messages_the_broker_holds(
+    database, settings, make_job, held, queued_messages, flush_redis, fetch
+):
+    """A backlog older than the re-send cutoff but still in Redis is checked, not sent again (once per
+    cutoff at most); after a FLUSHDB the same jobs are all sent again."""
+    backlog = [make_job("noop") for _ in range(30)]
+    for job_id in backlog:
+        _age(database, job_id, enqueued_at=_ago(settings.requeue_after_seconds + 5))
+    report = sweeper.sweep_once(database, settings, held=held)
+    assert report.ran and report.resent == []
+    assert queued_messages() == 30
+    assert all(fetch(job_id)[0].resend_checked_at is not None for job_id in backlog)
+    # Checked just now: not asked about again on the next pass.
+    assert sweeper.sweep_once(database, settings, held=held).resent == []
+
+    flush_redis()  # every message lost
+    assert sweeper.sweep_once(database, settings, held=held).resent == []  # checked less than a cutoff ago
+    for job_id in backlog:
+        _age(database, job_id, resend_checked_at=_ago(settings.requeue_after_seconds + 1))
+    resent = sweeper.sweep_once(database, settings, held=held).resent
+    assert sorted(resent) == sorted(backlog)
+    assert queued_messages() == 30
+    for job_id in backlog:
+        job = fetch(job_id)[0]
+        assert job.message_id is not None and job.resend_checked_at is None
+    # The re-sent messages are held under their new keys: not sent a third time.
+    for job_id in backlog:
+        _age(database, job_id, enqueued_at=_ago(settings.requeue_after_seconds + 5))
+    assert sweeper.sweep_once(database, settings, held=held).resent == []
+
+
+def test_sweep_resends_a_held_message_that_waited_too_long(database, settings, make_job, held, queued_messages):
+    """A message Redis holds but never delivers (say, stranded with a dead consumer) is sent again
+    once its job has waited ``resend_held_after_seconds``."""
+    stranded, recent = make_job("noop"), make_job("noop")
+    _age(database, stranded, enqueued_at=_ago(settings.resend_held_after_seconds + 5))
+    _age(database, recent, enqueued_at=_ago(settings.requeue_after_seconds + 5))
+    assert sweeper.sweep_once(database, settings, held=held).resent == [stranded]
+    assert queued_messages() == 3
+
+
+def test_sweep_resends_everything_overdue_when_the_broker_cannot_be_asked(database, settings, make_job):
+    job_id = make_job("noop")
+    _age(database, job_id, enqueued_at=_ago(settings.requeue_after_seconds + 5))
+
+    def failing(messages):
+        raise ConnectionError("broker unreachable")
+
+    assert sweeper.sweep_once(database, settings, held=failing).resent == [job_id]

@@ -12,7 +12,7 @@ from rich.text import Text
 
 from jobs import db, idempotency, models, store, views
 from jobs.config import get_settings
-from worker import sweeper
+from worker import producer, sweeper
 from worker.cli.common import (
     TIME_FORMS,
     JsonOption,
@@ -117,8 +117,12 @@ def stats(as_json: JsonOption = False) -> None:
 def sweep(as_json: JsonOption = False) -> None:
     """Run one sweeper pass: take back jobs of dead workers, re-send jobs whose message seems lost."""
     settings = get_settings()
-    with open_database(settings) as database:
-        report = sweeper.sweep_once(database, settings)
+    broker = producer.make_broker(settings)
+    try:
+        with open_database(settings) as database:
+            report = sweeper.sweep_once(database, settings, held=producer.held_probe(broker))
+    finally:
+        broker.close()
     summary = {
         "ran": report.ran,
         "requeued": [str(i) for i in report.requeued],
