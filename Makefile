@@ -17,8 +17,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/jobctl demo
 
-# The whole suite on PostgreSQL, then again on SQLite (tests marked postgres_only are skipped there).
-test: test-postgres test-sqlite
+# The whole suite on PostgreSQL and again on SQLite (tests marked postgres_only are skipped there),
+# the two passes side by side: each has its own database and Redis, and much of a pass is waiting on
+# worker processes. Each pass's output is printed whole when it ends.
+test: $(STAMP)
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-postgres test-sqlite
 
 test-postgres: $(STAMP)
 	JOBRUNNER_TEST_DATABASE=postgresql $(BIN)/pytest -q
