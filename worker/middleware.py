@@ -207,6 +207,7 @@ class JobSessionMiddleware(Middleware):
         session = current.session
         try:
             if isinstance(session, AsyncSession):
+                # One trip to the event loop: the fenced success, the commit and the close.
                 held = _event_loop().run_coroutine(_complete_async(session, current.job))
             else:
                 held = store.complete_job(session.connection(), current.job)
@@ -219,7 +220,8 @@ class JobSessionMiddleware(Middleware):
             self._fail(current, exc)
             return
         finally:
-            _close(current)
+            if not isinstance(session, AsyncSession):
+                _close(current)
         if held:
             _log(current.job.id, current.job.kind, "succeeded", "attempt %d", current.job.attempt)
         else:
@@ -346,12 +348,14 @@ def _complete_in(session: Session, job: registry.RunningJob) -> bool:
 
 
 async def _complete_async(session: AsyncSession, job: registry.RunningJob) -> bool:
-    """:func:`store.complete_job` in the handler's transaction, then commit (or roll back)."""
+    """:func:`store.complete_job` in the handler's transaction, then commit (or roll back), and
+    close the session if that went through (on an error the caller closes it, discarding if need be)."""
     held = await session.run_sync(_complete_in, job)
     if held:
         await session.commit()
     else:
         await session.rollback()
+    await _close_async(session, discard=False)
     return held
 
 
