@@ -163,7 +163,12 @@ def test_the_quickstart_runs_against_jobctl_dev(dev_stack: tuple[str, Path], tmp
     replayed = _run_block(cli, cwd=tmp_path, env=_env())
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
     assert "fail" in replayed.stdout
-    _wait(lambda: httpx.get(f"{api}/jobs", params={"status": "failed"}).json()["items"][0]["attempts"] >= 1, "replay")
+
+    def replayed_twice_and_failed_again() -> bool:
+        (job,) = httpx.get(f"{api}/jobs", params={"kind": "fail"}).json()["items"]
+        return job["replay_count"] == 2 and job["status"] == "failed"  # by the API, then by jobctl
+
+    _wait(replayed_twice_and_failed_again, "the job jobctl replayed to run again")
 
 
 @pytest.fixture
