@@ -12,6 +12,12 @@ after TimeLimit's; the process lifecycle is :mod:`worker.lifecycle`'s):
    ``TimeLimitExceeded`` included), roll back, close, and record the failure in a fresh session.
    ``after_skip_message`` covers a message skipped after the claim. Every path closes the session.
 
+An async kind (``async def handler(session: AsyncSession, job)``) takes the same steps: its claim
+is the same, then it gets an ``AsyncSession`` of its own, and the handler, the fenced success with
+its commit, and the close run on Dramatiq's event loop thread (the ``AsyncIO`` middleware's,
+``EventLoopThread.run_coroutine``: a time limit or shutdown raised in the worker thread cancels the
+coroutine). A failure is recorded as for a sync kind, in a fresh (sync) session.
+
 Dramatiq logs and swallows ordinary exceptions raised in hooks, so each hook catches its own.
 """
 
@@ -233,7 +239,8 @@ class JobSessionMiddleware(Middleware):
         # that connection would fail with "database is locked". Such a connection is not reused.
         # An async handler cancelled mid-statement (time limit, shutdown) may leave its connection
         # inside a query: it is not reused either.
-        _close(current, discard=self.state.require_database().is_sqlite or isinstance(error, Interrupt))
+        cancelled = isinstance(current.session, AsyncSession) and isinstance(error, Interrupt)
+        _close(current, discard=self.state.require_database().is_sqlite or cancelled)
         job = current.job
         backoff = self.settings.retry_backoff_seconds
         try:
