@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import psycopg
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs import sending
@@ -57,6 +58,12 @@ def _make_sqlite_engine(url: URL, *, pool_size: int) -> Engine:
         max_overflow=pool_size,
         connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
     )
+    _prepare_sqlite(engine)
+    return engine
+
+
+def _prepare_sqlite(engine: Engine) -> None:
+    """The connection set-up of every SQLite engine, sync (pysqlite) or async (aiosqlite)."""
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -80,7 +87,30 @@ def _make_sqlite_engine(url: URL, *, pool_size: int) -> Engine:
         else:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
-    return engine
+
+def make_async_engine(url: str | URL, *, pool_size: int = 5, application_name: str = "jobrunner") -> AsyncEngine:
+    """An asyncio engine for the same database: psycopg 3's async mode on PostgreSQL, aiosqlite on
+    SQLite (set up as :func:`make_engine` sets up its sync engine)."""
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database not in (None, "", ":memory:"):
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(
+            parsed.set(drivername="sqlite+aiosqlite"),
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+        )
+        _prepare_sqlite(engine.sync_engine)
+        return engine
+    # postgresql+psycopg under create_async_engine is psycopg's async dialect.
+    return create_async_engine(
+        parsed,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        connect_args={"application_name": application_name},
+    )
 
 
 @dataclasses.dataclass
@@ -120,6 +150,35 @@ def make_database(
     sessions = sessionmaker(engine, expire_on_commit=False, info=info)
     sending.install(sessions)
     return Database(engine=engine, sessions=sessions)
+
+
+@dataclasses.dataclass
+class AsyncDatabase:
+    """One process's asyncio engine and session factory (for async handlers)."""
+
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+
+    async def dispose(self) -> None:
+        """Close every pooled connection (on the event loop that opened them)."""
+        await self.engine.dispose()
+
+
+def make_async_database(
+    url: str | URL,
+    *,
+    pool_size: int = 5,
+    sender: sending.Sender | None = None,
+    registry: Registry | None = None,
+    application_name: str = "jobrunner",
+) -> AsyncDatabase:
+    """:func:`make_database` for asyncio: its sessions are AsyncSessions that know the job kinds
+    and send job IDs after they commit."""
+    engine = make_async_engine(url, pool_size=pool_size, application_name=application_name)
+    info = {sending.SENDER_KEY: sender, REGISTRY_KEY: registry}
+    sessions = async_sessionmaker(engine, expire_on_commit=False, info=info)
+    sending.install(sessions)
+    return AsyncDatabase(engine=engine, sessions=sessions)
 
 
 def psycopg_connection(conn: Connection) -> psycopg.Connection[Any]:

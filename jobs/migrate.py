@@ -29,3 +29,8 @@ def upgrade(url: str | URL, revision: str = "heads") -> None:
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     command.upgrade(alembic_config(parsed), revision)
+
+
+def downgrade(url: str | URL, revision: str) -> None:
+    """Take the database at ``url`` down to ``revision`` (``base``: none of jobrunner's tables)."""
+    command.downgrade(alembic_config(url), revision)

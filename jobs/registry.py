@@ -7,19 +7,23 @@ own, next to the code that keeps them); a :class:`Registry` collects them with t
 
 A handler is ``handler(session, job)``: it does its work with the session it is given and never
 commits, closes or opens one. ``job`` is a :class:`RunningJob`; a long handler may call
-``job.checkpoint()`` to commit its work so far.
+``job.checkpoint()`` to commit its work so far. A handler may also be a coroutine function,
+``async def handler(session: AsyncSession, job)``: the worker runs it on its event loop with an
+``AsyncSession`` of its own, under the same guarantees (``await job.checkpoint_async()``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 import pydantic
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from jobs import errors
@@ -45,10 +49,15 @@ class RunningJob:
     claim_token: uuid.UUID
     queue: str = DEFAULT_QUEUE
     _checkpoint: Callable[[], None] | None = None
+    _checkpoint_async: Callable[[], Awaitable[None]] | None = None
 
     def set_checkpoint(self, commit: Callable[[], None]) -> None:
         """Set what :meth:`checkpoint` calls: the runner does, before it hands the job to its handler."""
         self._checkpoint = commit
+
+    def set_checkpoint_async(self, commit: Callable[[], Awaitable[None]]) -> None:
+        """Set what :meth:`checkpoint_async` awaits (the runner does, for an async handler)."""
+        self._checkpoint_async = commit
 
     def checkpoint(self) -> None:
         """Commit the work so far, if this worker still holds the claim, and renew the lease.
@@ -60,8 +69,22 @@ class RunningJob:
             raise RuntimeError("checkpoint() is only available while the runner runs the job")
         self._checkpoint()
 
+    async def checkpoint_async(self) -> None:
+        """:meth:`checkpoint` for an async handler: commit its ``AsyncSession``'s work so far, if
+        this worker still holds the claim, and renew the lease.
+
+        Raises:
+            ClaimLost: another worker took the job over; nothing was committed.
+        """
+        if self._checkpoint_async is None:
+            raise RuntimeError("checkpoint_async() is only available while the runner runs an async job")
+        await self._checkpoint_async()
+
 
 Handler = Callable[[Session, RunningJob], None]
+#: An async kind's handler: ``async def handler(session: AsyncSession, job)``.
+AsyncHandler = Callable[[AsyncSession, RunningJob], Awaitable[None]]
+_AnyHandler = TypeVar("_AnyHandler", Handler, AsyncHandler)
 #: Runs in the transaction that records a job's final failure: ``on_failed(session, job, error)``.
 FailureHook = Callable[[Session, RunningJob, BaseException], None]
 
@@ -71,7 +94,7 @@ class JobKind:
     """A registered kind of job."""
 
     name: str
-    handler: Handler
+    handler: Handler | AsyncHandler
     #: Postable through ``POST /jobs``; internal kinds are created only by the runner.
     public: bool = False
     args_model: type[pydantic.BaseModel] | None = None
@@ -81,6 +104,11 @@ class JobKind:
     time_limit_seconds: float | None = None
     queue: str = DEFAULT_QUEUE
     on_failed: FailureHook | None = None
+
+    @property
+    def is_async(self) -> bool:
+        """Whether the handler is a coroutine function (run on the worker's event loop)."""
+        return inspect.iscoroutinefunction(self.handler)
 
     def validate_args(self, args: dict[str, Any]) -> dict[str, Any]:
         """Check ``args`` against the kind's model and return them as stored (JSON-ready).
@@ -131,8 +159,9 @@ def job_kind(
     time_limit_seconds: float | None = None,
     queue: str = DEFAULT_QUEUE,
     on_failed: FailureHook | None = None,
-) -> Callable[[Handler], Handler]:
-    """Declare the decorated function the handler of job kind ``name``.
+) -> Callable[[_AnyHandler], _AnyHandler]:
+    """Declare the decorated function the handler of job kind ``name``: ``handler(session, job)``,
+    or ``async def handler(session: AsyncSession, job)`` (run on the worker's event loop).
 
     Declaring registers nothing: a :class:`Registry` takes the kinds declared in the modules it is
     given (:func:`jobs.kinds.load_registry` does that for the shipped kinds and
@@ -140,7 +169,7 @@ def job_kind(
     settings' values there.
     """
 
-    def declare(handler: Handler) -> Handler:
+    def declare(handler: _AnyHandler) -> _AnyHandler:
         kind = JobKind(
             name=name,
             handler=handler,
@@ -248,6 +277,10 @@ class Registry:
     def all(self) -> list[JobKind]:
         """Every kind, by name."""
         return [self._kinds[name] for name in sorted(self._kinds)]
+
+    def has_async_kinds(self) -> bool:
+        """Whether any kind has an async handler (the worker then runs an event loop)."""
+        return any(kind.is_async for kind in self._kinds.values())
 
     def queues(self) -> set[str]:
         """The queues the kinds use."""

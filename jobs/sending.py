@@ -14,8 +14,10 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 logger = logging.getLogger(__name__)
@@ -50,10 +52,28 @@ def send_after_commit(session: Session, message: JobMessage) -> None:
     session.info.setdefault(_PENDING_KEY, []).append(message)
 
 
-def install(sessions: sessionmaker[Session]) -> None:
-    """Hook the after-commit send onto every session ``sessions`` makes."""
-    event.listen(sessions, "after_commit", _send_pending)
-    event.listen(sessions, "after_transaction_end", _drop_pending)
+def install(sessions: sessionmaker[Session] | async_sessionmaker[AsyncSession]) -> None:
+    """Hook the after-commit send onto every session ``sessions`` makes (sync or async); installing
+    twice is installing once."""
+    target = _event_target(sessions)
+    if event.contains(target, "after_commit", _send_pending):
+        return
+    event.listen(target, "after_commit", _send_pending)
+    event.listen(target, "after_transaction_end", _drop_pending)
+
+
+def _event_target(sessions: sessionmaker[Session] | async_sessionmaker[AsyncSession]) -> Any:
+    if not isinstance(sessions, async_sessionmaker):
+        return sessions  # a sessionmaker's events apply to the Session subclass of its own it makes
+    # An AsyncSession's events fire on the sync Session under it (SQLAlchemy's asyncio docs, "Using
+    # events with the asyncio extension"). async_sessionmaker does not subclass that class as
+    # sessionmaker does, so it gets a subclass of its own here: the hooks stay on these sessions.
+    base: type[Session] = sessions.kw.get("sync_session_class", Session)
+    if getattr(base, "_jobrunner_owned", False):
+        return base
+    own = type(base.__name__, (base,), {"_jobrunner_owned": True})
+    sessions.configure(sync_session_class=own)
+    return own
 
 
 def _send_pending(session: Session) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.middleware import TimeLimit
+from dramatiq.middleware import AsyncIO, Middleware, TimeLimit
 
 from jobs import db, kinds
 from jobs.config import Settings, get_settings
@@ -30,11 +30,25 @@ def make_worker_broker(settings: Settings, registry: Registry, *, database: db.D
     state = WorkerState(settings=settings, registry=registry, database=database)
     # Dramatiq's RedisBroker.__init__ carries no annotations (dramatiq is only partly typed).
     broker = producer.JobBroker(client=producer.redis_client(settings), middleware=[])  # type: ignore[no-untyped-call]
+    for middleware in event_loop_middleware(registry):
+        broker.add_middleware(middleware)
     broker.add_middleware(WorkerLifecycle(state))
-    broker.add_middleware(JobSessionMiddleware(state))
-    broker.add_middleware(TimeLimit(time_limit=settings.time_limit_seconds * 1000))
+    for middleware in job_middleware(state):
+        broker.add_middleware(middleware)
     actors.declare_actors(broker, registry.queues())
     return broker
+
+
+def event_loop_middleware(registry: Registry) -> list[Middleware]:
+    """Dramatiq's AsyncIO middleware (its event loop thread runs the async kinds), when ``registry``
+    has any. It comes first, so its loop starts before the lifecycle's boot hook and stops after
+    the lifecycle's shutdown hook closed the asyncio pool."""
+    return [AsyncIO()] if registry.has_async_kinds() else []
+
+
+def job_middleware(state: WorkerState) -> list[Middleware]:
+    """What runs each job, in order: the session middleware, then TimeLimit (see above)."""
+    return [JobSessionMiddleware(state), TimeLimit(time_limit=state.settings.time_limit_seconds * 1000)]
 
 
 def setup_worker_broker() -> RedisBroker:

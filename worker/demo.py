@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import shlex
 import time
 import uuid
 from collections.abc import Iterable
@@ -238,10 +239,12 @@ def _summarise(console: Console, client: httpx.Client, states: dict[uuid.UUID, J
     console.print(f"flaky jobs that succeeded on their 2nd attempt: {retried}")
     for job_id, state in _failed(states.values()):
         console.print(f"failed for good: {job_id} ({state['error_type']}: {state['error_message']})")
-        console.print("replay it with:")
-        console.print(
-            f"  JOBRUNNER_DATABASE_URL={database_url} jobctl replay {job_id} --reason 'fixed it'", markup=False
-        )
+        # The demo's Redis stops with it: replay while `jobctl dev` runs the stack on its database
+        # (under ./var, so its broker is var/redis.sock), so the replayed job is sent and run at once.
+        env = devmode.cli_env(database_url, devmode.dev_broker_url())
+        console.print("replay it: start the stack on the demo's database, then replay from another shell:")
+        console.print(f"  JOBRUNNER_DATABASE_URL={shlex.quote(database_url)} jobctl dev", markup=False, soft_wrap=True)
+        console.print(f"  {env} jobctl replay {job_id} --reason 'fixed it'", markup=False, soft_wrap=True)
 
 
 def _failed(states: Iterable[Json]) -> list[tuple[str, Json]]:

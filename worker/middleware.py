@@ -12,6 +12,12 @@ after TimeLimit's; the process lifecycle is :mod:`worker.lifecycle`'s):
    ``TimeLimitExceeded`` included), roll back, close, and record the failure in a fresh session.
    ``after_skip_message`` covers a message skipped after the claim. Every path closes the session.
 
+An async kind (``async def handler(session: AsyncSession, job)``) takes the same steps: its claim
+is the same, then it gets an ``AsyncSession`` of its own, and the handler, the fenced success with
+its commit, and the close run on Dramatiq's event loop thread (the ``AsyncIO`` middleware's,
+``EventLoopThread.run_coroutine``: a time limit or shutdown raised in the worker thread cancels the
+coroutine). A failure is recorded as for a sync kind, in a fresh (sync) session.
+
 Dramatiq logs and swallows ordinary exceptions raised in hooks, so each hook catches its own.
 """
 
@@ -22,15 +28,19 @@ import dataclasses
 import functools
 import logging
 import time
+import typing
 import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from dramatiq import Broker, Middleware
+from dramatiq.asyncio import EventLoopThread, get_event_loop_thread
 from dramatiq.errors import BrokerConnectionError
 from dramatiq.middleware import Shutdown, SkipMessage
+from dramatiq.threading import Interrupt
 from sqlalchemy import Connection
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from jobs import db, errors, registry, store
@@ -54,9 +64,10 @@ class _Current:
 
     job: registry.RunningJob
     kind: registry.JobKind | None
-    #: The one pooled connection of this job: its claim, then its session.
-    connection: Connection
-    session: Session
+    #: The one pooled connection of this job: its claim, then its session (None for an async
+    #: kind: its claim's connection went back at once, and its AsyncSession has one of its own).
+    connection: Connection | None
+    session: Session | AsyncSession
     #: What the handler raised (the actor catches it so Dramatiq does not log it as unhandled).
     error: BaseException | None = None
     ran: bool = False
@@ -79,7 +90,13 @@ def run_current_job() -> None:
         if current.kind is None:
             raise errors.UnknownJobKind(f"this worker has no job kind {current.job.kind!r}")
         current.job.args = current.kind.parse_args(current.job.args)
-        current.kind.handler(current.session, current.job)
+        if isinstance(current.session, AsyncSession):
+            # On Dramatiq's event loop thread (the AsyncIO middleware's): a time limit or shutdown
+            # raised in this thread cancels the coroutine there (EventLoopThread.run_coroutine).
+            handler = typing.cast(registry.AsyncHandler, current.kind.handler)
+            _event_loop().run_coroutine(handler(current.session, current.job))
+        else:
+            typing.cast(registry.Handler, current.kind.handler)(current.session, current.job)
     except BaseException as exc:  # TimeLimitExceeded and Shutdown are failures too
         current.error = exc
 
@@ -114,9 +131,18 @@ class JobSessionMiddleware(Middleware):
         limit = kind.time_limit_seconds if kind and kind.time_limit_seconds else self.settings.time_limit_seconds
         # TimeLimit (after us in the list) reads the limit from the message; the row's kind decides it.
         message.options["time_limit"] = limit * 1000
-        session = self.state.require_database().sessions(bind=connection)
-        job.set_checkpoint(functools.partial(store.checkpoint, session, job, lease_seconds=self.settings.lease_seconds))
-        _current.set(_Current(job=job, kind=kind, connection=connection, session=session))
+        lease_seconds = self.settings.lease_seconds
+        if kind is not None and kind.is_async:
+            _close_connection(connection)
+            async_session = self.state.require_async_database().sessions()
+            job.set_checkpoint_async(
+                functools.partial(_checkpoint_async, async_session, job, lease_seconds=lease_seconds)
+            )
+            _current.set(_Current(job=job, kind=kind, connection=None, session=async_session))
+        else:
+            session = self.state.require_database().sessions(bind=connection)
+            job.set_checkpoint(functools.partial(store.checkpoint, session, job, lease_seconds=lease_seconds))
+            _current.set(_Current(job=job, kind=kind, connection=connection, session=session))
         self.state.heartbeat.track(job)
 
     def after_process_message(
@@ -186,17 +212,22 @@ class JobSessionMiddleware(Middleware):
     def _succeed(self, current: _Current) -> None:
         session = current.session
         try:
-            held = store.complete_job(session.connection(), current.job)
-            if held:
-                session.commit()
+            if isinstance(session, AsyncSession):
+                # One trip to the event loop: the fenced success, the commit and the close.
+                held = _event_loop().run_coroutine(_complete_async(session, current.job))
             else:
-                session.rollback()
+                held = store.complete_job(session.connection(), current.job)
+                if held:
+                    session.commit()
+                else:
+                    session.rollback()
         except BaseException as exc:  # the commit failed: that is the job's failure
             _close(current)
             self._fail(current, exc)
             return
         finally:
-            _close(current)
+            if not isinstance(session, AsyncSession):
+                _close(current)
         if held:
             _log(current.job.id, current.job.kind, "succeeded", "attempt %d", current.job.attempt)
         else:
@@ -206,7 +237,10 @@ class JobSessionMiddleware(Middleware):
         # SQLite: a handler stopped mid-read leaves a statement open on its connection (the error's
         # traceback still holds the cursor), pinning an old snapshot: the next BEGIN IMMEDIATE on
         # that connection would fail with "database is locked". Such a connection is not reused.
-        _close(current, discard=self.state.require_database().is_sqlite)
+        # An async handler cancelled mid-statement (time limit, shutdown) may leave its connection
+        # inside a query: it is not reused either.
+        cancelled = isinstance(current.session, AsyncSession) and isinstance(error, Interrupt)
+        _close(current, discard=self.state.require_database().is_sqlite or cancelled)
         job = current.job
         backoff = self.settings.retry_backoff_seconds
         try:
@@ -291,14 +325,60 @@ def _job_id(message: Any) -> uuid.UUID:
 def _close(current: _Current, *, discard: bool = False) -> None:
     """Roll back whatever is open and give the connection back to the pool (or, ``discard``, close
     it for good); safe to call twice."""
+    if isinstance(current.session, AsyncSession):
+        _event_loop().run_coroutine(_close_async(current.session, discard=discard))
+        return
     try:
         current.session.close()
     except Exception:
         logger.warning("closing a job session failed; its connection is discarded", exc_info=True)
         discard = True
+    if current.connection is None:
+        return
     if discard and not current.connection.invalidated:
         current.connection.invalidate()
     _close_connection(current.connection)
+
+
+# --- async kinds: the same steps on the AsyncSession, run on Dramatiq's event loop thread ---------
+
+
+def _event_loop() -> EventLoopThread:
+    loop = get_event_loop_thread()
+    if loop is None:
+        raise RuntimeError("an async job kind needs Dramatiq's AsyncIO middleware (worker.broker adds it)")
+    return loop
+
+
+def _complete_in(session: Session, job: registry.RunningJob) -> bool:
+    return store.complete_job(session.connection(), job)
+
+
+async def _complete_async(session: AsyncSession, job: registry.RunningJob) -> bool:
+    """:func:`store.complete_job` in the handler's transaction, then commit (or roll back), and
+    close the session if that went through (on an error the caller closes it, discarding if need be)."""
+    held = await session.run_sync(_complete_in, job)
+    if held:
+        await session.commit()
+    else:
+        await session.rollback()
+    await _close_async(session, discard=False)
+    return held
+
+
+async def _checkpoint_async(session: AsyncSession, job: registry.RunningJob, *, lease_seconds: float) -> None:
+    await session.run_sync(store.checkpoint, job, lease_seconds=lease_seconds)
+
+
+async def _close_async(session: AsyncSession, *, discard: bool) -> None:
+    try:
+        if discard:
+            await session.invalidate()
+        else:
+            await session.close()
+    except Exception:
+        logger.warning("closing an async job session failed; its connection is discarded", exc_info=True)
+        await session.invalidate()
 
 
 def _close_connection(connection: Connection | None) -> None:

@@ -29,6 +29,8 @@ class WorkerState:
     settings: Settings
     registry: Registry
     database: db.Database | None = None
+    #: The asyncio engine and sessions of the async kinds' jobs (built at boot when there are any).
+    async_database: db.AsyncDatabase | None = None
     heartbeat: Heartbeat = dataclasses.field(init=False)
     worker_id: str = dataclasses.field(default_factory=worker_id)
 
@@ -44,3 +46,13 @@ class WorkerState:
         if self.database is None:
             raise RuntimeError("the worker has not booted: no database yet")
         return self.database
+
+    def require_async_database(self) -> db.AsyncDatabase:
+        """The process's asyncio database (for async handlers).
+
+        Raises:
+            RuntimeError: the worker has not booted, or its registry has no async kind.
+        """
+        if self.async_database is None:
+            raise RuntimeError("no asyncio database: the worker has not booted, or it runs no async kind")
+        return self.async_database

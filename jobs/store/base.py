@@ -90,7 +90,9 @@ class HotStatement:
         ``own_transaction``: on PostgreSQL, when nothing ran in the transaction yet, run the
         statement on its own in autocommit mode (one round trip instead of BEGIN, it, COMMIT).
         """
-        if conn.dialect.name != "postgresql":
+        if conn.dialect.name != "postgresql" or conn.dialect.is_async:
+            # An async handler's connection (psycopg's AsyncConnection under SQLAlchemy's greenlet
+            # adapter) has no sync cursor to run on: the public way there.
             return conn.execute(self.statement, params).first()
         values = {**self.postgres_defaults, **self._process(params)}
         driver = db.psycopg_connection(conn)

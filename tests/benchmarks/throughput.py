@@ -20,6 +20,9 @@ C. **naive pattern**: N queued rows bulk-inserted, their IDs sent to an actor (d
    in those same two UPDATEs so it is timed exactly like A (from the ``jobs`` table). Its engine is
    ``jobs.db.make_engine(url, pool_size=threads + 2)``: the same pool settings as the runner's, so
    only the per-job pattern differs.
+A' **async noop** (with ``--async-noop``): A with an ``async def`` no-op kind (``bench.async_noop``, a
+   module this script writes, loaded with ``JOBRUNNER_JOB_MODULES``): the worker runs it on Dramatiq's
+   event loop thread with an ``AsyncSession`` (psycopg async), the success fenced in that session.
 Latency (unless ``--skip-latency``): with a full-path worker running, jobs created one per
    transaction through the real path (``create_job`` + commit, which sends the ID) by a pacing loop,
    at 5 jobs/s (60 jobs) and 200 jobs/s (2,000 jobs). Latency = started_at - created_at (the row's
@@ -35,7 +38,7 @@ bench database is left in place for inspection.
 Run from the project root (PostgreSQL at 127.0.0.1:5432,
 where it makes a database of its own; a redis-server of its own; both removed at exit)::
 
-    .venv/bin/python tests/benchmarks/throughput.py [--jobs N] [--repeat K] [--skip-latency]
+    .venv/bin/python tests/benchmarks/throughput.py [--jobs N] [--repeat K] [--skip-latency] [--async-noop]
 
 Environment overrides: ``JOBRUNNER_BENCH_PG_ADMIN_URL`` (default
 ``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``), ``JOBRUNNER_BENCH_REDIS_URL`` (default: a
@@ -325,15 +328,17 @@ def runner_settings(bench: Bench) -> Settings:
     return Settings(database_url=bench.url, broker_url=REDIS_URL, consumer_timeout_ms=CONSUMER_TIMEOUT_MS)
 
 
-def runner_env(bench: Bench) -> dict[str, str]:
+def runner_env(bench: Bench, job_modules: str = "") -> dict[str, str]:
+    extra = {"JOBRUNNER_JOB_MODULES": job_modules, "PYTHONPATH": str(bench.workdir)} if job_modules else {}
     return bench.worker_env(
         JOBRUNNER_DATABASE_URL=bench.url,
         JOBRUNNER_BROKER_URL=REDIS_URL,
         JOBRUNNER_CONSUMER_TIMEOUT_MS=str(CONSUMER_TIMEOUT_MS),
+        **extra,
     )
 
 
-def make_producer(bench: Bench) -> tuple[db.Database, RedisBroker]:
+def make_producer(bench: Bench, job_modules: Sequence[str] = ()) -> tuple[db.Database, RedisBroker]:
     """A database whose sessions send job IDs to the bench Redis after commit (like the API's)."""
     settings = runner_settings(bench)
     broker = producer.make_broker(settings)
@@ -341,17 +346,17 @@ def make_producer(bench: Bench) -> tuple[db.Database, RedisBroker]:
         bench.url,
         pool_size=2,
         sender=producer.make_sender(broker),
-        registry=kinds.load_registry(settings),
+        registry=kinds.load_registry(settings, job_modules),
         application_name="jobrunner-bench-producer",
     )
     return database, broker
 
 
-def start_runner_worker(bench: Bench, log_path: Path) -> tuple[subprocess.Popen[bytes], float]:
+def start_runner_worker(bench: Bench, log_path: Path, job_modules: str = "") -> tuple[subprocess.Popen[bytes], float]:
     spawned_at = time.time()
     proc = common.spawn(
         [str(BIN / "jobctl"), "worker", "--processes", str(PROCESSES), "--threads", str(THREADS)],
-        env=runner_env(bench),
+        env=runner_env(bench, job_modules),
         log_path=log_path,
     )
     return proc, spawned_at
@@ -367,16 +372,35 @@ def _record_span(bench: Bench, run: Run, spawned_at: float) -> Run:
     return run
 
 
+ASYNC_MODULE = '''
+"""An async no-op kind. Written by tests/benchmarks/throughput.py."""
+import jobs
+
+
+@jobs.job_kind("bench.async_noop")
+async def async_noop(session, job):
+    """Do nothing, on the worker's event loop, with its AsyncSession."""
+'''
+
+
 def scenario_full(bench: Bench, n: int, index: int) -> Run:
-    run = Run("A full path", n)
+    return _full_path(bench, Run("A full path", n), index, kind="noop")
+
+
+def scenario_async(bench: Bench, n: int, index: int) -> Run:
+    return _full_path(bench, Run("A' async noop", n), index, kind="bench.async_noop", job_modules="bench_async")
+
+
+def _full_path(bench: Bench, run: Run, index: int, *, kind: str, job_modules: str = "") -> Run:
+    n = run.n
     bench.reset()
-    database, broker = make_producer(bench)
+    database, broker = make_producer(bench, [job_modules] if job_modules else [])
     try:
         started = time.perf_counter()
         for offset in range(0, n, ENQUEUE_BATCH):
             with db.session_scope(database.sessions) as session:
                 for _ in range(min(ENQUEUE_BATCH, n - offset)):
-                    store.create_job(session, "noop")
+                    store.create_job(session, kind)
         run.enqueue_seconds = time.perf_counter() - started
     finally:
         database.dispose()
@@ -389,8 +413,8 @@ def scenario_full(bench: Bench, n: int, index: int) -> Run:
     )
     bench.vacuum()
 
-    log_path = bench.workdir / f"full-{index}.log"
-    proc, spawned_at = start_runner_worker(bench, log_path)
+    log_path = bench.workdir / f"{kind}-{index}.log"
+    proc, spawned_at = start_runner_worker(bench, log_path, job_modules)
     try:
         child = worker_child_pid(proc.pid)
         if child is None:
@@ -691,8 +715,10 @@ def print_summary(args: argparse.Namespace, runs: dict[str, list[Run]], latency:
     print(header)
     print("-" * len(header))
     rates: dict[str, float | None] = {}
-    for key, label in (("full", "A full path"), ("bare", "B bare Dramatiq"), ("naive", "C naive pattern")):
-        rs = runs[key]
+    for key, label in SCENARIO_LABELS:
+        rs = runs.get(key)
+        if not rs:
+            continue
         rates[key] = _median([r.rate for r in rs])
         per_run = ", ".join(_fmt(r.rate) for r in rs)
         print(
@@ -712,8 +738,8 @@ def print_summary(args: argparse.Namespace, runs: dict[str, list[Run]], latency:
 
     print("\nCPU while the jobs ran, % of one core (median of runs; 'other' = processes that are not this")
     print("benchmark's, PostgreSQL or Redis: anything above a few % means a shared machine skewed the figures)")
-    for key, label in (("full", "A full path"), ("bare", "B bare Dramatiq"), ("naive", "C naive pattern")):
-        cpus = [r.cpu for r in runs[key] if r.cpu]
+    for key, label in SCENARIO_LABELS:
+        cpus = [r.cpu for r in runs.get(key, []) if r.cpu]
         if cpus:
             print(f"  {label:<18} " + "   ".join(f"{part} {_median([c[part] for c in cpus]):.0f}" for part in cpus[0]))
 
@@ -730,6 +756,13 @@ def print_summary(args: argparse.Namespace, runs: dict[str, list[Run]], latency:
             f"  {name:<11} {_fmt(ratio, '.2f'):>6}   (target >= {target:.2f}){verdict}"
             f"   [{', '.join(_fmt(r, '.2f') for r in per_run)}]"
         )
+
+    if runs.get("async"):
+        ratio = rates["async"] / rates["full"] if rates.get("async") and rates["full"] else None
+        per_run = [
+            a.rate / b.rate if a.rate and b.rate else None for a, b in zip(runs["async"], runs["full"], strict=True)
+        ]
+        print(f"  {'async/full':<11} {_fmt(ratio, '.2f'):>6}   [{', '.join(_fmt(r, '.2f') for r in per_run)}]")
 
     print("\nworker child RSS, scenario A (MiB)")
     for i, r in enumerate(runs["full"], 1):
@@ -767,6 +800,14 @@ def print_summary(args: argparse.Namespace, runs: dict[str, list[Run]], latency:
     print(line)
 
 
+SCENARIO_LABELS = (
+    ("full", "A full path"),
+    ("async", "A' async noop"),
+    ("bare", "B bare Dramatiq"),
+    ("naive", "C naive pattern"),
+)
+
+
 # --- main -----------------------------------------------------------------------------------------
 
 
@@ -777,6 +818,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--repeat", type=int, default=1, help="runs of each throughput scenario; medians are reported")
     parser.add_argument("--skip-latency", action="store_true", help="skip the enqueue-to-start latency runs")
+    parser.add_argument(
+        "--async-noop", action="store_true", help="also run A with an async no-op kind (A'), beside the sync one"
+    )
     parser.add_argument(
         "--timeout",
         type=float,
@@ -794,6 +838,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     timeout = args.timeout if args.timeout is not None else 60 + 0.03 * args.jobs
     runs: dict[str, list[Run]] = {"full": [], "bare": [], "naive": []}
+    scenarios: list[tuple[str, Callable[[Bench, int, int], Run]]] = [("full", scenario_full)]
+    if args.async_noop:
+        runs["async"] = []
+        scenarios.append(("async", scenario_async))
+    scenarios += [("bare", scenario_bare), ("naive", scenario_naive)]
     latency: list[Latency] = []
     bench = None
     try:
@@ -801,10 +850,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             workdir = Path(tmp)
             (workdir / "bench_bare.py").write_text(textwrap.dedent(BARE_MODULE % {"key": SPANS_KEY}))
             (workdir / "bench_naive.py").write_text(textwrap.dedent(NAIVE_MODULE))
+            (workdir / "bench_async.py").write_text(ASYNC_MODULE)
+            sys.path.insert(0, str(workdir))  # the producer's registry knows bench.async_noop too
             print(f"creating database {BENCH_DB}_{common.RUN_ID} and migrating it; Redis {REDIS_URL}", flush=True)
             bench = Bench(common.recreate_database(BENCH_DB, common.PG_ADMIN_URL), workdir, timeout)
             for i in range(1, args.repeat + 1):
-                for key, scenario in (("full", scenario_full), ("bare", scenario_bare), ("naive", scenario_naive)):
+                for key, scenario in scenarios:
                     print(f"[run {i}/{args.repeat}] scenario {key}: {args.jobs:,} jobs", flush=True)
                     run = scenario(bench, args.jobs, i)
                     runs[key].append(run)

@@ -17,7 +17,10 @@ def dev(
     """API and one worker together on the embedded defaults (SQLite, a private Redis); Ctrl-C stops."""
     try:
         with devmode.DevStack(port=port, threads=threads) as stack:
-            new_console().print(f"jobrunner dev: API on {stack.api_url}  (Ctrl-C stops)")
+            console = new_console()
+            console.print(f"jobrunner dev: API on {stack.api_url}  (Ctrl-C stops)")
+            for line in stack.describe():
+                console.print(line, markup=False, soft_wrap=True)
             stack.wait()
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM, even during start-up: the children are stopped
         pass
