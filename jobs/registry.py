@@ -64,6 +64,8 @@ class RunningJob:
 Handler = Callable[[Session, RunningJob], None]
 #: Runs in the transaction that records a job's final failure: ``on_failed(session, job, error)``.
 FailureHook = Callable[[Session, RunningJob, BaseException], None]
+#: Runs in the transaction that records a running job stopped by a cancel: ``on_cancelled(session, job)``.
+CancelHook = Callable[[Session, RunningJob], None]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -81,6 +83,9 @@ class JobKind:
     time_limit_seconds: float | None = None
     queue: str = DEFAULT_QUEUE
     on_failed: FailureHook | None = None
+    on_cancelled: CancelHook | None = None
+    #: At most this many jobs of the kind run at once, across every worker (None: no limit).
+    max_running: int | None = None
 
     def validate_args(self, args: dict[str, Any]) -> dict[str, Any]:
         """Check ``args`` against the kind's model and return them as stored (JSON-ready).
@@ -131,14 +136,19 @@ def job_kind(
     time_limit_seconds: float | None = None,
     queue: str = DEFAULT_QUEUE,
     on_failed: FailureHook | None = None,
+    on_cancelled: CancelHook | None = None,
+    max_running: int | None = None,
 ) -> Callable[[Handler], Handler]:
     """Declare the decorated function the handler of job kind ``name``.
 
     Declaring registers nothing: a :class:`Registry` takes the kinds declared in the modules it is
     given (:func:`jobs.kinds.load_registry` does that for the shipped kinds and
     ``JOBRUNNER_JOB_MODULES``). ``max_attempts`` and ``time_limit_seconds`` left None take the
-    settings' values there.
+    settings' values there. ``on_cancelled`` runs when a running job of the kind is stopped by a
+    cancel, in the transaction that records it; ``max_running`` bounds how many run at once.
     """
+    if max_running is not None and max_running < 1:
+        raise ValueError(f"max_running of {name!r} must be at least 1")
 
     def declare(handler: Handler) -> Handler:
         kind = JobKind(
@@ -150,6 +160,8 @@ def job_kind(
             time_limit_seconds=time_limit_seconds,
             queue=queue,
             on_failed=on_failed,
+            on_cancelled=on_cancelled,
+            max_running=max_running,
         )
         setattr(handler, _DECLARATION, kind)
         return handler
@@ -248,6 +260,10 @@ class Registry:
     def all(self) -> list[JobKind]:
         """Every kind, by name."""
         return [self._kinds[name] for name in sorted(self._kinds)]
+
+    def limited_kinds(self) -> dict[str, int]:
+        """The kinds declared with ``max_running``, and their limits."""
+        return {kind.name: kind.max_running for kind in self._kinds.values() if kind.max_running is not None}
 
     def queues(self) -> set[str]:
         """The queues the kinds use."""

@@ -10,6 +10,7 @@ from jobs import db
 from jobs.config import Settings
 from jobs.registry import Registry
 from worker.heartbeat import Heartbeat
+from worker.stopping import Stopper
 
 
 def worker_id() -> str:
@@ -30,6 +31,7 @@ class WorkerState:
     registry: Registry
     database: db.Database | None = None
     heartbeat: Heartbeat = dataclasses.field(init=False)
+    stopper: Stopper = dataclasses.field(default_factory=Stopper)
     worker_id: str = dataclasses.field(default_factory=worker_id)
 
     def __post_init__(self) -> None:
