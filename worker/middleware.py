@@ -166,20 +166,7 @@ class JobSessionMiddleware(Middleware):
 
     def _claim(self, connection: Connection, job_id: uuid.UUID) -> registry.RunningJob:
         """Claim the job, or raise SkipMessage saying why not."""
-        claim = functools.partial(
-            store.claim_job,
-            connection,
-            job_id,
-            worker_id=self.state.worker_id,
-            lease_seconds=self.settings.lease_seconds,
-            limits=self.limits,
-        )
-        try:
-            job = claim()
-        except errors.KindAtLimit as exc:
-            # The job stays queued; a job of its kind that ends sends it again (_wake_waiting).
-            _log(job_id, None, "waiting", "%s", exc)
-            raise SkipMessage() from None
+        job = self._try_claim(connection, job_id)
         if job is not None:
             return job
         reason, expired = store.describe_unclaimable(connection, job_id)
@@ -190,16 +177,27 @@ class JobSessionMiddleware(Middleware):
                 store.recover_lost_jobs(
                     session, job_ids=[job_id], quarantine_after_lost=self.settings.quarantine_after_lost
                 )
-            try:
-                job = claim()
-            except errors.KindAtLimit as exc:
-                _log(job_id, None, "waiting", "%s", exc)
-                raise SkipMessage() from None
+            job = self._try_claim(connection, job_id)
             if job is not None:
                 return job
             reason = "taken by another worker after its lease expired"
         _log(job_id, None, "skipped", "%s", reason)
         raise SkipMessage()
+
+    def _try_claim(self, connection: Connection, job_id: uuid.UUID) -> registry.RunningJob | None:
+        """The claim; a job whose kind is at its ``max_running`` stays queued and its message is
+        skipped (a job of its kind that ends sends it again: :meth:`_wake_waiting`)."""
+        try:
+            return store.claim_job(
+                connection,
+                job_id,
+                worker_id=self.state.worker_id,
+                lease_seconds=self.settings.lease_seconds,
+                limits=self.limits,
+            )
+        except errors.KindAtLimit as exc:
+            _log(job_id, None, "waiting", "%s", exc)
+            raise SkipMessage() from None
 
     # --- outcomes ---------------------------------------------------------------------------------
 
