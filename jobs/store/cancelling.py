@@ -91,7 +91,8 @@ def cancel(session: Session, job_ids: Sequence[uuid.UUID], *, reason: str | None
     """Cancel ``job_ids``: those not running at once, running ones by a request to stop. A job
     claimed between the two statements is caught by the second (each reads the latest rows)."""
     cancelled = cancel_jobs(session, job_ids, reason=reason)
-    rest = [job_id for job_id in job_ids if job_id not in set(cancelled)]
+    done = set(cancelled)
+    rest = [job_id for job_id in job_ids if job_id not in done]
     return Cancellation(cancelled=cancelled, stopping=request_stop(session, rest, reason=reason) if rest else [])
 
 
