@@ -83,6 +83,23 @@ class ReplayRequest(BaseModel):
     reason: str | None = Field(default=None, max_length=1000)
 
 
+class CancelRequest(BaseModel):
+    """``POST /jobs/{id}/cancel``: why, kept on the job (and its attempt, if it was running)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(default=None, max_length=1000)
+
+
+class JobCancelled(BaseModel):
+    """What a cancel did: ``cancelled`` at once, or ``running`` and ``stopping``."""
+
+    job_id: uuid.UUID
+    status: JobStatus
+    #: The job was running: it was asked to stop and ends ``cancelled`` within a few seconds.
+    stopping: bool
+
+
 class JobAccepted(BaseModel):
     """A job was stored and its ID sent (or left for the sweeper)."""
 

@@ -122,8 +122,12 @@ class Database:
 
     @functools.cached_property
     def readers(self) -> sessionmaker[Session]:
-        """Sessions for reading only: on SQLite they do not queue behind a long write."""
-        return sessionmaker(self.engine.execution_options(**{READ_ONLY_OPTION: True}), expire_on_commit=False)
+        """Sessions for reading only: on SQLite they do not queue behind a long write. They know the
+        job kinds, as ``sessions`` do (``registry.of(session)``), and send nothing."""
+        info = {REGISTRY_KEY: self.sessions.kw.get("info", {}).get(REGISTRY_KEY)}
+        return sessionmaker(
+            self.engine.execution_options(**{READ_ONLY_OPTION: True}), expire_on_commit=False, info=info
+        )
 
     @property
     def is_sqlite(self) -> bool:

@@ -66,3 +66,22 @@ class JobKindNotPublic(Invalid):
 
 class InvalidCursor(Invalid):
     """The pagination cursor is not one this API handed out."""
+
+
+class JobNotCancellable(Conflict):
+    """The job has finished: only a queued, retrying or running job can be cancelled."""
+
+
+class QueueNotFound(NotFound):
+    """No job kind uses that queue, no job is in it and it is not paused."""
+
+
+class JobCancelled(BaseException):
+    """The job was asked to stop (a cancel) while it ran: raised at its next ``checkpoint()``, or
+    in its thread by the worker. A ``BaseException``, as ``asyncio.CancelledError`` is, so a
+    handler's ``except Exception`` does not swallow it; the runner rolls the job's work back and
+    records the job ``cancelled``."""
+
+
+class KindAtLimit(JobError):
+    """The job's kind has as many jobs running as its ``max_running`` allows; the job waits."""

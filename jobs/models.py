@@ -93,7 +93,8 @@ class JobStatus(enum.StrEnum):
     SUCCEEDED = "succeeded"
     #: Gave up: attempts spent, a PermanentError, or quarantined. Leaves only by a replay.
     FAILED = "failed"
-    #: Dropped before it started (a batch cancel). Terminal.
+    #: Cancelled: at once from queued or retrying (a cancel, a batch cancel), or from running when
+    #: the worker noticed the cancel request (attempt ``cancelled``). Terminal.
     CANCELLED = "cancelled"
 
 
@@ -101,6 +102,8 @@ class JobStatus(enum.StrEnum):
 CLAIMABLE = (JobStatus.QUEUED, JobStatus.RETRYING)
 #: States a job never leaves on its own.
 TERMINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+#: States a cancel ends at once (the job is not running); a running job is asked to stop instead.
+CANCELLABLE_AT_ONCE = (JobStatus.QUEUED, JobStatus.RETRYING)
 
 
 class AttemptOutcome(enum.StrEnum):
@@ -120,6 +123,8 @@ class AttemptOutcome(enum.StrEnum):
     INTERRUPTED = "interrupted"
     #: Not an attempt: an operator replayed the failed job (the row says when and why).
     REPLAYED = "replayed"
+    #: The job was asked to stop while running and stopped; its work was rolled back. Final.
+    CANCELLED = "cancelled"
 
 
 def check_in(column: str, values: type[enum.StrEnum]) -> str:
@@ -159,6 +164,10 @@ class Job(Base):
     message_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     #: When the sweeper last found that message still held by the broker (so it sent none).
     resend_checked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    #: When a cancel was asked for (a running job stops at its next checkpoint, or is interrupted).
+    cancel_requested_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    #: Why, as the canceller said.
+    cancel_reason: Mapped[str | None] = mapped_column(Text)
 
 
 class JobAttempt(Base):
@@ -197,3 +206,14 @@ class IdempotencyKey(Base):
     job_status: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class QueuePause(Base):
+    """A paused queue: while its row exists, no job of the queue is claimed (running ones finish);
+    its jobs stay ``queued`` and are sent again when the queue is resumed."""
+
+    __tablename__ = "queue_pauses"
+
+    queue: Mapped[str] = mapped_column(String(100), primary_key=True)
+    paused_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    reason: Mapped[str | None] = mapped_column(Text)

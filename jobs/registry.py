@@ -87,6 +87,8 @@ AsyncHandler = Callable[[AsyncSession, RunningJob], Awaitable[None]]
 _AnyHandler = TypeVar("_AnyHandler", Handler, AsyncHandler)
 #: Runs in the transaction that records a job's final failure: ``on_failed(session, job, error)``.
 FailureHook = Callable[[Session, RunningJob, BaseException], None]
+#: Runs in the transaction that records a running job stopped by a cancel: ``on_cancelled(session, job)``.
+CancelHook = Callable[[Session, RunningJob], None]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -104,6 +106,9 @@ class JobKind:
     time_limit_seconds: float | None = None
     queue: str = DEFAULT_QUEUE
     on_failed: FailureHook | None = None
+    on_cancelled: CancelHook | None = None
+    #: At most this many jobs of the kind run at once, across every worker (None: no limit).
+    max_running: int | None = None
 
     @property
     def is_async(self) -> bool:
@@ -159,6 +164,8 @@ def job_kind(
     time_limit_seconds: float | None = None,
     queue: str = DEFAULT_QUEUE,
     on_failed: FailureHook | None = None,
+    on_cancelled: CancelHook | None = None,
+    max_running: int | None = None,
 ) -> Callable[[_AnyHandler], _AnyHandler]:
     """Declare the decorated function the handler of job kind ``name``: ``handler(session, job)``,
     or ``async def handler(session: AsyncSession, job)`` (run on the worker's event loop).
@@ -166,8 +173,11 @@ def job_kind(
     Declaring registers nothing: a :class:`Registry` takes the kinds declared in the modules it is
     given (:func:`jobs.kinds.load_registry` does that for the shipped kinds and
     ``JOBRUNNER_JOB_MODULES``). ``max_attempts`` and ``time_limit_seconds`` left None take the
-    settings' values there.
+    settings' values there. ``on_cancelled`` runs when a running job of the kind is stopped by a
+    cancel, in the transaction that records it; ``max_running`` bounds how many run at once.
     """
+    if max_running is not None and max_running < 1:
+        raise ValueError(f"max_running of {name!r} must be at least 1")
 
     def declare(handler: _AnyHandler) -> _AnyHandler:
         kind = JobKind(
@@ -179,6 +189,8 @@ def job_kind(
             time_limit_seconds=time_limit_seconds,
             queue=queue,
             on_failed=on_failed,
+            on_cancelled=on_cancelled,
+            max_running=max_running,
         )
         setattr(handler, _DECLARATION, kind)
         return handler
@@ -281,6 +293,10 @@ class Registry:
     def has_async_kinds(self) -> bool:
         """Whether any kind has an async handler (the worker then runs an event loop)."""
         return any(kind.is_async for kind in self._kinds.values())
+
+    def limited_kinds(self) -> dict[str, int]:
+        """The kinds declared with ``max_running``, and their limits."""
+        return {kind.name: kind.max_running for kind in self._kinds.values() if kind.max_running is not None}
 
     def queues(self) -> set[str]:
         """The queues the kinds use."""

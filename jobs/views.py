@@ -58,6 +58,8 @@ class JobOut(JobSummary):
     enqueued_at: dt.datetime | None
     lease_expires_at: dt.datetime | None
     worker_id: str | None
+    cancel_requested_at: dt.datetime | None
+    cancel_reason: str | None
     history: list[AttemptOut]
 
 
@@ -77,6 +79,8 @@ def job_out(session: Session, job_id: uuid.UUID) -> JobOut:
             "enqueued_at": job.enqueued_at,
             "lease_expires_at": job.lease_expires_at,
             "worker_id": job.worker_id,
+            "cancel_requested_at": job.cancel_requested_at,
+            "cancel_reason": job.cancel_reason,
             "history": history,
         }
     )

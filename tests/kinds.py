@@ -140,3 +140,34 @@ def emit_then_fail(session, job):
 def emit_from_job(session, job):
     """Emit an event from inside a job that succeeds."""
     events.emit(session, "user_registered", {"org_id": "from-a-job", "user_id": str(job.id), "email": "j@example.com"})
+
+
+class StubbornArgs(pydantic.BaseModel):
+    seconds: float = 60.0
+    #: Write a note before sleeping (PostgreSQL: SQLite's one writer would hold off the cancel itself).
+    write_first: bool = False
+
+
+def _note_cancel(session: Session, job: registry.RunningJob) -> None:
+    session.execute(insert(notes).values(job_id=job.id, text="on_cancelled"))
+
+
+@registry.job_kind("test.stubborn", args=StubbornArgs, on_cancelled=_note_cancel)
+def sleep_without_checkpoints(session: Session, job: registry.RunningJob) -> None:
+    """Never checkpoints: only an interrupt in its thread stops it. Notes "done" if it ends."""
+    if job.args.write_first:
+        session.execute(insert(notes).values(job_id=job.id, text="uncommitted"))
+        session.flush()
+    _sleep(job.args.seconds)
+    session.execute(insert(notes).values(job_id=job.id, text="done"))
+
+
+@registry.job_kind("test.limited", args=SleepArgs, max_running=2)
+def limited(session: Session, job: registry.RunningJob) -> None:
+    """At most two run at once, wherever they run."""
+    _sleep(job.args.seconds)
+
+
+@registry.job_kind("test.elsewhere", queue="control")
+def in_another_queue(session: Session, job: registry.RunningJob) -> None:
+    """A job of the ``control`` queue (the pause tests pause it)."""

@@ -44,7 +44,7 @@ class WorkerLifecycle(Middleware):
         if state.database is None:
             state.database = db.make_database(
                 state.settings.database_url,
-                pool_size=worker.worker_threads + 2,
+                pool_size=worker.worker_threads + 3,  # and the heartbeat, sweeper and stopper
                 sender=producer.make_sender(broker),  # type: ignore[arg-type]  # the worker's broker is a RedisBroker
                 registry=state.registry,
                 application_name="jobrunner-worker",
@@ -58,6 +58,7 @@ class WorkerLifecycle(Middleware):
                 application_name="jobrunner-worker",
             )
         state.heartbeat.start(state.database)
+        state.stopper.start(state.database)
         self._sweeper = sweeper.make_sweeper(
             state.database,
             state.settings,
@@ -91,6 +92,7 @@ class WorkerLifecycle(Middleware):
         if self._sweeper is not None:
             self._sweeper.stop()
         self.state.heartbeat.stop()
+        self.state.stopper.stop()
         if self._owns_database and self.state.database is not None:
             self.state.database.dispose()
         loop = get_event_loop_thread()

@@ -9,7 +9,10 @@ after TimeLimit's; the process lifecycle is :mod:`worker.lifecycle`'s):
 2. the actor, which calls :func:`run_current_job`: the kind's handler with that session.
 3. ``after_process_message``: on success, mark the job ``succeeded`` in the handler's transaction,
    fenced on the claim token, and commit; on failure (any ``BaseException``, Dramatiq's
-   ``TimeLimitExceeded`` included), roll back, close, and record the failure in a fresh session.
+   ``TimeLimitExceeded`` included), roll back, close, and record the failure in a fresh session;
+   a job that was asked to stop (a cancel) is recorded ``cancelled`` instead, however it ended but
+   by success (see :mod:`worker.stopping`). A job of a kind with ``max_running`` that ended frees a
+   slot: the kind's waiting jobs are sent again.
    ``after_skip_message`` covers a message skipped after the claim. Every path closes the session.
 
 An async kind (``async def handler(session: AsyncSession, job)``) takes the same steps: its claim
@@ -46,6 +49,7 @@ from sqlalchemy.orm import Session
 from jobs import db, errors, registry, store
 from jobs.models import JobStatus
 from worker.state import WorkerState
+from worker.stopping import Stopper
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +72,7 @@ class _Current:
     #: kind: its claim's connection went back at once, and its AsyncSession has one of its own).
     connection: Connection | None
     session: Session | AsyncSession
+    stopper: Stopper
     #: What the handler raised (the actor catches it so Dramatiq does not log it as unhandled).
     error: BaseException | None = None
     ran: bool = False
@@ -90,14 +95,15 @@ def run_current_job() -> None:
         if current.kind is None:
             raise errors.UnknownJobKind(f"this worker has no job kind {current.job.kind!r}")
         current.job.args = current.kind.parse_args(current.job.args)
-        if isinstance(current.session, AsyncSession):
-            # On Dramatiq's event loop thread (the AsyncIO middleware's): a time limit or shutdown
-            # raised in this thread cancels the coroutine there (EventLoopThread.run_coroutine).
-            handler = typing.cast(registry.AsyncHandler, current.kind.handler)
-            _event_loop().run_coroutine(handler(current.session, current.job))
-        else:
-            typing.cast(registry.Handler, current.kind.handler)(current.session, current.job)
-    except BaseException as exc:  # TimeLimitExceeded and Shutdown are failures too
+        with current.stopper.handling(current.job):
+            if isinstance(current.session, AsyncSession):
+                # On Dramatiq's event loop thread (the AsyncIO middleware's): a time limit, shutdown
+                # or cancel raised in this thread cancels the coroutine there (EventLoopThread.run_coroutine).
+                handler = typing.cast(registry.AsyncHandler, current.kind.handler)
+                _event_loop().run_coroutine(handler(current.session, current.job))
+            else:
+                typing.cast(registry.Handler, current.kind.handler)(current.session, current.job)
+    except BaseException as exc:  # TimeLimitExceeded, Shutdown and JobCancelled are failures too
         current.error = exc
 
 
@@ -107,6 +113,8 @@ class JobSessionMiddleware(Middleware):
     def __init__(self, state: WorkerState) -> None:
         self.state = state
         self.settings = state.settings
+        #: The kinds with ``max_running``, which the claim counts.
+        self.limits = state.registry.limited_kinds()
 
     # --- one message --------------------------------------------------------------------------
 
@@ -132,17 +140,18 @@ class JobSessionMiddleware(Middleware):
         # TimeLimit (after us in the list) reads the limit from the message; the row's kind decides it.
         message.options["time_limit"] = limit * 1000
         lease_seconds = self.settings.lease_seconds
+        stopper = self.state.stopper
         if kind is not None and kind.is_async:
             _close_connection(connection)
             async_session = self.state.require_async_database().sessions()
             job.set_checkpoint_async(
                 functools.partial(_checkpoint_async, async_session, job, lease_seconds=lease_seconds)
             )
-            _current.set(_Current(job=job, kind=kind, connection=None, session=async_session))
+            _current.set(_Current(job=job, kind=kind, connection=None, session=async_session, stopper=stopper))
         else:
             session = self.state.require_database().sessions(bind=connection)
             job.set_checkpoint(functools.partial(store.checkpoint, session, job, lease_seconds=lease_seconds))
-            _current.set(_Current(job=job, kind=kind, connection=connection, session=session))
+            _current.set(_Current(job=job, kind=kind, connection=connection, session=session, stopper=stopper))
         self.state.heartbeat.track(job)
 
     def after_process_message(
@@ -163,6 +172,7 @@ class JobSessionMiddleware(Middleware):
                 self._fail(current, error)
         finally:
             self.state.heartbeat.untrack()
+            self._wake_waiting(current)
             # The error's traceback holds the handler's frames (and this record): let them go now,
             # not at the next cyclic garbage collection (as Dramatiq's clear_exception does).
             current.error = None
@@ -177,19 +187,13 @@ class JobSessionMiddleware(Middleware):
             self._interrupt(current, "the message was skipped before the job ran")
         finally:
             self.state.heartbeat.untrack()
+            self._wake_waiting(current)
 
     # --- the claim ------------------------------------------------------------------------------
 
     def _claim(self, connection: Connection, job_id: uuid.UUID) -> registry.RunningJob:
         """Claim the job, or raise SkipMessage saying why not."""
-        claim = functools.partial(
-            store.claim_job,
-            connection,
-            job_id,
-            worker_id=self.state.worker_id,
-            lease_seconds=self.settings.lease_seconds,
-        )
-        job = claim()
+        job = self._try_claim(connection, job_id)
         if job is not None:
             return job
         reason, expired = store.describe_unclaimable(connection, job_id)
@@ -200,12 +204,27 @@ class JobSessionMiddleware(Middleware):
                 store.recover_lost_jobs(
                     session, job_ids=[job_id], quarantine_after_lost=self.settings.quarantine_after_lost
                 )
-            job = claim()
+            job = self._try_claim(connection, job_id)
             if job is not None:
                 return job
             reason = "taken by another worker after its lease expired"
         _log(job_id, None, "skipped", "%s", reason)
         raise SkipMessage()
+
+    def _try_claim(self, connection: Connection, job_id: uuid.UUID) -> registry.RunningJob | None:
+        """The claim; a job whose kind is at its ``max_running`` stays queued and its message is
+        skipped (a job of its kind that ends sends it again: :meth:`_wake_waiting`)."""
+        try:
+            return store.claim_job(
+                connection,
+                job_id,
+                worker_id=self.state.worker_id,
+                lease_seconds=self.settings.lease_seconds,
+                limits=self.limits,
+            )
+        except errors.KindAtLimit as exc:
+            _log(job_id, None, "waiting", "%s", exc)
+            raise SkipMessage() from None
 
     # --- outcomes ---------------------------------------------------------------------------------
 
@@ -245,11 +264,18 @@ class JobSessionMiddleware(Middleware):
         backoff = self.settings.retry_backoff_seconds
         try:
             status = self._record(
-                job, lambda session: store.record_failure(session, job, error, backoff_seconds=backoff)
+                job,
+                lambda session: (
+                    JobStatus.CANCELLED
+                    if store.record_cancellation(session, job)
+                    else store.record_failure(session, job, error, backoff_seconds=backoff)
+                ),
             )
         except _Unrecorded:
             return
-        if status is JobStatus.RETRYING:
+        if status is JobStatus.CANCELLED:
+            _log_cancelled(job)
+        elif status is JobStatus.RETRYING:
             _log(
                 job.id,
                 job.kind,
@@ -277,11 +303,32 @@ class JobSessionMiddleware(Middleware):
         _close(current)
         job = current.job
         try:
-            held = self._record(job, lambda session: store.interrupt_job(session, job, reason=reason))
+            status = self._record(
+                job,
+                lambda session: (
+                    JobStatus.CANCELLED
+                    if store.record_cancellation(session, job)
+                    else (JobStatus.QUEUED if store.interrupt_job(session, job, reason=reason) else None)
+                ),
+            )
         except _Unrecorded:
             return
-        if held:
+        if status is JobStatus.CANCELLED:
+            _log_cancelled(job)
+        elif status is JobStatus.QUEUED:
             _log(job.id, job.kind, "interrupted", "back to queued: %s", reason)
+
+    def _wake_waiting(self, current: _Current) -> None:
+        """A job of a kind with ``max_running`` ended: send the kind's waiting jobs again."""
+        limit = self.limits.get(current.job.kind)
+        if limit is None:
+            return
+        try:
+            with db.session_scope(self.state.require_database().sessions) as session:
+                store.wake_waiting_jobs(session, current.job.kind, max_running=limit)
+        except (sa_exc.SQLAlchemyError, BrokerConnectionError) as exc:
+            # The sweeper re-sends them later (REQUEUE_AFTER_SECONDS).
+            logger.warning("could not wake the waiting jobs of %s: %s", current.job.kind, exc)
 
     def _record(self, job: registry.RunningJob, write: Callable[[Session], _T]) -> _T:
         """Run ``write`` in a fresh session and commit, retrying while the database is unreachable.
@@ -391,6 +438,10 @@ def _close_connection(connection: Connection | None) -> None:
         connection.invalidate()
 
 
+def _log_cancelled(job: registry.RunningJob) -> None:
+    _log(job.id, job.kind, "cancelled", "stopped at attempt %d; its work was rolled back", job.attempt)
+
+
 def _log_claim_lost(job: registry.RunningJob) -> None:
     _log(
         job.id,
@@ -407,6 +458,9 @@ _LEVELS = {
     "retrying": logging.INFO,
     "interrupted": logging.INFO,
     "interrupting": logging.INFO,
+    "waiting": logging.INFO,
+    "stopping": logging.INFO,
+    "cancelled": logging.INFO,
     "db_unreachable": logging.WARNING,
     "claim_lost": logging.WARNING,
     "failed": logging.ERROR,

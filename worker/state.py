@@ -10,6 +10,7 @@ from jobs import db
 from jobs.config import Settings
 from jobs.registry import Registry
 from worker.heartbeat import Heartbeat
+from worker.stopping import Stopper
 
 
 def worker_id() -> str:
@@ -32,6 +33,7 @@ class WorkerState:
     #: The asyncio engine and sessions of the async kinds' jobs (built at boot when there are any).
     async_database: db.AsyncDatabase | None = None
     heartbeat: Heartbeat = dataclasses.field(init=False)
+    stopper: Stopper = dataclasses.field(default_factory=Stopper)
     worker_id: str = dataclasses.field(default_factory=worker_id)
 
     def __post_init__(self) -> None:

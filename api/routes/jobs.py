@@ -135,3 +135,20 @@ def replay_job(
     accepted = once.answer(session, "POST /jobs/{job_id}/replay", {"job_id": str(job_id), "reason": reason}, replay)
     session.commit()
     return accepted
+
+
+@router.post(
+    "/{job_id}/cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=schemas.JobCancelled,
+    responses=errors(401, 404, 409, 422),
+)
+def cancel_job(
+    job_id: uuid.UUID, session: SessionDep, request: Annotated[schemas.CancelRequest | None, Body()] = None
+) -> schemas.JobCancelled:
+    """Cancel a job: a queued or retrying one is ``cancelled`` at once; a running one is asked to
+    stop (``stopping: true``) and ends ``cancelled`` within a few seconds, its work rolled back,
+    unless it finishes first. A finished job: 409."""
+    job = store.cancel_job(session, job_id, reason=request.reason if request else None)
+    session.commit()
+    return schemas.JobCancelled(job_id=job.id, status=JobStatus(job.status), stopping=job.status == JobStatus.RUNNING)

@@ -1,7 +1,7 @@
 """The shipped job kinds, one package (or module) per feature, and the one function that loads
 every kind an application runs.
 
-- ``basic``: ``noop`` and ``fail``.
+- ``basic``: ``noop``, ``fail`` and ``sleep``.
 - ``files``: CSV upload -> ``records`` (``file.process``).
 - ``batches``: an operation over many records in parallel chunk jobs (``batch.plan``, ``batch.chunk``).
 - ``events``: domain events, the outbox and idempotent handlers (``event.handle``), projections.

@@ -1,6 +1,9 @@
-"""``noop`` and ``fail``: the smallest kinds, to see the job lifecycle end to end."""
+"""``noop``, ``fail`` and ``sleep``: the smallest kinds, to see the job lifecycle end to end (and
+try a cancel)."""
 
 from __future__ import annotations
+
+import time
 
 import pydantic
 from sqlalchemy.orm import Session
@@ -26,6 +29,18 @@ class FailArgs(pydantic.BaseModel):
     permanent: bool = False
 
 
+class SleepArgs(pydantic.BaseModel):
+    """How long ``sleep`` sleeps."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    seconds: float = pydantic.Field(gt=0, le=3600)
+
+
+#: ``sleep`` checkpoints this often, so a cancel stops it within about this long.
+SLEEP_CHECKPOINT_SECONDS = 1.0
+
+
 class IntentionalFailure(Exception):
     """Raised by the ``fail`` kind."""
 
@@ -44,3 +59,14 @@ def fail(session: Session, job: registry.RunningJob) -> None:
     if args.permanent:
         raise errors.PermanentError(args.message)
     raise IntentionalFailure(args.message)
+
+
+@registry.job_kind("sleep", public=True, args=SleepArgs, time_limit_seconds=3700)
+def sleep(session: Session, job: registry.RunningJob) -> None:
+    """Sleep ``seconds`` (at most an hour), checkpointing every second: for demos, tests and trying
+    a cancel."""
+    args: SleepArgs = job.args
+    deadline = time.monotonic() + args.seconds
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(left, SLEEP_CHECKPOINT_SECONDS))
+        job.checkpoint()

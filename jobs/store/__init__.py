@@ -10,12 +10,29 @@ Every update of a running job is *fenced*: it applies only while the row still c
 token this worker got, so a worker that lost its claim can change nothing.
 
 The modules: ``creating``, ``running`` (a job's attempt from claim to outcome), ``recovery`` (the
-sweeper's work and pruning), ``replaying`` (and cancelling), ``reading``. Callers use this package:
-``store.claim_job(...)``.
+sweeper's work and pruning), ``replaying``, ``cancelling``, ``queues`` (pauses, limits), ``reading``.
+Callers use this package: ``store.claim_job(...)``.
 """
 
 from jobs.store.base import utcnow
+from jobs.store.cancelling import (
+    Cancellation,
+    asked_to_stop,
+    cancel,
+    cancel_job,
+    cancel_jobs,
+    record_cancellation,
+    request_stop,
+    select_cancellable_jobs,
+)
 from jobs.store.creating import create_job, create_jobs
+from jobs.store.queues import (
+    QueueInfo,
+    list_queues,
+    pause_queue,
+    resume_queue,
+    wake_waiting_jobs,
+)
 from jobs.store.reading import (
     count_jobs,
     get_job,
@@ -33,7 +50,6 @@ from jobs.store.recovery import (
     try_sweep_lock,
 )
 from jobs.store.replaying import (
-    cancel_jobs,
     replay_job,
     replay_jobs,
 )
@@ -53,6 +69,18 @@ from jobs.store.running import (
 )
 
 __all__ = [
+    "Cancellation",
+    "QueueInfo",
+    "list_queues",
+    "pause_queue",
+    "resume_queue",
+    "wake_waiting_jobs",
+    "asked_to_stop",
+    "cancel",
+    "cancel_job",
+    "record_cancellation",
+    "request_stop",
+    "select_cancellable_jobs",
     "MAX_ERROR_CHARS",
     "MAX_RETRY_DELAY_SECONDS",
     "SWEEP_LOCK_KEY",

@@ -43,6 +43,7 @@ COUNTED_OUTCOMES = (
     AttemptOutcome.ERROR.value,
     AttemptOutcome.FAILED.value,
     AttemptOutcome.LOST.value,
+    AttemptOutcome.CANCELLED.value,
 )
 #: How many violations of each check are listed unless the caller says otherwise.
 DEFAULT_LIMIT = 100

@@ -6,16 +6,18 @@ import datetime as dt
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from jobs import errors, models, registry, sending
 from jobs.models import AttemptOutcome, JobStatus
+from jobs.store import cancelling
 from jobs.store.base import INSERT_ATTEMPT, attempt_row, utcnow
 from jobs.store.running import run_failure_hook
 
 _jobs = models.Job.__table__
 _attempts = models.JobAttempt.__table__
+_pauses = models.QueuePause.__table__
 
 #: The attempt's message when its worker stopped renewing the lease.
 LOST_MESSAGE = "the worker stopped renewing its lease (it died or stalled)"
@@ -77,8 +79,11 @@ def _take_back(session: Session, job: models.Job, *, now: dt.datetime, quarantin
     the ``quarantine_after_lost``-th of the run, or its last attempt), the attempt is the run's final
     one: ``failed``, with error type ``jobs.errors.WorkerLost``, as :func:`record_failure` writes
     ``failed`` rather than ``error`` for a last attempt. So every ``failed`` job has exactly one
-    ``failed`` attempt in its current run, whichever path failed it.
+    ``failed`` attempt in its current run, whichever path failed it. A job that was asked to stop
+    (a cancel) ends ``cancelled`` instead, attempt ``cancelled``.
     """
+    if job.cancel_requested_at is not None:
+        return _cancel_taken_back(session, job, now=now)
     earlier_deaths = session.execute(
         select(func.count())
         .select_from(models.JobAttempt)
@@ -127,6 +132,27 @@ def _take_back(session: Session, job: models.Job, *, now: dt.datetime, quarantin
     return JobStatus.FAILED
 
 
+def _cancel_taken_back(session: Session, job: models.Job, *, now: dt.datetime) -> JobStatus:
+    """A job asked to stop whose worker died before it recorded the cancel: end it ``cancelled``."""
+    reason = job.cancel_reason or "cancelled while running"
+    session.execute(
+        INSERT_ATTEMPT,
+        attempt_row(
+            job,
+            outcome=AttemptOutcome.CANCELLED,
+            finished_at=now,
+            error_type=cancelling.CANCELLED_TYPE,
+            error_message=f"{reason} ({LOST_MESSAGE})",
+        ),
+    )
+    job.claim_token = None
+    job.lease_expires_at = None
+    job.status = JobStatus.CANCELLED
+    job.finished_at = now
+    cancelling.run_cancel_hook(session, _as_running(session, job))
+    return JobStatus.CANCELLED
+
+
 # --- the sweeper --------------------------------------------------------------------------------
 
 #: Key of the PostgreSQL advisory lock that lets one sweeper pass run at a time across workers.
@@ -173,6 +199,7 @@ def resend_overdue_jobs(
         select(_jobs.c.id, _jobs.c.queue, _jobs.c.status, _jobs.c.message_id, _jobs.c.enqueued_at)
         .where(
             _jobs.c.enqueued_at < cutoff,
+            ~exists().where(_pauses.c.queue == _jobs.c.queue),  # resumed, they are sent at once
             (_jobs.c.status == JobStatus.QUEUED.value)
             | ((_jobs.c.status == JobStatus.RETRYING.value) & (_jobs.c.next_retry_at < cutoff)),
             (_jobs.c.resend_checked_at.is_(None)) | (_jobs.c.resend_checked_at < cutoff),

@@ -1,12 +1,11 @@
-"""Replaying failed jobs (one or many) and cancelling jobs not yet started."""
+"""Replaying failed jobs (one or many)."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Any
 
-from sqlalchemy import Select, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from jobs import errors, models, sending
@@ -43,6 +42,8 @@ def replay_jobs(session: Session, job_ids: Sequence[uuid.UUID], *, reason: str |
             error_type=None,
             error_message=None,
             error_traceback=None,
+            cancel_requested_at=None,
+            cancel_reason=None,
         )
         .returning(_jobs.c.id, _jobs.c.queue, _jobs.c.replay_count)
     ).all()
@@ -79,23 +80,3 @@ def replay_job(session: Session, job_id: uuid.UUID, *, reason: str | None = None
         raise errors.JobNotReplayable(f"job {job_id} is {job.status}; only a failed job can be replayed")
     session.refresh(job)
     return job
-
-
-def cancel_jobs(session: Session, job_ids: Sequence[uuid.UUID] | Select[Any]) -> list[uuid.UUID]:
-    """Cancel the jobs among ``job_ids`` (a list, or a SELECT of IDs) that have not started:
-    ``queued|retrying -> cancelled``, in one conditional UPDATE. A running job is left to finish; a
-    message still in the broker for a cancelled job is skipped by the claim. Returns those cancelled.
-    """
-    rows = session.execute(
-        update(_jobs)
-        .where(_jobs.c.id.in_(job_ids), _jobs.c.status.in_([s.value for s in models.CLAIMABLE]))
-        .values(
-            status=JobStatus.CANCELLED.value,
-            finished_at=utcnow(),
-            next_retry_at=None,
-            claim_token=None,
-            lease_expires_at=None,
-        )
-        .returning(_jobs.c.id)
-    ).all()
-    return [row.id for row in rows]

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import logging
 import random
 import traceback
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     Connection,
     bindparam,
+    exists,
     func,
     insert,
     literal,
@@ -26,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from jobs import errors, models, registry, sending
 from jobs.models import AttemptOutcome, JobStatus, UTCDateTime
+from jobs.store import queues
 from jobs.store.base import INSERT_ATTEMPT, HotStatement, attempt_row, utcnow
 
 logger = logging.getLogger(__name__)
@@ -42,23 +45,46 @@ MAX_RETRY_DELAY_SECONDS = 3600.0
 #: The claimable statuses, inlined as constants: nothing left for SQLAlchemy to expand per call.
 _CLAIMABLE_SQL: list[ColumnElement[Any]] = [literal_column(f"'{status.value}'") for status in models.CLAIMABLE]
 
-_CLAIM = (
-    update(_jobs)
-    .where(_jobs.c.id == bindparam("b_job_id"), _jobs.c.status.in_(_CLAIMABLE_SQL))
-    .values(
-        status=JobStatus.RUNNING.value,
-        attempts=_jobs.c.attempts + 1,
-        claim_token=bindparam("b_token"),
-        lease_expires_at=bindparam("b_lease"),
-        worker_id=bindparam("b_worker"),
-        started_at=bindparam("b_now"),
-        next_retry_at=None,
+_pauses = models.QueuePause.__table__
+#: The job's queue is paused: a lookup by primary key in a table that is usually empty.
+_QUEUE_PAUSED = exists().where(_pauses.c.queue == _jobs.c.queue)
+
+
+def _claim_statement(limited_kinds: frozenset[str]) -> Any:
+    """The claim UPDATE: a claimable job of a queue not paused, of a kind not in ``limited_kinds``
+    (those are claimed by :func:`_claim_limited`, which counts their running jobs first)."""
+    where = [_jobs.c.id == bindparam("b_job_id"), _jobs.c.status.in_(_CLAIMABLE_SQL), ~_QUEUE_PAUSED]
+    if limited_kinds:
+        where.append(_jobs.c.kind.not_in([literal(kind) for kind in sorted(limited_kinds)]))
+    return (
+        update(_jobs)
+        .where(*where)
+        .values(
+            status=JobStatus.RUNNING.value,
+            attempts=_jobs.c.attempts + 1,
+            claim_token=bindparam("b_token"),
+            lease_expires_at=bindparam("b_lease"),
+            worker_id=bindparam("b_worker"),
+            started_at=bindparam("b_now"),
+            next_retry_at=None,
+        )
+        .returning(
+            _jobs.c.kind, _jobs.c.args, _jobs.c.attempts, _jobs.c.max_attempts, _jobs.c.replay_count, _jobs.c.queue
+        )
     )
-    .returning(_jobs.c.kind, _jobs.c.args, _jobs.c.attempts, _jobs.c.max_attempts, _jobs.c.replay_count, _jobs.c.queue)
-)
 
 
-_HOT_CLAIM = HotStatement(_CLAIM)
+_CLAIM = _claim_statement(frozenset())
+
+
+@functools.lru_cache(maxsize=8)
+def _hot_claim(limited_kinds: frozenset[str]) -> HotStatement:
+    """The claim as a :class:`HotStatement`, built once per set of limited kinds (one per worker)."""
+    return HotStatement(_claim_statement(limited_kinds))
+
+
+#: The claim of a worker whose kinds have no ``max_running``.
+_HOT_CLAIM = _hot_claim(frozenset())
 
 
 @contextlib.contextmanager
@@ -75,28 +101,38 @@ def _own_transaction(conn: Connection) -> Iterator[None]:
 
 
 def claim_job(
-    conn: Connection, job_id: uuid.UUID, *, worker_id: str, lease_seconds: float
+    conn: Connection,
+    job_id: uuid.UUID,
+    *,
+    worker_id: str,
+    lease_seconds: float,
+    limits: Mapping[str, int] | None = None,
 ) -> registry.RunningJob | None:
     """Atomically take a ``queued`` or ``retrying`` job: ``running``, attempts + 1, new token, lease.
 
     One UPDATE, committed at once in a transaction of its own (``conn`` must not be in one), decides
-    it: of two workers racing for a job exactly one gets it. Returns None when the job is not
-    claimable (see :func:`describe_unclaimable`); the row is then untouched.
+    it: of two workers racing for a job exactly one gets it. A job of a paused queue is not taken.
+    ``limits``: the kinds declared with ``max_running`` and their limits (the registry's); a job of
+    one of them is taken only under its limit (see :mod:`jobs.store.queues`). Returns None when the
+    job is not claimable (see :func:`describe_unclaimable`); the row is then untouched.
+
+    Raises:
+        KindAtLimit: the job's kind has ``max_running`` jobs running; the job stays as it was.
     """
     now = utcnow()
     token = uuid.uuid4()
+    params = {
+        "b_job_id": job_id,
+        "b_token": token,
+        "b_lease": now + dt.timedelta(seconds=lease_seconds),
+        "b_worker": worker_id,
+        "b_now": now,
+    }
+    limited_kinds = frozenset(limits or ())
     with _own_transaction(conn):
-        row = _HOT_CLAIM.first(
-            conn,
-            {
-                "b_job_id": job_id,
-                "b_token": token,
-                "b_lease": now + dt.timedelta(seconds=lease_seconds),
-                "b_worker": worker_id,
-                "b_now": now,
-            },
-            own_transaction=True,
-        )
+        row = _hot_claim(limited_kinds).first(conn, params, own_transaction=True)
+    if row is None and limits:
+        row = _claim_limited(conn, job_id, params, limits)
     if row is None:
         return None
     return registry.RunningJob(
@@ -111,11 +147,27 @@ def claim_job(
     )
 
 
+def _claim_limited(conn: Connection, job_id: uuid.UUID, params: dict[str, Any], limits: Mapping[str, int]) -> Any:
+    """The claim of a job whose kind has a ``max_running`` limit: one claim of the kind at a time
+    (see :func:`jobs.store.queues.lock_kind`), counting the kind's running jobs first."""
+    with conn.begin():
+        kind = queues.kind_of(conn, job_id)
+        if kind is None or kind not in limits:
+            return None
+        queues.lock_kind(conn, kind)
+        if queues.count_running(conn, kind) >= limits[kind]:
+            raise errors.KindAtLimit(f"{limits[kind]} job(s) of {kind} are running, its max_running")
+        return conn.execute(_CLAIM, params).first()
+
+
 def describe_unclaimable(conn: Connection, job_id: uuid.UUID) -> tuple[str, bool]:
     """Why a job could not be claimed, and whether it is running under an expired lease."""
-    row = conn.execute(select(_jobs.c.status, _jobs.c.lease_expires_at).where(_jobs.c.id == job_id)).first()
+    query = select(_jobs.c.status, _jobs.c.queue, _jobs.c.lease_expires_at).where(_jobs.c.id == job_id)
+    row = conn.execute(query).first()
     if row is None:
         return "no such job", False
+    if row.status in models.CLAIMABLE and queues.select_pause_of(conn, row.queue):
+        return f"queue {row.queue} is paused", False
     if row.status != JobStatus.RUNNING:
         return f"job is {row.status}", False
     if row.lease_expires_at is not None and row.lease_expires_at < utcnow():
@@ -126,7 +178,8 @@ def describe_unclaimable(conn: Connection, job_id: uuid.UUID) -> tuple[str, bool
 # --- finishing an attempt -----------------------------------------------------------------------
 
 _now_param = bindparam("b_now", type_=UTCDateTime())
-_fence = (
+#: The claim fence: an update of a running job applies only while this worker holds its claim.
+FENCE = (
     _jobs.c.id == bindparam("b_job_id"),
     _jobs.c.claim_token == bindparam("b_token"),
     _jobs.c.status == JobStatus.RUNNING.value,
@@ -135,7 +188,7 @@ _attempt_columns = ["job_id", "run", "number", "worker_id", "started_at", "finis
 
 _SUCCEED = (
     update(_jobs)
-    .where(*_fence)
+    .where(*FENCE)
     .values(
         status=JobStatus.SUCCEEDED.value,
         finished_at=_now_param,
@@ -187,7 +240,7 @@ def complete_job(conn: Connection, job: registry.RunningJob) -> bool:
 
 _FAIL = (
     update(_jobs)
-    .where(*_fence)
+    .where(*FENCE)
     .values(
         status=bindparam("b_status"),
         next_retry_at=bindparam("b_next_retry_at", type_=UTCDateTime()),
@@ -280,7 +333,7 @@ def run_failure_hook(session: Session, job: registry.RunningJob, error: BaseExce
 
 _INTERRUPT = (
     update(_jobs)
-    .where(*_fence)
+    .where(*FENCE)
     .values(
         status=JobStatus.QUEUED.value,
         attempts=_jobs.c.attempts - 1,
@@ -310,7 +363,7 @@ def interrupt_job(session: Session, job: registry.RunningJob, *, reason: str) ->
     return True
 
 
-_RENEW = update(_jobs).where(*_fence).values(lease_expires_at=bindparam("b_lease", type_=UTCDateTime()))
+_RENEW = update(_jobs).where(*FENCE).values(lease_expires_at=bindparam("b_lease", type_=UTCDateTime()))
 
 
 def renew_claim(conn: Connection, job: registry.RunningJob, *, lease_seconds: float) -> bool:
@@ -340,12 +393,30 @@ def renew_leases(conn: Connection, claim_tokens: Sequence[uuid.UUID], *, lease_s
     return conn.execute(_RENEW_ALL, {"b_tokens": list(claim_tokens), "b_lease": lease}).rowcount
 
 
+_CHECKPOINT = (
+    update(_jobs)
+    .where(*FENCE)
+    .values(lease_expires_at=bindparam("b_lease", type_=UTCDateTime()))
+    .returning(_jobs.c.cancel_requested_at)
+)
+
+
 def checkpoint(session: Session, job: registry.RunningJob, *, lease_seconds: float) -> None:
-    """Commit the handler's work so far, with a renewed lease, only while the claim is held.
+    """Commit the handler's work so far, with a renewed lease, only while the claim is held and no
+    cancel was asked for.
 
     Raises:
         ClaimLost: another worker holds the job now; nothing was committed.
+        JobCancelled: the job was asked to stop; nothing was committed (the runner rolls back).
     """
-    if not renew_claim(session.connection(), job, lease_seconds=lease_seconds):
+    params = {
+        "b_job_id": job.id,
+        "b_token": job.claim_token,
+        "b_lease": utcnow() + dt.timedelta(seconds=lease_seconds),
+    }
+    row = session.connection().execute(_CHECKPOINT, params).first()
+    if row is None:
         raise errors.ClaimLost(f"job {job.id} was taken over by another worker; its work was not committed")
+    if row.cancel_requested_at is not None:
+        raise errors.JobCancelled(f"job {job.id} was cancelled")
     session.commit()
