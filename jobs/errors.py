@@ -66,3 +66,7 @@ class JobKindNotPublic(Invalid):
 
 class InvalidCursor(Invalid):
     """The pagination cursor is not one this API handed out."""
+
+
+class UniqueKeyContended(Conflict):
+    """The jobs holding that unique key kept finishing while this one was created; try again."""

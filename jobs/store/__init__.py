@@ -15,7 +15,8 @@ sweeper's work and pruning), ``replaying`` (and cancelling), ``reading``. Caller
 """
 
 from jobs.store.base import utcnow
-from jobs.store.creating import create_job, create_jobs
+from jobs.store.creating import create_job, create_jobs, create_or_find_job
+from jobs.store.delaying import release_overdue_scheduled
 from jobs.store.reading import (
     count_jobs,
     get_job,
@@ -63,6 +64,7 @@ __all__ = [
     "count_jobs",
     "create_job",
     "create_jobs",
+    "create_or_find_job",
     "describe_error",
     "describe_unclaimable",
     "get_job",
@@ -74,6 +76,7 @@ __all__ = [
     "prune_jobs",
     "record_failure",
     "recover_lost_jobs",
+    "release_overdue_scheduled",
     "renew_claim",
     "renew_leases",
     "replay_job",

@@ -14,11 +14,13 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    and_,
     bindparam,
     func,
     insert,
     literal,
     literal_column,
+    or_,
     select,
     update,
 )
@@ -42,16 +44,23 @@ MAX_RETRY_DELAY_SECONDS = 3600.0
 #: The claimable statuses, inlined as constants: nothing left for SQLAlchemy to expand per call.
 _CLAIMABLE_SQL: list[ColumnElement[Any]] = [literal_column(f"'{status.value}'") for status in models.CLAIMABLE]
 
+_claim_now = bindparam("b_now", type_=UTCDateTime())
+#: A delayed job is claimable once due, so a message that arrives early (a clock ahead, a resend)
+#: cannot start it before its ``run_at``.
+_DUE_SCHEDULED_SQL = and_(
+    _jobs.c.status == literal_column(f"'{JobStatus.SCHEDULED.value}'"), _jobs.c.run_at <= _claim_now
+)
+
 _CLAIM = (
     update(_jobs)
-    .where(_jobs.c.id == bindparam("b_job_id"), _jobs.c.status.in_(_CLAIMABLE_SQL))
+    .where(_jobs.c.id == bindparam("b_job_id"), or_(_jobs.c.status.in_(_CLAIMABLE_SQL), _DUE_SCHEDULED_SQL))
     .values(
         status=JobStatus.RUNNING.value,
         attempts=_jobs.c.attempts + 1,
         claim_token=bindparam("b_token"),
         lease_expires_at=bindparam("b_lease"),
         worker_id=bindparam("b_worker"),
-        started_at=bindparam("b_now"),
+        started_at=_claim_now,
         next_retry_at=None,
     )
     .returning(_jobs.c.kind, _jobs.c.args, _jobs.c.attempts, _jobs.c.max_attempts, _jobs.c.replay_count, _jobs.c.queue)
@@ -77,7 +86,8 @@ def _own_transaction(conn: Connection) -> Iterator[None]:
 def claim_job(
     conn: Connection, job_id: uuid.UUID, *, worker_id: str, lease_seconds: float
 ) -> registry.RunningJob | None:
-    """Atomically take a ``queued`` or ``retrying`` job: ``running``, attempts + 1, new token, lease.
+    """Atomically take a ``queued`` or ``retrying`` job, or a ``scheduled`` one that is due:
+    ``running``, attempts + 1, new token, lease.
 
     One UPDATE, committed at once in a transaction of its own (``conn`` must not be in one), decides
     it: of two workers racing for a job exactly one gets it. Returns None when the job is not
@@ -113,9 +123,13 @@ def claim_job(
 
 def describe_unclaimable(conn: Connection, job_id: uuid.UUID) -> tuple[str, bool]:
     """Why a job could not be claimed, and whether it is running under an expired lease."""
-    row = conn.execute(select(_jobs.c.status, _jobs.c.lease_expires_at).where(_jobs.c.id == job_id)).first()
+    row = conn.execute(
+        select(_jobs.c.status, _jobs.c.lease_expires_at, _jobs.c.run_at).where(_jobs.c.id == job_id)
+    ).first()
     if row is None:
         return "no such job", False
+    if row.status == JobStatus.SCHEDULED:
+        return f"job is scheduled for {row.run_at.isoformat() if row.run_at else 'later'}", False
     if row.status != JobStatus.RUNNING:
         return f"job is {row.status}", False
     if row.lease_expires_at is not None and row.lease_expires_at < utcnow():
