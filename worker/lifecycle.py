@@ -1,5 +1,5 @@
-"""The worker process's lifecycle, as a Dramatiq middleware: its database, heartbeat and sweeper
-from boot to shutdown, and the graceful shutdown of the jobs still running.
+"""The worker process's lifecycle, as a Dramatiq middleware: its database, heartbeat, sweeper and
+scheduler from boot to shutdown, and the graceful shutdown of the jobs still running.
 
 Per-message work (claim, session, outcome) is :mod:`worker.middleware`'s; this one has only the
 worker hooks.
@@ -16,7 +16,7 @@ from dramatiq.middleware import Shutdown
 from dramatiq.threading import raise_thread_exception
 
 from jobs import db
-from worker import producer, sweeper
+from worker import producer, scheduler, sweeper
 from worker.periodic import Periodic
 from worker.state import WorkerState, worker_id
 
@@ -33,6 +33,7 @@ class WorkerLifecycle(Middleware):
         self.state = state
         self._owns_database = state.database is None
         self._sweeper: Periodic | None = None
+        self._scheduler: scheduler.Scheduler | None = None
         self._shutdown_timer: threading.Timer | None = None
 
     def before_worker_boot(self, broker: Broker, worker: Any) -> None:
@@ -50,6 +51,8 @@ class WorkerLifecycle(Middleware):
         state.heartbeat.start(state.database)
         self._sweeper = sweeper.make_sweeper(state.database, state.settings)
         self._sweeper.start()
+        self._scheduler = scheduler.Scheduler(state.database, state.settings, state.registry)
+        self._scheduler.start()
 
     def before_worker_shutdown(self, broker: Broker, worker: Any) -> None:
         """Runs when the worker is asked to stop (SIGTERM): start the shutdown timer."""
@@ -76,6 +79,8 @@ class WorkerLifecycle(Middleware):
             self._shutdown_timer.cancel()
         if self._sweeper is not None:
             self._sweeper.stop()
+        if self._scheduler is not None:
+            self._scheduler.stop()
         self.state.heartbeat.stop()
         if self._owns_database and self.state.database is not None:
             self.state.database.dispose()

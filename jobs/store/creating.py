@@ -29,6 +29,7 @@ def create_job(
     run_at: dt.datetime | None = None,
     delay: float | dt.timedelta | None = None,
     unique_key: str | None = None,
+    job_id: uuid.UUID | None = None,
 ) -> models.Job:
     """Insert a job in ``session``; its ID goes to the broker once the session commits.
 
@@ -50,6 +51,7 @@ def create_job(
         run_at=run_at,
         delay=delay,
         unique_key=unique_key,
+        job_id=job_id,
     )
     return job
 
@@ -68,6 +70,7 @@ def create_or_find_job(
     run_at: dt.datetime | None = None,
     delay: float | dt.timedelta | None = None,
     unique_key: str | None = None,
+    job_id: uuid.UUID | None = None,
 ) -> tuple[models.Job, bool]:
     """:func:`create_job`, saying whether the job returned already existed (True: a unique job's
     unfinished namesake, and nothing was created or sent).
@@ -75,7 +78,7 @@ def create_or_find_job(
     A unique job is inserted in a SAVEPOINT: the partial unique index on (kind, unique_key) over
     unfinished jobs refuses a second one (on PostgreSQL a concurrent insert waits for the first
     transaction and then fails), and the job holding the key is read and returned. Race-free across
-    API processes: the database decides.
+    API processes: the database decides. ``job_id``: the new job's ID, chosen beforehand.
     """
     job_kind = registry.of(session).get(kind)
     if public_only and not job_kind.public:
@@ -84,7 +87,7 @@ def create_or_find_job(
     run_at = _due_time(now, run_at=run_at, delay=delay)
     scheduled = run_at is not None and run_at > now
     job = models.Job(
-        id=uuid.uuid4(),
+        id=job_id or uuid.uuid4(),
         kind=kind,
         queue=job_kind.queue,
         args=job_kind.validate_args(args or {}),
