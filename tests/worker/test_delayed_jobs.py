@@ -21,7 +21,7 @@ def _status(fetch, job_id) -> str:
     return fetch(job_id)[0].status
 
 
-def test_a_delayed_job_waits_scheduled_and_runs_soon_after_run_at(client, fetch, worker, record_property):
+def test_a_delayed_job_waits_scheduled_and_runs_soon_after_run_at(client, fetch, worker):
     run_at = store.utcnow() + dt.timedelta(seconds=DELAY_SECONDS)
     answer = client.post("/jobs", json={"kind": "noop", "run_at": run_at.isoformat()})
     assert answer.status_code == 202 and answer.json()["status"] == "scheduled"
@@ -35,7 +35,7 @@ def test_a_delayed_job_waits_scheduled_and_runs_soon_after_run_at(client, fetch,
     assert job.started_at >= run_at, "the job started before its run_at"
     assert [a.outcome for a in attempts] == ["succeeded"]
     # Recorded, not asserted: the machine is shared (tests/benchmarks/scheduling.py measures it).
-    record_property("delayed_job_lateness_ms", round((job.started_at - run_at).total_seconds() * 1000, 1))
+    print(f"delayed job lateness: {(job.started_at - run_at).total_seconds() * 1000:.1f} ms")  # -rP shows it
 
 
 def test_the_claim_refuses_a_scheduled_job_before_run_at_and_takes_it_when_due(database, fetch):
