@@ -35,6 +35,10 @@ def _fires(database) -> list[tuple[dt.datetime, models.Job | None]]:
     return sorted((row[0], row[1]) for row in rows)
 
 
+def _all_ran(database) -> bool:
+    return all(job is not None and job.status == models.JobStatus.SUCCEEDED for _, job in _fires(database))
+
+
 def _consecutive(times: list[dt.datetime]) -> bool:
     return all(later - earlier == PERIOD for earlier, later in zip(times, times[1:], strict=False))
 
@@ -44,6 +48,7 @@ def test_two_workers_fire_each_time_once_and_downtime_gives_one_catch_up(databas
         service.create_schedule(session, "tick", "noop", Timing(every_seconds=PERIOD.total_seconds()))
     running = [workers(name="a"), workers(name="b")]
     wait_until(lambda: len(_fires(database)) >= FIRES_WITH_TWO_WORKERS, timeout=120, what="ten fires")
+    wait_until(lambda: _all_ran(database), timeout=30, what="the fired jobs to run")
     for worker in running:  # both at once
         os.kill(worker.pid, signal.SIGTERM)
     for worker in running:
