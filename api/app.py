@@ -22,6 +22,7 @@ from api.routes import health
 from api.routes import jobs as jobs_routes
 from api.routes import projections as projections_routes
 from api.routes import queues as queues_routes
+from api.routes import schedules as schedules_routes
 from jobs import db, errors, kinds
 from jobs.config import Settings, get_settings
 from jobs.registry import Registry
@@ -97,6 +98,7 @@ def create_app(settings: Settings | None = None, kind_registry: Registry | None 
     app.include_router(files_routes.router, dependencies=[Depends(require_token)])
     app.include_router(batches_routes.router, dependencies=[Depends(require_token)])
     app.include_router(queues_routes.router, dependencies=[Depends(require_token)])
+    app.include_router(schedules_routes.router, dependencies=[Depends(require_token)])
     _guard(app, settings)
     return app
 

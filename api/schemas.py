@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, Protocol, Union
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model, model_validator
 
 from api.validation import safe_text
 from jobs.models import JobStatus
@@ -16,11 +17,40 @@ from jobs.views import AttemptOut, JobOut, JobSummary
 
 __all__ = ["AttemptOut", "JobOut", "JobSummary"]  # the API's bodies of a job are jobs.views'
 
+#: The longest ``delay_seconds`` of ``POST /jobs`` (a year).
+MAX_DELAY_SECONDS = 366 * 86_400.0
+
 
 class ErrorBody(BaseModel):
     """Every 4xx answer: a message, or FastAPI's list of validation errors."""
 
     detail: str | list[dict[str, Any]]
+
+
+class JobOptions(BaseModel):
+    """What ``POST /jobs`` takes besides the kind and its args: when to run, and a unique key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_at: AwareDatetime | None = Field(
+        default=None, description="Run at this time (ISO 8601 with a timezone); until then the job is scheduled."
+    )
+    delay_seconds: float | None = Field(
+        default=None, ge=0, le=MAX_DELAY_SECONDS, description="Run this many seconds from now (not with run_at)."
+    )
+    unique_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="While a job of this kind with this key is unfinished, answer that job (200, duplicate) "
+        "instead of creating another.",
+    )
+
+    @model_validator(mode="after")
+    def _one_time(self) -> JobOptions:
+        if self.run_at is not None and self.delay_seconds is not None:
+            raise ValueError("give run_at or delay_seconds, not both")
+        return self
 
 
 class JobRequestBody(Protocol):
@@ -31,6 +61,15 @@ class JobRequestBody(Protocol):
 
     @property
     def args(self) -> BaseModel | dict[str, Any]: ...
+
+    @property
+    def run_at(self) -> dt.datetime | None: ...
+
+    @property
+    def delay_seconds(self) -> float | None: ...
+
+    @property
+    def unique_key(self) -> str | None: ...
 
 
 def job_request_model(kinds: list[JobKind]) -> Any:
@@ -44,7 +83,7 @@ def job_request_model(kinds: list[JobKind]) -> Any:
         variants.append(
             create_model(
                 name,
-                __config__=ConfigDict(extra="forbid"),
+                __base__=JobOptions,
                 __doc__=f"A ``{kind.name}`` job.",
                 kind=(kind_type, ...),
                 args=(args_type, Field(default_factory=args_type)),
@@ -105,6 +144,13 @@ class JobAccepted(BaseModel):
 
     job_id: uuid.UUID
     status: JobStatus
+
+
+class JobCreated(JobAccepted):
+    """``POST /jobs``'s answer: a new job (202), or, for a unique key an unfinished job holds, that
+    job (200, ``duplicate``)."""
+
+    duplicate: bool = False
 
 
 class JobPage(BaseModel):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -13,6 +15,9 @@ from sqlalchemy.exc import ArgumentError
 
 #: Where the zero-setup defaults keep their files.
 VAR_DIR = Path("var")
+#: ``30s``, ``30m``, ``12h``, ``7d``, ``2w``: the short durations the retention settings take.
+_SHORT_DURATION = re.compile(r"^(\d+)([smhdw])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 class Settings(BaseSettings):
@@ -47,6 +52,22 @@ class Settings(BaseSettings):
     idempotency_ttl_seconds: float = Field(default=86_400, gt=0, le=365 * 86_400)
     #: Modules to import at start so their job kinds register (comma-separated).
     job_modules: str = ""
+    #: How long the sweeper keeps succeeded (and cancelled) jobs after they finish, then deletes
+    #: them with their history: seconds, an ISO 8601 duration, or 30m, 12h, 7d, 2w.
+    retain_succeeded: dt.timedelta = Field(default=dt.timedelta(days=7), gt=dt.timedelta(0))
+    #: The same for failed jobs (kept longer: a replay needs them).
+    retain_failed: dt.timedelta = Field(default=dt.timedelta(days=90), gt=dt.timedelta(0))
+    #: The longest the worker's scheduler sleeps before it looks at the schedules again (it wakes
+    #: at a due fire time anyway).
+    schedule_poll_seconds: float = Field(default=1.0, gt=0, le=60)
+
+    @field_validator("retain_succeeded", "retain_failed", mode="before")
+    @classmethod
+    def _read_short_duration(cls, value: object) -> object:
+        match = _SHORT_DURATION.match(value.strip()) if isinstance(value, str) else None
+        if match is None:
+            return value
+        return dt.timedelta(seconds=int(match[1]) * _UNIT_SECONDS[match[2]])
 
     @field_validator("database_url")
     @classmethod

@@ -85,3 +85,7 @@ class JobCancelled(BaseException):
 
 class KindAtLimit(JobError):
     """The job's kind has as many jobs running as its ``max_running`` allows; the job waits."""
+
+
+class UniqueKeyContended(Conflict):
+    """The jobs holding that unique key kept finishing while this one was created; try again."""

@@ -53,6 +53,8 @@ class Answer:
 
     job_id: uuid.UUID
     status: str
+    #: The job already existed (a unique job's unfinished namesake), so nothing was created.
+    duplicate: bool = False
 
 
 def request_hash(operation: str, request: Mapping[str, Any]) -> str:
@@ -98,6 +100,7 @@ def answer_once(
                     request_hash=request_hash,
                     job_id=answer.job_id,
                     job_status=answer.status,
+                    duplicate=answer.duplicate,
                     created_at=now,
                     expires_at=now + dt.timedelta(seconds=ttl_seconds),
                 )
@@ -111,7 +114,9 @@ def answer_once(
 
 def _stored_answer(session: Session, key: str, request_hash: str) -> Answer | None:
     row = session.execute(
-        select(_keys.c.request_hash, _keys.c.job_id, _keys.c.job_status, _keys.c.expires_at).where(_keys.c.key == key)
+        select(_keys.c.request_hash, _keys.c.job_id, _keys.c.job_status, _keys.c.duplicate, _keys.c.expires_at).where(
+            _keys.c.key == key
+        )
     ).first()
     if row is None:
         return None
@@ -121,7 +126,7 @@ def _stored_answer(session: Session, key: str, request_hash: str) -> Answer | No
         return None
     if row.request_hash != request_hash:
         raise IdempotencyKeyReused()
-    return Answer(job_id=row.job_id, status=row.job_status)
+    return Answer(job_id=row.job_id, status=row.job_status, duplicate=bool(row.duplicate))
 
 
 def delete_expired(session: Session, *, now: dt.datetime | None = None, batch_size: int = 1000) -> int:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     ForeignKey,
@@ -22,6 +23,8 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     Uuid,
+    false,
+    text,
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -96,6 +99,9 @@ class JobStatus(enum.StrEnum):
     #: Cancelled: at once from queued or retrying (a cancel, a batch cancel), or from running when
     #: the worker noticed the cancel request (attempt ``cancelled``). Terminal.
     CANCELLED = "cancelled"
+    #: Created to run later: waits for ``run_at``. Its delayed message (or, if that is lost, the
+    #: sweeper, which makes it queued) brings it to a worker; the claim takes it only once due.
+    SCHEDULED = "scheduled"
 
 
 #: States a worker may claim a job from (besides running with an expired lease).
@@ -103,7 +109,11 @@ CLAIMABLE = (JobStatus.QUEUED, JobStatus.RETRYING)
 #: States a job never leaves on its own.
 TERMINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 #: States a cancel ends at once (the job is not running); a running job is asked to stop instead.
-CANCELLABLE_AT_ONCE = (JobStatus.QUEUED, JobStatus.RETRYING)
+CANCELLABLE_AT_ONCE = (JobStatus.QUEUED, JobStatus.RETRYING, JobStatus.SCHEDULED)
+#: The rows ``uq_jobs_kind_unique_key`` covers: a unique key of a job not yet finished.
+UNFINISHED_UNIQUE_SQL = (
+    f"unique_key IS NOT NULL AND status NOT IN ({', '.join(repr(status.value) for status in TERMINAL)})"
+)
 
 
 class AttemptOutcome(enum.StrEnum):
@@ -139,6 +149,15 @@ class Job(Base):
         CheckConstraint(check_in("status", JobStatus), name="status"),
         Index("ix_jobs_status_kind", "status", "kind"),
         Index("ix_jobs_created_at_id", "created_at", "id"),
+        # Unique jobs: one unfinished job per (kind, unique_key); see jobs.store.creating.
+        Index(
+            "uq_jobs_kind_unique_key",
+            "kind",
+            "unique_key",
+            unique=True,
+            postgresql_where=text(UNFINISHED_UNIQUE_SQL),
+            sqlite_where=text(UNFINISHED_UNIQUE_SQL),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -168,6 +187,11 @@ class Job(Base):
     cancel_requested_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     #: Why, as the canceller said.
     cancel_reason: Mapped[str | None] = mapped_column(Text)
+    #: When a delayed job is due (None: at once); the claim refuses a ``scheduled`` job before it.
+    run_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    #: Unique jobs: while this job is unfinished, creating another of its kind with this key
+    #: returns this one (the partial unique index ``uq_jobs_kind_unique_key`` decides).
+    unique_key: Mapped[str | None] = mapped_column(String(200))
 
 
 class JobAttempt(Base):
@@ -204,6 +228,8 @@ class IdempotencyKey(Base):
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     #: The job's status in the first answer.
     job_status: Mapped[str] = mapped_column(String(16))
+    #: The first answer was a unique job's unfinished namesake (``POST /jobs`` answered 200).
+    duplicate: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
 

@@ -28,6 +28,9 @@ from sqlalchemy.orm import Session
 
 from jobs import errors
 from jobs.config import Settings
+from jobs.scheduling.declared import ScheduleSpec, schedule
+
+__all__ = ["schedule"]  # declared with the kinds: ``registry.schedule(...)`` beside ``registry.job_kind``
 
 #: The queue a kind goes to unless it names another.
 DEFAULT_QUEUE = "default"
@@ -239,6 +242,7 @@ class Registry:
         self.settings = settings
         self._kinds: dict[str, JobKind] = {}
         self._checks: list[Check] = []
+        self._schedules: dict[str, ScheduleSpec] = {}
 
     def add(self, kind: JobKind) -> None:
         """Add ``kind``, its unset options taking this registry's defaults.
@@ -266,6 +270,23 @@ class Registry:
                 self.add(kind)
             if getattr(value, _INVARIANT, False) is True and value not in self._checks:
                 self._checks.append(value)
+            if isinstance(value, ScheduleSpec):
+                self.add_schedule(value)
+
+    def add_schedule(self, spec: ScheduleSpec) -> None:
+        """Add a schedule declared in code (:func:`jobs.scheduling.schedule`); workers upsert these at boot.
+
+        Raises:
+            ValueError: another schedule has that name already.
+        """
+        existing = self._schedules.get(spec.name)
+        if existing is not None and existing != spec:
+            raise ValueError(f"schedule {spec.name!r} is already declared")
+        self._schedules[spec.name] = spec
+
+    def schedules(self) -> list[ScheduleSpec]:
+        """The schedules declared in the modules added, by name."""
+        return [self._schedules[name] for name in sorted(self._schedules)]
 
     def invariant_checks(self) -> list[Check]:
         """The checks declared in the modules added, in the order they were added."""

@@ -77,7 +77,10 @@ def _event_target(sessions: sessionmaker[Session] | async_sessionmaker[AsyncSess
 
 
 def _send_pending(session: Session) -> None:
-    # after_commit runs for the root transaction only, after the COMMIT succeeded.
+    # after_commit runs after the root transaction's COMMIT succeeded, and also when a SAVEPOINT
+    # (begin_nested) is released: then the messages wait for the root's commit.
+    if session.in_nested_transaction():
+        return
     pending: list[JobMessage] = session.info.pop(_PENDING_KEY, [])
     if not pending:
         return

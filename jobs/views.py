@@ -48,6 +48,9 @@ class JobSummary(BaseModel):
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
     next_retry_at: dt.datetime | None
+    #: When a delayed job is due (None: it ran, or runs, at once).
+    run_at: dt.datetime | None = None
+    unique_key: str | None = None
 
 
 class JobOut(JobSummary):

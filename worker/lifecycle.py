@@ -1,5 +1,5 @@
-"""The worker process's lifecycle, as a Dramatiq middleware: its database, heartbeat and sweeper
-from boot to shutdown, and the graceful shutdown of the jobs still running.
+"""The worker process's lifecycle, as a Dramatiq middleware: its database, heartbeat, sweeper and
+scheduler from boot to shutdown, and the graceful shutdown of the jobs still running.
 
 Per-message work (claim, session, outcome) is :mod:`worker.middleware`'s; this one has only the
 worker hooks.
@@ -17,7 +17,7 @@ from dramatiq.middleware import Shutdown
 from dramatiq.threading import raise_thread_exception
 
 from jobs import db, sending
-from worker import producer, sweeper
+from worker import producer, scheduler, sweeper
 from worker.periodic import Periodic
 from worker.state import WorkerState, worker_id
 
@@ -35,6 +35,7 @@ class WorkerLifecycle(Middleware):
         self._owns_database = state.database is None
         self._owns_async_database = state.async_database is None
         self._sweeper: Periodic | None = None
+        self._scheduler: scheduler.Scheduler | None = None
         self._shutdown_timer: threading.Timer | None = None
 
     def before_worker_boot(self, broker: Broker, worker: Any) -> None:
@@ -65,6 +66,8 @@ class WorkerLifecycle(Middleware):
             held=producer.held_probe(broker),  # type: ignore[arg-type]  # the worker's broker is a RedisBroker
         )
         self._sweeper.start()
+        self._scheduler = scheduler.Scheduler(state.database, state.settings, state.registry)
+        self._scheduler.start()
 
     def before_worker_shutdown(self, broker: Broker, worker: Any) -> None:
         """Runs when the worker is asked to stop (SIGTERM): start the shutdown timer."""
@@ -91,6 +94,8 @@ class WorkerLifecycle(Middleware):
             self._shutdown_timer.cancel()
         if self._sweeper is not None:
             self._sweeper.stop()
+        if self._scheduler is not None:
+            self._scheduler.stop()
         self.state.heartbeat.stop()
         self.state.stopper.stop()
         if self._owns_database and self.state.database is not None:

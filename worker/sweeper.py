@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 
-from jobs import db, sending, store
+from jobs import db, retention, sending, store
 from jobs.config import Settings
 from jobs.models import JobStatus
 from worker import periodic
@@ -28,6 +29,8 @@ class SweepReport:
     requeued: list[uuid.UUID] = dataclasses.field(default_factory=list)
     quarantined: list[uuid.UUID] = dataclasses.field(default_factory=list)
     resent: list[uuid.UUID] = dataclasses.field(default_factory=list)
+    #: Delayed jobs whose message seemed lost, made queued and sent again.
+    released: list[uuid.UUID] = dataclasses.field(default_factory=list)
 
 
 def sweep_once(database: db.Database, settings: Settings, *, held: sending.HeldProbe | None = None) -> SweepReport:
@@ -49,6 +52,7 @@ def sweep_once(database: db.Database, settings: Settings, *, held: sending.HeldP
             held=None if held is None else _forgiving(held),
             trust_held_for_seconds=settings.resend_held_after_seconds,
         )
+        report.released = store.release_overdue_scheduled(session, older_than_seconds=settings.requeue_after_seconds)
     for job_id in report.requeued:
         logger.info("job %s lost its worker; queued again", job_id, extra={"job_id": str(job_id), "action": "requeued"})
     for job_id in report.quarantined:
@@ -57,6 +61,8 @@ def sweep_once(database: db.Database, settings: Settings, *, held: sending.HeldP
         )
     if report.resent:
         logger.info("re-sent %d job(s) whose message seemed lost", len(report.resent))
+    if report.released:
+        logger.info("queued %d delayed job(s) whose message seemed lost", len(report.released))
     return report
 
 
@@ -79,7 +85,24 @@ def _forgiving(held: sending.HeldProbe) -> sending.HeldProbe:
 def make_sweeper(
     database: db.Database, settings: Settings, *, held: sending.HeldProbe | None = None
 ) -> periodic.Periodic:
-    """A thread running :func:`sweep_once` every ``sweep_interval_seconds``."""
-    return periodic.Periodic(
-        "sweeper", settings.sweep_interval_seconds, lambda: sweep_once(database, settings, held=held)
+    """A thread running :func:`sweep_once` every ``sweep_interval_seconds``, and the retention
+    (:func:`jobs.retention.prune_expired`) every ``retention.INTERVAL_SECONDS``."""
+    pruned_at = [time.monotonic() - retention.INTERVAL_SECONDS]  # the first pass prunes too
+
+    def sweep() -> None:
+        sweep_once(database, settings, held=held)
+        if time.monotonic() - pruned_at[0] >= retention.INTERVAL_SECONDS:
+            pruned_at[0] = time.monotonic()
+            prune(database, settings)
+
+    return periodic.Periodic("sweeper", settings.sweep_interval_seconds, sweep)
+
+
+def prune(database: db.Database, settings: Settings) -> int:
+    """Delete the finished jobs the retention settings no longer keep (a bounded number per call)."""
+    deleted = retention.prune_expired(
+        database, retention.Retention(succeeded=settings.retain_succeeded, failed=settings.retain_failed)
     )
+    if deleted:
+        logger.info("deleted %d finished job(s) past their retention", deleted, extra={"action": "pruned"})
+    return deleted

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Header, Query, Request, status
+from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response, status
 from sqlalchemy.orm import Session
 
 from api import schemas
@@ -31,7 +31,7 @@ class Once:
 
     def answer(
         self, session: Session, operation: str, request: dict[str, Any], act: Callable[[], idempotency.Answer]
-    ) -> schemas.JobAccepted:
+    ) -> schemas.JobCreated:
         """``act``'s answer; with a key, the first answer given to this key and request (see
         :func:`jobs.idempotency.answer_once`)."""
         if self.key is None:
@@ -39,7 +39,7 @@ class Once:
         else:
             request_hash = idempotency.request_hash(operation, request)
             answer = idempotency.answer_once(session, self.key, request_hash, ttl_seconds=self.ttl_seconds, act=act)
-        return schemas.JobAccepted(job_id=answer.job_id, status=JobStatus(answer.status))
+        return schemas.JobCreated(job_id=answer.job_id, status=JobStatus(answer.status), duplicate=answer.duplicate)
 
 
 def _once(
@@ -71,23 +71,49 @@ def make_post_router(kind_registry: Registry) -> APIRouter:
     @post_router.post(
         "",
         status_code=status.HTTP_202_ACCEPTED,
-        response_model=schemas.JobAccepted,
-        responses=errors(401, 422),
+        response_model=schemas.JobCreated,
+        responses={
+            200: {"model": schemas.JobCreated, "description": "An unfinished job holds the unique key: that job"},
+            **errors(401, 409, 422),
+        },
     )
     # JobRequest is a type built at run time, for FastAPI: mypy cannot follow it (hence the ignore);
     # the body is read through schemas.JobRequestBody.
-    def post_job(request: Annotated[JobRequest, Body()], session: SessionDep, once: OnceDep) -> schemas.JobAccepted:  # type: ignore[valid-type]
-        """Store a job of a public kind; its ID goes to the workers once it is committed. With an
-        ``Idempotency-Key``, a retry of the same request gets the same job."""
+    def post_job(
+        request: Annotated[JobRequest, Body()],  # type: ignore[valid-type]
+        session: SessionDep,
+        once: OnceDep,
+        response: Response,
+    ) -> schemas.JobCreated:
+        """Store a job of a public kind; its ID goes to the workers once it is committed (delayed
+        until ``run_at`` or ``delay_seconds``). With ``unique_key``, an unfinished job of the kind
+        holding that key is answered instead (200). With an ``Idempotency-Key``, a retry of the same
+        request gets the same answer."""
         body: schemas.JobRequestBody = request
         args = body.args if isinstance(body.args, dict) else body.args.model_dump(mode="json")
 
         def create() -> idempotency.Answer:
-            job = store.create_job(session, body.kind, args, public_only=True)
-            return idempotency.Answer(job_id=job.id, status=job.status)
+            job, duplicate = store.create_or_find_job(
+                session,
+                body.kind,
+                args,
+                public_only=True,
+                run_at=body.run_at,
+                delay=body.delay_seconds,
+                unique_key=body.unique_key,
+            )
+            return idempotency.Answer(job_id=job.id, status=job.status, duplicate=duplicate)
 
-        accepted = once.answer(session, "POST /jobs", {"kind": body.kind, "args": args}, create)
+        options = {"run_at": body.run_at, "delay_seconds": body.delay_seconds, "unique_key": body.unique_key}
+        described = {
+            "kind": body.kind,
+            "args": args,
+            **{key: value for key, value in options.items() if value is not None},
+        }
+        accepted = once.answer(session, "POST /jobs", described, create)
         session.commit()
+        if accepted.duplicate:
+            response.status_code = status.HTTP_200_OK
         return accepted
 
     return post_router
@@ -134,7 +160,7 @@ def replay_job(
 
     accepted = once.answer(session, "POST /jobs/{job_id}/replay", {"job_id": str(job_id), "reason": reason}, replay)
     session.commit()
-    return accepted
+    return schemas.JobAccepted(job_id=accepted.job_id, status=accepted.status)
 
 
 @router.post(

@@ -25,7 +25,8 @@ from jobs.store.cancelling import (
     request_stop,
     select_cancellable_jobs,
 )
-from jobs.store.creating import create_job, create_jobs
+from jobs.store.creating import create_job, create_jobs, create_or_find_job
+from jobs.store.delaying import release_overdue_scheduled
 from jobs.store.queues import (
     QueueInfo,
     list_queues,
@@ -91,6 +92,7 @@ __all__ = [
     "count_jobs",
     "create_job",
     "create_jobs",
+    "create_or_find_job",
     "describe_error",
     "describe_unclaimable",
     "get_job",
@@ -102,6 +104,7 @@ __all__ = [
     "prune_jobs",
     "record_failure",
     "recover_lost_jobs",
+    "release_overdue_scheduled",
     "renew_claim",
     "renew_leases",
     "replay_job",

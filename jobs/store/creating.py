@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import math
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from jobs import errors, models, registry, sending
@@ -23,31 +26,123 @@ def create_job(
     *,
     public_only: bool = False,
     max_attempts: int | None = None,
+    run_at: dt.datetime | None = None,
+    delay: float | dt.timedelta | None = None,
+    unique_key: str | None = None,
+    job_id: uuid.UUID | None = None,
 ) -> models.Job:
-    """Insert a ``queued`` job in ``session``; its ID goes to the broker once the session commits.
+    """Insert a job in ``session``; its ID goes to the broker once the session commits.
+
+    It is ``queued``, or ``scheduled`` until ``run_at`` (aware) or ``delay`` (seconds or a timedelta)
+    from now: its message is then sent with the broker's delay, and the claim refuses it before then.
+    With ``unique_key``, while a job of ``kind`` with that key is unfinished, that job is returned
+    instead (see :func:`create_or_find_job`, which also says which happened).
 
     Raises:
         UnknownJobKind, JobKindNotPublic, InvalidJobArgs: the request does not name a job it may run.
+        ValueError: both ``run_at`` and ``delay``, or a naive ``run_at``.
+    """
+    job, _ = create_or_find_job(
+        session,
+        kind,
+        args,
+        public_only=public_only,
+        max_attempts=max_attempts,
+        run_at=run_at,
+        delay=delay,
+        unique_key=unique_key,
+        job_id=job_id,
+    )
+    return job
+
+
+#: How often a unique job's insert is tried while the job holding its key keeps finishing meanwhile.
+_UNIQUE_TRIES = 5
+
+
+def create_or_find_job(
+    session: Session,
+    kind: str,
+    args: dict[str, Any] | None = None,
+    *,
+    public_only: bool = False,
+    max_attempts: int | None = None,
+    run_at: dt.datetime | None = None,
+    delay: float | dt.timedelta | None = None,
+    unique_key: str | None = None,
+    job_id: uuid.UUID | None = None,
+) -> tuple[models.Job, bool]:
+    """:func:`create_job`, saying whether the job returned already existed (True: a unique job's
+    unfinished namesake, and nothing was created or sent).
+
+    A unique job is inserted in a SAVEPOINT: the partial unique index on (kind, unique_key) over
+    unfinished jobs refuses a second one (on PostgreSQL a concurrent insert waits for the first
+    transaction and then fails), and the job holding the key is read and returned. Race-free across
+    API processes: the database decides. ``job_id``: the new job's ID, chosen beforehand.
     """
     job_kind = registry.of(session).get(kind)
     if public_only and not job_kind.public:
         raise errors.JobKindNotPublic(f"job kind {kind!r} is internal: only the runner creates it")
     now = utcnow()
+    run_at = _due_time(now, run_at=run_at, delay=delay)
+    scheduled = run_at is not None and run_at > now
     job = models.Job(
-        id=uuid.uuid4(),
+        id=job_id or uuid.uuid4(),
         kind=kind,
         queue=job_kind.queue,
         args=job_kind.validate_args(args or {}),
-        status=JobStatus.QUEUED,
+        status=JobStatus.SCHEDULED if scheduled else JobStatus.QUEUED,
         attempts=0,
         max_attempts=max_attempts or job_kind.max_attempts,
         created_at=now,
         enqueued_at=now,
         replay_count=0,
+        run_at=run_at,
+        unique_key=unique_key,
     )
-    session.add(job)
-    sending.send_after_commit(session, sending.JobMessage(job.id, job.queue, message_id=job.id))
-    return job
+    if unique_key is None:
+        session.add(job)
+    else:
+        existing = _add_unique(session, job)
+        if existing is not None:
+            return existing, True
+    delay_ms = math.ceil((run_at - now).total_seconds() * 1000) if scheduled and run_at is not None else None
+    sending.send_after_commit(session, sending.JobMessage(job.id, job.queue, delay_ms=delay_ms, message_id=job.id))
+    return job, False
+
+
+def _due_time(
+    now: dt.datetime, *, run_at: dt.datetime | None, delay: float | dt.timedelta | None
+) -> dt.datetime | None:
+    if run_at is not None and delay is not None:
+        raise ValueError("give run_at or delay, not both")
+    if run_at is not None and run_at.tzinfo is None:
+        raise ValueError("run_at must be timezone-aware")
+    if delay is not None:
+        return now + (delay if isinstance(delay, dt.timedelta) else dt.timedelta(seconds=delay))
+    return run_at
+
+
+def _add_unique(session: Session, job: models.Job) -> models.Job | None:
+    """Insert ``job`` unless an unfinished job of its kind holds its unique key: then that job."""
+    for _ in range(_UNIQUE_TRIES):
+        try:
+            with session.begin_nested():
+                session.add(job)
+        except sa_exc.IntegrityError:
+            # Rolled back to the SAVEPOINT (the pending job is expunged): read the key's holder.
+            existing = session.scalar(
+                select(models.Job).where(
+                    models.Job.kind == job.kind,
+                    models.Job.unique_key == job.unique_key,
+                    models.Job.status.not_in([status.value for status in models.TERMINAL]),
+                )
+            )
+            if existing is not None:
+                return existing
+            continue  # it finished meanwhile: the key is free again
+        return None
+    raise errors.UniqueKeyContended()
 
 
 _INSERT_JOBS = insert(_jobs)

@@ -15,12 +15,14 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    and_,
     bindparam,
     exists,
     func,
     insert,
     literal,
     literal_column,
+    or_,
     select,
     update,
 )
@@ -48,12 +50,23 @@ _CLAIMABLE_SQL: list[ColumnElement[Any]] = [literal_column(f"'{status.value}'") 
 _pauses = models.QueuePause.__table__
 #: The job's queue is paused: a lookup by primary key in a table that is usually empty.
 _QUEUE_PAUSED = exists().where(_pauses.c.queue == _jobs.c.queue)
+_claim_now = bindparam("b_now", type_=UTCDateTime())
+#: A delayed job is claimable once due, so a message that arrives early (a clock ahead, a resend)
+#: cannot start it before its ``run_at``.
+_DUE_SCHEDULED_SQL = and_(
+    _jobs.c.status == literal_column(f"'{JobStatus.SCHEDULED.value}'"), _jobs.c.run_at <= _claim_now
+)
 
 
 def _claim_statement(limited_kinds: frozenset[str]) -> Any:
-    """The claim UPDATE: a claimable job of a queue not paused, of a kind not in ``limited_kinds``
-    (those are claimed by :func:`_claim_limited`, which counts their running jobs first)."""
-    where = [_jobs.c.id == bindparam("b_job_id"), _jobs.c.status.in_(_CLAIMABLE_SQL), ~_QUEUE_PAUSED]
+    """The claim UPDATE: a claimable (or due scheduled) job of a queue not paused, of a kind not in
+    ``limited_kinds`` (those are claimed by :func:`_claim_limited`, which counts their running jobs
+    first)."""
+    where = [
+        _jobs.c.id == bindparam("b_job_id"),
+        or_(_jobs.c.status.in_(_CLAIMABLE_SQL), _DUE_SCHEDULED_SQL),
+        ~_QUEUE_PAUSED,
+    ]
     if limited_kinds:
         where.append(_jobs.c.kind.not_in([literal(kind) for kind in sorted(limited_kinds)]))
     return (
@@ -65,7 +78,7 @@ def _claim_statement(limited_kinds: frozenset[str]) -> Any:
             claim_token=bindparam("b_token"),
             lease_expires_at=bindparam("b_lease"),
             worker_id=bindparam("b_worker"),
-            started_at=bindparam("b_now"),
+            started_at=_claim_now,
             next_retry_at=None,
         )
         .returning(
@@ -108,7 +121,8 @@ def claim_job(
     lease_seconds: float,
     limits: Mapping[str, int] | None = None,
 ) -> registry.RunningJob | None:
-    """Atomically take a ``queued`` or ``retrying`` job: ``running``, attempts + 1, new token, lease.
+    """Atomically take a ``queued`` or ``retrying`` job, or a ``scheduled`` one that is due:
+    ``running``, attempts + 1, new token, lease.
 
     One UPDATE, committed at once in a transaction of its own (``conn`` must not be in one), decides
     it: of two workers racing for a job exactly one gets it. A job of a paused queue is not taken.
@@ -162,11 +176,13 @@ def _claim_limited(conn: Connection, job_id: uuid.UUID, params: dict[str, Any], 
 
 def describe_unclaimable(conn: Connection, job_id: uuid.UUID) -> tuple[str, bool]:
     """Why a job could not be claimed, and whether it is running under an expired lease."""
-    query = select(_jobs.c.status, _jobs.c.queue, _jobs.c.lease_expires_at).where(_jobs.c.id == job_id)
+    query = select(_jobs.c.status, _jobs.c.queue, _jobs.c.lease_expires_at, _jobs.c.run_at).where(_jobs.c.id == job_id)
     row = conn.execute(query).first()
     if row is None:
         return "no such job", False
-    if row.status in models.CLAIMABLE and queues.select_pause_of(conn, row.queue):
+    if row.status == JobStatus.SCHEDULED and (row.run_at is None or row.run_at > utcnow()):
+        return f"job is scheduled for {row.run_at.isoformat() if row.run_at else 'later'}", False
+    if row.status in (*models.CLAIMABLE, JobStatus.SCHEDULED) and queues.select_pause_of(conn, row.queue):
         return f"queue {row.queue} is paused", False
     if row.status != JobStatus.RUNNING:
         return f"job is {row.status}", False

@@ -131,7 +131,7 @@ def test_list_jobs_filters_and_pages_newest_first(client):
 def test_openapi_lists_every_status_code_each_route_answers(client):
     paths = client.get("/openapi.json").json()["paths"]
     expected = {
-        ("/jobs", "post"): {"202", "401", "413", "422", "503"},
+        ("/jobs", "post"): {"200", "202", "401", "409", "413", "422", "503"},
         ("/jobs", "get"): {"200", "401", "422", "503"},
         ("/jobs/{job_id}", "get"): {"200", "401", "404", "422", "503"},
         ("/jobs/{job_id}/replay", "post"): {"202", "401", "404", "409", "413", "422", "503"},

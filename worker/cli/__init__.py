@@ -1,7 +1,8 @@
 """``jobctl``: run the processes, migrate the database, inspect, sweep, prune and replay jobs.
 
 One module per command group: ``run`` (api, worker), ``dev`` (dev, demo), ``db``, ``jobs`` (jobs,
-stats, sweep, prune), ``events``, ``replay``, ``check``, ``control`` (cancel, queues); ``common`` holds what they share.
+stats, sweep, prune), ``events``, ``replay``, ``check``, ``control`` (cancel, queues), ``schedules``;
+``common`` holds what they share.
 
 Exit codes: 0 success, 1 an operation failed or only partly went through, 2 bad usage (Click's
 own code for a bad option, and ours for a missing selector or a bad setting). Errors are one line
@@ -27,7 +28,7 @@ import typer
 from sqlalchemy import exc as sa_exc
 
 from jobs import errors
-from worker.cli import check, control, db, dev, events, jobs, replay, run
+from worker.cli import check, control, db, dev, events, jobs, replay, run, schedules
 from worker.cli.common import USAGE_ERROR, UsageError
 
 app = typer.Typer(
@@ -43,6 +44,7 @@ app.add_typer(db.app, name="db")
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(events.app, name="events")
 app.add_typer(control.app, name="queues")
+app.add_typer(schedules.app, name="schedules")
 for command in (run.api, run.worker, dev.dev, dev.demo, jobs.stats, jobs.sweep, jobs.prune, replay.replay):
     app.command()(command)
 app.command()(check.check)
