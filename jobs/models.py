@@ -155,6 +155,8 @@ class Job(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     next_retry_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     replay_count: Mapped[int] = mapped_column(Integer, default=0)
+    #: The W3C ``traceparent`` of the span that created the job (see :mod:`jobs.observe.tracecontext`).
+    trace_parent: Mapped[str | None] = mapped_column(String(55))
 
 
 class JobAttempt(Base):

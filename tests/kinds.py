@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import uuid
@@ -140,3 +141,10 @@ def emit_then_fail(session, job):
 def emit_from_job(session, job):
     """Emit an event from inside a job that succeeds."""
     events.emit(session, "user_registered", {"org_id": "from-a-job", "user_id": str(job.id), "email": "j@example.com"})
+
+
+@registry.job_kind("test.log_then_fail", max_attempts=2)
+def log_then_fail(session: Session, job: registry.RunningJob) -> None:
+    """Log a line of its own (to see the job's context on it), then fail."""
+    logging.getLogger("tests.kinds").warning("about to fail")
+    raise Boom("logged, then failed")

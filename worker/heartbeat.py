@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 from jobs import db, registry, store
+from jobs.observe import beats
 from worker import periodic
 
 
@@ -18,11 +19,13 @@ class Heartbeat:
         self._jobs: dict[int, registry.RunningJob] = {}
         self._lock = threading.Lock()
         self._database: db.Database | None = None
+        self._worker_id: str | None = None
         self._thread = periodic.Periodic("heartbeat", lease_seconds / 3, self.beat)
 
-    def start(self, database: db.Database) -> None:
-        """Start beating, renewing leases in ``database``."""
+    def start(self, database: db.Database, *, worker_id: str | None = None) -> None:
+        """Start beating, renewing leases in ``database`` (and writing ``worker_id``'s beat there)."""
         self._database = database
+        self._worker_id = worker_id
         self._thread.start()
 
     def stop(self) -> None:
@@ -45,9 +48,12 @@ class Heartbeat:
             return dict(self._jobs)
 
     def beat(self) -> int:
-        """Renew every tracked lease now; returns how many were still held."""
+        """Renew every tracked lease now, and write this process's beat (idle or not, so the
+        metrics see a live worker); returns how many leases were still held."""
         tokens = [job.claim_token for job in self.running().values()]
-        if not tokens or self._database is None:
+        if self._database is None or (not tokens and self._worker_id is None):
             return 0
         with self._database.engine.begin() as conn:
-            return store.renew_leases(conn, tokens, lease_seconds=self.lease_seconds)
+            if self._worker_id is not None:
+                beats.record_beat(conn, self._worker_id, now=store.utcnow())
+            return store.renew_leases(conn, tokens, lease_seconds=self.lease_seconds) if tokens else 0

@@ -47,7 +47,7 @@ class WorkerLifecycle(Middleware):
                 registry=state.registry,
                 application_name="jobrunner-worker",
             )
-        state.heartbeat.start(state.database)
+        state.heartbeat.start(state.database, worker_id=state.worker_id)
         self._sweeper = sweeper.make_sweeper(state.database, state.settings)
         self._sweeper.start()
 

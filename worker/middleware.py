@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 
 from jobs import db, errors, registry, store
 from jobs.models import JobStatus
+from jobs.observe import logs
 from worker.state import WorkerState
 
 logger = logging.getLogger(__name__)
@@ -117,6 +118,9 @@ class JobSessionMiddleware(Middleware):
         session = self.state.require_database().sessions(bind=connection)
         job.set_checkpoint(functools.partial(store.checkpoint, session, job, lease_seconds=self.settings.lease_seconds))
         _current.set(_Current(job=job, kind=kind, connection=connection, session=session))
+        logs.job_context.set(
+            {"job_id": str(job.id), "kind": job.kind, "queue": job.queue, "attempt": job.attempt, "run": job.run}
+        )
         self.state.heartbeat.track(job)
 
     def after_process_message(
@@ -137,6 +141,7 @@ class JobSessionMiddleware(Middleware):
                 self._fail(current, error)
         finally:
             self.state.heartbeat.untrack()
+            logs.job_context.set(None)
             # The error's traceback holds the handler's frames (and this record): let them go now,
             # not at the next cyclic garbage collection (as Dramatiq's clear_exception does).
             current.error = None
@@ -151,6 +156,7 @@ class JobSessionMiddleware(Middleware):
             self._interrupt(current, "the message was skipped before the job ran")
         finally:
             self.state.heartbeat.untrack()
+            logs.job_context.set(None)
 
     # --- the claim ------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from jobs import errors, models, registry, sending
 from jobs.models import JobStatus
+from jobs.observe import tracecontext
 from jobs.store.base import utcnow
 
 _jobs = models.Job.__table__
@@ -44,6 +45,7 @@ def create_job(
         created_at=now,
         enqueued_at=now,
         replay_count=0,
+        trace_parent=tracecontext.current(),
     )
     session.add(job)
     sending.send_after_commit(session, sending.JobMessage(job.id, job.queue))
@@ -83,6 +85,7 @@ def create_jobs(
         "created_at": now,
         "enqueued_at": now,
         "replay_count": 0,
+        "trace_parent": tracecontext.current(),
     }
     rows = [
         {"id": job_id, "args": job_kind.validate_args(args), **common}

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from jobs import errors, models, registry, sending
 from jobs.models import AttemptOutcome, JobStatus
+from jobs.observe import counting
 from jobs.store.base import INSERT_ATTEMPT, attempt_row, utcnow
 from jobs.store.running import run_failure_hook
 
@@ -171,6 +172,7 @@ def resend_overdue_jobs(session: Session, *, older_than_seconds: float, limit: i
     ).all()
     for row in rows:
         sending.send_after_commit(session, sending.JobMessage(row.id, row.queue))
+    counting.add_to_counter(session.connection(), counting.SWEEPER_RESENDS, len(rows))
     return [row.id for row in rows]
 
 

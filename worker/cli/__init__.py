@@ -18,6 +18,7 @@ help instead; the usage line still shows them.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Annotated, NoReturn
 
@@ -27,6 +28,7 @@ import typer
 from sqlalchemy import exc as sa_exc
 
 from jobs import errors
+from jobs.observe import logs
 from worker.cli import check, db, dev, events, jobs, replay, run
 from worker.cli.common import USAGE_ERROR, UsageError
 
@@ -55,6 +57,8 @@ def _main(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Read here without the other settings: a bad one is reported by the command that needs it.
+    logs.configure_logging(os.environ.get("JOBRUNNER_LOG_FORMAT", "text"))
 
 
 def main() -> None:

@@ -1,0 +1,94 @@
+"""The fleet's numbers, read from the database at scrape time: what every worker and API process
+has done, whichever wrote it. Each read touches only small tables or the partial indexes of
+migration 0011 (jobs not finished, batches and files open), never a whole large table."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import ColumnElement, Connection, func, literal_column, select
+
+from jobs import models
+from jobs.models import JobStatus
+from jobs.observe.models import AttemptCounter, NamedCounter, WorkerBeat
+
+_jobs = models.Job.__table__
+_counters = AttemptCounter.__table__
+_named = NamedCounter.__table__
+_beats = WorkerBeat.__table__
+
+#: The states a job is not finished in: every state but the terminal ones, so a new one shows up.
+UNFINISHED = tuple(status for status in JobStatus if status not in models.TERMINAL)
+
+
+def _unfinished() -> ColumnElement[bool]:
+    """``status NOT IN (<terminal>)`` with the states inlined as constants, as the partial index
+    ``ix_jobs_unfinished`` says it (bound parameters would keep a prepared plan off that index)."""
+    return _jobs.c.status.not_in([literal_column(f"'{status.value}'") for status in models.TERMINAL])
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AttemptCount:
+    """The attempts of one kind that ended in one outcome, in one duration bucket (shards summed)."""
+
+    kind: str
+    outcome: str
+    worker_lost: bool
+    bucket: int
+    count: int
+    seconds: float
+
+
+def count_unfinished_jobs(conn: Connection) -> list[tuple[str, str, str, int]]:
+    """(queue, kind, status, count) of the jobs not finished."""
+    query = (
+        select(_jobs.c.queue, _jobs.c.kind, _jobs.c.status, func.count())
+        .where(_unfinished())
+        .group_by(_jobs.c.queue, _jobs.c.kind, _jobs.c.status)
+    )
+    return [(row[0], row[1], row[2], row[3]) for row in conn.execute(query)]
+
+
+def oldest_queued(conn: Connection) -> dict[str, dt.datetime]:
+    """Each queue's oldest ``queued`` job's creation time."""
+    query = (
+        select(_jobs.c.queue, func.min(_jobs.c.created_at))
+        .where(_unfinished(), _jobs.c.status == literal_column(f"'{JobStatus.QUEUED.value}'"))
+        .group_by(_jobs.c.queue)
+    )
+    # min() keeps the column's type, so its values come back timezone-aware on SQLite too.
+    return {row[0]: row[1] for row in conn.execute(query)}
+
+
+def count_running(conn: Connection, *, now: dt.datetime) -> tuple[int, int]:
+    """How many jobs are ``running``, and how many of them under an expired lease."""
+    query = select(func.count(), func.count().filter(_jobs.c.lease_expires_at < now)).where(
+        _unfinished(), _jobs.c.status == literal_column(f"'{JobStatus.RUNNING.value}'")
+    )
+    row = conn.execute(query).one()
+    return int(row[0]), int(row[1])
+
+
+def attempt_counts(conn: Connection) -> list[AttemptCount]:
+    """Every attempt counter, the shards summed."""
+    keys: Sequence[Any] = (_counters.c.kind, _counters.c.outcome, _counters.c.worker_lost, _counters.c.bucket)
+    query = select(*keys, func.sum(_counters.c.count), func.sum(_counters.c.seconds)).group_by(*keys)
+    return [
+        AttemptCount(row[0], row[1], bool(row[2]), int(row[3]), int(row[4]), float(row[5]))
+        for row in conn.execute(query)
+    ]
+
+
+def named_counters(conn: Connection) -> dict[str, int]:
+    """Every named counter's value."""
+    return {row.name: int(row.value) for row in conn.execute(select(_named.c.name, _named.c.value))}
+
+
+def worker_beats(conn: Connection, *, since: dt.datetime) -> tuple[int, dt.datetime | None]:
+    """How many worker processes beat after ``since``, and the newest beat of any."""
+    query = select(func.count().filter(_beats.c.beat_at > since), func.max(_beats.c.beat_at))
+    row = conn.execute(query).one()
+    return int(row[0]), row[1]
