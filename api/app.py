@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 
-from api import metrics, responses, schemas, validation
+from api import metrics, responses, schemas, telemetry, validation
 from api.deps import require_token
 from api.guard import RequestGuard
 from api.routes import batches as batches_routes
@@ -97,6 +97,7 @@ def create_app(settings: Settings | None = None, kind_registry: Registry | None 
     app.include_router(batches_routes.router, dependencies=[Depends(require_token)])
     metrics.install(app)
     _guard(app, settings)
+    telemetry.install(app)
     return app
 
 

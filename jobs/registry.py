@@ -44,6 +44,8 @@ class RunningJob:
     run: int
     claim_token: uuid.UUID
     queue: str = DEFAULT_QUEUE
+    #: The W3C ``traceparent`` of the span that created the job (None: not traced).
+    trace_parent: str | None = None
     _checkpoint: Callable[[], None] | None = None
 
     def set_checkpoint(self, commit: Callable[[], None]) -> None:

@@ -34,8 +34,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
 from jobs import db, errors, registry, store
-from jobs.models import JobStatus
-from jobs.observe import logs
+from jobs.models import AttemptOutcome, JobStatus
+from jobs.observe import logs, tracing
 from worker.state import WorkerState
 
 logger = logging.getLogger(__name__)
@@ -61,6 +61,10 @@ class _Current:
     #: What the handler raised (the actor catches it so Dramatiq does not log it as unhandled).
     error: BaseException | None = None
     ran: bool = False
+    #: The job's span (None when tracing is off).
+    span: tracing.JobSpan | None = None
+    #: How the attempt ended, for the span: an attempt outcome, ``claim_lost`` or ``unrecorded``.
+    outcome: str = "unrecorded"
 
 
 _current: contextvars.ContextVar[_Current | None] = contextvars.ContextVar("jobrunner_current_job", default=None)
@@ -80,7 +84,8 @@ def run_current_job() -> None:
         if current.kind is None:
             raise errors.UnknownJobKind(f"this worker has no job kind {current.job.kind!r}")
         current.job.args = current.kind.parse_args(current.job.args)
-        current.kind.handler(current.session, current.job)
+        with tracing.job_step(current.span, "handler"):
+            current.kind.handler(current.session, current.job)
     except BaseException as exc:  # TimeLimitExceeded and Shutdown are failures too
         current.error = exc
 
@@ -101,6 +106,7 @@ class JobSessionMiddleware(Middleware):
         costs one pool checkout."""
         job_id = _job_id(message)
         connection = None
+        claim_started_ns = time.time_ns()
         try:
             connection = self.state.require_database().engine.connect()
             job = self._claim(connection, job_id)
@@ -117,10 +123,10 @@ class JobSessionMiddleware(Middleware):
         message.options["time_limit"] = limit * 1000
         session = self.state.require_database().sessions(bind=connection)
         job.set_checkpoint(functools.partial(store.checkpoint, session, job, lease_seconds=self.settings.lease_seconds))
-        _current.set(_Current(job=job, kind=kind, connection=connection, session=session))
-        logs.job_context.set(
-            {"job_id": str(job.id), "kind": job.kind, "queue": job.queue, "attempt": job.attempt, "run": job.run}
-        )
+        span = tracing.start_job_span(job, claim_started_ns=claim_started_ns, claim_ended_ns=time.time_ns())
+        _current.set(_Current(job=job, kind=kind, connection=connection, session=session, span=span))
+        fields = {"job_id": str(job.id), "kind": job.kind, "queue": job.queue, "attempt": job.attempt, "run": job.run}
+        logs.job_context.set({**fields, "trace_id": span.trace_id} if span is not None else fields)
         self.state.heartbeat.track(job)
 
     def after_process_message(
@@ -142,6 +148,8 @@ class JobSessionMiddleware(Middleware):
         finally:
             self.state.heartbeat.untrack()
             logs.job_context.set(None)
+            if current.span is not None:
+                current.span.end(current.outcome)
             # The error's traceback holds the handler's frames (and this record): let them go now,
             # not at the next cyclic garbage collection (as Dramatiq's clear_exception does).
             current.error = None
@@ -157,6 +165,8 @@ class JobSessionMiddleware(Middleware):
         finally:
             self.state.heartbeat.untrack()
             logs.job_context.set(None)
+            if current.span is not None:
+                current.span.end(current.outcome)
 
     # --- the claim ------------------------------------------------------------------------------
 
@@ -192,17 +202,19 @@ class JobSessionMiddleware(Middleware):
     def _succeed(self, current: _Current) -> None:
         session = current.session
         try:
-            held = store.complete_job(session.connection(), current.job)
-            if held:
-                session.commit()
-            else:
-                session.rollback()
+            with tracing.job_step(current.span, "commit"):
+                held = store.complete_job(session.connection(), current.job)
+                if held:
+                    session.commit()
+                else:
+                    session.rollback()
         except BaseException as exc:  # the commit failed: that is the job's failure
             _close(current)
             self._fail(current, exc)
             return
         finally:
             _close(current)
+        current.outcome = AttemptOutcome.SUCCEEDED if held else "claim_lost"
         if held:
             _log(current.job.id, current.job.kind, "succeeded", "attempt %d", current.job.attempt)
         else:
@@ -216,11 +228,14 @@ class JobSessionMiddleware(Middleware):
         job = current.job
         backoff = self.settings.retry_backoff_seconds
         try:
-            status = self._record(
-                job, lambda session: store.record_failure(session, job, error, backoff_seconds=backoff)
-            )
+            with tracing.job_step(current.span, "commit"):
+                status = self._record(
+                    job, lambda session: store.record_failure(session, job, error, backoff_seconds=backoff)
+                )
         except _Unrecorded:
+            current.outcome = "unrecorded"
             return
+        current.outcome = _FAILURE_OUTCOMES.get(status, "claim_lost")
         if status is JobStatus.RETRYING:
             _log(
                 job.id,
@@ -249,9 +264,12 @@ class JobSessionMiddleware(Middleware):
         _close(current)
         job = current.job
         try:
-            held = self._record(job, lambda session: store.interrupt_job(session, job, reason=reason))
+            with tracing.job_step(current.span, "commit"):
+                held = self._record(job, lambda session: store.interrupt_job(session, job, reason=reason))
         except _Unrecorded:
+            current.outcome = "unrecorded"
             return
+        current.outcome = AttemptOutcome.INTERRUPTED if held else "claim_lost"
         if held:
             _log(job.id, job.kind, "interrupted", "back to queued: %s", reason)
 
@@ -280,6 +298,13 @@ class JobSessionMiddleware(Middleware):
                 time.sleep(delay)
                 delay *= 2
         raise AssertionError("unreachable")
+
+
+#: The attempt outcome :func:`store.record_failure` wrote, by the job's new status.
+_FAILURE_OUTCOMES: dict[JobStatus | None, str] = {
+    JobStatus.RETRYING: AttemptOutcome.ERROR,
+    JobStatus.FAILED: AttemptOutcome.FAILED,
+}
 
 
 class _Unrecorded(Exception):

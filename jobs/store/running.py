@@ -54,7 +54,15 @@ _CLAIM = (
         started_at=bindparam("b_now"),
         next_retry_at=None,
     )
-    .returning(_jobs.c.kind, _jobs.c.args, _jobs.c.attempts, _jobs.c.max_attempts, _jobs.c.replay_count, _jobs.c.queue)
+    .returning(
+        _jobs.c.kind,
+        _jobs.c.args,
+        _jobs.c.attempts,
+        _jobs.c.max_attempts,
+        _jobs.c.replay_count,
+        _jobs.c.queue,
+        _jobs.c.trace_parent,
+    )
 )
 
 
@@ -108,6 +116,7 @@ def claim_job(
         run=row.replay_count,
         claim_token=token,
         queue=row.queue,
+        trace_parent=row.trace_parent,
     )
 
 
