@@ -50,10 +50,25 @@ class Heartbeat:
     def beat(self) -> int:
         """Renew every tracked lease now, and write this process's beat (idle or not, so the
         metrics see a live worker); returns how many leases were still held."""
-        tokens = [job.claim_token for job in self.running().values()]
-        if self._database is None or (not tokens and self._worker_id is None):
+        database = self._database
+        if database is None:
             return 0
-        with self._database.engine.begin() as conn:
-            if self._worker_id is not None:
-                beats.record_beat(conn, self._worker_id, now=store.utcnow())
-            return store.renew_leases(conn, tokens, lease_seconds=self.lease_seconds) if tokens else 0
+        if self._worker_id is not None:
+            self._write_beat(database, self._worker_id)
+        tokens = [job.claim_token for job in self.running().values()]
+        if not tokens:
+            return 0
+        with database.engine.begin() as conn:
+            return store.renew_leases(conn, tokens, lease_seconds=self.lease_seconds)
+
+    @staticmethod
+    def _write_beat(database: db.Database, worker_id: str) -> None:
+        # On PostgreSQL one statement in autocommit mode: one round trip, and no connection ever
+        # seen idle in a transaction between it and its COMMIT.
+        with database.engine.connect() as conn:
+            if database.is_sqlite:
+                with conn.begin():
+                    beats.record_beat(conn, worker_id, now=store.utcnow())
+            else:
+                conn.execution_options(isolation_level="AUTOCOMMIT")
+                beats.record_beat(conn, worker_id, now=store.utcnow())
