@@ -36,6 +36,13 @@ Run from the project root (PostgreSQL at 127.0.0.1:5432,
 where it makes a database of its own; a redis-server of its own; both removed at exit)::
 
     .venv/bin/python tests/benchmarks/throughput.py [--jobs N] [--repeat K] [--skip-latency]
+        [--observe off,metrics,tracing] [--skip-naive]
+
+``--observe`` runs scenario A once per mode listed, alternating within each repeat: ``metrics`` is
+the runner as shipped (the attempt counters kept by migration 0011's trigger), ``off`` the same with
+that trigger disabled, ``tracing`` as shipped plus OpenTelemetry tracing in the worker, exporting
+over OTLP/HTTP to a sink in this process that answers 200 to everything. The summary then shows
+each mode's median rate and its ratio to bare Dramatiq (B).
 
 Environment overrides: ``JOBRUNNER_BENCH_PG_ADMIN_URL`` (default
 ``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``), ``JOBRUNNER_BENCH_REDIS_URL`` (default: a
@@ -47,6 +54,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import http.server
 import os
 import signal
 import statistics
@@ -54,6 +62,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -236,6 +245,11 @@ class Bench:
             row = conn.execute(text("SELECT min(started_at), max(finished_at) FROM jobs")).one()
         return row[0], row[1]
 
+    def set_counting(self, on: bool) -> None:
+        """Enable or disable the trigger that keeps the attempt counters (migration 0011)."""
+        with self.engine.begin() as conn:
+            conn.execute(text(f"ALTER TABLE job_attempts {'ENABLE' if on else 'DISABLE'} TRIGGER count_job_attempts"))
+
     def worker_env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("JOBRUNNER_", "dramatiq_"))}
         env.update(extra)
@@ -325,11 +339,46 @@ def runner_settings(bench: Bench) -> Settings:
     return Settings(database_url=bench.url, broker_url=REDIS_URL, consumer_timeout_ms=CONSUMER_TIMEOUT_MS)
 
 
-def runner_env(bench: Bench) -> dict[str, str]:
+#: The observability modes of scenario A (see the module doc).
+OBSERVE_MODES = ("off", "metrics", "tracing")
+
+
+class _OtlpSink(http.server.BaseHTTPRequestHandler):
+    """Answers 200 to every OTLP/HTTP export and drops it."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+_sink: http.server.ThreadingHTTPServer | None = None
+
+
+def otlp_sink_url() -> str:
+    """The traces endpoint of an OTLP sink in this process (started on first use)."""
+    global _sink
+    if _sink is None:
+        _sink = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OtlpSink)
+        threading.Thread(target=_sink.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{_sink.server_address[1]}/v1/traces"
+
+
+def runner_env(bench: Bench, mode: str = "metrics") -> dict[str, str]:
+    tracing = (
+        {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": otlp_sink_url()}
+        if mode == "tracing"
+        else {}
+    )
     return bench.worker_env(
         JOBRUNNER_DATABASE_URL=bench.url,
         JOBRUNNER_BROKER_URL=REDIS_URL,
         JOBRUNNER_CONSUMER_TIMEOUT_MS=str(CONSUMER_TIMEOUT_MS),
+        **tracing,
     )
 
 
@@ -347,11 +396,11 @@ def make_producer(bench: Bench) -> tuple[db.Database, RedisBroker]:
     return database, broker
 
 
-def start_runner_worker(bench: Bench, log_path: Path) -> tuple[subprocess.Popen[bytes], float]:
+def start_runner_worker(bench: Bench, log_path: Path, mode: str = "metrics") -> tuple[subprocess.Popen[bytes], float]:
     spawned_at = time.time()
     proc = common.spawn(
         [str(BIN / "jobctl"), "worker", "--processes", str(PROCESSES), "--threads", str(THREADS)],
-        env=runner_env(bench),
+        env=runner_env(bench, mode),
         log_path=log_path,
     )
     return proc, spawned_at
@@ -367,9 +416,10 @@ def _record_span(bench: Bench, run: Run, spawned_at: float) -> Run:
     return run
 
 
-def scenario_full(bench: Bench, n: int, index: int) -> Run:
-    run = Run("A full path", n)
+def scenario_full(bench: Bench, n: int, index: int, mode: str = "metrics") -> Run:
+    run = Run(f"A full path ({mode})", n)
     bench.reset()
+    bench.set_counting(mode != "off")
     database, broker = make_producer(bench)
     try:
         started = time.perf_counter()
@@ -389,8 +439,8 @@ def scenario_full(bench: Bench, n: int, index: int) -> Run:
     )
     bench.vacuum()
 
-    log_path = bench.workdir / f"full-{index}.log"
-    proc, spawned_at = start_runner_worker(bench, log_path)
+    log_path = bench.workdir / f"full-{mode}-{index}.log"
+    proc, spawned_at = start_runner_worker(bench, log_path, mode)
     try:
         child = worker_child_pid(proc.pid)
         if child is None:
@@ -694,6 +744,8 @@ def print_summary(args: argparse.Namespace, runs: dict[str, list[Run]], latency:
     for key, label in (("full", "A full path"), ("bare", "B bare Dramatiq"), ("naive", "C naive pattern")):
         rs = runs[key]
         rates[key] = _median([r.rate for r in rs])
+        if not rs:
+            continue  # skipped
         per_run = ", ".join(_fmt(r.rate) for r in rs)
         print(
             f"{label:<18} {_fmt(rates[key]):>10} {_fmt(_median([r.busy_seconds for r in rs]), '.3f'):>8} "
@@ -719,6 +771,8 @@ def print_summary(args: argparse.Namespace, runs: dict[str, list[Run]], latency:
 
     print("\nratios (of the median rates; in brackets, each run's ratio to the runs beside it)")
     for name, other in (("full/bare", "bare"), ("full/naive", "naive")):
+        if not runs[other]:
+            continue  # skipped
         ratio = rates["full"] / rates[other] if rates["full"] and rates[other] else None
         # Every scenario ran args.repeat times (a run that failed ended the benchmark before this).
         per_run = [
@@ -730,6 +784,24 @@ def print_summary(args: argparse.Namespace, runs: dict[str, list[Run]], latency:
             f"  {name:<11} {_fmt(ratio, '.2f'):>6}   (target >= {target:.2f}){verdict}"
             f"   [{', '.join(_fmt(r, '.2f') for r in per_run)}]"
         )
+
+    if len(args.modes) > 1 or args.modes != ["metrics"]:
+        print("\nscenario A by observability mode (runs alternated; median jobs/s, ratio to B, each run)")
+        bare_rate = rates["bare"]
+        for mode in args.modes:
+            mode_runs = runs[f"full {mode}"]
+            rate = _median([r.rate for r in mode_runs])
+            ratio = rate / bare_rate if rate and bare_rate else None
+            cpus = [r.cpu for r in mode_runs if r.cpu]
+            cpu = (
+                "   CPU " + " ".join(f"{part} {_median([c[part] for c in cpus]):.0f}" for part in cpus[0])
+                if cpus
+                else ""
+            )
+            print(
+                f"  {mode:<8} {_fmt(rate):>8}  full/bare {_fmt(ratio, '.2f'):>5}"
+                f"   [{', '.join(_fmt(r.rate) for r in mode_runs)}]{cpu}"
+            )
 
     print("\nworker child RSS, scenario A (MiB)")
     for i, r in enumerate(runs["full"], 1):
@@ -777,6 +849,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--repeat", type=int, default=1, help="runs of each throughput scenario; medians are reported")
     parser.add_argument("--skip-latency", action="store_true", help="skip the enqueue-to-start latency runs")
+    parser.add_argument("--skip-naive", action="store_true", help="skip scenario C")
+    parser.add_argument(
+        "--observe",
+        default="metrics",
+        help="scenario A's observability modes, comma-separated, run alternately: off, metrics, tracing "
+        "(default metrics: as shipped)",
+    )
     parser.add_argument(
         "--timeout",
         type=float,
@@ -786,6 +865,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.repeat < 1:
         parser.error("--jobs and --repeat must be at least 1")
+    args.modes = [mode.strip() for mode in args.observe.split(",") if mode.strip()]
+    if not args.modes or set(args.modes) - set(OBSERVE_MODES):
+        parser.error(f"--observe takes modes among {', '.join(OBSERVE_MODES)}")
     return args
 
 
@@ -793,7 +875,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     timeout = args.timeout if args.timeout is not None else 60 + 0.03 * args.jobs
-    runs: dict[str, list[Run]] = {"full": [], "bare": [], "naive": []}
+    runs: dict[str, list[Run]] = {"full": [], "bare": [], "naive": [], **{f"full {m}": [] for m in args.modes}}
     latency: list[Latency] = []
     bench = None
     try:
@@ -804,7 +886,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"creating database {BENCH_DB}_{common.RUN_ID} and migrating it; Redis {REDIS_URL}", flush=True)
             bench = Bench(common.recreate_database(BENCH_DB, common.PG_ADMIN_URL), workdir, timeout)
             for i in range(1, args.repeat + 1):
-                for key, scenario in (("full", scenario_full), ("bare", scenario_bare), ("naive", scenario_naive)):
+                for mode in args.modes:
+                    print(f"[run {i}/{args.repeat}] scenario full ({mode}): {args.jobs:,} jobs", flush=True)
+                    run = scenario_full(bench, args.jobs, i, mode)
+                    runs[f"full {mode}"].append(run)
+                    if mode == args.modes[0]:
+                        runs["full"].append(run)
+                    print_run(run)
+                others = (("bare", scenario_bare),) + ((("naive", scenario_naive),) if not args.skip_naive else ())
+                for key, scenario in others:
                     print(f"[run {i}/{args.repeat}] scenario {key}: {args.jobs:,} jobs", flush=True)
                     run = scenario(bench, args.jobs, i)
                     runs[key].append(run)
