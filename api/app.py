@@ -81,7 +81,13 @@ def create_app(settings: Settings | None = None, kind_registry: Registry | None 
         return validation.SafeJSONResponse(status_code=422, content={"detail": detail})
 
     # Every route can find the database down: each lists the 503 (a route's own 503 takes precedence).
-    app = FastAPI(title="jobrunner", version="0.1.0", lifespan=lifespan, responses=responses.unavailable())
+    app = FastAPI(
+        title="jobrunner",
+        version="0.1.0",
+        lifespan=lifespan,
+        responses=responses.unavailable(),
+        **telemetry.fastapi_options(),
+    )
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(errors.JobError, _job_error)
     app.add_exception_handler(sa_exc.DataError, _data_error)

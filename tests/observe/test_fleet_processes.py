@@ -27,7 +27,8 @@ pytestmark = pytest.mark.usefixtures("invariants_hold")
 class ApiProcess:
     """``uvicorn api.main:app`` on a port of its own, logging to a file."""
 
-    def __init__(self, log_dir: Path, name: str) -> None:
+    def __init__(self, log_dir: Path, name: str, **env: str) -> None:
+        self.env = {**os.environ, **env}
         self.port = free_port()
         self.log_path = log_dir / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -37,7 +38,7 @@ class ApiProcess:
         """Start it (:meth:`wait` waits until it answers)."""
         command = [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(self.port)]
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env)
 
     def wait(self) -> None:
         wait_until(self._healthy, timeout=60, what=f"the API on port {self.port} (log: {self.log_path})")
@@ -65,7 +66,7 @@ class ApiProcess:
 
 @pytest.fixture
 def apis(tmp_path: Path, database: db.Database) -> Iterator[list[ApiProcess]]:
-    started = [ApiProcess(tmp_path, "api-a"), ApiProcess(tmp_path, "api-b")]
+    started = [ApiProcess(tmp_path, "api-a"), ApiProcess(tmp_path, "api-b", JOBRUNNER_LOG_FORMAT="json")]
     for api in started:
         api.wait()
     yield started
@@ -140,3 +141,6 @@ def test_two_apis_answer_for_two_workers_exactly_across_restarts(apis, workers, 
     final = [line for line in mine if line["level"] == "ERROR"]
     assert len(final) == 1 and final[0]["attempt"] == 2 and final[0]["kind"] == "test.log_then_fail", mine
     assert {"time", "level", "logger", "message", "queue"} <= set(final[0])
+    # The API logs JSON too (uvicorn's own lines included).
+    api_lines = [json.loads(line) for line in api_b.log_path.read_text().splitlines() if line.strip()]
+    assert any(line["logger"] == "uvicorn.access" and "POST /jobs" in line["message"] for line in api_lines)
