@@ -9,7 +9,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, func, literal_column, select
+from sqlalchemy import ColumnElement, Connection, case, func, literal_column, select, type_coerce
 
 from jobs import models
 from jobs.models import JobStatus
@@ -53,9 +53,12 @@ def count_unfinished_jobs(conn: Connection) -> list[tuple[str, str, str, int]]:
 
 
 def oldest_queued(conn: Connection) -> dict[str, dt.datetime]:
-    """Each queue's oldest ``queued`` job's creation time."""
+    """When each queue's longest-waiting ``queued`` job was queued: its creation, or for a replayed
+    job its last send (a replay sends it; ``enqueued_at`` of a job never replayed is not used, as
+    the sweeper moves it on each re-send, which would hide a queue that nobody consumes)."""
+    since = case((_jobs.c.replay_count == 0, _jobs.c.created_at), else_=_jobs.c.enqueued_at)
     query = (
-        select(_jobs.c.queue, func.min(_jobs.c.created_at))
+        select(_jobs.c.queue, func.min(type_coerce(since, _jobs.c.created_at.type)))
         .where(_unfinished(), _jobs.c.status == literal_column(f"'{JobStatus.QUEUED.value}'"))
         .group_by(_jobs.c.queue)
     )

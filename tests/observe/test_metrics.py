@@ -88,11 +88,13 @@ def test_gauges_show_unfinished_jobs_and_the_sweeper_work(client, database):
         )
         _insert_job(session, status="queued", created_at=past, enqueued_at=past)
         _insert_job(session, status="queued")
+        # Replayed a moment ago: it waits since its replay, not since its creation two days ago.
+        _insert_job(session, status="queued", replay_count=1, created_at=past - dt.timedelta(days=2))
     samples = _scrape(client)
     assert by_name(samples, "jobrunner_jobs") == {
         (("kind", "noop"), ("queue", "default"), ("status", status.value)): {
             "running": 2.0,
-            "queued": 2.0,
+            "queued": 3.0,
         }.get(status.value, 0.0)
         for status in models.JobStatus
         if status not in models.TERMINAL

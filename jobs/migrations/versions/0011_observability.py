@@ -125,7 +125,9 @@ def upgrade() -> None:
     # predicate names the terminal states, so a new non-terminal state is indexed by itself.
     terminal = ', '.join(f"'{status}'" for status in TERMINAL)
     where = sa.text(f'status NOT IN ({terminal})')
-    op.create_index('ix_jobs_unfinished', 'jobs', ['status', 'queue', 'kind', 'created_at', 'lease_expires_at'],
+    # Its columns answer every gauge from the index alone (an index-only scan).
+    op.create_index('ix_jobs_unfinished', 'jobs',
+                    ['status', 'queue', 'kind', 'replay_count', 'created_at', 'enqueued_at', 'lease_expires_at'],
                     postgresql_where=where, sqlite_where=where)
     batch_where = sa.text("status IN ('planning', 'running')")
     op.create_index('ix_batches_open', 'batches', ['status'], postgresql_where=batch_where, sqlite_where=batch_where)
