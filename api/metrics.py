@@ -27,7 +27,7 @@ from api.deps import token_matches
 from jobs import db, store
 from jobs.config import Settings
 from jobs.kinds import progress
-from jobs.models import TERMINAL, AttemptOutcome
+from jobs.models import TERMINAL, AttemptOutcome, JobStatus
 from jobs.observe import counting, fleet
 from jobs.observe.models import DURATION_BUCKETS_SECONDS, NO_DURATION
 
@@ -65,20 +65,29 @@ def _job_gauges(conn: Connection, now: dt.datetime, *, lease_seconds: float) -> 
     jobs = GaugeMetricFamily(
         "jobrunner_jobs", "Jobs not finished, by queue, kind and state.", labels=["queue", "kind", "status"]
     )
+    groups = fleet.unfinished_jobs(conn, now=now)
     counts: dict[tuple[str, str], dict[str, int]] = {}
-    for queue, kind, state, count in fleet.count_unfinished_jobs(conn):
-        counts.setdefault((queue, kind), {})[state] = count
+    oldest: dict[str, dt.datetime] = {}
+    running = expired = 0
+    for group in groups:
+        counts.setdefault((group.queue, group.kind), {})[group.status] = group.count
+        if group.queued_since is not None:
+            oldest[group.queue] = min(oldest.get(group.queue, group.queued_since), group.queued_since)
+        if group.status == JobStatus.RUNNING:
+            running += group.count
+            expired += group.expired
     for (queue, kind), by_state in sorted(counts.items()):
         for state in fleet.UNFINISHED:  # every state, 0 included, so a series does not vanish
             jobs.add_metric([queue, kind, state.value], by_state.get(state.value, 0))
     yield jobs
-    oldest = GaugeMetricFamily(
-        "jobrunner_queue_oldest_queued_age_seconds", "Age of the oldest queued job of each queue.", labels=["queue"]
+    age = GaugeMetricFamily(
+        "jobrunner_queue_oldest_queued_age_seconds",
+        "How long the longest-waiting queued job of each queue has waited.",
+        labels=["queue"],
     )
-    for queue, created_at in sorted(fleet.oldest_queued(conn).items()):
-        oldest.add_metric([queue], max((now - created_at).total_seconds(), 0.0))
-    yield oldest
-    running, expired = fleet.count_running(conn, now=now)
+    for queue, since in sorted(oldest.items()):
+        age.add_metric([queue], max((now - since).total_seconds(), 0.0))
+    yield age
     yield GaugeMetricFamily("jobrunner_jobs_running", "Jobs running now.", value=running)
     yield GaugeMetricFamily(
         "jobrunner_leases_expired", "Running jobs whose lease expired (their worker died or stalled).", value=expired

@@ -42,37 +42,41 @@ class AttemptCount:
     seconds: float
 
 
-def count_unfinished_jobs(conn: Connection) -> list[tuple[str, str, str, int]]:
-    """(queue, kind, status, count) of the jobs not finished."""
-    query = (
-        select(_jobs.c.queue, _jobs.c.kind, _jobs.c.status, func.count())
-        .where(_unfinished())
-        .group_by(_jobs.c.queue, _jobs.c.kind, _jobs.c.status)
-    )
-    return [(row[0], row[1], row[2], row[3]) for row in conn.execute(query)]
+@dataclasses.dataclass(frozen=True, slots=True)
+class UnfinishedGroup:
+    """The jobs not finished of one queue, kind and state."""
+
+    queue: str
+    kind: str
+    status: str
+    count: int
+    #: ``queued``: when the longest-waiting one was queued (see :func:`unfinished_jobs`).
+    queued_since: dt.datetime | None
+    #: ``running``: how many hold an expired lease.
+    expired: int
 
 
-def oldest_queued(conn: Connection) -> dict[str, dt.datetime]:
-    """When each queue's longest-waiting ``queued`` job was queued: its creation, or for a replayed
-    job its last send (a replay sends it; ``enqueued_at`` of a job never replayed is not used, as
-    the sweeper moves it on each re-send, which would hide a queue that nobody consumes)."""
+def unfinished_jobs(conn: Connection, *, now: dt.datetime) -> list[UnfinishedGroup]:
+    """The jobs not finished, by queue, kind and state, in one scan of the partial index.
+
+    A ``queued`` job waits since its creation, or, replayed, since its last send (a replay sends
+    it). The ``enqueued_at`` of a job never replayed is not used: the sweeper moves it on each
+    re-send, which would hide a queue that nobody consumes."""
     since = case((_jobs.c.replay_count == 0, _jobs.c.created_at), else_=_jobs.c.enqueued_at)
+    queued = _jobs.c.status == literal_column(f"'{JobStatus.QUEUED.value}'")
+    keys = (_jobs.c.queue, _jobs.c.kind, _jobs.c.status)
     query = (
-        select(_jobs.c.queue, func.min(type_coerce(since, _jobs.c.created_at.type)))
-        .where(_unfinished(), _jobs.c.status == literal_column(f"'{JobStatus.QUEUED.value}'"))
-        .group_by(_jobs.c.queue)
+        select(
+            *keys,
+            func.count(),
+            # min() keeps the column's type, so its values come back timezone-aware on SQLite too.
+            func.min(type_coerce(since, _jobs.c.created_at.type)).filter(queued),
+            func.count().filter(_jobs.c.lease_expires_at < now),
+        )
+        .where(_unfinished())
+        .group_by(*keys)
     )
-    # min() keeps the column's type, so its values come back timezone-aware on SQLite too.
-    return {row[0]: row[1] for row in conn.execute(query)}
-
-
-def count_running(conn: Connection, *, now: dt.datetime) -> tuple[int, int]:
-    """How many jobs are ``running``, and how many of them under an expired lease."""
-    query = select(func.count(), func.count().filter(_jobs.c.lease_expires_at < now)).where(
-        _unfinished(), _jobs.c.status == literal_column(f"'{JobStatus.RUNNING.value}'")
-    )
-    row = conn.execute(query).one()
-    return int(row[0]), int(row[1])
+    return [UnfinishedGroup(row[0], row[1], row[2], int(row[3]), row[4], int(row[5])) for row in conn.execute(query)]
 
 
 def attempt_counts(conn: Connection) -> list[AttemptCount]:
