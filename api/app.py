@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 
-from api import responses, schemas, validation
+from api import metrics, responses, schemas, telemetry, validation
 from api.deps import require_token
 from api.guard import RequestGuard
 from api.routes import batches as batches_routes
@@ -83,7 +83,13 @@ def create_app(settings: Settings | None = None, kind_registry: Registry | None 
         return validation.SafeJSONResponse(status_code=422, content={"detail": detail})
 
     # Every route can find the database down: each lists the 503 (a route's own 503 takes precedence).
-    app = FastAPI(title="jobrunner", version="0.1.0", lifespan=lifespan, responses=responses.unavailable())
+    app = FastAPI(
+        title="jobrunner",
+        version="0.1.0",
+        lifespan=lifespan,
+        responses=responses.unavailable(),
+        **telemetry.fastapi_options(),
+    )
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(errors.JobError, _job_error)
     app.add_exception_handler(sa_exc.DataError, _data_error)
@@ -99,7 +105,9 @@ def create_app(settings: Settings | None = None, kind_registry: Registry | None 
     app.include_router(batches_routes.router, dependencies=[Depends(require_token)])
     app.include_router(queues_routes.router, dependencies=[Depends(require_token)])
     app.include_router(schedules_routes.router, dependencies=[Depends(require_token)])
+    metrics.install(app)
     _guard(app, settings)
+    telemetry.install(app)
     return app
 
 
@@ -108,6 +116,8 @@ def _guard(app: FastAPI, settings: Settings) -> None:
     routes that take a JSON body declare the 413 it answers (in the OpenAPI document, where it is built)."""
     streamed = {("POST", "/files")}  # streams its upload itself, bounded by max_upload_bytes
     open_paths = {"/healthz", app.openapi_url, app.docs_url, app.swagger_ui_oauth2_redirect_url, app.redoc_url}
+    if settings.metrics_token is not None:
+        open_paths.add(metrics.PATH)  # its route accepts the metrics token (or the API token)
     app.add_middleware(
         RequestGuard,
         token=settings.api_token,

@@ -6,6 +6,7 @@ import datetime as dt
 import functools
 import re
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
@@ -50,6 +51,10 @@ class Settings(BaseSettings):
     prefetch: int = Field(default=0, ge=0, le=65_535)
     #: How long an ``Idempotency-Key`` of ``POST /jobs`` or a replay keeps its first answer.
     idempotency_ttl_seconds: float = Field(default=86_400, gt=0, le=365 * 86_400)
+    #: Bearer token of ``GET /metrics`` (the API token is accepted too); unset: the API token's rule.
+    metrics_token: SecretStr | None = None
+    #: How log lines are written: ``text``, or ``json`` (one object per line, with the job's context).
+    log_format: Literal["text", "json"] = "text"
     #: Modules to import at start so their job kinds register (comma-separated).
     job_modules: str = ""
     #: How long the sweeper keeps succeeded (and cancelled) jobs after they finish, then deletes

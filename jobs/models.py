@@ -192,6 +192,8 @@ class Job(Base):
     #: Unique jobs: while this job is unfinished, creating another of its kind with this key
     #: returns this one (the partial unique index ``uq_jobs_kind_unique_key`` decides).
     unique_key: Mapped[str | None] = mapped_column(String(200))
+    #: The W3C ``traceparent`` of the span that created the job (see :mod:`jobs.observe.tracecontext`).
+    trace_parent: Mapped[str | None] = mapped_column(String(55))
 
 
 class JobAttempt(Base):

@@ -51,6 +51,8 @@ class RunningJob:
     run: int
     claim_token: uuid.UUID
     queue: str = DEFAULT_QUEUE
+    #: The W3C ``traceparent`` of the span that created the job (None: not traced).
+    trace_parent: str | None = None
     _checkpoint: Callable[[], None] | None = None
     _checkpoint_async: Callable[[], Awaitable[None]] | None = None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import uuid
@@ -171,3 +172,10 @@ def limited(session: Session, job: registry.RunningJob) -> None:
 @registry.job_kind("test.elsewhere", queue="control")
 def in_another_queue(session: Session, job: registry.RunningJob) -> None:
     """A job of the ``control`` queue (the pause tests pause it)."""
+
+
+@registry.job_kind("test.log_then_fail", max_attempts=2)
+def log_then_fail(session: Session, job: registry.RunningJob) -> None:
+    """Log a line of its own (to see the job's context on it), then fail."""
+    logging.getLogger("tests.kinds").warning("about to fail")
+    raise Boom("logged, then failed")

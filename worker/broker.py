@@ -9,6 +9,7 @@ from dramatiq.middleware import AsyncIO, Middleware, TimeLimit
 
 from jobs import db, kinds
 from jobs.config import Settings, get_settings
+from jobs.observe import logs, tracing
 from jobs.registry import Registry
 from worker import actors, producer
 from worker.lifecycle import WorkerLifecycle
@@ -54,6 +55,9 @@ def job_middleware(state: WorkerState) -> list[Middleware]:
 def setup_worker_broker() -> RedisBroker:
     """Build the worker broker from the environment and make it Dramatiq's global broker."""
     settings = get_settings()
+    logs.configure_logging(settings.log_format)  # after Dramatiq set up this process's logging
+    if tracing.configure_from_environment("jobrunner-worker"):
+        producer.trace_redis()
     broker = make_worker_broker(settings, kinds.load_registry(settings))
     dramatiq.set_broker(broker)
     return broker

@@ -58,7 +58,7 @@ class WorkerLifecycle(Middleware):
                 registry=state.registry,
                 application_name="jobrunner-worker",
             )
-        state.heartbeat.start(state.database)
+        state.heartbeat.start(state.database, worker_id=state.worker_id)
         state.stopper.start(state.database)
         self._sweeper = sweeper.make_sweeper(
             state.database,

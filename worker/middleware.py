@@ -47,7 +47,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from jobs import db, errors, registry, store
-from jobs.models import JobStatus
+from jobs.models import AttemptOutcome, JobStatus
+from jobs.observe import logs, tracing
 from worker.state import WorkerState
 from worker.stopping import Stopper
 
@@ -76,6 +77,10 @@ class _Current:
     #: What the handler raised (the actor catches it so Dramatiq does not log it as unhandled).
     error: BaseException | None = None
     ran: bool = False
+    #: The job's span (None when tracing is off).
+    span: tracing.JobSpan | None = None
+    #: How the attempt ended, for the span: an attempt outcome, ``claim_lost`` or ``unrecorded``.
+    outcome: str = "unrecorded"
 
 
 _current: contextvars.ContextVar[_Current | None] = contextvars.ContextVar("jobrunner_current_job", default=None)
@@ -95,7 +100,7 @@ def run_current_job() -> None:
         if current.kind is None:
             raise errors.UnknownJobKind(f"this worker has no job kind {current.job.kind!r}")
         current.job.args = current.kind.parse_args(current.job.args)
-        with current.stopper.handling(current.job):
+        with current.stopper.handling(current.job), tracing.job_step(current.span, "handler"):
             if isinstance(current.session, AsyncSession):
                 # On Dramatiq's event loop thread (the AsyncIO middleware's): a time limit, shutdown
                 # or cancel raised in this thread cancels the coroutine there (EventLoopThread.run_coroutine).
@@ -125,6 +130,7 @@ class JobSessionMiddleware(Middleware):
         costs one pool checkout."""
         job_id = _job_id(message)
         connection = None
+        claim_started_ns = time.time_ns()
         try:
             connection = self.state.require_database().engine.connect()
             job = self._claim(connection, job_id)
@@ -147,11 +153,18 @@ class JobSessionMiddleware(Middleware):
             job.set_checkpoint_async(
                 functools.partial(_checkpoint_async, async_session, job, lease_seconds=lease_seconds)
             )
-            _current.set(_Current(job=job, kind=kind, connection=None, session=async_session, stopper=stopper))
+            session: Session | AsyncSession = async_session
+            connection_held: Connection | None = None
         else:
             session = self.state.require_database().sessions(bind=connection)
             job.set_checkpoint(functools.partial(store.checkpoint, session, job, lease_seconds=lease_seconds))
-            _current.set(_Current(job=job, kind=kind, connection=connection, session=session, stopper=stopper))
+            connection_held = connection
+        span = tracing.start_job_span(job, claim_started_ns=claim_started_ns, claim_ended_ns=time.time_ns())
+        _current.set(
+            _Current(job=job, kind=kind, connection=connection_held, session=session, stopper=stopper, span=span)
+        )
+        fields = {"job_id": str(job.id), "kind": job.kind, "queue": job.queue, "attempt": job.attempt, "run": job.run}
+        logs.job_context.set({**fields, "trace_id": span.trace_id} if span is not None else fields)
         self.state.heartbeat.track(job)
 
     def after_process_message(
@@ -173,6 +186,9 @@ class JobSessionMiddleware(Middleware):
         finally:
             self.state.heartbeat.untrack()
             self._wake_waiting(current)
+            logs.job_context.set(None)
+            if current.span is not None:
+                current.span.end(current.outcome)
             # The error's traceback holds the handler's frames (and this record): let them go now,
             # not at the next cyclic garbage collection (as Dramatiq's clear_exception does).
             current.error = None
@@ -188,6 +204,9 @@ class JobSessionMiddleware(Middleware):
         finally:
             self.state.heartbeat.untrack()
             self._wake_waiting(current)
+            logs.job_context.set(None)
+            if current.span is not None:
+                current.span.end(current.outcome)
 
     # --- the claim ------------------------------------------------------------------------------
 
@@ -231,15 +250,16 @@ class JobSessionMiddleware(Middleware):
     def _succeed(self, current: _Current) -> None:
         session = current.session
         try:
-            if isinstance(session, AsyncSession):
-                # One trip to the event loop: the fenced success, the commit and the close.
-                held = _event_loop().run_coroutine(_complete_async(session, current.job))
-            else:
-                held = store.complete_job(session.connection(), current.job)
-                if held:
-                    session.commit()
+            with tracing.job_step(current.span, "commit"):
+                if isinstance(session, AsyncSession):
+                    # One trip to the event loop: the fenced success, the commit and the close.
+                    held = _event_loop().run_coroutine(_complete_async(session, current.job))
                 else:
-                    session.rollback()
+                    held = store.complete_job(session.connection(), current.job)
+                    if held:
+                        session.commit()
+                    else:
+                        session.rollback()
         except BaseException as exc:  # the commit failed: that is the job's failure
             _close(current)
             self._fail(current, exc)
@@ -247,6 +267,7 @@ class JobSessionMiddleware(Middleware):
         finally:
             if not isinstance(session, AsyncSession):
                 _close(current)
+        current.outcome = AttemptOutcome.SUCCEEDED if held else "claim_lost"
         if held:
             _log(current.job.id, current.job.kind, "succeeded", "attempt %d", current.job.attempt)
         else:
@@ -263,16 +284,19 @@ class JobSessionMiddleware(Middleware):
         job = current.job
         backoff = self.settings.retry_backoff_seconds
         try:
-            status = self._record(
-                job,
-                lambda session: (
-                    JobStatus.CANCELLED
-                    if store.record_cancellation(session, job)
-                    else store.record_failure(session, job, error, backoff_seconds=backoff)
-                ),
-            )
+            with tracing.job_step(current.span, "commit"):
+                status = self._record(
+                    job,
+                    lambda session: (
+                        JobStatus.CANCELLED
+                        if store.record_cancellation(session, job)
+                        else store.record_failure(session, job, error, backoff_seconds=backoff)
+                    ),
+                )
         except _Unrecorded:
+            current.outcome = "unrecorded"
             return
+        current.outcome = _FAILURE_OUTCOMES.get(status, "claim_lost")
         if status is JobStatus.CANCELLED:
             _log_cancelled(job)
         elif status is JobStatus.RETRYING:
@@ -303,16 +327,19 @@ class JobSessionMiddleware(Middleware):
         _close(current)
         job = current.job
         try:
-            status = self._record(
-                job,
-                lambda session: (
-                    JobStatus.CANCELLED
-                    if store.record_cancellation(session, job)
-                    else (JobStatus.QUEUED if store.interrupt_job(session, job, reason=reason) else None)
-                ),
-            )
+            with tracing.job_step(current.span, "commit"):
+                status = self._record(
+                    job,
+                    lambda session: (
+                        JobStatus.CANCELLED
+                        if store.record_cancellation(session, job)
+                        else (JobStatus.QUEUED if store.interrupt_job(session, job, reason=reason) else None)
+                    ),
+                )
         except _Unrecorded:
+            current.outcome = "unrecorded"
             return
+        current.outcome = _INTERRUPT_OUTCOMES.get(status, "claim_lost")
         if status is JobStatus.CANCELLED:
             _log_cancelled(job)
         elif status is JobStatus.QUEUED:
@@ -355,6 +382,21 @@ class JobSessionMiddleware(Middleware):
                 time.sleep(delay)
                 delay *= 2
         raise AssertionError("unreachable")
+
+
+#: The attempt outcome :func:`store.record_failure` wrote, by the job's new status.
+_FAILURE_OUTCOMES: dict[JobStatus | None, str] = {
+    JobStatus.RETRYING: AttemptOutcome.ERROR,
+    JobStatus.FAILED: AttemptOutcome.FAILED,
+    JobStatus.CANCELLED: AttemptOutcome.CANCELLED,
+}
+
+
+#: The attempt outcome of an interrupted job, by its new status.
+_INTERRUPT_OUTCOMES: dict[JobStatus | None, str] = {
+    JobStatus.QUEUED: AttemptOutcome.INTERRUPTED,
+    JobStatus.CANCELLED: AttemptOutcome.CANCELLED,
+}
 
 
 class _Unrecorded(Exception):

@@ -19,6 +19,7 @@ from dramatiq.common import current_millis, dq_name
 
 from jobs import registry, sending
 from jobs.config import Settings
+from jobs.observe import tracing
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,14 @@ PIPELINE_SIZE = 500
 def actor_name(queue: str) -> str:
     """The name of the actor consuming ``queue``."""
     return ACTOR_PREFIX if queue == registry.DEFAULT_QUEUE else f"{ACTOR_PREFIX}.{queue}"
+
+
+def trace_redis() -> None:
+    """Trace Redis commands (OpenTelemetry's Redis instrumentation) if this process traces."""
+    if tracing.enabled():
+        from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+        RedisInstrumentor().instrument(tracer_provider=tracing.provider())
 
 
 def redis_client(settings: Settings) -> redis.Redis:

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from jobs import errors, models, registry, sending
 from jobs.models import JobStatus
+from jobs.observe import tracecontext
 from jobs.store.base import utcnow
 
 _jobs = models.Job.__table__
@@ -99,6 +100,7 @@ def create_or_find_job(
         replay_count=0,
         run_at=run_at,
         unique_key=unique_key,
+        trace_parent=tracecontext.current(),
     )
     if unique_key is None:
         session.add(job)
@@ -178,6 +180,7 @@ def create_jobs(
         "created_at": now,
         "enqueued_at": now,
         "replay_count": 0,
+        "trace_parent": tracecontext.current(),
     }
     rows = [
         {"id": job_id, "args": job_kind.validate_args(args), **common}

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from jobs import errors, models, registry, sending
 from jobs.models import AttemptOutcome, JobStatus
+from jobs.observe import counting
 from jobs.store import cancelling
 from jobs.store.base import INSERT_ATTEMPT, attempt_row, utcnow
 from jobs.store.running import run_failure_hook
@@ -236,6 +237,7 @@ def resend_overdue_jobs(
         )
     for message in messages:
         sending.send_after_commit(session, message)
+    counting.add_to_counter(session.connection(), counting.SWEEPER_RESENDS, len(messages))
     return [message.job_id for message in messages]
 
 

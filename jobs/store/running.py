@@ -82,7 +82,13 @@ def _claim_statement(limited_kinds: frozenset[str]) -> Any:
             next_retry_at=None,
         )
         .returning(
-            _jobs.c.kind, _jobs.c.args, _jobs.c.attempts, _jobs.c.max_attempts, _jobs.c.replay_count, _jobs.c.queue
+            _jobs.c.kind,
+            _jobs.c.args,
+            _jobs.c.attempts,
+            _jobs.c.max_attempts,
+            _jobs.c.replay_count,
+            _jobs.c.queue,
+            _jobs.c.trace_parent,
         )
     )
 
@@ -158,6 +164,7 @@ def claim_job(
         run=row.replay_count,
         claim_token=token,
         queue=row.queue,
+        trace_parent=row.trace_parent,
     )
 
 

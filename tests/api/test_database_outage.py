@@ -51,6 +51,7 @@ ROUTES: dict[tuple[str, str], tuple[str, dict]] = {
     ("get", "/products/{product_id}"): (f"/products/{ID}", {}),
     ("get", "/orgs/{org_id}/stats"): ("/orgs/acme/stats", {}),
     ("get", "/healthz"): ("/healthz", {}),
+    ("get", "/metrics"): ("/metrics", {}),
 }
 
 

@@ -19,6 +19,7 @@ help instead; the usage line still shows them.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Annotated, NoReturn
 
@@ -28,6 +29,7 @@ import typer
 from sqlalchemy import exc as sa_exc
 
 from jobs import errors
+from jobs.observe import logs
 from worker.cli import check, control, db, dev, events, jobs, replay, run, schedules
 from worker.cli.common import USAGE_ERROR, UsageError
 
@@ -59,6 +61,8 @@ def _main(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Read here without the other settings: a bad one is reported by the command that needs it.
+    logs.configure_logging(os.environ.get("JOBRUNNER_LOG_FORMAT", "text"))
 
 
 def main() -> None:
