@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 
-from api import responses, schemas, validation
+from api import dashboard, docs, responses, schemas, validation
 from api.deps import require_token
 from api.guard import RequestGuard
 from api.routes import batches as batches_routes
@@ -81,7 +81,14 @@ def create_app(settings: Settings | None = None, kind_registry: Registry | None 
         return validation.SafeJSONResponse(status_code=422, content={"detail": detail})
 
     # Every route can find the database down: each lists the 503 (a route's own 503 takes precedence).
-    app = FastAPI(title="jobrunner", version="0.1.0", lifespan=lifespan, responses=responses.unavailable())
+    app = FastAPI(
+        title="jobrunner",
+        version="0.1.0",
+        lifespan=lifespan,
+        responses=responses.unavailable(),
+        docs_url=None,  # served without a CDN by api.docs
+        redoc_url=None,
+    )
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(errors.JobError, _job_error)
     app.add_exception_handler(sa_exc.DataError, _data_error)
@@ -95,6 +102,8 @@ def create_app(settings: Settings | None = None, kind_registry: Registry | None 
     app.include_router(projections_routes.router, dependencies=[Depends(require_token)])
     app.include_router(files_routes.router, dependencies=[Depends(require_token)])
     app.include_router(batches_routes.router, dependencies=[Depends(require_token)])
+    docs.install(app)
+    dashboard.install(app)
     _guard(app, settings)
     return app
 
@@ -103,12 +112,14 @@ def _guard(app: FastAPI, settings: Settings) -> None:
     """Authenticate and bound the body before any route runs (:class:`api.guard.RequestGuard`); the
     routes that take a JSON body declare the 413 it answers (in the OpenAPI document, where it is built)."""
     streamed = {("POST", "/files")}  # streams its upload itself, bounded by max_upload_bytes
-    open_paths = {"/healthz", app.openapi_url, app.docs_url, app.swagger_ui_oauth2_redirect_url, app.redoc_url}
+    open_paths = {"/healthz", app.openapi_url, *docs.PATHS, dashboard.PREFIX}
     app.add_middleware(
         RequestGuard,
         token=settings.api_token,
         max_body_bytes=settings.max_body_bytes,
         open_paths={path for path in open_paths if path},
+        # The dashboard asks for the token at its own login (api.dashboard.auth).
+        open_prefixes=(f"{docs.ASSETS_URL}/", f"{dashboard.PREFIX}/"),
         streamed=streamed,
     )
     build_openapi = app.openapi

@@ -47,12 +47,15 @@ class RequestGuard:
         token: SecretStr | None,
         max_body_bytes: int,
         open_paths: Collection[str],
+        open_prefixes: Collection[str] = (),
         streamed: Collection[tuple[str, str]],
     ) -> None:
         self.app = app
         self.token = token
         self.max_body_bytes = max_body_bytes
         self.open_paths = frozenset(open_paths)
+        #: Paths under these are open too (the docs' assets; the dashboard, which has its own login).
+        self.open_prefixes = tuple(open_prefixes)
         #: (method, path) of the routes that read and bound their body themselves.
         self.streamed = frozenset(streamed)
 
@@ -62,7 +65,8 @@ class RequestGuard:
             return
         headers = Headers(scope=scope)
         path = scope["path"]
-        if self.token is not None and path not in self.open_paths and not self._authorised(headers):
+        is_open = path in self.open_paths or path.startswith(self.open_prefixes)
+        if self.token is not None and not is_open and not self._authorised(headers):
             await _answer(send, 401, UNAUTHORIZED, [(b"www-authenticate", b"Bearer")])
             return
         if (scope["method"], path) in self.streamed:

@@ -134,6 +134,13 @@ class Job(Base):
         CheckConstraint(check_in("status", JobStatus), name="status"),
         Index("ix_jobs_status_kind", "status", "kind"),
         Index("ix_jobs_created_at_id", "created_at", "id"),
+        # The dashboard's filtered lists (newest first, keyset pages), its per-queue counts and
+        # oldest queued job, its per-minute chart and its failure groups (migration 0012).
+        Index("ix_jobs_status_created_at_id", "status", "created_at", "id"),
+        Index("ix_jobs_kind_created_at_id", "kind", "created_at", "id"),
+        Index("ix_jobs_queue_status_enqueued_at", "queue", "status", "enqueued_at"),
+        Index("ix_jobs_finished_at_status", "finished_at", "status"),
+        Index("ix_jobs_error_type_created_at_id", "error_type", "created_at", "id"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)

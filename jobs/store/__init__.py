@@ -16,6 +16,7 @@ sweeper's work and pruning), ``replaying`` (and cancelling), ``reading``. Caller
 
 from jobs.store.base import utcnow
 from jobs.store.creating import create_job, create_jobs
+from jobs.store.nudging import retry_jobs_now
 from jobs.store.reading import (
     count_jobs,
     get_job,
@@ -79,6 +80,7 @@ __all__ = [
     "replay_job",
     "replay_jobs",
     "resend_overdue_jobs",
+    "retry_jobs_now",
     "retry_delay_seconds",
     "select_failed_jobs",
     "try_sweep_lock",

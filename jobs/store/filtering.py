@@ -1,0 +1,141 @@
+"""Jobs matching a filter (status, kind, queue, time range, error, batch): a page of them newest
+first, how many, and their IDs (what a bulk action takes). The dashboard's lists and its actions on
+"every job matching the filter" read through here.
+
+Each filter narrows an indexed range (migration 0012): status, kind and error type lead an index
+that goes on with ``(created_at, id)``, so a page is a walk down one index whichever of them is
+set; a batch's jobs come through its chunks (``batch_chunks`` by batch). The error text is the one
+filter no index serves: it only narrows what the other filters (and the page's limit) select.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import uuid
+from collections.abc import Iterator
+from typing import TypeVarTuple
+
+from sqlalchemy import ColumnElement, Select, func, literal, or_, select, tuple_
+from sqlalchemy.orm import Session, defer
+
+from jobs import models
+from jobs.models import JobStatus, UTCDateTime
+from jobs.store.reading import _decode_cursor, _encode_cursor
+
+_Job = models.Job
+Ts = TypeVarTuple("Ts")
+
+
+@dataclasses.dataclass(frozen=True)
+class JobFilter:
+    """Which jobs: every field given must match (None: any)."""
+
+    status: JobStatus | None = None
+    kind: str | None = None
+    queue: str | None = None
+    #: Created at or after / before.
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    error_type: str | None = None
+    #: Text the error message contains.
+    error: str | None = None
+    #: The batch whose jobs (its plan and its chunks) to take.
+    batch: uuid.UUID | None = None
+
+    def conditions(self) -> Iterator[ColumnElement[bool]]:
+        """The WHERE conditions of this filter."""
+        if self.status is not None:
+            yield _Job.status == self.status.value
+        if self.kind is not None:
+            yield _Job.kind == self.kind
+        if self.queue is not None:
+            yield _Job.queue == self.queue
+        if self.since is not None:
+            yield _Job.created_at >= self.since
+        if self.until is not None:
+            yield _Job.created_at < self.until
+        if self.error_type is not None:
+            yield _Job.error_type == self.error_type
+        if self.error is not None:
+            yield _Job.error_message.contains(self.error, autoescape=True)
+        if self.batch is not None:
+            yield _batch_jobs(self.batch)
+
+    def where(self, query: Select[*Ts]) -> Select[*Ts]:
+        """``query`` narrowed to this filter."""
+        return query.where(*self.conditions())
+
+    def narrowed(self, statuses: tuple[JobStatus, ...]) -> list[JobFilter]:
+        """This filter for each of ``statuses`` it allows (none: it allows none of them)."""
+        if self.status is not None:
+            return [self] if self.status in statuses else []
+        return [dataclasses.replace(self, status=status) for status in statuses]
+
+
+def _batch_jobs(batch_id: uuid.UUID) -> ColumnElement[bool]:
+    # Imported here: the core knows no kind (jobs.kinds.batches imports the store, not the reverse).
+    from jobs.kinds.batches import models as batch_models
+
+    chunks = batch_models.BatchChunk.__table__
+    batches = batch_models.Batch.__table__
+    return or_(
+        _Job.id.in_(select(chunks.c.job_id).where(chunks.c.batch_id == batch_id, chunks.c.job_id.is_not(None))),
+        _Job.id.in_(select(batches.c.job_id).where(batches.c.id == batch_id, batches.c.job_id.is_not(None))),
+    )
+
+
+def page_jobs(
+    session: Session, job_filter: JobFilter, *, limit: int = 50, cursor: str | None = None
+) -> tuple[list[models.Job], str | None]:
+    """The jobs matching ``job_filter``, newest first, a page at a time: the page and the cursor of
+    the next one (None on the last). Tracebacks and args are not loaded.
+
+    Raises:
+        InvalidCursor: ``cursor`` was not made by this function or :func:`jobs.store.list_jobs`.
+    """
+    query = (
+        job_filter.where(select(_Job))
+        .options(defer(_Job.error_traceback), defer(_Job.args))
+        .order_by(_Job.created_at.desc(), _Job.id.desc())
+        .limit(limit + 1)
+    )
+    if cursor is not None:
+        created_at, job_id = _decode_cursor(cursor)
+        query = query.where(
+            tuple_(_Job.created_at, _Job.id) < tuple_(literal(created_at, UTCDateTime()), literal(job_id, _Job.id.type))
+        )
+    jobs = list(session.scalars(query))
+    if len(jobs) <= limit:
+        return jobs, None
+    last = jobs[limit - 1]
+    return jobs[:limit], _encode_cursor(last.created_at, last.id)
+
+
+def count_matching(session: Session, job_filter: JobFilter, statuses: tuple[JobStatus, ...]) -> int:
+    """How many jobs match ``job_filter`` and are in one of ``statuses``."""
+    total = 0
+    for narrowed in job_filter.narrowed(statuses):
+        total += session.scalar(narrowed.where(select(func.count()).select_from(_Job))) or 0
+    return total
+
+
+def matching_ids(
+    session: Session, job_filter: JobFilter, statuses: tuple[JobStatus, ...], *, chunk_size: int = 500
+) -> Iterator[list[uuid.UUID]]:
+    """The IDs of the jobs matching ``job_filter`` in one of ``statuses``, oldest first, in lists of
+    at most ``chunk_size`` (keyset pages: a job whose status changes meanwhile is not read twice)."""
+    for narrowed in job_filter.narrowed(statuses):
+        after: tuple[dt.datetime, uuid.UUID] | None = None
+        while True:
+            query = narrowed.where(select(_Job.created_at, _Job.id)).order_by(_Job.created_at, _Job.id)
+            if after is not None:
+                query = query.where(
+                    tuple_(_Job.created_at, _Job.id)
+                    > tuple_(literal(after[0], UTCDateTime()), literal(after[1], _Job.id.type))
+                )
+            rows = session.execute(query.limit(chunk_size)).all()
+            if not rows:
+                break
+            yield [row.id for row in rows]
+            after = (rows[-1].created_at, rows[-1].id)
