@@ -10,7 +10,7 @@ import pydantic
 from sqlalchemy import Column, Integer, MetaData, String, Table, Uuid, insert, update
 from sqlalchemy.orm import Session
 
-from jobs import models, registry, store
+from jobs import errors, models, registry, store
 from jobs.kinds.events import outbox as events
 
 #: Tables only the tests use (not in the migrations).
@@ -140,3 +140,16 @@ def emit_then_fail(session, job):
 def emit_from_job(session, job):
     """Emit an event from inside a job that succeeds."""
     events.emit(session, "user_registered", {"org_id": "from-a-job", "user_id": str(job.id), "email": "j@example.com"})
+
+
+class FixableArgs(pydantic.BaseModel):
+    #: Fails for good (its message starts with ``label``) until a file exists here.
+    fixed_when: str
+    label: str = "fixable"
+
+
+@registry.job_kind("test.fixable", args=FixableArgs)
+def fail_until_fixed(session: Session, job: registry.RunningJob) -> None:
+    """Fail with a PermanentError until the file ``fixed_when`` exists (a bug fixed, then a replay)."""
+    if not os.path.exists(job.args.fixed_when):
+        raise errors.PermanentError(f"{job.args.label}: not fixed yet")
