@@ -94,22 +94,27 @@ def page_jobs(
     Raises:
         InvalidCursor: ``cursor`` was not made by this function or :func:`jobs.store.list_jobs`.
     """
+    jobs = list(session.scalars(list_query(job_filter, limit=limit + 1, cursor=cursor)))
+    if len(jobs) <= limit:
+        return jobs, None
+    last = jobs[limit - 1]
+    return jobs[:limit], _encode_cursor(last.created_at, last.id)
+
+
+def list_query(job_filter: JobFilter, *, limit: int, cursor: str | None = None) -> Select[models.Job]:
+    """The SELECT of :func:`page_jobs` (``limit`` rows after ``cursor``), newest first."""
     query = (
         job_filter.where(select(_Job))
         .options(defer(_Job.error_traceback), defer(_Job.args))
         .order_by(_Job.created_at.desc(), _Job.id.desc())
-        .limit(limit + 1)
+        .limit(limit)
     )
     if cursor is not None:
         created_at, job_id = _decode_cursor(cursor)
         query = query.where(
             tuple_(_Job.created_at, _Job.id) < tuple_(literal(created_at, UTCDateTime()), literal(job_id, _Job.id.type))
         )
-    jobs = list(session.scalars(query))
-    if len(jobs) <= limit:
-        return jobs, None
-    last = jobs[limit - 1]
-    return jobs[:limit], _encode_cursor(last.created_at, last.id)
+    return query
 
 
 def count_matching(session: Session, job_filter: JobFilter, statuses: tuple[JobStatus, ...]) -> int:
