@@ -138,7 +138,7 @@ class Job(Base):
         # oldest queued job, its per-minute chart and its failure groups (migration 0012).
         Index("ix_jobs_status_created_at_id", "status", "created_at", "id"),
         Index("ix_jobs_kind_created_at_id", "kind", "created_at", "id"),
-        Index("ix_jobs_queue_status_enqueued_at", "queue", "status", "enqueued_at"),
+        Index("ix_jobs_status_queue_enqueued_at", "status", "queue", "enqueued_at"),
         Index("ix_jobs_finished_at_status", "finished_at", "status"),
         Index("ix_jobs_error_type_created_at_id", "error_type", "created_at", "id"),
     )

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from jobs import errors
+from jobs.kinds.batches import service as batches
 from jobs.models import JobStatus
 from jobs.store.filtering import JobFilter
 
@@ -65,6 +66,7 @@ def parse_filter(params: Mapping[str, Any], *, now: dt.datetime) -> JobFilter:
         error_type=given["error_type"][:200] or None,
         error=given["error"][:500] or None,
         batch=batch,
+        among=batches.job_ids_of(batch) if batch is not None else None,
     )
 
 

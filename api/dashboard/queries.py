@@ -1,5 +1,5 @@
 """What the dashboard's pages read, each an indexed query (see migration 0012): counts by status
-and kind (``ix_jobs_status_kind``) and by queue (``ix_jobs_queue_status_enqueued_at``), the last
+and kind (``ix_jobs_status_kind``) and by queue (``ix_jobs_status_queue_enqueued_at``), the last
 hour's finishes (``ix_jobs_finished_at_status``), failure groups and running jobs (by status),
 and newest-first keyset pages of batches, files and events (``ix_<table>_created_at_id``)."""
 
@@ -33,11 +33,6 @@ class QueueRow:
     counts: dict[str, int] = dataclasses.field(default_factory=dict)
     oldest_queued_at: dt.datetime | None = None
 
-    @property
-    def total(self) -> int:
-        """Every job of the queue."""
-        return sum(self.counts.values())
-
 
 def counts_by_kind(session: Session) -> dict[str, dict[str, int]]:
     """``{kind: {status: count}}``."""
@@ -48,11 +43,21 @@ def counts_by_kind(session: Session) -> dict[str, dict[str, int]]:
     return dict(sorted(table.items()))
 
 
+#: The states the queues are counted in: all but those a job ends in for good after running, which
+#: are most of the table (counting them by queue would read all of it; they are counted by kind).
+QUEUE_STATUSES = tuple(s.value for s in JobStatus if s not in (JobStatus.SUCCEEDED, JobStatus.CANCELLED))
+
+
 def queues(session: Session) -> list[QueueRow]:
-    """Every queue that has jobs, with its counts by status and its oldest queued job."""
-    query = select(_Job.queue, _Job.status, func.count(), func.min(_Job.enqueued_at)).group_by(_Job.queue, _Job.status)
+    """Every queue with jobs in :data:`QUEUE_STATUSES`: its counts in each, and its oldest queued
+    job (one range of ``ix_jobs_status_queue_enqueued_at`` per state)."""
+    query = (
+        select(_Job.status, _Job.queue, func.count(), func.min(_Job.enqueued_at))
+        .where(_Job.status.in_(QUEUE_STATUSES))
+        .group_by(_Job.status, _Job.queue)
+    )
     rows: dict[str, QueueRow] = {}
-    for queue, status, count, oldest in session.execute(query):
+    for status, queue, count, oldest in session.execute(query):
         row = rows.setdefault(queue, QueueRow(queue))
         row.counts[status] = count
         if status == JobStatus.QUEUED:

@@ -68,6 +68,7 @@ templates.env.globals.update(
     duration=_duration,
     query=_query,
     statuses=queries.statuses,
+    queue_statuses=queries.QUEUE_STATUSES,
     job_actions=actions.JOB_ACTIONS,
     actions_for=actions.actions_for,
     object_actions=actions.object_actions,

@@ -4,8 +4,9 @@ first, how many, and their IDs (what a bulk action takes). The dashboard's lists
 
 Each filter narrows an indexed range (migration 0012): status, kind and error type lead an index
 that goes on with ``(created_at, id)``, so a page is a walk down one index whichever of them is
-set; a batch's jobs come through its chunks (``batch_chunks`` by batch). The error text is the one
-filter no index serves: it only narrows what the other filters (and the page's limit) select.
+set; a batch's jobs come as a SELECT of their IDs (``among``: through ``batch_chunks`` by batch).
+The error text is the one filter no index serves: it only narrows what the other filters (and the
+page's limit) select.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import uuid
 from collections.abc import Iterator
 from typing import TypeVarTuple
 
-from sqlalchemy import ColumnElement, Select, func, literal, or_, select, tuple_
+from sqlalchemy import ColumnElement, Select, func, literal, select, tuple_
 from sqlalchemy.orm import Session, defer
 
 from jobs import models
@@ -40,8 +41,10 @@ class JobFilter:
     error_type: str | None = None
     #: Text the error message contains.
     error: str | None = None
-    #: The batch whose jobs (its plan and its chunks) to take.
+    #: The batch whose jobs to take (its plan and its chunks): ``among`` selects them.
     batch: uuid.UUID | None = None
+    #: A SELECT of the job IDs to take from (the caller's: the core knows no batch).
+    among: Select[uuid.UUID] | None = dataclasses.field(default=None, compare=False)
 
     def conditions(self) -> Iterator[ColumnElement[bool]]:
         """The WHERE conditions of this filter."""
@@ -59,8 +62,8 @@ class JobFilter:
             yield _Job.error_type == self.error_type
         if self.error is not None:
             yield _Job.error_message.contains(self.error, autoescape=True)
-        if self.batch is not None:
-            yield _batch_jobs(self.batch)
+        if self.among is not None:
+            yield _Job.id.in_(self.among)
 
     def where(self, query: Select[*Ts]) -> Select[*Ts]:
         """``query`` narrowed to this filter."""
@@ -71,18 +74,6 @@ class JobFilter:
         if self.status is not None:
             return [self] if self.status in statuses else []
         return [dataclasses.replace(self, status=status) for status in statuses]
-
-
-def _batch_jobs(batch_id: uuid.UUID) -> ColumnElement[bool]:
-    # Imported here: the core knows no kind (jobs.kinds.batches imports the store, not the reverse).
-    from jobs.kinds.batches import models as batch_models
-
-    chunks = batch_models.BatchChunk.__table__
-    batches = batch_models.Batch.__table__
-    return or_(
-        _Job.id.in_(select(chunks.c.job_id).where(chunks.c.batch_id == batch_id, chunks.c.job_id.is_not(None))),
-        _Job.id.in_(select(batches.c.job_id).where(batches.c.id == batch_id, batches.c.job_id.is_not(None))),
-    )
 
 
 def page_jobs(

@@ -20,7 +20,7 @@ _key = sa.BigInteger().with_variant(sa.Integer(), 'sqlite')
 _JOB_INDEXES = {
     'ix_jobs_status_created_at_id': ['status', 'created_at', 'id'],
     'ix_jobs_kind_created_at_id': ['kind', 'created_at', 'id'],
-    'ix_jobs_queue_status_enqueued_at': ['queue', 'status', 'enqueued_at'],
+    'ix_jobs_status_queue_enqueued_at': ['status', 'queue', 'enqueued_at'],
     'ix_jobs_finished_at_status': ['finished_at', 'status'],
     'ix_jobs_error_type_created_at_id': ['error_type', 'created_at', 'id'],
 }
