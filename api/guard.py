@@ -1,9 +1,9 @@
 """The API's front door: a pure ASGI middleware that checks the bearer token and bounds the request
 body *before* any route runs, so FastAPI never reads, let alone parses, a body it should refuse.
 
-- With ``JOBRUNNER_API_TOKEN`` set, a request to any path but the open ones (``/healthz`` and the
-  OpenAPI document and its viewers) without the right ``Authorization: Bearer`` token gets 401 at
-  once; its body is never read.
+- With ``JOBRUNNER_API_TOKEN`` set, a request to any path but the open ones (``/healthz``, the
+  OpenAPI document and its viewers and their assets, and ``/dashboard/``, which has a login of its
+  own) without the right ``Authorization: Bearer`` token gets 401 at once; its body is never read.
 - A body larger than ``JOBRUNNER_MAX_BODY_BYTES`` gets 413: at once when its Content-Length says
   so, otherwise as soon as the counted ``http.request`` chunks pass the limit (at most the limit
   plus one network chunk is ever held). Routes that stream their body themselves (``POST /files``,

@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from jobs import store
+from jobs.kinds.batches import errors as batch_errors
 from jobs.kinds.batches import service as batches
 from jobs.kinds.batches.models import BATCH_TERMINAL, Batch, BatchChunk, ChunkStatus
 from jobs.models import JobStatus
@@ -96,7 +97,10 @@ class ObjectAction:
 
 def _cancel_batch(session: Session, key: str, reason: str | None) -> int:
     # What it changes: the chunks not started (their jobs are cancelled); running ones finish.
-    batch_id = uuid.UUID(key)
+    try:
+        batch_id = uuid.UUID(key)
+    except ValueError:
+        raise batch_errors.BatchNotFound(f"no batch {key}") from None
     chunks = BatchChunk.__table__
     pending = select(func.count()).where(chunks.c.batch_id == batch_id, chunks.c.status == ChunkStatus.PENDING.value)
     before = session.scalar(pending) or 0

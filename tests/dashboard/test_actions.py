@@ -128,6 +128,7 @@ def test_cancel_a_batch_from_its_page(client: TestClient, make_records, database
     assert 'data-action="batch-cancel"' not in client.get("/dashboard/batches").text  # finished: no button
     again = client.post(url, data={"csrf": csrf})
     assert again.status_code == 409
+    assert client.post("/dashboard/batch/not-a-uuid/actions/cancel", data={"csrf": csrf}).status_code == 404
 
 
 def test_a_post_without_the_csrf_token_is_refused(client: TestClient, make_jobs: JobMaker, database) -> None:
