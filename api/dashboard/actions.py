@@ -17,10 +17,10 @@ from collections.abc import Callable, Sequence
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from jobs import store
+from jobs import models, store
 from jobs.kinds.batches import errors as batch_errors
 from jobs.kinds.batches import service as batches
-from jobs.kinds.batches.models import BATCH_TERMINAL, Batch, BatchChunk, ChunkStatus
+from jobs.kinds.batches.models import BATCH_TERMINAL, Batch
 from jobs.models import JobStatus
 
 #: Jobs changed per transaction by a bulk action (as ``jobctl replay``'s REPLAY_CHUNK).
@@ -91,21 +91,28 @@ class ObjectAction:
     shown_for: Callable[[object], bool]
     #: (session, the object's key, reason) -> how many jobs it changed (flushes, does not commit).
     run: Callable[[Session, str, str | None], int]
+    #: (session, the object's key) -> how many jobs it would change, for its confirmation (None: not said).
+    count: Callable[[Session, str], int] | None = None
     takes_reason: bool = False
     danger: bool = False
 
 
-def _cancel_batch(session: Session, key: str, reason: str | None) -> int:
-    # What it changes: the chunks not started (their jobs are cancelled); running ones finish.
+def _batch_waiting(session: Session, key: str) -> int:
+    """How many of the batch's jobs have not started (those its cancel drops); running ones finish."""
     try:
         batch_id = uuid.UUID(key)
     except ValueError:
         raise batch_errors.BatchNotFound(f"no batch {key}") from None
-    chunks = BatchChunk.__table__
-    pending = select(func.count()).where(chunks.c.batch_id == batch_id, chunks.c.status == ChunkStatus.PENDING.value)
-    before = session.scalar(pending) or 0
-    batches.cancel_batch(session, batch_id)
-    return before - (session.scalar(pending) or 0)
+    waiting = select(func.count()).where(
+        models.Job.id.in_(batches.job_ids_of(batch_id)), models.Job.status.in_([s.value for s in models.CLAIMABLE])
+    )
+    return session.scalar(waiting) or 0
+
+
+def _cancel_batch(session: Session, key: str, reason: str | None) -> int:
+    before = _batch_waiting(session, key)
+    batches.cancel_batch(session, uuid.UUID(key))
+    return before - _batch_waiting(session, key)
 
 
 def _batch_running(batch: object) -> bool:

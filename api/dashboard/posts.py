@@ -184,11 +184,15 @@ def _object_action(target: str, name: str) -> actions.ObjectAction:
 
 @router.post("/{target}/{key}/actions/{name}/preview")
 def preview_object_action(
-    target: str, key: str, name: str, request: Request, form: Annotated[ObjectActionForm, Form()]
+    target: str, key: str, name: str, request: Request, form: Annotated[ObjectActionForm, Form()], database: DatabaseDep
 ) -> Response:
-    """A form to confirm an action on one batch (queue, schedule)."""
+    """A form to confirm an action on one batch (queue, schedule), with how many jobs it would change."""
     viewer = auth.operator(request, form.csrf)
     action = _object_action(target, name)
+    count = None
+    if action.count is not None:
+        with database.readers() as session:
+            count = action.count(session, key)
     return render(
         request,
         viewer,
@@ -197,9 +201,10 @@ def preview_object_action(
         label=action.label,
         danger=action.danger,
         takes_reason=action.takes_reason,
-        count=None,
+        count=count,
+        always=True,  # a batch whose chunks all started can still be cancelled (it ends once they finish)
         asked=f"{target} {key}",
-        states="",
+        states="not started",
         post_to=f"{PREFIX}/{target}/{key}/actions/{name}",
         hidden={"next": form.next} if form.next else {},
         job_ids=[],

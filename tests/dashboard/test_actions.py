@@ -63,6 +63,8 @@ def test_bulk_replay_of_a_selection_counts_only_failed_jobs(
     csrf = csrf_of(client.get("/dashboard/jobs").text)
     form = {"csrf": csrf, "scope": "selection", "job_id": [str(i) for i in failed[:2] + queued]}
     assert _count_in(client.post("/dashboard/jobs/actions/replay/preview", data=form).text) == 2
+    nothing = client.post("/dashboard/jobs/actions/replay/preview", data={**form, "job_id": [str(queued[0])]}).text
+    assert _count_in(nothing) == 0 and 'data-action="confirm" disabled' in nothing
     client.post("/dashboard/jobs/actions/replay", data=form)
     assert _statuses(database, failed + queued) == ["queued", "queued", "failed", "queued"]
     assert (_log(database)[0].selected, _log(database)[0].changed) == (3, 2)
@@ -118,13 +120,15 @@ def test_cancel_a_batch_from_its_page(client: TestClient, make_records, database
         batch_id = batch.id
     csrf = csrf_of(client.get("/dashboard/batches").text)
     url = f"/dashboard/batch/{batch_id}/actions/cancel"
-    assert "Cancel batch" in client.post(f"{url}/preview", data={"csrf": csrf}).text
+    preview = client.post(f"{url}/preview", data={"csrf": csrf}).text
+    assert "Cancel batch" in preview and _count_in(preview) == 1  # its plan job, not started
     done = client.post(
         url, data={"csrf": csrf, "reason": "wrong file", "next": "/dashboard/batches"}, follow_redirects=False
     )
     assert done.status_code == 303
     assert _statuses(database, [plan_job.id]) == ["cancelled"]
-    assert _log(database)[0].action == "batch.cancel"
+    entry = _log(database)[0]
+    assert (entry.action, entry.changed, entry.reason) == ("batch.cancel", 1, "wrong file")  # its plan job
     assert 'data-action="batch-cancel"' not in client.get("/dashboard/batches").text  # finished: no button
     again = client.post(url, data={"csrf": csrf})
     assert again.status_code == 409

@@ -159,10 +159,11 @@ def test_an_operator_runs_the_dashboard_against_a_real_api_and_worker(
         batch_id = batches.create_batch(session, "validate", record_ids=record_ids, chunk_size=2)[0].id
     page.goto(f"{api_url}/dashboard/batches")
     page.click(f"[data-batch='{batch_id}'] [data-action=batch-cancel]")
+    expect(page.locator("[data-count]")).to_have_text("1")
     page.fill("input[name=reason]", "wrong records")
     shoot(page, "confirm")
     page.click("[data-action=confirm]")
-    expect(page.locator(".flash")).to_contain_text("batch.cancel")
+    expect(page.locator(".flash")).to_contain_text("batch.cancel: 1 of 1 changed (wrong records)")
     expect(page.locator(f"[data-batch='{batch_id}'] .badge")).to_have_text("cancelled")
     shoot(page, "batches")
 
