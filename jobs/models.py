@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     Uuid,
+    text,
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -141,6 +142,15 @@ class Job(Base):
         Index("ix_jobs_status_queue_enqueued_at", "status", "queue", "enqueued_at"),
         Index("ix_jobs_finished_at_status", "finished_at", "status"),
         Index("ix_jobs_error_type_created_at_id", "error_type", "created_at", "id"),
+        # Jobs with an error (failed or retrying: a few of them), newest first: the walk of a
+        # search in the error text.
+        Index(
+            "ix_jobs_errored_created_at_id",
+            "created_at",
+            "id",
+            postgresql_where=text("error_type IS NOT NULL"),
+            sqlite_where=text("error_type IS NOT NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)

@@ -171,6 +171,7 @@ def _plans(url: str) -> None:
         "queue=slow": JobFilter(queue="slow"),
         "error_type": JobFilter(error_type="TimeoutError"),
         "since/until": JobFilter(since=now - dt.timedelta(days=1), until=now - dt.timedelta(hours=12)),
+        "error text": JobFilter(error="answered 996"),
     }
     engine = create_engine(url)
     print("\nplans of the jobs list (first lines of EXPLAIN ANALYZE):")

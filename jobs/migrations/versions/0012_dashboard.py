@@ -43,6 +43,9 @@ def upgrade() -> None:
     op.create_index(op.f('ix_operator_actions_at'), 'operator_actions', ['at'], unique=False)
     for name, columns in _JOB_INDEXES.items():
         op.create_index(name, 'jobs', columns, unique=False)
+    errored = sa.text('error_type IS NOT NULL')
+    op.create_index('ix_jobs_errored_created_at_id', 'jobs', ['created_at', 'id'], unique=False,
+                    postgresql_where=errored, sqlite_where=errored)
     for table in _CREATED_AT_TABLES:
         op.create_index(f'ix_{table}_created_at_id', table, ['created_at', 'id'], unique=False)
 
@@ -50,6 +53,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     for table in _CREATED_AT_TABLES:
         op.drop_index(f'ix_{table}_created_at_id', table_name=table)
+    op.drop_index('ix_jobs_errored_created_at_id', table_name='jobs')
     for name in _JOB_INDEXES:
         op.drop_index(name, table_name='jobs')
     op.drop_index(op.f('ix_operator_actions_at'), table_name='operator_actions')
