@@ -12,6 +12,11 @@ exit; Redis db 7 of a redis-server of its own):
    by its cursor, and filtered by status+kind, queue, error type, error text, a time range), a job
    (with its attempts), failures, queues.
 3. **plans**: ``EXPLAIN`` of the jobs list's query for each filter (the index it walks).
+4. **write cost** of the dashboard's indexes on the hot path: two copies of ``jobs``, one with the
+   indexes main had before migration 0012 (primary key, ``(status, kind)``, ``(created_at, id)``),
+   one with all of today's; ``--writes`` queued rows in each (default 20,000), then each row's claim
+   (``running``, worker, lease) and success (``succeeded``, finished, error cleared) as one UPDATE
+   by ID each, in one transaction per table; 3 rounds, alternating, median time per table and ratio.
 
 The script never asserts: it prints the figures and the machine's load (``uptime``), before and after.
 Run from the project root::
@@ -85,6 +90,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=1_000_000)
     parser.add_argument("--loads", type=int, default=20)
+    parser.add_argument("--writes", type=int, default=20_000)
     args = parser.parse_args()
     print(f"load before: {_uptime()}")
     url = common.recreate_database("jobrunner_bench_dashboard")
@@ -101,6 +107,7 @@ def main() -> None:
         failed_job = conn.scalar(text("SELECT id FROM jobs WHERE status = 'failed' ORDER BY created_at DESC LIMIT 1"))
     engine.dispose()
     _plans(url)
+    _write_cost(url, args.writes)
     with tempfile.TemporaryDirectory() as home:
         api = _start_api(url, Path(home))
         try:
@@ -184,6 +191,60 @@ def _plans(url: str) -> None:
             total = next((line for line in plan if line.startswith("Execution Time")), "")
             print(f"  {name:<20} {scans[0] if scans else plan[0]}  [{total}]")
     engine.dispose()
+
+
+#: The indexes ``jobs`` had before migration 0012 (besides its primary key).
+INDEXES_BEFORE = {"ix_jobs_status_kind": "(status, kind)", "ix_jobs_created_at_id": "(created_at, id)"}
+
+
+def _write_cost(url: str, rows: int) -> None:
+    """Time the claim and success UPDATEs of ``rows`` jobs with the old and with today's indexes."""
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE jobs_before (LIKE jobs INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"))
+        conn.execute(text("ALTER TABLE jobs_before ADD PRIMARY KEY (id)"))
+        for name, columns in INDEXES_BEFORE.items():
+            conn.execute(text(f"CREATE INDEX {name}_before ON jobs_before {columns}"))
+        conn.execute(text("CREATE TABLE jobs_today (LIKE jobs INCLUDING ALL)"))
+        count = conn.scalar(text("SELECT count(*) FROM pg_indexes WHERE tablename = 'jobs_today'"))
+    print(f"\nwrite cost: {rows:,} claims and successes, by ID, one transaction per table")
+    print(f"  indexes: before 0012 {len(INDEXES_BEFORE) + 1}, today {count}")
+    timings: dict[str, list[float]] = {"jobs_before": [], "jobs_today": []}
+    for _ in range(3):
+        for table in timings:
+            timings[table].append(_claim_and_succeed(engine, table, rows))
+    before, today = (statistics.median(timings[t]) for t in ("jobs_before", "jobs_today"))
+    print(f"  before 0012: {before:.2f} s ({rows / before:,.0f} jobs/s)")
+    print(f"  today:       {today:.2f} s ({rows / today:,.0f} jobs/s); today / before = {today / before:.2f}")
+    engine.dispose()
+
+
+def _claim_and_succeed(engine: object, table: str, rows: int) -> float:
+    from sqlalchemy.engine import Engine
+
+    assert isinstance(engine, Engine)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {table}"))
+        conn.execute(text(f"INSERT INTO {table} SELECT * FROM jobs WHERE status = 'succeeded' LIMIT :n"), {"n": rows})
+        conn.execute(text(f"UPDATE {table} SET status = 'queued', finished_at = NULL, worker_id = NULL"))
+        ids = [{"id": row[0]} for row in conn.execute(text(f"SELECT id FROM {table}"))]
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text(f"VACUUM ANALYZE {table}"))
+    claim = text(
+        f"UPDATE {table} SET status = 'running', worker_id = 'bench', attempts = attempts + 1, "
+        "claim_token = gen_random_uuid(), lease_expires_at = now() + interval '30 seconds', "
+        "started_at = now() WHERE id = :id"
+    )
+    succeed = text(
+        f"UPDATE {table} SET status = 'succeeded', finished_at = now(), lease_expires_at = NULL, "
+        "error_type = NULL, error_message = NULL WHERE id = :id"
+    )
+    started = time.perf_counter()
+    with engine.begin() as conn:
+        for row in ids:
+            conn.execute(claim, row)
+            conn.execute(succeed, row)
+    return time.perf_counter() - started
 
 
 def _uptime() -> str:
