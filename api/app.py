@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 
-from api import metrics, responses, schemas, telemetry, validation
+from api import dashboard, docs, metrics, responses, schemas, telemetry, validation
 from api.deps import require_token
 from api.guard import RequestGuard
 from api.routes import batches as batches_routes
@@ -89,6 +89,8 @@ def create_app(settings: Settings | None = None, kind_registry: Registry | None 
         lifespan=lifespan,
         responses=responses.unavailable(),
         **telemetry.fastapi_options(),
+        docs_url=None,  # served without a CDN by api.docs
+        redoc_url=None,
     )
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(errors.JobError, _job_error)
@@ -106,6 +108,8 @@ def create_app(settings: Settings | None = None, kind_registry: Registry | None 
     app.include_router(queues_routes.router, dependencies=[Depends(require_token)])
     app.include_router(schedules_routes.router, dependencies=[Depends(require_token)])
     metrics.install(app)
+    docs.install(app)
+    dashboard.install(app)
     _guard(app, settings)
     telemetry.install(app)
     return app
@@ -115,7 +119,7 @@ def _guard(app: FastAPI, settings: Settings) -> None:
     """Authenticate and bound the body before any route runs (:class:`api.guard.RequestGuard`); the
     routes that take a JSON body declare the 413 it answers (in the OpenAPI document, where it is built)."""
     streamed = {("POST", "/files")}  # streams its upload itself, bounded by max_upload_bytes
-    open_paths = {"/healthz", app.openapi_url, app.docs_url, app.swagger_ui_oauth2_redirect_url, app.redoc_url}
+    open_paths = {"/healthz", app.openapi_url, *docs.PATHS, dashboard.PREFIX}
     if settings.metrics_token is not None:
         open_paths.add(metrics.PATH)  # its route accepts the metrics token (or the API token)
     app.add_middleware(
@@ -123,6 +127,8 @@ def _guard(app: FastAPI, settings: Settings) -> None:
         token=settings.api_token,
         max_body_bytes=settings.max_body_bytes,
         open_paths={path for path in open_paths if path},
+        # The dashboard asks for the token at its own login (api.dashboard.auth).
+        open_prefixes=(f"{docs.ASSETS_URL}/", f"{dashboard.PREFIX}/"),
         streamed=streamed,
     )
     build_openapi = app.openapi

@@ -1,9 +1,9 @@
 """The API's front door: a pure ASGI middleware that checks the bearer token and bounds the request
 body *before* any route runs, so FastAPI never reads, let alone parses, a body it should refuse.
 
-- With ``JOBRUNNER_API_TOKEN`` set, a request to any path but the open ones (``/healthz`` and the
-  OpenAPI document and its viewers) without the right ``Authorization: Bearer`` token gets 401 at
-  once; its body is never read.
+- With ``JOBRUNNER_API_TOKEN`` set, a request to any path but the open ones (``/healthz``, the
+  OpenAPI document and its viewers and their assets, and ``/dashboard/``, which has a login of its
+  own) without the right ``Authorization: Bearer`` token gets 401 at once; its body is never read.
 - A body larger than ``JOBRUNNER_MAX_BODY_BYTES`` gets 413: at once when its Content-Length says
   so, otherwise as soon as the counted ``http.request`` chunks pass the limit (at most the limit
   plus one network chunk is ever held). Routes that stream their body themselves (``POST /files``,
@@ -47,12 +47,15 @@ class RequestGuard:
         token: SecretStr | None,
         max_body_bytes: int,
         open_paths: Collection[str],
+        open_prefixes: Collection[str] = (),
         streamed: Collection[tuple[str, str]],
     ) -> None:
         self.app = app
         self.token = token
         self.max_body_bytes = max_body_bytes
         self.open_paths = frozenset(open_paths)
+        #: Paths under these are open too (the docs' assets; the dashboard, which has its own login).
+        self.open_prefixes = tuple(open_prefixes)
         #: (method, path) of the routes that read and bound their body themselves.
         self.streamed = frozenset(streamed)
 
@@ -62,7 +65,8 @@ class RequestGuard:
             return
         headers = Headers(scope=scope)
         path = scope["path"]
-        if self.token is not None and path not in self.open_paths and not self._authorised(headers):
+        is_open = path in self.open_paths or path.startswith(self.open_prefixes)
+        if self.token is not None and not is_open and not self._authorised(headers):
             await _answer(send, 401, UNAUTHORIZED, [(b"www-authenticate", b"Bearer")])
             return
         if (scope["method"], path) in self.streamed:

@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     broker_url: str = "redis://127.0.0.1:6379/0"
     storage_dir: Path = VAR_DIR / "uploads"
     api_token: SecretStr | None = None
+    #: A second token that opens the dashboard read-only (no actions); see ``api_token``.
+    dashboard_readonly_token: SecretStr | None = None
     max_upload_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
     #: The largest request body of a JSON route (uploads have ``max_upload_bytes``); larger: 413.
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)

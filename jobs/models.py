@@ -158,6 +158,22 @@ class Job(Base):
             postgresql_where=text(UNFINISHED_UNIQUE_SQL),
             sqlite_where=text(UNFINISHED_UNIQUE_SQL),
         ),
+        # The dashboard's filtered lists (newest first, keyset pages), its per-queue counts and
+        # oldest queued job, its per-minute chart and its failure groups (migration 0012).
+        Index("ix_jobs_status_created_at_id", "status", "created_at", "id"),
+        Index("ix_jobs_kind_created_at_id", "kind", "created_at", "id"),
+        Index("ix_jobs_status_queue_enqueued_at", "status", "queue", "enqueued_at"),
+        Index("ix_jobs_finished_at_status", "finished_at", "status"),
+        Index("ix_jobs_error_type_created_at_id", "error_type", "created_at", "id"),
+        # Jobs with an error (failed or retrying: a few of them), newest first: the walk of a
+        # search in the error text.
+        Index(
+            "ix_jobs_errored_created_at_id",
+            "created_at",
+            "id",
+            postgresql_where=text("error_type IS NOT NULL"),
+            sqlite_where=text("error_type IS NOT NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)

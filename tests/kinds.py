@@ -11,7 +11,7 @@ import pydantic
 from sqlalchemy import Column, Integer, MetaData, String, Table, Uuid, insert, update
 from sqlalchemy.orm import Session
 
-from jobs import models, registry, store
+from jobs import errors, models, registry, store
 from jobs.kinds.events import outbox as events
 
 #: Tables only the tests use (not in the migrations).
@@ -179,3 +179,16 @@ def log_then_fail(session: Session, job: registry.RunningJob) -> None:
     """Log a line of its own (to see the job's context on it), then fail."""
     logging.getLogger("tests.kinds").warning("about to fail")
     raise Boom("logged, then failed")
+
+
+class FixableArgs(pydantic.BaseModel):
+    #: Fails for good (its message starts with ``label``) until a file exists here.
+    fixed_when: str
+    label: str = "fixable"
+
+
+@registry.job_kind("test.fixable", args=FixableArgs)
+def fail_until_fixed(session: Session, job: registry.RunningJob) -> None:
+    """Fail with a PermanentError until the file ``fixed_when`` exists (a bug fixed, then a replay)."""
+    if not os.path.exists(job.args.fixed_when):
+        raise errors.PermanentError(f"{job.args.label}: not fixed yet")

@@ -20,6 +20,14 @@ router = APIRouter(tags=["health"])
 @router.get("/healthz", response_model=schemas.Health, responses=responses.unavailable())
 def healthz(request: Request, database: Annotated[db.Database, Depends(get_database)]) -> schemas.Health | JSONResponse:
     """200 when the database and the broker answer; 503 saying which does not."""
+    problems = check(request, database)
+    if problems:
+        return responses.unavailable_answer("; ".join(problems))
+    return schemas.Health(database="ok", broker="ok")
+
+
+def check(request: Request, database: db.Database) -> list[str]:
+    """What does not answer: the database, the broker (empty: both do). The dashboard shows it too."""
     problems = []
     try:
         with database.engine.connect() as conn:
@@ -32,6 +40,4 @@ def healthz(request: Request, database: Annotated[db.Database, Depends(get_datab
         request.app.state.broker.client.ping()
     except RedisError as exc:
         problems.append(f"broker unreachable: {type(exc).__name__}")
-    if problems:
-        return responses.unavailable_answer("; ".join(problems))
-    return schemas.Health(database="ok", broker="ok")
+    return problems

@@ -34,6 +34,7 @@ from jobs.store.queues import (
     resume_queue,
     wake_waiting_jobs,
 )
+from jobs.store.nudging import retry_jobs_now
 from jobs.store.reading import (
     count_jobs,
     get_job,
@@ -110,6 +111,7 @@ __all__ = [
     "replay_job",
     "replay_jobs",
     "resend_overdue_jobs",
+    "retry_jobs_now",
     "retry_delay_seconds",
     "select_failed_jobs",
     "try_sweep_lock",

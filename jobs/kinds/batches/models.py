@@ -60,7 +60,11 @@ class Batch(Base):
     """An operation applied to many records, split into chunk jobs; the counts are exact."""
 
     __tablename__ = "batches"
-    __table_args__ = (CheckConstraint(check_in("status", BatchStatus), name="status"),)
+    __table_args__ = (
+        CheckConstraint(check_in("status", BatchStatus), name="status"),
+        # The dashboard's list, newest first (migration 0012).
+        Index("ix_batches_created_at_id", "created_at", "id"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     operation: Mapped[str] = mapped_column(String(100))

@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, case, exists, func, or_, select, update
+from sqlalchemy import CursorResult, Select, case, exists, func, or_, select, union_all, update
 from sqlalchemy.orm import Session
 
 from jobs import db, models, registry, store
@@ -459,6 +459,14 @@ def _failed_sample(session: Session, batch: batch_models.Batch) -> list[tuple[in
         query = query.where(_records.c.id.in_(batch.record_ids or []))
     rows = session.execute(query.order_by(_records.c.id).limit(FAILED_SAMPLE_SIZE))
     return [(row.id, list(row.errors or [])) for row in rows]
+
+
+def job_ids_of(batch_id: uuid.UUID) -> Select[uuid.UUID]:
+    """A SELECT of the IDs of a batch's jobs: its ``batch.plan`` job and its chunks' jobs (both
+    found by the batch's key: ``batch_chunks`` by ``(batch_id, number)``, ``batches`` by ID)."""
+    plan = select(_batches.c.job_id).where(_batches.c.id == batch_id, _batches.c.job_id.is_not(None))
+    chunks = select(_chunks.c.job_id).where(_chunks.c.batch_id == batch_id, _chunks.c.job_id.is_not(None))
+    return select(union_all(plan, chunks).subquery().c.job_id)
 
 
 # --- replaying ------------------------------------------------------------------------------------

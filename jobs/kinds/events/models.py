@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import (
     CheckConstraint,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -24,6 +25,8 @@ class Event(Base):
     """A domain event, stored (the outbox) in the transaction of the change that caused it."""
 
     __tablename__ = "events"
+    # The dashboard's list, newest first (migration 0012).
+    __table_args__ = (Index("ix_events_created_at_id", "created_at", "id"),)
 
     #: The client's idempotency key when it gave one, else a fresh UUID.
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)

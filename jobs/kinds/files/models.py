@@ -52,7 +52,11 @@ class File(Base):
     """An uploaded CSV file: where it is stored, and how far its processing got (the checkpoint)."""
 
     __tablename__ = "files"
-    __table_args__ = (CheckConstraint(check_in("status", FileStatus), name="status"),)
+    __table_args__ = (
+        CheckConstraint(check_in("status", FileStatus), name="status"),
+        # The dashboard's list, newest first (migration 0012).
+        Index("ix_files_created_at_id", "created_at", "id"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     #: The client's filename, sanitized; metadata only, never part of a path.
