@@ -27,6 +27,7 @@ from jobs.store.cancelling import (
 )
 from jobs.store.creating import create_job, create_jobs, create_or_find_job
 from jobs.store.delaying import release_overdue_scheduled
+from jobs.store.nudging import retry_jobs_now
 from jobs.store.queues import (
     QueueInfo,
     list_queues,
@@ -34,7 +35,6 @@ from jobs.store.queues import (
     resume_queue,
     wake_waiting_jobs,
 )
-from jobs.store.nudging import retry_jobs_now
 from jobs.store.reading import (
     count_jobs,
     get_job,
