@@ -26,8 +26,12 @@ from jobs.store.reading import (
     select_failed_jobs,
 )
 from jobs.store.recovery import (
+    ALIVE_MESSAGE,
+    CLAIM_LOST_TYPE,
     SWEEP_LOCK_KEY,
+    extend_expired_leases,
     prune_jobs,
+    record_worker_alive,
     recover_lost_jobs,
     resend_overdue_jobs,
     try_sweep_lock,
@@ -53,6 +57,8 @@ from jobs.store.running import (
 )
 
 __all__ = [
+    "ALIVE_MESSAGE",
+    "CLAIM_LOST_TYPE",
     "MAX_ERROR_CHARS",
     "MAX_RETRY_DELAY_SECONDS",
     "SWEEP_LOCK_KEY",
@@ -72,6 +78,8 @@ __all__ = [
     "missing_jobs",
     "oldest_queued_at",
     "prune_jobs",
+    "extend_expired_leases",
+    "record_worker_alive",
     "record_failure",
     "recover_lost_jobs",
     "renew_claim",

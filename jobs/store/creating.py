@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from jobs import errors, models, registry, sending
 from jobs.models import JobStatus
-from jobs.store.base import utcnow
+from jobs.store.clock import database_time
 
 _jobs = models.Job.__table__
 
@@ -32,7 +32,7 @@ def create_job(
     job_kind = registry.of(session).get(kind)
     if public_only and not job_kind.public:
         raise errors.JobKindNotPublic(f"job kind {kind!r} is internal: only the runner creates it")
-    now = utcnow()
+    now = database_time(session.connection())  # enqueued_at is compared by the sweeper on another host
     job = models.Job(
         id=uuid.uuid4(),
         kind=kind,
@@ -72,7 +72,7 @@ def create_jobs(
         raise ValueError("create_jobs needs one job ID per args")
     if not ids:
         return []
-    now = utcnow()
+    now = database_time(session.connection())
     max_attempts = job_kind.max_attempts
     common = {
         "kind": kind,

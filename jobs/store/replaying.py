@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session
 
 from jobs import errors, models, sending
 from jobs.models import AttemptOutcome, JobStatus
-from jobs.store.base import INSERT_ATTEMPT, attempt_row, utcnow
+from jobs.store.base import INSERT_ATTEMPT, attempt_row
+from jobs.store.clock import database_time, db_now
 from jobs.store.reading import get_job
 
 _jobs = models.Job.__table__
@@ -26,8 +27,8 @@ def replay_jobs(session: Session, job_ids: Sequence[uuid.UUID], *, reason: str |
     """
     if not job_ids:
         return []
-    now = utcnow()
     conn = session.connection()
+    now = database_time(conn)
     rows = conn.execute(
         update(_jobs)
         .where(_jobs.c.id.in_(job_ids), _jobs.c.status == JobStatus.FAILED.value)
@@ -91,7 +92,7 @@ def cancel_jobs(session: Session, job_ids: Sequence[uuid.UUID] | Select[Any]) ->
         .where(_jobs.c.id.in_(job_ids), _jobs.c.status.in_([s.value for s in models.CLAIMABLE]))
         .values(
             status=JobStatus.CANCELLED.value,
-            finished_at=utcnow(),
+            finished_at=db_now(),
             next_retry_at=None,
             claim_token=None,
             lease_expires_at=None,
