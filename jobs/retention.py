@@ -16,6 +16,7 @@ from sqlalchemy import delete
 from jobs import db, store
 from jobs.models import JobStatus
 from jobs.scheduling import models as schedule_models
+from jobs.store.clock import database_time
 
 #: How often each worker process prunes (the sweeper runs more often; pruning need not).
 INTERVAL_SECONDS = 60.0
@@ -45,7 +46,8 @@ def prune_expired(
 ) -> int:
     """Delete up to ``max_batches`` batches of jobs finished longer ago than ``retention`` allows,
     and the schedule fire records as old as the succeeded jobs kept. Returns how many jobs went."""
-    now = store.utcnow()
+    with database.engine.connect() as conn:
+        now = database_time(conn)  # finished_at is the database's time
     deleted = batches = 0
     for statuses, before in retention.plan(now):
         while batches < max_batches:

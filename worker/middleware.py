@@ -26,6 +26,7 @@ Dramatiq logs and swallows ordinary exceptions raised in hooks, so each hook cat
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 import functools
@@ -271,7 +272,7 @@ class JobSessionMiddleware(Middleware):
         if held:
             _log(current.job.id, current.job.kind, "succeeded", "attempt %d", current.job.attempt)
         else:
-            _log_claim_lost(current.job)
+            self._claim_lost(current.job)
 
     def _fail(self, current: _Current, error: BaseException) -> None:
         # SQLite: a handler stopped mid-read leaves a statement open on its connection (the error's
@@ -321,7 +322,16 @@ class JobSessionMiddleware(Middleware):
                 exc_info=error,
             )
         else:
-            _log_claim_lost(job)
+            self._claim_lost(job)
+
+    def _claim_lost(self, job: registry.RunningJob) -> None:
+        """This worker is alive and its job was taken back (it could not renew the lease in time):
+        the attempt the sweeper recorded as ``lost`` becomes an ``error``, which does not count
+        towards quarantine (:func:`jobs.store.record_worker_alive`)."""
+        _log_claim_lost(job)
+        worker_id = self.state.worker_id
+        with contextlib.suppress(_Unrecorded):
+            self._record(job, lambda session: store.record_worker_alive(session, job, worker_id=worker_id))
 
     def _interrupt(self, current: _Current, reason: str) -> None:
         _close(current)

@@ -31,21 +31,35 @@ class SweepReport:
     resent: list[uuid.UUID] = dataclasses.field(default_factory=list)
     #: Delayed jobs whose message seemed lost, made queued and sent again.
     released: list[uuid.UUID] = dataclasses.field(default_factory=list)
+    #: Expired leases extended instead of taken back (a grace pass, see :func:`sweep_once`).
+    extended: list[uuid.UUID] = dataclasses.field(default_factory=list)
 
 
-def sweep_once(database: db.Database, settings: Settings, *, held: sending.HeldProbe | None = None) -> SweepReport:
-    """Run one pass in one transaction; the messages go out after it commits. ``held``: asks the broker
-    which overdue jobs' messages it still holds, so those are not sent again (see
-    :func:`jobs.store.resend_overdue_jobs`); a probe that fails counts as "none held"."""
+def sweep_once(
+    database: db.Database, settings: Settings, *, held: sending.HeldProbe | None = None, grace: bool = False
+) -> SweepReport:
+    """Run one pass in one transaction; the messages go out after it commits.
+
+    ``held``: asks the broker which overdue jobs' messages it still holds, so those are not sent
+    again (see :func:`jobs.store.resend_overdue_jobs`); a probe that fails counts as "none held".
+    ``grace``: the caller could not reach the database for longer than a lease before this pass, so
+    an expired lease is no proof that its worker died (the worker may have been cut off too): give
+    each one more lease (:func:`jobs.store.extend_expired_leases`) rather than take it back.
+    """
     with db.session_scope(database.sessions) as session:
         if not store.try_sweep_lock(session):
             return SweepReport(ran=False)
-        recovered = store.recover_lost_jobs(session, quarantine_after_lost=settings.quarantine_after_lost)
-        report = SweepReport(
-            ran=True,
-            requeued=[job_id for job_id, status in recovered if status == JobStatus.QUEUED],
-            quarantined=[job_id for job_id, status in recovered if status == JobStatus.FAILED],
-        )
+        if grace:
+            report = SweepReport(
+                ran=True, extended=store.extend_expired_leases(session, lease_seconds=settings.lease_seconds)
+            )
+        else:
+            recovered = store.recover_lost_jobs(session, quarantine_after_lost=settings.quarantine_after_lost)
+            report = SweepReport(
+                ran=True,
+                requeued=[job_id for job_id, status in recovered if status == JobStatus.QUEUED],
+                quarantined=[job_id for job_id, status in recovered if status == JobStatus.FAILED],
+            )
         report.resent = store.resend_overdue_jobs(
             session,
             older_than_seconds=settings.requeue_after_seconds,
@@ -63,6 +77,11 @@ def sweep_once(database: db.Database, settings: Settings, *, held: sending.HeldP
         logger.info("re-sent %d job(s) whose message seemed lost", len(report.resent))
     if report.released:
         logger.info("queued %d delayed job(s) whose message seemed lost", len(report.released))
+    if report.extended:
+        logger.warning(
+            "the database was out of reach for longer than a lease: %d expired lease(s) extended once, not taken back",
+            len(report.extended),
+        )
     return report
 
 
@@ -82,20 +101,35 @@ def _forgiving(held: sending.HeldProbe) -> sending.HeldProbe:
     return probe
 
 
+class _Sweeps:
+    """The worker's sweeper passes, each a grace pass when the one before it that reached the
+    database is more than a lease (plus an interval) ago; and the retention
+    (:func:`jobs.retention.prune_expired`) every ``retention.INTERVAL_SECONDS``."""
+
+    def __init__(self, database: db.Database, settings: Settings, held: sending.HeldProbe | None) -> None:
+        self.database = database
+        self.settings = settings
+        self.held = held
+        self._reached_at = time.monotonic()
+        self._pruned_at = time.monotonic() - retention.INTERVAL_SECONDS  # the first pass prunes too
+
+    def run(self) -> SweepReport:
+        out_of_reach = time.monotonic() - self._reached_at
+        grace = out_of_reach > self.settings.lease_seconds + self.settings.sweep_interval_seconds
+        report = sweep_once(self.database, self.settings, held=self.held, grace=grace)
+        self._reached_at = time.monotonic()
+        if time.monotonic() - self._pruned_at >= retention.INTERVAL_SECONDS:
+            self._pruned_at = time.monotonic()
+            prune(self.database, self.settings)
+        return report
+
+
 def make_sweeper(
     database: db.Database, settings: Settings, *, held: sending.HeldProbe | None = None
 ) -> periodic.Periodic:
-    """A thread running :func:`sweep_once` every ``sweep_interval_seconds``, and the retention
-    (:func:`jobs.retention.prune_expired`) every ``retention.INTERVAL_SECONDS``."""
-    pruned_at = [time.monotonic() - retention.INTERVAL_SECONDS]  # the first pass prunes too
-
-    def sweep() -> None:
-        sweep_once(database, settings, held=held)
-        if time.monotonic() - pruned_at[0] >= retention.INTERVAL_SECONDS:
-            pruned_at[0] = time.monotonic()
-            prune(database, settings)
-
-    return periodic.Periodic("sweeper", settings.sweep_interval_seconds, sweep)
+    """A thread running the sweeper passes every ``sweep_interval_seconds`` (a grace pass after the
+    database was out of reach for longer than a lease) and the retention (see :class:`_Sweeps`)."""
+    return periodic.Periodic("sweeper", settings.sweep_interval_seconds, _Sweeps(database, settings, held).run)
 
 
 def prune(database: db.Database, settings: Settings) -> int:

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from jobs import errors, models, registry, sending
 from jobs.models import JobStatus
 from jobs.observe import tracecontext
-from jobs.store.base import utcnow
+from jobs.store.clock import database_time
 
 _jobs = models.Job.__table__
 
@@ -84,7 +84,7 @@ def create_or_find_job(
     job_kind = registry.of(session).get(kind)
     if public_only and not job_kind.public:
         raise errors.JobKindNotPublic(f"job kind {kind!r} is internal: only the runner creates it")
-    now = utcnow()
+    now = database_time(session.connection())  # enqueued_at is compared by the sweeper on another host
     run_at = _due_time(now, run_at=run_at, delay=delay)
     scheduled = run_at is not None and run_at > now
     job = models.Job(
@@ -169,7 +169,7 @@ def create_jobs(
         raise ValueError("create_jobs needs one job ID per args")
     if not ids:
         return []
-    now = utcnow()
+    now = database_time(session.connection())
     max_attempts = job_kind.max_attempts
     common = {
         "kind": kind,

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from jobs import models, sending
 from jobs.models import JobStatus
-from jobs.store.base import utcnow
+from jobs.store.clock import database_time
 
 _jobs = models.Job.__table__
 
@@ -19,7 +19,7 @@ def release_overdue_scheduled(session: Session, *, older_than_seconds: float, li
     """Make ``queued``, and send again, the ``scheduled`` jobs due for longer than ``older_than_seconds``:
     their delayed message was lost (a flushed or failed-over Redis) or is stuck behind a backlog. A
     duplicate message is harmless: the claim takes the job once."""
-    now = utcnow()
+    now = database_time(session.connection())  # run_at is the database's time too
     overdue = (
         select(_jobs.c.id)
         .where(

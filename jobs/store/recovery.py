@@ -13,7 +13,8 @@ from jobs import errors, models, registry, sending
 from jobs.models import AttemptOutcome, JobStatus
 from jobs.observe import counting
 from jobs.store import cancelling
-from jobs.store.base import INSERT_ATTEMPT, attempt_row, utcnow
+from jobs.store.base import INSERT_ATTEMPT, attempt_row
+from jobs.store.clock import database_time, db_now
 from jobs.store.running import run_failure_hook
 
 _jobs = models.Job.__table__
@@ -37,10 +38,10 @@ def recover_lost_jobs(
     ``queued``, or ``failed`` once attempts are spent or the worker died ``quarantine_after_lost``
     times on the job. Returns each job taken back with its new status.
     """
-    now = utcnow()
+    now = database_time(session.connection())
     query = (
         select(models.Job)
-        .where(models.Job.status == JobStatus.RUNNING, models.Job.lease_expires_at < now)
+        .where(models.Job.status == JobStatus.RUNNING, models.Job.lease_expires_at < db_now())
         .order_by(models.Job.lease_expires_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -154,6 +155,50 @@ def _cancel_taken_back(session: Session, job: models.Job, *, now: dt.datetime) -
     return JobStatus.CANCELLED
 
 
+#: The attempt's message when its worker came back after the job was taken back (see :func:`record_worker_alive`).
+ALIVE_MESSAGE = "the worker was alive but could not renew its lease in time (database out of reach); taken back"
+#: The error type of such an attempt.
+CLAIM_LOST_TYPE = "jobs.errors.ClaimLost"
+
+
+def extend_expired_leases(session: Session, *, lease_seconds: float) -> list[uuid.UUID]:
+    """Give every ``running`` job whose lease expired one more lease from the database's now,
+    taking nothing back: a sweeper's *grace pass* after it could not reach the database itself for
+    longer than a lease (it cannot tell a dead worker from one cut off as it was). A live worker
+    renews within that lease; a dead one's job is taken back by a later pass. Returns those extended.
+    """
+    rows = session.execute(
+        update(_jobs)
+        .where(_jobs.c.status == JobStatus.RUNNING.value, _jobs.c.lease_expires_at < db_now())
+        .values(lease_expires_at=db_now(lease_seconds))
+        .returning(_jobs.c.id)
+    ).all()
+    return [row.id for row in rows]
+
+
+def record_worker_alive(session: Session, job: registry.RunningJob, *, worker_id: str) -> bool:
+    """The worker that held ``job`` is alive and found its claim gone (it could not renew the lease
+    in time): the ``lost`` attempt the sweeper recorded for it becomes an ``error`` (error type
+    :data:`CLAIM_LOST_TYPE`), which counts against ``max_attempts`` as any failed attempt does but
+    not towards quarantine, which counts worker deaths. Its work was discarded by the fence; nothing
+    else is recorded. Returns whether there was such a row (there is none when the take-back ended
+    the run: that stays as it is).
+    """
+    attempts = models.JobAttempt.__table__
+    result = session.connection().execute(
+        update(attempts)
+        .where(
+            attempts.c.job_id == job.id,
+            attempts.c.run == job.run,
+            attempts.c.number == job.attempt,
+            attempts.c.worker_id == worker_id,
+            attempts.c.outcome == AttemptOutcome.LOST.value,
+        )
+        .values(outcome=AttemptOutcome.ERROR.value, error_type=CLAIM_LOST_TYPE, error_message=ALIVE_MESSAGE)
+    )
+    return bool(result.rowcount)
+
+
 # --- the sweeper --------------------------------------------------------------------------------
 
 #: Key of the PostgreSQL advisory lock that lets one sweeper pass run at a time across workers.
@@ -194,7 +239,7 @@ def resend_overdue_jobs(
 
     Returns the IDs sent again.
     """
-    now = utcnow()
+    now = database_time(session.connection())  # enqueued_at is written by every host: one clock
     cutoff = now - dt.timedelta(seconds=older_than_seconds)
     overdue = (
         select(_jobs.c.id, _jobs.c.queue, _jobs.c.status, _jobs.c.message_id, _jobs.c.enqueued_at)

@@ -10,7 +10,8 @@ from sqlalchemy.orm import Session
 
 from jobs import errors, models, sending
 from jobs.models import AttemptOutcome, JobStatus
-from jobs.store.base import INSERT_ATTEMPT, attempt_row, utcnow
+from jobs.store.base import INSERT_ATTEMPT, attempt_row
+from jobs.store.clock import database_time
 from jobs.store.reading import get_job
 
 _jobs = models.Job.__table__
@@ -25,8 +26,8 @@ def replay_jobs(session: Session, job_ids: Sequence[uuid.UUID], *, reason: str |
     """
     if not job_ids:
         return []
-    now = utcnow()
     conn = session.connection()
+    now = database_time(conn)
     rows = conn.execute(
         update(_jobs)
         .where(_jobs.c.id.in_(job_ids), _jobs.c.status == JobStatus.FAILED.value)

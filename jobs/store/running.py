@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import functools
 import logging
 import random
@@ -18,7 +17,6 @@ from sqlalchemy import (
     and_,
     bindparam,
     exists,
-    func,
     insert,
     literal,
     literal_column,
@@ -29,9 +27,10 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from jobs import errors, models, registry, sending
-from jobs.models import AttemptOutcome, JobStatus, UTCDateTime
+from jobs.models import AttemptOutcome, JobStatus
 from jobs.store import queues
-from jobs.store.base import INSERT_ATTEMPT, HotStatement, attempt_row, utcnow
+from jobs.store.base import INSERT_ATTEMPT, HotStatement, attempt_row
+from jobs.store.clock import db_now, seconds_param
 
 logger = logging.getLogger(__name__)
 
@@ -50,11 +49,10 @@ _CLAIMABLE_SQL: list[ColumnElement[Any]] = [literal_column(f"'{status.value}'") 
 _pauses = models.QueuePause.__table__
 #: The job's queue is paused: a lookup by primary key in a table that is usually empty.
 _QUEUE_PAUSED = exists().where(_pauses.c.queue == _jobs.c.queue)
-_claim_now = bindparam("b_now", type_=UTCDateTime())
-#: A delayed job is claimable once due, so a message that arrives early (a clock ahead, a resend)
-#: cannot start it before its ``run_at``.
+#: A delayed job is claimable once due (on the database's clock), so a message that arrives early
+#: (a resend, a broker's early delivery) cannot start it before its ``run_at``.
 _DUE_SCHEDULED_SQL = and_(
-    _jobs.c.status == literal_column(f"'{JobStatus.SCHEDULED.value}'"), _jobs.c.run_at <= _claim_now
+    _jobs.c.status == literal_column(f"'{JobStatus.SCHEDULED.value}'"), _jobs.c.run_at <= db_now()
 )
 
 
@@ -76,9 +74,9 @@ def _claim_statement(limited_kinds: frozenset[str]) -> Any:
             status=JobStatus.RUNNING.value,
             attempts=_jobs.c.attempts + 1,
             claim_token=bindparam("b_token"),
-            lease_expires_at=bindparam("b_lease"),
+            lease_expires_at=db_now(seconds_param("b_lease_seconds")),
             worker_id=bindparam("b_worker"),
-            started_at=_claim_now,
+            started_at=db_now(),
             next_retry_at=None,
         )
         .returning(
@@ -134,20 +132,14 @@ def claim_job(
     it: of two workers racing for a job exactly one gets it. A job of a paused queue is not taken.
     ``limits``: the kinds declared with ``max_running`` and their limits (the registry's); a job of
     one of them is taken only under its limit (see :mod:`jobs.store.queues`). Returns None when the
-    job is not claimable (see :func:`describe_unclaimable`); the row is then untouched.
+    job is not claimable (see :func:`describe_unclaimable`); the row is then untouched. ``started_at``
+    and the lease are the database's time (:mod:`jobs.store.clock`), whatever this host's clock says.
 
     Raises:
         KindAtLimit: the job's kind has ``max_running`` jobs running; the job stays as it was.
     """
-    now = utcnow()
     token = uuid.uuid4()
-    params = {
-        "b_job_id": job_id,
-        "b_token": token,
-        "b_lease": now + dt.timedelta(seconds=lease_seconds),
-        "b_worker": worker_id,
-        "b_now": now,
-    }
+    params = {"b_job_id": job_id, "b_token": token, "b_lease_seconds": float(lease_seconds), "b_worker": worker_id}
     limited_kinds = frozenset(limits or ())
     with _own_transaction(conn):
         row = _hot_claim(limited_kinds).first(conn, params, own_transaction=True)
@@ -183,24 +175,26 @@ def _claim_limited(conn: Connection, job_id: uuid.UUID, params: dict[str, Any], 
 
 def describe_unclaimable(conn: Connection, job_id: uuid.UUID) -> tuple[str, bool]:
     """Why a job could not be claimed, and whether it is running under an expired lease."""
-    query = select(_jobs.c.status, _jobs.c.queue, _jobs.c.lease_expires_at, _jobs.c.run_at).where(_jobs.c.id == job_id)
-    row = conn.execute(query).first()
+    expired = _jobs.c.lease_expires_at < db_now()
+    due = _jobs.c.run_at <= db_now()
+    query = select(_jobs.c.status, _jobs.c.queue, _jobs.c.run_at, expired.label("expired"), due.label("due"))
+    row = conn.execute(query.where(_jobs.c.id == job_id)).first()
     if row is None:
         return "no such job", False
-    if row.status == JobStatus.SCHEDULED and (row.run_at is None or row.run_at > utcnow()):
+    if row.status == JobStatus.SCHEDULED and not row.due:
         return f"job is scheduled for {row.run_at.isoformat() if row.run_at else 'later'}", False
     if row.status in (*models.CLAIMABLE, JobStatus.SCHEDULED) and queues.select_pause_of(conn, row.queue):
         return f"queue {row.queue} is paused", False
     if row.status != JobStatus.RUNNING:
         return f"job is {row.status}", False
-    if row.lease_expires_at is not None and row.lease_expires_at < utcnow():
+    if row.expired:
         return "job is running under an expired lease", True
     return "job is running under a live lease", False
 
 
 # --- finishing an attempt -----------------------------------------------------------------------
 
-_now_param = bindparam("b_now", type_=UTCDateTime())
+_now = db_now()
 #: The claim fence: an update of a running job applies only while this worker holds its claim.
 FENCE = (
     _jobs.c.id == bindparam("b_job_id"),
@@ -214,13 +208,20 @@ _SUCCEED = (
     .where(*FENCE)
     .values(
         status=JobStatus.SUCCEEDED.value,
-        finished_at=_now_param,
+        finished_at=_now,
         lease_expires_at=None,
         error_type=None,
         error_message=None,
         error_traceback=None,
     )
-    .returning(_jobs.c.id, _jobs.c.replay_count, _jobs.c.attempts, _jobs.c.worker_id, _jobs.c.started_at)
+    .returning(
+        _jobs.c.id,
+        _jobs.c.replay_count,
+        _jobs.c.attempts,
+        _jobs.c.worker_id,
+        _jobs.c.started_at,
+        _jobs.c.finished_at,
+    )
 )
 _succeeded = _SUCCEED.cte("succeeded")
 #: PostgreSQL: the fenced update and the attempt row in one statement (a data-modifying CTE).
@@ -234,7 +235,7 @@ _SUCCEED_WITH_ATTEMPT = (
             _succeeded.c.attempts,
             _succeeded.c.worker_id,
             _succeeded.c.started_at,
-            _now_param,
+            _succeeded.c.finished_at,
             literal(AttemptOutcome.SUCCEEDED.value),
         ),
     )
@@ -249,32 +250,42 @@ def complete_job(conn: Connection, job: registry.RunningJob) -> bool:
     Returns False, changing nothing, if this worker no longer holds the claim: the caller must then
     roll the handler's work back.
     """
-    now = utcnow()
-    params = {"b_job_id": job.id, "b_token": job.claim_token, "b_now": now}
+    params = {"b_job_id": job.id, "b_token": job.claim_token}
     if conn.dialect.name == "postgresql":
         # A handler that ran no SQL leaves nothing to commit with the success: then it runs alone.
         return _HOT_SUCCEED_WITH_ATTEMPT.first(conn, params, own_transaction=True) is not None
     row = conn.execute(_SUCCEED, params).first()
     if row is None:
         return False
-    conn.execute(INSERT_ATTEMPT, attempt_row(row, outcome=AttemptOutcome.SUCCEEDED, finished_at=now))
+    conn.execute(INSERT_ATTEMPT, attempt_row(row, outcome=AttemptOutcome.SUCCEEDED, finished_at=row.finished_at))
     return True
 
 
-_FAIL = (
+_FAIL_COLUMNS: dict[str, Any] = {
+    "lease_expires_at": None,
+    "error_type": bindparam("b_error_type"),
+    "error_message": bindparam("b_error_message"),
+    "error_traceback": bindparam("b_error_traceback"),
+}
+_FAIL_RETURNING = (_jobs.c.id, _jobs.c.replay_count, _jobs.c.attempts, _jobs.c.worker_id, _jobs.c.started_at)
+#: A failed attempt that will be retried: ``next_retry_at`` is the database's time plus the delay.
+_RETRY = (
     update(_jobs)
     .where(*FENCE)
     .values(
-        status=bindparam("b_status"),
-        next_retry_at=bindparam("b_next_retry_at", type_=UTCDateTime()),
-        finished_at=bindparam("b_finished_at", type_=UTCDateTime()),
-        enqueued_at=func.coalesce(bindparam("b_enqueued_at", type_=UTCDateTime()), _jobs.c.enqueued_at),
-        lease_expires_at=None,
-        error_type=bindparam("b_error_type"),
-        error_message=bindparam("b_error_message"),
-        error_traceback=bindparam("b_error_traceback"),
+        status=JobStatus.RETRYING.value,
+        next_retry_at=db_now(seconds_param("b_delay_seconds")),
+        enqueued_at=_now,
+        **_FAIL_COLUMNS,
     )
-    .returning(_jobs.c.id, _jobs.c.replay_count, _jobs.c.attempts, _jobs.c.worker_id, _jobs.c.started_at)
+    .returning(*_FAIL_RETURNING, _now.label("now"))
+)
+#: The run's last attempt failed.
+_FAIL = (
+    update(_jobs)
+    .where(*FENCE)
+    .values(status=JobStatus.FAILED.value, next_retry_at=None, finished_at=_now, **_FAIL_COLUMNS)
+    .returning(*_FAIL_RETURNING, _jobs.c.finished_at.label("now"))
 )
 
 
@@ -311,26 +322,17 @@ def record_failure(
     no longer holds the claim (nothing is changed).
     """
     final = isinstance(error, errors.PermanentError) or job.attempt >= job.max_attempts
-    now = utcnow()
     delay = None if final else retry_delay_seconds(job.attempt, base_seconds=backoff_seconds)
     details = describe_error(error)
     conn = session.connection()
-    row = conn.execute(
-        _FAIL,
-        {
-            "b_job_id": job.id,
-            "b_token": job.claim_token,
-            "b_status": (JobStatus.FAILED if final else JobStatus.RETRYING).value,
-            "b_next_retry_at": None if delay is None else now + dt.timedelta(seconds=delay),
-            "b_finished_at": now if final else None,
-            "b_enqueued_at": None if final else now,
-            **{f"b_{key}": value for key, value in details.items()},
-        },
-    ).first()
+    params = {"b_job_id": job.id, "b_token": job.claim_token, **{f"b_{key}": value for key, value in details.items()}}
+    if delay is not None:
+        params["b_delay_seconds"] = delay
+    row = conn.execute(_FAIL if final else _RETRY, params).first()
     if row is None:
         return None
     outcome = AttemptOutcome.FAILED if final else AttemptOutcome.ERROR
-    conn.execute(INSERT_ATTEMPT, attempt_row(row, outcome=outcome, finished_at=now, **details))
+    conn.execute(INSERT_ATTEMPT, attempt_row(row, outcome=outcome, finished_at=row.now, **details))
     if delay is None:
         run_failure_hook(session, job, error)
         return JobStatus.FAILED
@@ -362,9 +364,16 @@ _INTERRUPT = (
         attempts=_jobs.c.attempts - 1,
         claim_token=None,
         lease_expires_at=None,
-        enqueued_at=_now_param,
+        enqueued_at=_now,
     )
-    .returning(_jobs.c.id, _jobs.c.replay_count, _jobs.c.attempts, _jobs.c.worker_id, _jobs.c.started_at)
+    .returning(
+        _jobs.c.id,
+        _jobs.c.replay_count,
+        _jobs.c.attempts,
+        _jobs.c.worker_id,
+        _jobs.c.started_at,
+        _jobs.c.enqueued_at,
+    )
 )
 
 
@@ -373,29 +382,24 @@ def interrupt_job(session: Session, job: registry.RunningJob, *, reason: str) ->
 
     Returns False if this worker no longer holds the claim.
     """
-    now = utcnow()
     conn = session.connection()
-    row = conn.execute(_INTERRUPT, {"b_job_id": job.id, "b_token": job.claim_token, "b_now": now}).first()
+    row = conn.execute(_INTERRUPT, {"b_job_id": job.id, "b_token": job.claim_token}).first()
     if row is None:
         return False
     attempt = attempt_row(
-        row, outcome=AttemptOutcome.INTERRUPTED, finished_at=now, number=job.attempt, error_message=reason
+        row, outcome=AttemptOutcome.INTERRUPTED, finished_at=row.enqueued_at, number=job.attempt, error_message=reason
     )
     conn.execute(INSERT_ATTEMPT, attempt)
     sending.send_after_commit(session, sending.JobMessage(job.id, job.queue))
     return True
 
 
-_RENEW = update(_jobs).where(*FENCE).values(lease_expires_at=bindparam("b_lease", type_=UTCDateTime()))
+_RENEW = update(_jobs).where(*FENCE).values(lease_expires_at=db_now(seconds_param("b_lease_seconds")))
 
 
 def renew_claim(conn: Connection, job: registry.RunningJob, *, lease_seconds: float) -> bool:
     """Extend ``job``'s lease if this worker still holds its claim; False if it does not."""
-    params = {
-        "b_job_id": job.id,
-        "b_token": job.claim_token,
-        "b_lease": utcnow() + dt.timedelta(seconds=lease_seconds),
-    }
+    params = {"b_job_id": job.id, "b_token": job.claim_token, "b_lease_seconds": float(lease_seconds)}
     return conn.execute(_RENEW, params).rowcount == 1
 
 
@@ -405,21 +409,21 @@ _RENEW_ALL = (
         _jobs.c.claim_token.in_(bindparam("b_tokens", expanding=True)),
         _jobs.c.status == JobStatus.RUNNING.value,
     )
-    .values(lease_expires_at=bindparam("b_lease", type_=UTCDateTime()))
+    .values(lease_expires_at=db_now(seconds_param("b_lease_seconds")))
 )
 
 
 def renew_leases(conn: Connection, claim_tokens: Sequence[uuid.UUID], *, lease_seconds: float) -> int:
     """Extend the leases of the running jobs holding ``claim_tokens`` in one statement (the
     heartbeat). Returns how many were still held."""
-    lease = utcnow() + dt.timedelta(seconds=lease_seconds)
-    return conn.execute(_RENEW_ALL, {"b_tokens": list(claim_tokens), "b_lease": lease}).rowcount
+    params = {"b_tokens": list(claim_tokens), "b_lease_seconds": float(lease_seconds)}
+    return conn.execute(_RENEW_ALL, params).rowcount
 
 
 _CHECKPOINT = (
     update(_jobs)
     .where(*FENCE)
-    .values(lease_expires_at=bindparam("b_lease", type_=UTCDateTime()))
+    .values(lease_expires_at=db_now(seconds_param("b_lease_seconds")))
     .returning(_jobs.c.cancel_requested_at)
 )
 
@@ -432,11 +436,7 @@ def checkpoint(session: Session, job: registry.RunningJob, *, lease_seconds: flo
         ClaimLost: another worker holds the job now; nothing was committed.
         JobCancelled: the job was asked to stop; nothing was committed (the runner rolls back).
     """
-    params = {
-        "b_job_id": job.id,
-        "b_token": job.claim_token,
-        "b_lease": utcnow() + dt.timedelta(seconds=lease_seconds),
-    }
+    params = {"b_job_id": job.id, "b_token": job.claim_token, "b_lease_seconds": float(lease_seconds)}
     row = session.connection().execute(_CHECKPOINT, params).first()
     if row is None:
         raise errors.ClaimLost(f"job {job.id} was taken over by another worker; its work was not committed")

@@ -8,7 +8,7 @@ import datetime as dt
 import uuid
 
 import pytest
-from sqlalchemy import bindparam, insert
+from sqlalchemy import bindparam, insert, update
 from sqlalchemy import exc as sa_exc
 
 from jobs import models, store
@@ -16,15 +16,8 @@ from jobs.store import running
 from jobs.store.base import HotStatement
 
 
-def _claim_params(job_id: uuid.UUID, *, lease: dt.datetime | None = None) -> dict[str, object]:
-    now = store.utcnow()
-    return {
-        "b_job_id": job_id,
-        "b_token": uuid.uuid4(),
-        "b_lease": lease or now + dt.timedelta(seconds=30),
-        "b_worker": "hot-test",
-        "b_now": now,
-    }
+def _claim_params(job_id: uuid.UUID) -> dict[str, object]:
+    return {"b_job_id": job_id, "b_token": uuid.uuid4(), "b_lease_seconds": 30.0, "b_worker": "hot-test"}
 
 
 def test_the_hot_claim_returns_what_conn_execute_returns(database, make_job):
@@ -49,9 +42,7 @@ def test_a_returned_datetime_is_aware_utc_as_conn_execute_gives_it(database, mak
         job = store.claim_job(conn, job_id, worker_id="hot-test", lease_seconds=30)
         assert job is not None
         with conn.begin():
-            row = returning_started.first(
-                conn, {"b_job_id": job_id, "b_token": job.claim_token, "b_now": store.utcnow()}
-            )
+            row = returning_started.first(conn, {"b_job_id": job_id, "b_token": job.claim_token})
     assert row is not None and row.id == job_id
     assert row.started_at.tzinfo is not None and row.started_at.utcoffset() == dt.timedelta(0)
 
@@ -59,8 +50,15 @@ def test_a_returned_datetime_is_aware_utc_as_conn_execute_gives_it(database, mak
 def test_a_naive_datetime_is_refused_before_anything_runs(database, make_job, fetch):
     job_id = make_job("noop")
     naive = dt.datetime.now() + dt.timedelta(seconds=30)
+    jobs = models.Job.__table__
+    delay = HotStatement(
+        update(jobs)
+        .where(jobs.c.id == bindparam("b_job_id"))
+        .values(status="retrying", next_retry_at=bindparam("b_at", type_=models.UTCDateTime()))
+        .returning(jobs.c.id)
+    )
     with database.engine.connect() as conn, pytest.raises(sa_exc.StatementError, match="naive datetimes"), conn.begin():
-        running._HOT_CLAIM.first(conn, _claim_params(job_id, lease=naive))
+        delay.first(conn, {"b_job_id": job_id, "b_at": naive})
     assert fetch(job_id)[0].status == "queued"
 
 

@@ -78,6 +78,7 @@ class WorkerProcess:
         processes: int = 1,
         args: Sequence[str] = (),
         name: str = "worker",
+        command_prefix: Sequence[str] = (),
         **env: str,
     ) -> None:
         self.log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
@@ -85,7 +86,7 @@ class WorkerProcess:
         argv = ["--processes", str(processes), "--threads", str(threads), *args]
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "worker", "worker", *argv],
+                [*command_prefix, sys.executable, "-m", "worker", "worker", *argv],
                 env=child_env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -121,11 +121,18 @@ def test_stalled_worker_cannot_commit_after_another_took_its_job(database, worke
         wait_until(lambda: _statuses(database, [job_id])[job_id] == JobStatus.SUCCEEDED, what="the takeover")
     finally:
         stalled.signal(signal.SIGCONT)
-    # The stalled worker wakes up, finishes its handler and tries to commit: the fence refuses.
+    # The stalled worker wakes up, finishes its handler and tries to commit: the fence refuses. It
+    # was alive, so its attempt, recorded as lost by the sweeper, becomes an error (no quarantine).
     wait_until(lambda: "claim_lost" in stalled.log(), what="the stalled worker to give up", timeout=60)
+    wait_until(
+        lambda: store_fetch(database, job_id)[1][0].outcome == AttemptOutcome.ERROR,
+        timeout=30,
+        what="the stalled worker to record that it was alive",
+    )
     job, history = store_fetch(database, job_id)
     assert job.status == JobStatus.SUCCEEDED
-    assert [a.outcome for a in history] == [AttemptOutcome.LOST, AttemptOutcome.SUCCEEDED]
+    assert [a.outcome for a in history] == [AttemptOutcome.ERROR, AttemptOutcome.SUCCEEDED]
+    assert history[0].error_message == store.ALIVE_MESSAGE
     assert _notes_per_job(database) == {job_id: 1}
 
 

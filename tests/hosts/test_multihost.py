@@ -1,0 +1,198 @@
+"""Partitions, clock skew and a frozen host, across network namespaces (tests/hosts/netbed.py): a
+database and a broker on hosts of their own, an API host and two worker hosts. Each scenario runs
+under load and ends with every job succeeded, each job's note written exactly once, and what
+``jobctl check`` checks holding; each prints its recovery time (never asserted)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+import redis
+from sqlalchemy import func, select
+
+from jobs import models, store
+from jobs.models import AttemptOutcome, JobStatus
+from jobs.store import checking
+from tests import kinds
+from tests.skew import skewed_clock_env
+from tests.worker.processes import create_notes, wait_until
+
+pytestmark = [pytest.mark.multihost, pytest.mark.postgres_only]
+
+#: Short leases and sweeps: a lease of 2 s, a sweep every 0.5 s, a lost message re-sent after 2 s.
+FAST = {
+    "JOBRUNNER_LEASE_SECONDS": "2",
+    "JOBRUNNER_SWEEP_INTERVAL_SECONDS": "0.5",
+    "JOBRUNNER_REQUEUE_AFTER_SECONDS": "2",
+    "JOBRUNNER_RETRY_BACKOFF_SECONDS": "0.05",
+}
+#: How long a partition or a freeze lasts: longer than the lease.
+FAULT_SECONDS = 5.0
+SETTLE_SECONDS = 60.0
+
+
+def _statuses(database, job_ids):
+    with database.readers() as session:
+        rows = session.execute(select(models.Job.id, models.Job.status).where(models.Job.id.in_(job_ids))).all()
+    return dict(rows)
+
+
+def _running_on(database, job_ids, worker):
+    with database.readers() as session:
+        rows = session.scalars(
+            select(models.Job.worker_id).where(models.Job.id.in_(job_ids), models.Job.status == JobStatus.RUNNING)
+        ).all()
+    pids = {str(pid) for pid in worker.worker_pids()}
+    return [w for w in rows if w and w.rsplit(":", 1)[-1] in pids]
+
+
+def _settle(database, registry, job_ids, started, what, capsys):
+    """Wait for every job to succeed, check each applied once and the invariants; print the time."""
+    wait_until(
+        lambda: set(_statuses(database, job_ids).values()) == {JobStatus.SUCCEEDED},
+        timeout=SETTLE_SECONDS,
+        what=f"every job to succeed after {what}",
+    )
+    recovered = time.monotonic() - started
+    with database.engine.connect() as conn:
+        notes = dict(conn.execute(select(kinds.notes.c.job_id, func.count()).group_by(kinds.notes.c.job_id)).all())
+    lost = [job_id for job_id in job_ids if notes.get(job_id, 0) == 0]
+    doubled = [job_id for job_id in job_ids if notes.get(job_id, 0) > 1]
+    assert lost == [] and doubled == [], f"{len(lost)} lost, {len(doubled)} applied twice"
+    with database.readers() as session:
+        report = checking.run_checks(session, checking.checks_of(registry))
+        outcomes = dict(
+            session.execute(
+                select(models.JobAttempt.outcome, func.count())
+                .where(models.JobAttempt.job_id.in_(job_ids))
+                .group_by(models.JobAttempt.outcome)
+            ).all()
+        )
+    assert report.ok, "jobctl check:\n" + "\n".join(map(str, report.violations))
+    with capsys.disabled():
+        print(
+            f"\n[figure] multihost, {what}: {len(job_ids)} jobs, 0 lost, 0 doubled; attempts {outcomes}; "
+            f"all done {recovered:.1f} s after the fault began"
+        )
+    return outcomes
+
+
+def _ready(worker):
+    wait_until(lambda: "ready for action" in worker.log(), timeout=SETTLE_SECONDS, what="the worker to boot")
+
+
+def _load(database, quick=60, slow=8):
+    """``slow`` jobs of 4 s (sent first: each worker gets some), then ``quick`` ones."""
+    slow_ids = create_notes(database, slow, sleep_seconds=4)
+    return slow_ids + create_notes(database, quick)
+
+
+def test_a_worker_cut_off_from_the_database_mid_job_has_its_late_commit_fenced_out(
+    netbed, bed_database, bed_registry, host_workers, capsys
+):
+    w1, w2 = host_workers("w1", **FAST), host_workers("w2", **FAST)
+    _ready(w1), _ready(w2)  # w2's sweeper takes w1's jobs back while w1 is cut off
+    job_ids = _load(bed_database)
+    wait_until(
+        lambda: _running_on(bed_database, job_ids[:8], w1), timeout=SETTLE_SECONDS, what="a slow job running on w1"
+    )
+    started = time.monotonic()
+    netbed.partition("w1", "db")
+    time.sleep(FAULT_SECONDS)  # the partition: w1's leases expire; w2's sweeper takes its jobs back
+    netbed.heal("w1", "db")
+    _settle(bed_database, bed_registry, job_ids, started, "w1 cut off from PostgreSQL 5 s", capsys)
+    # w1 finishes its handler once healed and tries to commit: the fence refuses it, and the attempt
+    # the sweeper recorded as lost becomes an error (w1 was alive): no death counted.
+    wait_until(lambda: "claim_lost" in w1.log(), timeout=SETTLE_SECONDS, what="w1's late commit to be refused")
+    with bed_database.readers() as session:
+        claim_lost = session.scalar(select(func.count()).where(models.JobAttempt.error_type == store.CLAIM_LOST_TYPE))
+    assert claim_lost >= 1
+
+
+def test_a_worker_cut_off_from_the_broker_loses_nothing(netbed, bed_database, bed_registry, host_workers, capsys):
+    w1, w2 = host_workers("w1", **FAST), host_workers("w2", **FAST)
+    _ready(w1), _ready(w2)
+    job_ids = _load(bed_database)
+    wait_until(
+        lambda: _running_on(bed_database, job_ids[:8], w1), timeout=SETTLE_SECONDS, what="a slow job running on w1"
+    )
+    started = time.monotonic()
+    netbed.partition("w1", "broker")
+    time.sleep(FAULT_SECONDS)
+    netbed.heal("w1", "broker")
+    _settle(bed_database, bed_registry, job_ids, started, "w1 cut off from Redis 5 s", capsys)
+
+
+def test_jobs_posted_while_the_api_is_cut_off_from_the_broker_go_out_after_healing(
+    netbed, bed_database, bed_registry, bed_settings, host_workers, capsys
+):
+    netbed.partition("api", "broker")
+    env = {
+        **os.environ,
+        "JOBRUNNER_DATABASE_URL": bed_settings.database_url,
+        "JOBRUNNER_BROKER_URL": bed_settings.broker_url,
+        "JOBRUNNER_JOB_MODULES": "tests.kinds",
+        "PYTHONPATH": os.pathsep.join(sys.path),
+    }
+    api = subprocess.run(
+        ["ip", "netns", "exec", netbed.ns("api"), sys.executable, "-m", "tests.hosts.api_host", "20"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    answers = [line.split() for line in api.stdout.splitlines()]
+    assert len(answers) == 20 and {status for _, status in answers} == {"queued"}
+    job_ids = [uuid.UUID(job_id) for job_id, _ in answers]
+    assert set(_statuses(bed_database, job_ids).values()) == {JobStatus.QUEUED}
+    messages = redis.Redis.from_url(netbed.local_redis_url)
+    assert messages.hlen("dramatiq:default.msgs") == 0, "a send got through the partition"
+    messages.close()
+    started = time.monotonic()
+    netbed.heal("api", "broker")
+    host_workers("w1", **FAST)  # its sweeper sends the overdue jobs again
+    _settle(bed_database, bed_registry, job_ids, started, "API cut off from Redis at enqueue, then healed", capsys)
+
+
+def test_worker_hosts_with_clocks_ten_minutes_off_lose_and_double_nothing(
+    netbed, bed_database, bed_registry, host_workers, capsys
+):
+    job_ids = _load(bed_database)
+    started = time.monotonic()
+    host_workers("w1", **FAST, **skewed_clock_env(600))
+    host_workers("w2", **FAST, **skewed_clock_env(-600))
+    outcomes = _settle(bed_database, bed_registry, job_ids, started, "w1 +10 min, w2 -10 min", capsys)
+    assert set(outcomes) == {AttemptOutcome.SUCCEEDED}, "a running job was taken back"
+
+
+def test_a_frozen_worker_host_resumed_after_its_lease_commits_nothing_late(
+    netbed, bed_database, bed_registry, host_workers, capsys
+):
+    w1, w2 = host_workers("w1", **FAST), host_workers("w2", **FAST)
+    _ready(w1), _ready(w2)
+    job_ids = _load(bed_database)
+    wait_until(
+        lambda: _running_on(bed_database, job_ids[:8], w1), timeout=SETTLE_SECONDS, what="a slow job running on w1"
+    )
+    started = time.monotonic()
+    pids = [
+        int(pid)
+        for pid in subprocess.run(
+            ["ip", "netns", "pids", netbed.ns("w1")], capture_output=True, text=True, check=True
+        ).stdout.split()
+    ]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(FAULT_SECONDS)
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    _settle(bed_database, bed_registry, job_ids, started, "w1 frozen (SIGSTOP) 5 s", capsys)
