@@ -13,6 +13,9 @@ from sqlalchemy.exc import ArgumentError
 
 #: Where the zero-setup defaults keep their files.
 VAR_DIR = Path("var")
+#: The broker URL schemes jobrunner speaks: Redis, and RabbitMQ (AMQP 0-9-1). ``worker.producer``
+#: picks the broker for each.
+BROKER_SCHEMES = ("redis", "rediss", "unix", "amqp", "amqps")
 
 
 class Settings(BaseSettings):
@@ -60,8 +63,9 @@ class Settings(BaseSettings):
     @classmethod
     def _check_broker_url(cls, value: str) -> str:
         parts = urlsplit(value)
-        if parts.scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"the broker must be a Redis URL (redis://, rediss:// or unix://), got {value!r}")
+        if parts.scheme not in BROKER_SCHEMES:
+            schemes = ", ".join(f"{scheme}://" for scheme in BROKER_SCHEMES)
+            raise ValueError(f"the broker must be a Redis or RabbitMQ URL ({schemes}), got {value!r}")
         if parts.scheme != "unix" and not parts.hostname:
             raise ValueError(f"the broker URL has no host: {value!r}")
         return value

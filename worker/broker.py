@@ -1,10 +1,10 @@
-"""The worker's broker: Redis, the worker's middleware in the order the runner relies on, and one
-actor per queue. (The API and ``jobctl`` send through :mod:`worker.producer` and load none of this.)"""
+"""The worker's broker: Redis or RabbitMQ (as the URL says), the worker's middleware in the order
+the runner relies on, and one actor per queue. (The API and ``jobctl`` send through
+:mod:`worker.producer` and load none of this.)"""
 
 from __future__ import annotations
 
 import dramatiq
-from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import TimeLimit
 
 from jobs import db, kinds
@@ -16,7 +16,9 @@ from worker.middleware import JobSessionMiddleware
 from worker.state import WorkerState
 
 
-def make_worker_broker(settings: Settings, registry: Registry, *, database: db.Database | None = None) -> RedisBroker:
+def make_worker_broker(
+    settings: Settings, registry: Registry, *, database: db.Database | None = None
+) -> dramatiq.Broker:
     """The worker's broker: the lifecycle middleware (database, heartbeat, sweeper, shutdown), the
     job session middleware, then Dramatiq's time limit, and one actor per queue of ``registry``.
 
@@ -28,8 +30,7 @@ def make_worker_broker(settings: Settings, registry: Registry, *, database: db.D
     first, then interrupts. ``database``: a ready one (tests); by default it is built at worker boot.
     """
     state = WorkerState(settings=settings, registry=registry, database=database)
-    # Dramatiq's RedisBroker.__init__ carries no annotations (dramatiq is only partly typed).
-    broker = RedisBroker(client=producer.redis_client(settings), middleware=[])  # type: ignore[no-untyped-call]
+    broker = producer.make_broker(settings)
     broker.add_middleware(WorkerLifecycle(state))
     broker.add_middleware(JobSessionMiddleware(state))
     broker.add_middleware(TimeLimit(time_limit=settings.time_limit_seconds * 1000))
@@ -37,7 +38,7 @@ def make_worker_broker(settings: Settings, registry: Registry, *, database: db.D
     return broker
 
 
-def setup_worker_broker() -> RedisBroker:
+def setup_worker_broker() -> dramatiq.Broker:
     """Build the worker broker from the environment and make it Dramatiq's global broker."""
     settings = get_settings()
     broker = make_worker_broker(settings, kinds.load_registry(settings))

@@ -43,7 +43,7 @@ class WorkerLifecycle(Middleware):
             state.database = db.make_database(
                 state.settings.database_url,
                 pool_size=worker.worker_threads + 2,
-                sender=producer.make_sender(broker),  # type: ignore[arg-type]  # the worker's broker is a RedisBroker
+                sender=producer.make_sender(broker),
                 registry=state.registry,
                 application_name="jobrunner-worker",
             )
