@@ -147,9 +147,22 @@ def rabbitmq_vhost() -> Iterator[rabbitmq.RabbitVhost]:
 
 
 @pytest.fixture
+def throwaway_rabbitmq() -> Iterator[rabbitmq.ThrowawayRabbit]:
+    """A RabbitMQ node of the test's own (see tests/rabbitmq.py); a test that asks for it runs on
+    it (settings, database, worker processes). Stopped and removed afterwards."""
+    node = rabbitmq.ThrowawayRabbit()
+    try:
+        yield node
+    finally:
+        node.remove()
+
+
+@pytest.fixture
 def broker_url(request: pytest.FixtureRequest) -> str:
     """The test's broker: the run's Redis, or (in a test marked ``brokers``, parametrised) the run's
-    RabbitMQ vhost."""
+    RabbitMQ vhost, or the test's own RabbitMQ node if it asks for ``throwaway_rabbitmq``."""
+    if "throwaway_rabbitmq" in request.fixturenames:
+        return request.getfixturevalue("throwaway_rabbitmq").url
     if getattr(request, "param", "redis") == "rabbitmq":
         return request.getfixturevalue("rabbitmq_vhost").url
     return request.getfixturevalue("redis_url")
@@ -157,9 +170,14 @@ def broker_url(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def flush_broker(request: pytest.FixtureRequest, broker_url: str) -> Callable[[], None]:
-    """Empty the test's broker (every message lost): the run's Redis db, or its vhost's queues."""
-    server = "rabbitmq_vhost" if broker_url.startswith("amqp") else "redis_server"
-    return request.getfixturevalue(server).flush
+    """Empty the test's broker (every message lost): the run's Redis db, or the queues of the
+    test's job kinds in the run's vhost (a throwaway node starts empty)."""
+    if "throwaway_rabbitmq" in request.fixturenames:
+        return lambda: None
+    if broker_url.startswith("amqp"):
+        vhost, queues = request.getfixturevalue("rabbitmq_vhost"), request.getfixturevalue("kind_registry").queues()
+        return lambda: vhost.flush(queues)
+    return request.getfixturevalue("redis_server").flush
 
 
 @pytest.fixture
