@@ -14,17 +14,34 @@ What Dramatiq does with RabbitMQ, and what the runner relies on:
 - With ``confirm_delivery`` each publish waits for RabbitMQ's confirm, so a send that did not reach
   a queue raises (the job stays ``queued`` and the sweeper sends it again), and a queue deleted
   under a running producer is declared again (Dramatiq publishes ``mandatory`` then).
+
+Dramatiq has no bulk enqueue, and a confirm per message costs a round trip (measured here: 370
+persistent messages/s confirmed one by one, 7,500/s published 500 to an AMQP transaction). So
+:func:`enqueue_many` publishes several messages in one transaction (``tx.select``/``tx.commit``) on a
+channel of its own, prepared as ``RabbitmqBroker.enqueue`` prepares them; one message, or a batch
+that meets any error, goes through Dramatiq's ``enqueue`` instead.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pika
 import pika.exceptions
+from dramatiq import Message
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.common import current_millis, dq_name, q_name
 
 from jobs.config import Settings
+
+logger = logging.getLogger(__name__)
+
+#: Most messages published in one AMQP transaction.
+TRANSACTION_SIZE = 500
 
 #: Connection parameters jobrunner sets unless the URL's query names them (pika's URL parameters):
 #: an unreachable node fails a send or a health check within seconds, and a publisher blocked by a
@@ -61,3 +78,95 @@ def check(broker: RabbitmqBroker) -> None:
 
 #: What :func:`check` raises when the node is unreachable.
 UNREACHABLE = (pika.exceptions.AMQPError, OSError)
+
+
+#: A message to send and its delay in milliseconds (None: at once).
+Delayed = tuple[Message[Any], int | None]
+
+
+def enqueue_many(broker: RabbitmqBroker, messages: Sequence[Delayed]) -> None:
+    """Send ``messages``: one through ``broker.enqueue``; several in AMQP transactions of up to
+    :data:`TRANSACTION_SIZE`, each committed in one round trip. A transaction that fails (a dropped
+    connection, a channel error) and any message RabbitMQ returns as unroutable (its queue was
+    deleted) go through ``broker.enqueue`` one by one, which reconnects and declares the queue again;
+    a message of a transaction whose commit answer was lost may so go out twice (the claim skips the
+    second).
+
+    Raises:
+        dramatiq.errors.ConnectionClosed: Dramatiq's ``enqueue`` could not send a message either.
+    """
+    if len(messages) == 1:
+        broker.enqueue(messages[0][0], delay=messages[0][1])
+        return
+    for offset in range(0, len(messages), TRANSACTION_SIZE):
+        batch = messages[offset : offset + TRANSACTION_SIZE]
+        returned: Sequence[Delayed]
+        try:
+            returned = _publish_in_transaction(broker, batch)
+        except (pika.exceptions.AMQPError, ConnectionError) as exc:
+            logger.info("a transaction of %d messages failed (%r); sending them one by one", len(batch), exc)
+            _forget_channel(broker)
+            returned = batch
+        for message, delay in returned:
+            broker.enqueue(message, delay=delay)
+
+
+#: Each thread's transaction channel, on that thread's connection of the broker.
+_channels = threading.local()
+
+
+def _transaction_channel(broker: RabbitmqBroker) -> Any:
+    channel = getattr(_channels, "channel", None)
+    if channel is None or not channel.is_open or getattr(_channels, "broker", None) is not broker:
+        channel = broker.connection.channel()  # Dramatiq's connection of this thread
+        channel.tx_select()
+        channel.add_on_return_callback(lambda ch, method, properties, body: _channels.returned.append(body))
+        _channels.channel, _channels.broker, _channels.returned = channel, broker, []
+    return channel
+
+
+def _forget_channel(broker: RabbitmqBroker) -> None:
+    channel, _channels.channel = getattr(_channels, "channel", None), None
+    if channel is not None and channel.is_open:
+        try:
+            channel.close()
+        except pika.exceptions.AMQPError:
+            logger.debug("the transaction channel could not be closed", exc_info=True)
+
+
+def _publish_in_transaction(broker: RabbitmqBroker, batch: Sequence[Delayed]) -> list[Delayed]:
+    """Publish ``batch`` in one transaction as ``RabbitmqBroker.enqueue`` would (queues declared,
+    a delayed message to the delay queue with its ``eta``, the enqueue hooks emitted, persistent,
+    ``mandatory``); the messages RabbitMQ returned as unroutable."""
+    channel = _transaction_channel(broker)
+    _channels.returned.clear()
+    prepared = []
+    for message, delay in batch:
+        broker.declare_queue(message.queue_name, ensure=True)
+        if delay is not None:
+            message = message.copy(queue_name=dq_name(message.queue_name), options={"eta": current_millis() + delay})
+        prepared.append((message, delay))
+    for message, delay in prepared:
+        broker.emit_before("enqueue", message, delay)
+        channel.basic_publish(
+            exchange="",
+            routing_key=message.queue_name,
+            body=message.encode(),
+            properties=pika.BasicProperties(delivery_mode=2, priority=message.options.get("broker_priority")),
+            mandatory=True,
+        )
+    channel.tx_commit()
+    broker.connection.process_data_events(time_limit=0)  # run the return callbacks (sent before commit-ok)
+    for message, delay in prepared:
+        broker.emit_after("enqueue", message, delay)
+    returned = set(_channels.returned)
+    if not returned:
+        return []
+    for message, _ in prepared:
+        if message.encode() in returned:
+            broker.queues_pending.add(q_name(message.queue_name))  # Dramatiq declares it again
+    return [
+        (original, delay)
+        for (original, delay), (sent, _) in zip(batch, prepared, strict=True)
+        if sent.encode() in returned
+    ]

@@ -32,10 +32,16 @@ for it and its descendants) on exit, Ctrl-C, SIGTERM or error. The figures inclu
 other processes used meanwhile: on a shared machine they are only as good as that is small. The
 bench database is left in place for inspection.
 
+A'. **full path on RabbitMQ** (with ``--broker amqp://...``): scenario A again, in the same run, with
+   ``JOBRUNNER_BROKER_URL`` on a vhost of the script's own (``jobrunner_bench_<hex>``, made with
+   ``rabbitmqctl`` on the local node the URL names and deleted at exit); the summary gives its rate
+   beside A's and their ratio (and its latency beside A's, unless ``--skip-latency``).
+
 Run from the project root (PostgreSQL at 127.0.0.1:5432,
 where it makes a database of its own; a redis-server of its own; both removed at exit)::
 
     .venv/bin/python tests/benchmarks/throughput.py [--jobs N] [--repeat K] [--skip-latency]
+        [--broker amqp://guest:guest@127.0.0.1:5672]
 
 Environment overrides: ``JOBRUNNER_BENCH_PG_ADMIN_URL`` (default
 ``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``), ``JOBRUNNER_BENCH_REDIS_URL`` (default: a
@@ -92,6 +98,14 @@ ENQUEUE_BATCH = 2_000
 RSS_EARLY_AT = 1_000
 #: Redis list the bare actor pushes "start end" timestamps onto.
 SPANS_KEY = "bench:spans"
+
+#: The scenarios, in the order they run and are reported.
+SCENARIO_LABELS = (
+    ("full", "A full path"),
+    ("rabbitmq", "A' full, RabbitMQ"),
+    ("bare", "B bare Dramatiq"),
+    ("naive", "C naive pattern"),
+)
 
 TARGETS = {
     "full/bare": 0.70,
@@ -211,9 +225,16 @@ class Bench:
         self.redis = redis.Redis.from_url(REDIS_URL)
         self.redis.ping()
 
+    #: The broker of scenario A (Redis, or the RabbitMQ vhost of A').
+    broker_url: str = REDIS_URL
+    #: The script's own RabbitMQ vhost (``--broker``), if any.
+    vhost: Any = None
+
     def reset(self) -> None:
-        """Empty the job tables and flush the bench Redis db."""
+        """Empty the job tables, flush the bench Redis db and purge the bench vhost's queue."""
         self.redis.flushdb()
+        if self.vhost is not None:
+            self.vhost.flush(["default"])
         with self.engine.begin() as conn:
             conn.execute(text("TRUNCATE jobs CASCADE"))  # and every table referencing it
 
@@ -322,19 +343,19 @@ def wait_until_done(
 
 
 def runner_settings(bench: Bench) -> Settings:
-    return Settings(database_url=bench.url, broker_url=REDIS_URL, consumer_timeout_ms=CONSUMER_TIMEOUT_MS)
+    return Settings(database_url=bench.url, broker_url=bench.broker_url, consumer_timeout_ms=CONSUMER_TIMEOUT_MS)
 
 
 def runner_env(bench: Bench) -> dict[str, str]:
     return bench.worker_env(
         JOBRUNNER_DATABASE_URL=bench.url,
-        JOBRUNNER_BROKER_URL=REDIS_URL,
+        JOBRUNNER_BROKER_URL=bench.broker_url,
         JOBRUNNER_CONSUMER_TIMEOUT_MS=str(CONSUMER_TIMEOUT_MS),
     )
 
 
-def make_producer(bench: Bench) -> tuple[db.Database, RedisBroker]:
-    """A database whose sessions send job IDs to the bench Redis after commit (like the API's)."""
+def make_producer(bench: Bench) -> tuple[db.Database, Any]:
+    """A database whose sessions send job IDs to the bench broker after commit (like the API's)."""
     settings = runner_settings(bench)
     broker = producer.make_broker(settings)
     database = db.make_database(
@@ -367,8 +388,8 @@ def _record_span(bench: Bench, run: Run, spawned_at: float) -> Run:
     return run
 
 
-def scenario_full(bench: Bench, n: int, index: int) -> Run:
-    run = Run("A full path", n)
+def scenario_full(bench: Bench, n: int, index: int, name: str = "A full path") -> Run:
+    run = Run(name, n)
     bench.reset()
     database, broker = make_producer(bench)
     try:
@@ -381,15 +402,16 @@ def scenario_full(bench: Bench, n: int, index: int) -> Run:
     finally:
         database.dispose()
         broker.close()
-    queued = bench.redis.hlen("dramatiq:default.msgs")
+    on_rabbitmq = bench.broker_url != REDIS_URL
+    queued = bench.vhost.count("default") if on_rabbitmq else bench.redis.hlen("dramatiq:default.msgs")
     print(
         f"  enqueued {n} jobs in {run.enqueue_seconds:.2f} s ({n / run.enqueue_seconds:,.0f}/s); "
-        f"{queued} messages in Redis",
+        f"{queued} messages in {'RabbitMQ' if on_rabbitmq else 'Redis'}",
         flush=True,
     )
     bench.vacuum()
 
-    log_path = bench.workdir / f"full-{index}.log"
+    log_path = bench.workdir / f"full-{'rabbitmq-' if on_rabbitmq else ''}{index}.log"
     proc, spawned_at = start_runner_worker(bench, log_path)
     try:
         child = worker_child_pid(proc.pid)
@@ -401,6 +423,15 @@ def scenario_full(bench: Bench, n: int, index: int) -> Run:
     finally:
         stop(proc)
     return _record_span(bench, run, spawned_at)
+
+
+def scenario_full_rabbitmq(bench: Bench, n: int, index: int) -> Run:
+    """Scenario A with RabbitMQ (the script's vhost) as the broker."""
+    bench.broker_url = bench.vhost.url
+    try:
+        return scenario_full(bench, n, index, name="A' full, RabbitMQ")
+    finally:
+        bench.broker_url = REDIS_URL
 
 
 # --- scenarios B and C: Dramatiq without the runner -----------------------------------------------
@@ -556,6 +587,7 @@ def scenario_naive(bench: Bench, n: int, index: int) -> Run:
 class Latency:
     rate: float
     n: int
+    broker: str = "Redis"
     done: int = 0
     achieved_rate: float = 0.0
     late_sends: int = 0  # sends that started more than 5 ms behind schedule
@@ -574,7 +606,7 @@ def percentile(values: Sequence[float], pct: float) -> float:
 def scenario_latency(bench: Bench, phases: Sequence[tuple[float, int]]) -> list[Latency]:
     bench.reset()
     database, broker = make_producer(bench)
-    log_path = bench.workdir / "latency.log"
+    log_path = bench.workdir / f"latency-{bench.broker_url.split(':')[0]}.log"
     proc, _ = start_runner_worker(bench, log_path)
     results = []
     try:
@@ -619,7 +651,7 @@ def _wait_for(bench: Bench, proc: subprocess.Popen[bytes], ids: list[uuid.UUID],
 def _paced(
     bench: Bench, proc: subprocess.Popen[bytes], database: db.Database, rate: float, n: int, log_path: Path
 ) -> Latency:
-    result = Latency(rate, n)
+    result = Latency(rate, n, broker="RabbitMQ" if bench.broker_url.startswith("amqp") else "Redis")
     committed: dict[uuid.UUID, float] = {}
     interval = 1.0 / rate
     t0 = time.perf_counter()
@@ -691,8 +723,10 @@ def print_summary(args: argparse.Namespace, runs: dict[str, list[Run]], latency:
     print(header)
     print("-" * len(header))
     rates: dict[str, float | None] = {}
-    for key, label in (("full", "A full path"), ("bare", "B bare Dramatiq"), ("naive", "C naive pattern")):
+    for key, label in SCENARIO_LABELS:
         rs = runs[key]
+        if not rs:
+            continue
         rates[key] = _median([r.rate for r in rs])
         per_run = ", ".join(_fmt(r.rate) for r in rs)
         print(
@@ -712,7 +746,7 @@ def print_summary(args: argparse.Namespace, runs: dict[str, list[Run]], latency:
 
     print("\nCPU while the jobs ran, % of one core (median of runs; 'other' = processes that are not this")
     print("benchmark's, PostgreSQL or Redis: anything above a few % means a shared machine skewed the figures)")
-    for key, label in (("full", "A full path"), ("bare", "B bare Dramatiq"), ("naive", "C naive pattern")):
+    for key, label in SCENARIO_LABELS:
         cpus = [r.cpu for r in runs[key] if r.cpu]
         if cpus:
             print(f"  {label:<18} " + "   ".join(f"{part} {_median([c[part] for c in cpus]):.0f}" for part in cpus[0]))
@@ -728,6 +762,15 @@ def print_summary(args: argparse.Namespace, runs: dict[str, list[Run]], latency:
         verdict = _verdict(None if ratio is None else ratio >= target)
         print(
             f"  {name:<11} {_fmt(ratio, '.2f'):>6}   (target >= {target:.2f}){verdict}"
+            f"   [{', '.join(_fmt(r, '.2f') for r in per_run)}]"
+        )
+    if runs["rabbitmq"]:
+        ratio = rates["rabbitmq"] / rates["full"] if rates["rabbitmq"] and rates["full"] else None
+        per_run = [
+            a.rate / b.rate if a.rate and b.rate else None for a, b in zip(runs["rabbitmq"], runs["full"], strict=True)
+        ]
+        print(
+            f"  {'rabbit/redis':<11} {_fmt(ratio, '.2f'):>6}   (A' RabbitMQ / A Redis, same run)"
             f"   [{', '.join(_fmt(r, '.2f') for r in per_run)}]"
         )
 
@@ -749,18 +792,19 @@ def print_summary(args: argparse.Namespace, runs: dict[str, list[Run]], latency:
             "[after commit: started_at - commit returned]"
         )
         print(
-            f"  {'rate':>8} {'jobs':>6} {'sent/s':>7} {'late':>5} {'p50':>7} {'p95':>7} {'p99':>7} {'max':>7}   "
-            f"{'p50':>6} {'p99':>6}"
+            f"  {'broker':<8} {'rate':>8} {'jobs':>6} {'sent/s':>7} {'late':>5} {'p50':>7} {'p95':>7} {'p99':>7} "
+            f"{'max':>7}   {'p50':>6} {'p99':>6}"
         )
         for lat in latency:
             if not lat.latencies_ms:
-                print(f"  {lat.rate:>6g}/s {lat.n:>6} no data {lat.note}")
+                print(f"  {lat.broker:<8} {lat.rate:>6g}/s {lat.n:>6} no data {lat.note}")
                 continue
             p = {q: percentile(lat.latencies_ms, q) for q in (50, 95, 99)}
             c = {q: percentile(lat.after_commit_ms, q) for q in (50, 99)}
             print(
-                f"  {lat.rate:>6g}/s {lat.done:>6} {lat.achieved_rate:>7.1f} {lat.late_sends:>5} {p[50]:>7.1f} "
-                f"{p[95]:>7.1f} {p[99]:>7.1f} {max(lat.latencies_ms):>7.1f}   [{c[50]:>6.1f} {c[99]:>6.1f}]"
+                f"  {lat.broker:<8} {lat.rate:>6g}/s {lat.done:>6} {lat.achieved_rate:>7.1f} {lat.late_sends:>5} "
+                f"{p[50]:>7.1f} {p[95]:>7.1f} {p[99]:>7.1f} {max(lat.latencies_ms):>7.1f}   "
+                f"[{c[50]:>6.1f} {c[99]:>6.1f}]"
                 f"  (target p99 <= {TARGETS['p99_ms']:.0f}){_verdict(p[99] <= TARGETS['p99_ms'])}"
             )
         print("  late = sends that began > 5 ms behind the pacing schedule (the producer shares the 2 CPUs).")
@@ -778,6 +822,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=1, help="runs of each throughput scenario; medians are reported")
     parser.add_argument("--skip-latency", action="store_true", help="skip the enqueue-to-start latency runs")
     parser.add_argument(
+        "--broker",
+        default=None,
+        help="a RabbitMQ node (amqp://user:pass@host:port): also run scenario A on a vhost of the script's own there",
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         default=None,
@@ -786,6 +835,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.repeat < 1:
         parser.error("--jobs and --repeat must be at least 1")
+    if args.broker is not None and not args.broker.startswith(("amqp://", "amqps://")):
+        parser.error("--broker takes a RabbitMQ URL (amqp://...); Redis is always measured")
     return args
 
 
@@ -793,7 +844,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     timeout = args.timeout if args.timeout is not None else 60 + 0.03 * args.jobs
-    runs: dict[str, list[Run]] = {"full": [], "bare": [], "naive": []}
+    runs: dict[str, list[Run]] = {key: [] for key, _ in SCENARIO_LABELS}
     latency: list[Latency] = []
     bench = None
     try:
@@ -803,8 +854,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             (workdir / "bench_naive.py").write_text(textwrap.dedent(NAIVE_MODULE))
             print(f"creating database {BENCH_DB}_{common.RUN_ID} and migrating it; Redis {REDIS_URL}", flush=True)
             bench = Bench(common.recreate_database(BENCH_DB, common.PG_ADMIN_URL), workdir, timeout)
+            scenarios: list[tuple[str, Callable[[Bench, int, int], Run]]] = [("full", scenario_full)]
+            if args.broker:
+                from tests import rabbitmq  # pika, only when asked for
+
+                bench.vhost = rabbitmq.RabbitVhost(args.broker, prefix="jobrunner_bench")
+                print(f"RabbitMQ: vhost {bench.vhost.name} on {args.broker} (deleted at exit)", flush=True)
+                scenarios.append(("rabbitmq", scenario_full_rabbitmq))
+            scenarios += [("bare", scenario_bare), ("naive", scenario_naive)]
             for i in range(1, args.repeat + 1):
-                for key, scenario in (("full", scenario_full), ("bare", scenario_bare), ("naive", scenario_naive)):
+                for key, scenario in scenarios:
                     print(f"[run {i}/{args.repeat}] scenario {key}: {args.jobs:,} jobs", flush=True)
                     run = scenario(bench, args.jobs, i)
                     runs[key].append(run)
@@ -812,6 +871,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not args.skip_latency:
                 print("latency: full-path worker, jobs created one per transaction at a steady rate", flush=True)
                 latency = scenario_latency(bench, [(5.0, 60), (200.0, 2_000)])
+                if bench.vhost is not None:
+                    bench.broker_url = bench.vhost.url
+                    latency += scenario_latency(bench, [(5.0, 60), (200.0, 2_000)])
+                    bench.broker_url = REDIS_URL
     except KeyboardInterrupt:
         print("\ninterrupted: stopping the processes this script started", flush=True)
         return 130
@@ -819,6 +882,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop_all()
         if bench is not None:
             bench.close()
+            if bench.vhost is not None:
+                bench.vhost.close()
     print_summary(args, runs, latency)
     return 0
 
