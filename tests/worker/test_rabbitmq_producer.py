@@ -14,7 +14,9 @@ import pytest
 
 from jobs import sending
 from jobs.config import Settings
+from tests import rabbitmq
 from tests.rabbitmq import RabbitVhost
+from tests.worker.processes import wait_until
 from worker import producer
 
 pytestmark = [
@@ -93,3 +95,28 @@ def test_a_batch_sent_after_its_queue_was_deleted_still_arrives(settings: Settin
         assert rabbitmq_vhost.count("default") == 2
     finally:
         broker.close()
+
+
+def test_a_sender_idle_past_its_heartbeat_sends_on_a_new_connection(settings: Settings, rabbitmq_vhost, database):
+    # pika answers heartbeats only while its thread uses the connection; an API thread that sent
+    # nothing for a while finds it closed by RabbitMQ ("missed heartbeats from client").
+    idle = settings.model_copy(update={"broker_url": f"{settings.broker_url}?heartbeat=1"})
+    broker = producer.make_broker(idle)
+    send = producer.make_sender(broker)
+    try:
+        send(_messages()[:1])
+        first = broker.connection
+        # The server lists the sender's connection (heartbeat timeout 1 s) until it closes it.
+        wait_until(lambda: "1" not in _heartbeats(rabbitmq_vhost), timeout=60, what="RabbitMQ to close it")
+        send(_messages()[:1])
+        send(_messages()[:2])
+        assert rabbitmq_vhost.count("default") == 4
+        assert broker.connection is not first and first.is_closed
+    finally:
+        broker.close()
+
+
+def _heartbeats(vhost: RabbitVhost) -> list[str]:
+    """The heartbeat timeout of each of the vhost's connections but the test's own (60 s)."""
+    listed = rabbitmq.rabbitmqctl("list_connections", "-p", vhost.name, "--no-table-headers", "timeout")
+    return [timeout for timeout in listed.split() if timeout != "60"]
