@@ -111,25 +111,35 @@ def enqueue_many(broker: RabbitmqBroker, messages: Sequence[Delayed]) -> None:
             broker.enqueue(message, delay=delay)
 
 
-#: Each thread's transaction channel, on that thread's connection of the broker.
-_channels = threading.local()
+class _TransactionChannel:
+    """A channel in transaction mode on the broker's connection of this thread, and the bodies of
+    the messages RabbitMQ returned on it as unroutable."""
+
+    def __init__(self, broker: RabbitmqBroker) -> None:
+        self.channel = broker.connection.channel()  # Dramatiq's connection of this thread
+        self.channel.tx_select()
+        self.returned: list[bytes] = []
+        self.channel.add_on_return_callback(lambda channel, method, properties, body: self.returned.append(body))
 
 
-def _transaction_channel(broker: RabbitmqBroker) -> Any:
-    channel = getattr(_channels, "channel", None)
-    if channel is None or not channel.is_open or getattr(_channels, "broker", None) is not broker:
-        channel = broker.connection.channel()  # Dramatiq's connection of this thread
-        channel.tx_select()
-        channel.add_on_return_callback(lambda ch, method, properties, body: _channels.returned.append(body))
-        _channels.channel, _channels.broker, _channels.returned = channel, broker, []
-    return channel
+#: Each thread's transaction channels, by broker.
+_threads = threading.local()
+
+
+def _transaction_channel(broker: RabbitmqBroker) -> _TransactionChannel:
+    if not hasattr(_threads, "channels"):
+        _threads.channels = {}
+    found: _TransactionChannel | None = _threads.channels.get(id(broker))
+    if found is None or not found.channel.is_open:  # none yet, or its connection was replaced
+        found = _threads.channels[id(broker)] = _TransactionChannel(broker)
+    return found
 
 
 def _forget_channel(broker: RabbitmqBroker) -> None:
-    channel, _channels.channel = getattr(_channels, "channel", None), None
-    if channel is not None and channel.is_open:
+    found = getattr(_threads, "channels", {}).pop(id(broker), None)
+    if found is not None and found.channel.is_open:
         try:
-            channel.close()
+            found.channel.close()
         except pika.exceptions.AMQPError:
             logger.debug("the transaction channel could not be closed", exc_info=True)
 
@@ -138,35 +148,30 @@ def _publish_in_transaction(broker: RabbitmqBroker, batch: Sequence[Delayed]) ->
     """Publish ``batch`` in one transaction as ``RabbitmqBroker.enqueue`` would (queues declared,
     a delayed message to the delay queue with its ``eta``, the enqueue hooks emitted, persistent,
     ``mandatory``); the messages RabbitMQ returned as unroutable."""
-    channel = _transaction_channel(broker)
-    _channels.returned.clear()
+    transaction = _transaction_channel(broker)
+    transaction.returned.clear()
     prepared = []
-    for message, delay in batch:
-        broker.declare_queue(message.queue_name, ensure=True)
+    for original, delay in batch:
+        broker.declare_queue(original.queue_name, ensure=True)
+        message = original
         if delay is not None:
             message = message.copy(queue_name=dq_name(message.queue_name), options={"eta": current_millis() + delay})
-        prepared.append((message, delay))
-    for message, delay in prepared:
+        prepared.append((original, delay, message, message.encode()))
+    for _, delay, message, body in prepared:
         broker.emit_before("enqueue", message, delay)
-        channel.basic_publish(
+        transaction.channel.basic_publish(
             exchange="",
             routing_key=message.queue_name,
-            body=message.encode(),
+            body=body,
             properties=pika.BasicProperties(delivery_mode=2, priority=message.options.get("broker_priority")),
             mandatory=True,
         )
-    channel.tx_commit()
+    transaction.channel.tx_commit()
     broker.connection.process_data_events(time_limit=0)  # run the return callbacks (sent before commit-ok)
-    for message, delay in prepared:
+    for _, delay, message, _ in prepared:
         broker.emit_after("enqueue", message, delay)
-    returned = set(_channels.returned)
-    if not returned:
-        return []
-    for message, _ in prepared:
-        if message.encode() in returned:
+    returned = set(transaction.returned)
+    for _, _, message, body in prepared:
+        if body in returned:
             broker.queues_pending.add(q_name(message.queue_name))  # Dramatiq declares it again
-    return [
-        (original, delay)
-        for (original, delay), (sent, _) in zip(batch, prepared, strict=True)
-        if sent.encode() in returned
-    ]
+    return [(original, delay) for original, delay, _, body in prepared if body in returned]
