@@ -66,9 +66,9 @@ def test_workers_reconnect_when_every_connection_of_the_vhost_is_closed(database
 
 @pytest.mark.restarts_rabbitmq
 def test_workers_survive_a_restart_of_the_rabbitmq_node(throwaway_rabbitmq, database, workers, capsys):
-    job_ids = create_notes(database, 200, sleep_seconds=0.02)
+    job_ids = create_notes(database, 200, sleep_seconds=0.1)  # 5 s of work at least on 4 threads
     worker = workers(threads=4)
-    wait_until(lambda: _succeeded(database, job_ids) >= 20, what="some progress")
+    wait_until(lambda: _succeeded(database, job_ids) >= 10, what="some progress")
     throwaway_rabbitmq.stop()
     stopped_at, done_at_stop = time.monotonic(), _succeeded(database, job_ids)
     job_ids += create_notes(database, 30)  # accepted while the node is down: they stay queued
