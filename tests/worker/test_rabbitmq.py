@@ -1,8 +1,8 @@
 """Losing RabbitMQ under load, with real worker processes: every connection of the run's vhost
 closed by the server, and a node of the test's own stopped and started again. Workers reconnect;
 no job is lost, none runs twice, and losing the broker never counts as a worker's death. (The
-broker-dependent tests elsewhere, marked ``brokers``, run on RabbitMQ too: kill -9, a purged queue,
-a broker down at enqueue, the sweeper's re-send.) Recovery times are printed, never asserted."""
+broker-dependent tests elsewhere, marked ``brokers``, run on RabbitMQ too: API sends, retries,
+kill -9, a purged queue, the sweeper's re-send.) Recovery times are printed, never asserted."""
 
 from __future__ import annotations
 
