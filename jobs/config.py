@@ -19,6 +19,9 @@ VAR_DIR = Path("var")
 #: ``30s``, ``30m``, ``12h``, ``7d``, ``2w``: the short durations the retention settings take.
 _SHORT_DURATION = re.compile(r"^(\d+)([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+#: The broker URL schemes jobrunner speaks: Redis, and RabbitMQ (AMQP 0-9-1). ``worker.producer``
+#: picks the broker for each.
+BROKER_SCHEMES = ("redis", "rediss", "unix", "amqp", "amqps")
 
 
 class Settings(BaseSettings):
@@ -91,8 +94,9 @@ class Settings(BaseSettings):
     @classmethod
     def _check_broker_url(cls, value: str) -> str:
         parts = urlsplit(value)
-        if parts.scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"the broker must be a Redis URL (redis://, rediss:// or unix://), got {value!r}")
+        if parts.scheme not in BROKER_SCHEMES:
+            schemes = ", ".join(f"{scheme}://" for scheme in BROKER_SCHEMES)
+            raise ValueError(f"the broker must be a Redis or RabbitMQ URL ({schemes}), got {value!r}")
         if parts.scheme != "unix" and not parts.hostname:
             raise ValueError(f"the broker URL has no host: {value!r}")
         return value

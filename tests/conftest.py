@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 import dramatiq
 import pytest
 import redis
-from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -32,7 +33,7 @@ from jobs.kinds.files import handlers as files_handler
 from jobs.kinds.files import models as file_models
 from jobs.registry import Registry
 from jobs.store import checking
-from tests import kinds, servers
+from tests import kinds, rabbitmq, servers
 from worker import broker as worker_broker
 from worker import producer
 
@@ -56,6 +57,15 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # A test marked `brokers` runs once per broker: Redis, and RabbitMQ (on the PostgreSQL pass only,
+    # to keep CI's time: the broker does not meet the database).
+    if metafunc.definition.get_closest_marker("brokers") and "broker_url" in metafunc.fixturenames:
+        skip = pytest.mark.skip(reason="RabbitMQ runs on the PostgreSQL pass only")
+        rabbit = pytest.param("rabbitmq", marks=[skip] if BACKEND == "sqlite" else [])
+        metafunc.parametrize("broker_url", ["redis", rabbit], indirect=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -126,6 +136,50 @@ def flush_redis(redis_server: servers.RunRedis) -> Callable[[], None]:
     return redis_server.flush
 
 
+@pytest.fixture(scope="session")
+def rabbitmq_vhost() -> Iterator[rabbitmq.RabbitVhost]:
+    """The run's vhost on the machine's RabbitMQ (see tests/rabbitmq.py), deleted at the end."""
+    vhost = rabbitmq.RabbitVhost()
+    try:
+        yield vhost
+    finally:
+        vhost.close()
+
+
+@pytest.fixture
+def throwaway_rabbitmq() -> Iterator[rabbitmq.ThrowawayRabbit]:
+    """A RabbitMQ node of the test's own (see tests/rabbitmq.py); a test that asks for it runs on
+    it (settings, database, worker processes). Stopped and removed afterwards."""
+    node = rabbitmq.ThrowawayRabbit()
+    try:
+        yield node
+    finally:
+        node.remove()
+
+
+@pytest.fixture
+def broker_url(request: pytest.FixtureRequest) -> str:
+    """The test's broker: the run's Redis, or (in a test marked ``brokers``, parametrised) the run's
+    RabbitMQ vhost, or the test's own RabbitMQ node if it asks for ``throwaway_rabbitmq``."""
+    if "throwaway_rabbitmq" in request.fixturenames:
+        return request.getfixturevalue("throwaway_rabbitmq").url
+    if getattr(request, "param", "redis") == "rabbitmq":
+        return request.getfixturevalue("rabbitmq_vhost").url
+    return request.getfixturevalue("redis_url")
+
+
+@pytest.fixture
+def flush_broker(request: pytest.FixtureRequest, broker_url: str) -> Callable[[], None]:
+    """Empty the test's broker (every message lost): the run's Redis db, or the queues of the
+    test's job kinds in the run's vhost (a throwaway node starts empty)."""
+    if "throwaway_rabbitmq" in request.fixturenames:
+        return lambda: None
+    if broker_url.startswith("amqp"):
+        vhost, queues = request.getfixturevalue("rabbitmq_vhost"), request.getfixturevalue("kind_registry").queues()
+        return lambda: vhost.flush(queues)
+    return request.getfixturevalue("redis_server").flush
+
+
 @pytest.fixture
 def throwaway_postgres() -> Iterator[servers.ThrowawayPostgres]:
     """A PostgreSQL server of the test's own (see servers.ThrowawayPostgres), migrated; a test that
@@ -140,14 +194,14 @@ def throwaway_postgres() -> Iterator[servers.ThrowawayPostgres]:
 
 @pytest.fixture
 def settings(
-    request: pytest.FixtureRequest, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    request: pytest.FixtureRequest, broker_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Settings]:
     """Settings for the test, also exported to the environment (for ``get_settings`` and children)."""
     database_fixture = "throwaway_postgres" if "throwaway_postgres" in request.fixturenames else "database_url"
     database_url = request.getfixturevalue(database_fixture)
     values = {
         "database_url": database_url if isinstance(database_url, str) else database_url.url,
-        "broker_url": redis_url,
+        "broker_url": broker_url,
         "storage_dir": str(tmp_path / "uploads"),
         "retry_backoff_seconds": "0.01",
         "job_modules": "tests.kinds",
@@ -170,9 +224,9 @@ def kind_registry(settings: Settings) -> Registry:
 
 
 @pytest.fixture
-def database(settings: Settings, flush_redis: Callable[[], None], kind_registry: Registry) -> Iterator[db.Database]:
-    """The run's database, emptied, with Redis flushed; its sessions send job IDs to the test Redis."""
-    flush_redis()
+def database(settings: Settings, flush_broker: Callable[[], None], kind_registry: Registry) -> Iterator[db.Database]:
+    """The run's database, emptied, with the broker flushed; its sessions send job IDs to the test's broker."""
+    flush_broker()
     broker = producer.make_broker(settings)
     database = db.make_database(
         settings.database_url,
@@ -201,7 +255,7 @@ def _empty(database: db.Database) -> None:
 
 
 @pytest.fixture
-def broker(settings: Settings, kind_registry: Registry, database: db.Database) -> Iterator[RedisBroker]:
+def broker(settings: Settings, kind_registry: Registry, database: db.Database) -> Iterator[dramatiq.Broker]:
     """The worker's broker (lifecycle and session middleware, time limit, actors) over the test database."""
     broker = worker_broker.make_worker_broker(settings, kind_registry, database=database)
     dramatiq.set_broker(broker)
@@ -210,8 +264,8 @@ def broker(settings: Settings, kind_registry: Registry, database: db.Database) -
 
 
 @pytest.fixture
-def worker(broker: RedisBroker) -> Iterator[dramatiq.Worker]:
-    """A real Dramatiq worker (8 threads) in this process, consuming the test Redis."""
+def worker(broker: dramatiq.Broker) -> Iterator[dramatiq.Worker]:
+    """A real Dramatiq worker (8 threads) in this process, consuming the test's broker."""
     # Dramatiq's CLI emits process_boot in each worker process (TimeLimit starts its timer thread
     # there); an in-process worker must do the same.
     broker.emit_after("process_boot")
@@ -222,15 +276,32 @@ def worker(broker: RedisBroker) -> Iterator[dramatiq.Worker]:
 
 
 @pytest.fixture
-def drain(broker: RedisBroker, worker: dramatiq.Worker) -> Callable[[], None]:
+def drain(broker: dramatiq.Broker, worker: dramatiq.Worker) -> Callable[[], None]:
     """Wait until every queue (delayed messages included) is empty and the worker idle."""
 
     def wait() -> None:
+        if isinstance(broker, RabbitmqBroker):
+            _drain_rabbitmq(broker, worker)
+            return
         for queue in broker.get_declared_queues():
             broker.join(queue, timeout=DRAIN_TIMEOUT_MS)
         worker.join()
 
     return wait
+
+
+def _drain_rabbitmq(broker: RabbitmqBroker, worker: dramatiq.Worker) -> None:
+    # RabbitMQ counts only the messages not yet delivered: a delayed message the worker holds until
+    # its eta, then publishes to its queue, is in neither count meanwhile. So: wait for the queues
+    # and the worker in turn until the queues are still empty after the worker went idle.
+    deadline = time.monotonic() + DRAIN_TIMEOUT_MS / 1000
+    while True:
+        for queue in broker.get_declared_queues():
+            broker.join(queue, min_successes=2, idle_time=20, timeout=DRAIN_TIMEOUT_MS)
+        worker.join()
+        if not any(sum(broker.get_queue_message_counts(q)[:2]) for q in broker.get_declared_queues()):
+            return
+        assert time.monotonic() < deadline, "the RabbitMQ queues did not drain"
 
 
 @pytest.fixture
@@ -323,8 +394,12 @@ def client(settings: Settings, database: db.Database) -> Iterator[TestClient]:
 
 
 @pytest.fixture
-def queued_messages(redis_client: redis.Redis) -> Callable[[str], int]:
-    """How many messages wait in a Redis queue (Dramatiq's own layout: a hash of messages)."""
+def queued_messages(request: pytest.FixtureRequest, broker_url: str) -> Callable[[str], int]:
+    """How many messages wait in a queue of the test's broker (Redis: Dramatiq's own layout, a hash
+    of messages; RabbitMQ: the queue's ready messages)."""
+    if broker_url.startswith("amqp"):
+        return request.getfixturevalue("rabbitmq_vhost").count
+    redis_client = request.getfixturevalue("redis_client")
 
     def count(queue: str = "default") -> int:
         return redis_client.hlen(f"dramatiq:{queue}.msgs")

@@ -1,10 +1,10 @@
-"""The worker's broker: Redis, the worker's middleware in the order the runner relies on, and one
-actor per queue. (The API and ``jobctl`` send through :mod:`worker.producer` and load none of this.)"""
+"""The worker's broker: Redis or RabbitMQ (as the URL says), the worker's middleware in the order
+the runner relies on, and one actor per queue. (The API and ``jobctl`` send through
+:mod:`worker.producer` and load none of this.)"""
 
 from __future__ import annotations
 
 import dramatiq
-from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import AsyncIO, Middleware, TimeLimit
 
 from jobs import db, kinds
@@ -17,7 +17,9 @@ from worker.middleware import JobSessionMiddleware
 from worker.state import WorkerState
 
 
-def make_worker_broker(settings: Settings, registry: Registry, *, database: db.Database | None = None) -> RedisBroker:
+def make_worker_broker(
+    settings: Settings, registry: Registry, *, database: db.Database | None = None
+) -> dramatiq.Broker:
     """The worker's broker: the lifecycle middleware (database, heartbeat, sweeper, shutdown), the
     job session middleware, then Dramatiq's time limit, and one actor per queue of ``registry``.
 
@@ -29,8 +31,7 @@ def make_worker_broker(settings: Settings, registry: Registry, *, database: db.D
     first, then interrupts. ``database``: a ready one (tests); by default it is built at worker boot.
     """
     state = WorkerState(settings=settings, registry=registry, database=database)
-    # Dramatiq's RedisBroker.__init__ carries no annotations (dramatiq is only partly typed).
-    broker = producer.JobBroker(client=producer.redis_client(settings), middleware=[])  # type: ignore[no-untyped-call]
+    broker = producer.make_broker(settings)
     for middleware in event_loop_middleware(registry):
         broker.add_middleware(middleware)
     broker.add_middleware(WorkerLifecycle(state))
@@ -52,7 +53,7 @@ def job_middleware(state: WorkerState) -> list[Middleware]:
     return [JobSessionMiddleware(state), TimeLimit(time_limit=state.settings.time_limit_seconds * 1000)]
 
 
-def setup_worker_broker() -> RedisBroker:
+def setup_worker_broker() -> dramatiq.Broker:
     """Build the worker broker from the environment and make it Dramatiq's global broker."""
     settings = get_settings()
     logs.configure_logging(settings.log_format)  # after Dramatiq set up this process's logging

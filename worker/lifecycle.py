@@ -46,7 +46,7 @@ class WorkerLifecycle(Middleware):
             state.database = db.make_database(
                 state.settings.database_url,
                 pool_size=worker.worker_threads + 3,  # and the heartbeat, sweeper and stopper
-                sender=producer.make_sender(broker),  # type: ignore[arg-type]  # the worker's broker is a RedisBroker
+                sender=producer.make_sender(broker),
                 registry=state.registry,
                 application_name="jobrunner-worker",
             )
@@ -63,7 +63,7 @@ class WorkerLifecycle(Middleware):
         self._sweeper = sweeper.make_sweeper(
             state.database,
             state.settings,
-            held=producer.held_probe(broker),  # type: ignore[arg-type]  # the worker's broker is a RedisBroker
+            held=producer.held_probe(broker),
         )
         self._sweeper.start()
         self._scheduler = scheduler.Scheduler(state.database, state.settings, state.registry)

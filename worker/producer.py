@@ -1,25 +1,34 @@
-"""The producer side of the broker: what the API and ``jobctl`` load to send job IDs to Redis.
+"""The producer side of the broker: what the API and ``jobctl`` load to send job IDs to the broker.
 
 It carries no worker runtime (no middleware, heartbeat, sweeper or time limit): importing the API
 loads only this. The worker's broker (:mod:`worker.broker`) consumes the queues these messages go to.
+
+The broker is chosen by the scheme of ``JOBRUNNER_BROKER_URL`` in one place, :data:`BROKERS`: Redis
+(``redis://``, ``rediss://``, ``unix://``) or RabbitMQ (``amqp://``, ``amqps://``, see
+:mod:`worker.rabbitmq`). A new kind of broker adds its factory and health check there.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
+import dramatiq
 import redis
 from dramatiq import Message
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import current_millis, dq_name
 
 from jobs import registry, sending
 from jobs.config import Settings
 from jobs.observe import tracing
+from worker import rabbitmq
 
 logger = logging.getLogger(__name__)
 
@@ -76,14 +85,13 @@ class JobBroker(RedisBroker):
         return message
 
 
-def make_broker(settings: Settings) -> JobBroker:
-    """A bare Redis broker for sending IDs (the API, the CLI): no middleware, no actors."""
-    return JobBroker(client=redis_client(settings), middleware=[])  # type: ignore[no-untyped-call]
-
-
-def held_probe(broker: RedisBroker) -> sending.HeldProbe:
-    """Which of the given messages Redis still holds: queued or delivered and not yet acknowledged
-    (in the queue's message hash), or delayed (in its delay queue's hash). One round trip."""
+def held_probe(broker: dramatiq.Broker) -> sending.HeldProbe | None:
+    """For a Redis broker: which of the given messages Redis still holds, queued or delivered and not
+    yet acknowledged (in the queue's message hash), or delayed (in its delay queue's hash), in one
+    round trip. None for a broker that cannot tell without consuming (RabbitMQ): the sweeper then
+    re-sends by time alone."""
+    if not isinstance(broker, RedisBroker):
+        return None
 
     def held(messages: Sequence[sending.JobMessage]) -> set[uuid.UUID]:
         if not messages:
@@ -103,9 +111,68 @@ def held_probe(broker: RedisBroker) -> sending.HeldProbe:
     return held
 
 
-def make_sender(broker: RedisBroker) -> sending.Sender:
-    """A sender that enqueues each job's ID on its queue's actor (delayed when asked); several
-    messages go out through one Redis pipeline, one round trip per :data:`PIPELINE_SIZE`."""
+class BrokerUnreachable(Exception):
+    """The broker did not answer a health check; the message names the driver's error."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BrokerKind:
+    """How jobrunner builds and checks one kind of broker."""
+
+    #: A bare broker for the settings' URL: no middleware, no actors (the worker adds its own).
+    make_broker: Callable[[Settings], dramatiq.Broker]
+    #: Raises one of ``unreachable`` when the broker does not answer.
+    check: Callable[[Any], None]
+    unreachable: tuple[type[BaseException], ...]
+
+
+def _make_redis_broker(settings: Settings) -> JobBroker:
+    return JobBroker(client=redis_client(settings), middleware=[])  # type: ignore[no-untyped-call]
+
+
+def _ping_redis(broker: RedisBroker) -> None:
+    broker.client.ping()
+
+
+REDIS = BrokerKind(make_broker=_make_redis_broker, check=_ping_redis, unreachable=(redis.RedisError,))
+RABBITMQ = BrokerKind(make_broker=rabbitmq.make_broker, check=rabbitmq.check, unreachable=rabbitmq.UNREACHABLE)
+#: The broker for each scheme of ``JOBRUNNER_BROKER_URL`` (``jobs.config.BROKER_SCHEMES`` lists them).
+BROKERS: dict[str, BrokerKind] = {"redis": REDIS, "rediss": REDIS, "unix": REDIS, "amqp": RABBITMQ, "amqps": RABBITMQ}
+
+
+def broker_kind(settings: Settings) -> BrokerKind:
+    """The kind of broker ``settings.broker_url`` names."""
+    return BROKERS[urlsplit(settings.broker_url).scheme]
+
+
+def make_broker(settings: Settings) -> dramatiq.Broker:
+    """A bare broker for sending IDs (the API, the CLI), of the kind the URL names: no middleware,
+    no actors."""
+    return broker_kind(settings).make_broker(settings)
+
+
+def check_broker(settings: Settings, broker: dramatiq.Broker) -> None:
+    """Whether ``broker`` answers (``/healthz``).
+
+    Raises:
+        BrokerUnreachable: it did not; the message names the driver's error.
+    """
+    kind = broker_kind(settings)
+    try:
+        kind.check(broker)
+    except kind.unreachable as exc:
+        raise BrokerUnreachable(type(exc).__name__) from exc
+
+
+def make_sender(broker: dramatiq.Broker) -> sending.Sender:
+    """A sender that enqueues each job's ID on its queue's actor (delayed when asked). Several
+    messages go out through one Redis pipeline, one round trip per :data:`PIPELINE_SIZE`, or in
+    RabbitMQ transactions (:func:`worker.rabbitmq.enqueue_many`); other brokers take one
+    ``enqueue`` each, Dramatiq's public path."""
+    if isinstance(broker, RabbitmqBroker):
+        return lambda messages: rabbitmq.enqueue_many(broker, [(to_message(m), m.delay_ms) for m in messages])
+    if not isinstance(broker, RedisBroker):
+        return functools.partial(_enqueue_each, broker)
 
     def send(messages: Sequence[sending.JobMessage]) -> None:
         if len(messages) == 1:
@@ -119,6 +186,11 @@ def make_sender(broker: RedisBroker) -> sending.Sender:
                 pipe.execute()
 
     return send
+
+
+def _enqueue_each(broker: dramatiq.Broker, messages: Sequence[sending.JobMessage]) -> None:
+    for message in messages:
+        broker.enqueue(to_message(message), delay=message.delay_ms)
 
 
 def to_message(message: sending.JobMessage) -> Message[Any]:
@@ -137,8 +209,8 @@ def to_message(message: sending.JobMessage) -> Message[Any]:
 class _PipelinedBroker:
     """``broker`` with its Lua dispatch script bound to a Redis pipeline.
 
-    Dramatiq has no bulk enqueue. Its ``RedisBroker.enqueue`` is run unchanged on this object, so
-    each message is prepared exactly as Dramatiq does it (a fresh ``redis_message_id``, the delay
+    Dramatiq has no bulk enqueue. :meth:`JobBroker.enqueue` is run unchanged on this object, so
+    each message is prepared exactly as a single send does it (its ``redis_message_id``, the delay
     queue and ``eta`` for a delayed one, the enqueue hooks); only the script call it ends in, made
     through ``RedisBroker._dispatch`` reading ``self.scripts["dispatch"]``, is buffered in the
     pipeline (redis-py's ``Script`` loads itself there if Redis lacks it) instead of a round trip.

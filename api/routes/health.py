@@ -6,13 +6,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
-from redis.exceptions import RedisError
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
 from api import responses, schemas
 from api.deps import get_database
 from jobs import db
+from worker import producer
 
 router = APIRouter(tags=["health"])
 
@@ -37,7 +37,7 @@ def check(request: Request, database: db.Database) -> list[str]:
         cause = exc.orig if isinstance(exc, sa_exc.DBAPIError) else None
         problems.append(f"database unreachable: {type(cause or exc).__name__}")
     try:
-        request.app.state.broker.client.ping()
-    except RedisError as exc:
-        problems.append(f"broker unreachable: {type(exc).__name__}")
+        producer.check_broker(request.app.state.settings, request.app.state.broker)
+    except producer.BrokerUnreachable as exc:
+        problems.append(f"broker unreachable: {exc}")
     return problems

@@ -14,6 +14,7 @@ from jobs.config import Settings
 from jobs.models import AttemptOutcome
 
 
+@pytest.mark.brokers
 def test_posted_job_reaches_succeeded_and_shows_its_attempt(client, drain):
     response = client.post("/jobs", json={"kind": "noop"})
     assert response.status_code == 202
@@ -27,6 +28,7 @@ def test_posted_job_reaches_succeeded_and_shows_its_attempt(client, drain):
     assert job["created_at"].endswith("Z") or "+00:00" in job["created_at"]
 
 
+@pytest.mark.brokers
 def test_job_is_committed_before_the_202_is_sent(client, fetch, queued_messages):
     response = client.post("/jobs", json={"kind": "noop"})
     job, _ = fetch(uuid.UUID(response.json()["job_id"]))
@@ -98,6 +100,7 @@ def test_replay_of_a_job_that_is_not_failed_is_409(client):
     assert "only a failed job" in response.json()["detail"]
 
 
+@pytest.mark.brokers
 def test_replayed_failed_job_runs_again_and_keeps_its_history(client, drain):
     job_id = client.post("/jobs", json={"kind": "fail", "args": {"permanent": True}}).json()["job_id"]
     drain()
@@ -168,12 +171,14 @@ def test_token_is_compared_in_constant_time():
     assert "token_matches" in inspect.getsource(deps.require_token)
 
 
+@pytest.mark.brokers
 def test_healthz_is_ok_when_database_and_broker_answer(client):
     assert client.get("/healthz").json() == {"database": "ok", "broker": "ok"}
 
 
-def test_healthz_is_503_when_redis_is_unreachable(settings: Settings, database):
-    dead = settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
+@pytest.mark.parametrize("dead_url", ["redis://127.0.0.1:1/0", "amqp://guest:guest@127.0.0.1:1/"])
+def test_healthz_is_503_when_the_broker_is_unreachable(settings: Settings, database, dead_url):
+    dead = settings.model_copy(update={"broker_url": dead_url})
     with TestClient(create_app(dead)) as client:
         response = client.get("/healthz")
     assert response.status_code == 503

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from jobs.models import AttemptOutcome, JobStatus
 
 
+@pytest.mark.brokers
 def test_noop_job_succeeds_with_one_attempt(make_job, drain, fetch):
     job_id = make_job("noop")
     drain()
@@ -33,6 +36,7 @@ def test_handler_that_writes_commits_its_rows_with_the_success(make_job, drain, 
     assert count_notes(job_id) == 1
 
 
+@pytest.mark.brokers
 def test_failing_job_retries_then_fails_with_every_attempt_recorded(make_job, drain, fetch):
     job_id = make_job("fail", {"message": "always broken"}, max_attempts=3)
     drain()

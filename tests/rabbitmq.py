@@ -1,0 +1,169 @@
+"""What a test run owns on RabbitMQ: a vhost of its own on the machine's node, and a throwaway node
+of its own for the test that stops and restarts one.
+
+The machine's node (``JOBRUNNER_TEST_RABBITMQ_URL``, default ``amqp://guest:guest@127.0.0.1:5672``)
+is managed with ``rabbitmqctl`` (the node named by ``JOBRUNNER_TEST_RABBITMQ_NODE``, default the
+CLI's); nothing here stops, resets or purges anything of it but the vhost the run made, which is
+deleted at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import pika
+import pika.exceptions
+
+from tests import servers
+
+#: The machine's RabbitMQ (a vhost of the run's own is made there).
+NODE_URL = os.environ.get("JOBRUNNER_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672")
+#: The node name ``rabbitmqctl`` talks to for it (empty: the CLI's default, the local node).
+NODE_NAME = os.environ.get("JOBRUNNER_TEST_RABBITMQ_NODE", "")
+#: How long ``rabbitmqctl`` gets per command.
+CTL_TIMEOUT_SECONDS = 60
+
+
+def rabbitmqctl(*args: str, node: str = NODE_NAME, env: dict[str, str] | None = None) -> str:
+    """Run ``rabbitmqctl`` (against ``node``); its output. Raises ``RuntimeError`` on failure."""
+    argv = ["rabbitmqctl", *(["-n", node] if node else []), "-q", *args]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=CTL_TIMEOUT_SECONDS, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}): {result.stderr or result.stdout}")
+    return result.stdout
+
+
+def _with_vhost(url: str, vhost: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path="/" + quote(vhost, safe="")))
+
+
+class RabbitVhost:
+    """A vhost of the run's own (``jobrunner_test_<random hex>``) on the machine's node, open to the
+    URL's user; :meth:`flush` purges queues (every message lost), :meth:`close` deletes it."""
+
+    def __init__(self, node_url: str = NODE_URL, *, node: str = NODE_NAME, prefix: str = "jobrunner_test") -> None:
+        self.node = node
+        self.name = f"{prefix}_{secrets.token_hex(6)}"
+        user = urlsplit(node_url).username or "guest"
+        rabbitmqctl("add_vhost", self.name, node=node)
+        try:
+            rabbitmqctl("set_permissions", "-p", self.name, user, ".*", ".*", ".*", node=node)
+            self.url = _with_vhost(node_url, self.name)
+            self._connection = pika.BlockingConnection(pika.URLParameters(self.url))
+        except BaseException:
+            self.close()
+            raise
+
+    def _channel(self) -> pika.adapters.blocking_connection.BlockingChannel:
+        try:
+            return self._connection.channel()
+        except pika.exceptions.AMQPConnectionError:  # closed by a test (close_all_connections)
+            self._connection = pika.BlockingConnection(pika.URLParameters(self.url))
+            return self._connection.channel()
+
+    def flush(self, queues: Iterable[str]) -> None:
+        """Purge ``queues`` of the vhost, with their delay and dead-letter queues (Dramatiq's
+        ``.DQ`` and ``.XQ``): every message in them is lost (delivered ones too, once their consumer
+        lets go of them). A queue not there yet is passed over."""
+        channel = self._channel()
+        for queue in queues:
+            for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):
+                try:
+                    channel.queue_purge(name)
+                except pika.exceptions.ChannelClosedByBroker:  # 404: no such queue; the channel is closed
+                    channel = self._channel()
+        channel.close()
+
+    def count(self, queue: str = "default") -> int:
+        """How many messages wait in ``queue`` (ready, not yet delivered); 0 if it does not exist."""
+        channel = self._channel()
+        try:
+            return int(channel.queue_declare(queue, passive=True).method.message_count)
+        except pika.exceptions.ChannelClosedByBroker:  # 404: no such queue
+            return 0
+        finally:
+            if channel.is_open:
+                channel.close()
+
+    def close_connections(self, reason: str = "test") -> None:
+        """Close every client connection of the vhost (``rabbitmqctl close_all_connections``)."""
+        rabbitmqctl("close_all_connections", "--vhost", self.name, reason, node=self.node)
+
+    def close(self) -> None:
+        """Delete the vhost (with its queues and messages); nothing else of the node is touched."""
+        connection = getattr(self, "_connection", None)
+        try:
+            if connection is not None and connection.is_open:
+                connection.close()
+        except pika.exceptions.AMQPError:
+            pass  # closed by the server meanwhile
+        finally:
+            rabbitmqctl("delete_vhost", self.name, node=self.node)
+
+
+class ThrowawayRabbit:
+    """A RabbitMQ node of the test's own: its own node name, AMQP and distribution ports, data and
+    log dirs in a temp dir (owned by the ``rabbitmq`` user when the tests run as root: Debian's
+    scripts switch to it), no plugins; stopped, started again, and removed at the end. Its guest
+    user may connect from 127.0.0.1 (RabbitMQ's default)."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="jobrunner-test-rabbitmq-"))
+        self.node = f"jobrunner_test_{secrets.token_hex(4)}@localhost"
+        self.port = servers.free_port()
+        dist_port = servers.free_port()
+        (self.dir / "enabled_plugins").write_text("[].\n")
+        if os.geteuid() == 0:  # Debian's rabbitmq-server and rabbitmqctl run as the rabbitmq user
+            for path in [self.dir, *self.dir.iterdir()]:
+                shutil.chown(path, "rabbitmq", "rabbitmq")
+        self.env = {
+            **os.environ,
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(dist_port),
+            "RABBITMQ_MNESIA_BASE": str(self.dir / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.dir / "log"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.dir / "enabled_plugins"),
+            "RABBITMQ_CONFIG_FILE": str(self.dir / "rabbitmq"),  # none there: the defaults
+            "RABBITMQ_PID_FILE": str(self.dir / "rabbitmq.pid"),
+        }
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+        try:
+            self.start()
+        except BaseException:
+            self.remove()
+            raise
+
+    def start(self) -> None:
+        """Start the node (detached) and wait until it accepts AMQP connections."""
+        subprocess.run(["rabbitmq-server", "-detached"], env=self.env, check=True, capture_output=True, timeout=60)
+        rabbitmqctl("wait", str(self.dir / "rabbitmq.pid"), "--timeout", str(CTL_TIMEOUT_SECONDS), node=self.node)
+        deadline = time.monotonic() + CTL_TIMEOUT_SECONDS
+        while True:
+            try:
+                pika.BlockingConnection(pika.URLParameters(self.url)).close()
+                return
+            except pika.exceptions.AMQPConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        """Stop the node (its queues and persistent messages stay on disk for the next start)."""
+        rabbitmqctl("stop", str(self.dir / "rabbitmq.pid"), node=self.node)
+
+    def remove(self) -> None:
+        """Stop the node if it runs, and delete its files."""
+        with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):  # not running
+            rabbitmqctl("stop", node=self.node)
+        shutil.rmtree(self.dir, ignore_errors=True)
