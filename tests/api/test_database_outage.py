@@ -47,6 +47,12 @@ ROUTES: dict[tuple[str, str], tuple[str, dict]] = {
     ("get", "/products/{product_id}"): (f"/products/{ID}", {}),
     ("get", "/orgs/{org_id}/stats"): ("/orgs/acme/stats", {}),
     ("get", "/healthz"): ("/healthz", {}),
+    ("get", "/schedules"): ("/schedules", {}),
+    ("post", "/schedules"): ("/schedules", {"json": {"name": "outage", "kind": "noop", "every_seconds": 60}}),
+    ("post", "/schedules/{name}/pause"): ("/schedules/outage/pause", {}),
+    ("post", "/schedules/{name}/resume"): ("/schedules/outage/resume", {}),
+    ("post", "/schedules/{name}/run"): ("/schedules/outage/run", {}),
+    ("delete", "/schedules/{name}"): ("/schedules/outage", {}),
 }
 
 
