@@ -50,6 +50,11 @@ class JobOptions(BaseModel):
     def _one_time(self) -> JobOptions:
         if self.run_at is not None and self.delay_seconds is not None:
             raise ValueError("give run_at or delay_seconds, not both")
+        if self.run_at is not None:
+            try:  # stored in UTC: 0001-01-01T00:00+05:00 has no UTC time
+                self.run_at = self.run_at.astimezone(dt.UTC)
+            except OverflowError:
+                raise ValueError("run_at is out of range") from None
         return self
 
 

@@ -85,10 +85,12 @@ class JobStatus(enum.StrEnum):
     """Where a job is in its life. The row, not the broker message, is the truth."""
 
     #: Waiting for a worker; the ID has been (or will be, by the sweeper) sent to the broker.
-    #: Reached on creation, on replay (from failed), on a lost lease, and on shutdown (interrupted).
+    #: Reached on creation, on replay (from failed), on a lost lease, on shutdown (interrupted), and
+    #: from scheduled when the sweeper finds a delayed job overdue (its delayed message lost).
     QUEUED = "queued"
     #: Claimed by one worker, which holds the claim token and renews the lease.
-    #: Reached only from queued, retrying, or running with an expired lease.
+    #: Reached only from queued, retrying, scheduled once ``run_at`` has passed, or running with an
+    #: expired lease.
     RUNNING = "running"
     #: Failed an attempt and waits for ``next_retry_at``; goes back to running when claimed.
     RETRYING = "retrying"

@@ -66,7 +66,11 @@ class WorkerLifecycle(Middleware):
             held=producer.held_probe(broker),
         )
         self._sweeper.start()
-        self._scheduler = scheduler.Scheduler(state.database, state.settings, state.registry)
+        self._scheduler = scheduler.Scheduler(
+            state.settings,
+            state.registry,
+            producer.make_sender(broker),  # type: ignore[arg-type]  # the worker's broker is a RedisBroker
+        )
         self._scheduler.start()
 
     def before_worker_shutdown(self, broker: Broker, worker: Any) -> None:

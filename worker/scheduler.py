@@ -14,7 +14,7 @@ import threading
 
 from sqlalchemy import exc as sa_exc
 
-from jobs import db, store
+from jobs import db, sending, store
 from jobs.config import Settings
 from jobs.registry import Registry
 from jobs.scheduling import service
@@ -26,8 +26,17 @@ class Scheduler:
     """Fires the due schedules of ``database`` until stopped; a database error is logged and tried
     again at the next poll (the database may be restarting)."""
 
-    def __init__(self, database: db.Database, settings: Settings, registry: Registry) -> None:
-        self.database = database
+    def __init__(self, settings: Settings, registry: Registry, sender: sending.Sender) -> None:
+        # A pool of its own (one connection): the worker's pool is sized to its job threads plus
+        # the heartbeat and the sweeper, and the scheduler, looking every second, must not take
+        # a connection a job is waiting for.
+        self.database = db.make_database(
+            settings.database_url,
+            pool_size=1,
+            sender=sender,
+            registry=registry,
+            application_name="jobrunner-scheduler",
+        )
         self.poll_seconds = settings.schedule_poll_seconds
         self.registry = registry
         self._stopped = threading.Event()
@@ -42,6 +51,7 @@ class Scheduler:
         self._stopped.set()
         if self._thread.is_alive():
             self._thread.join()
+        self.database.dispose()
 
     def _run(self) -> None:
         declared = False

@@ -1,8 +1,10 @@
 """The sweeper: what makes "the database is the source of truth" true.
 
 Every pass (one at a time across all workers): take back ``running`` jobs whose lease expired (their
-worker died), and send again the ``queued`` or ``retrying`` jobs whose message seems lost (a failed
-send, a flushed or failed-over Redis). It runs inside every worker process and as ``jobctl sweep``.
+worker died), send again the ``queued`` or ``retrying`` jobs whose message seems lost (a failed
+send, a flushed or failed-over Redis), and make ``queued`` (and send) the delayed jobs overdue for
+the same reason. It runs inside every worker process and as ``jobctl sweep``; in a worker it also
+applies the retention settings (:mod:`jobs.retention`) once a minute.
 """
 
 from __future__ import annotations

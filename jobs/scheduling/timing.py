@@ -9,7 +9,7 @@ import datetime as dt
 import math
 import zoneinfo
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 
 from jobs import errors
 
@@ -36,6 +36,11 @@ class Timing:
             raise InvalidSchedule("a schedule needs exactly one of cron and every_seconds")
         if self.cron is not None and not croniter.is_valid(self.cron):
             raise InvalidSchedule(f"not a cron expression: {self.cron!r}")
+        if self.cron is not None:
+            try:  # valid, yet it may never fire (the 31st of February)
+                croniter(self.cron).get_next(dt.datetime)
+            except CroniterError:
+                raise InvalidSchedule(f"the cron expression never fires: {self.cron!r}") from None
         if self.every_seconds is not None and not MIN_EVERY_SECONDS <= self.every_seconds <= MAX_EVERY_SECONDS:
             raise InvalidSchedule(f"every_seconds must be between {MIN_EVERY_SECONDS:g} and {MAX_EVERY_SECONDS:g}")
         try:

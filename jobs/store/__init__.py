@@ -9,9 +9,10 @@ the driver's cursor, so a job costs a few statement executions, not ORM unit-of-
 Every update of a running job is *fenced*: it applies only while the row still carries the claim
 token this worker got, so a worker that lost its claim can change nothing.
 
-The modules: ``creating``, ``running`` (a job's attempt from claim to outcome), ``recovery`` (the
-sweeper's work and pruning), ``replaying``, ``cancelling``, ``queues`` (pauses, limits), ``reading``.
-Callers use this package: ``store.claim_job(...)``.
+The modules: ``creating`` (delayed and unique jobs too), ``running`` (a job's attempt from claim to
+outcome), ``recovery`` (the sweeper's work and pruning), ``delaying`` (delayed jobs whose message
+was lost), ``replaying``, ``cancelling``, ``queues`` (pauses, limits), ``reading``, ``clock`` (the
+database's time). Callers use this package: ``store.claim_job(...)``.
 """
 
 from jobs.store.base import utcnow

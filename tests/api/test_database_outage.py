@@ -52,6 +52,12 @@ ROUTES: dict[tuple[str, str], tuple[str, dict]] = {
     ("get", "/orgs/{org_id}/stats"): ("/orgs/acme/stats", {}),
     ("get", "/healthz"): ("/healthz", {}),
     ("get", "/metrics"): ("/metrics", {}),
+    ("get", "/schedules"): ("/schedules", {}),
+    ("post", "/schedules"): ("/schedules", {"json": {"name": "outage", "kind": "noop", "every_seconds": 60}}),
+    ("post", "/schedules/{name}/pause"): ("/schedules/outage/pause", {}),
+    ("post", "/schedules/{name}/resume"): ("/schedules/outage/resume", {}),
+    ("post", "/schedules/{name}/run"): ("/schedules/outage/run", {}),
+    ("delete", "/schedules/{name}"): ("/schedules/outage", {}),
 }
 
 
