@@ -125,7 +125,16 @@ def _batch_running(batch: object) -> bool:
 OBJECT_ACTIONS: dict[tuple[str, str], ObjectAction] = {
     (action.target, action.name): action
     for action in (
-        ObjectAction("cancel", "Cancel batch", "batch", _batch_running, _cancel_batch, takes_reason=True, danger=True),
+        ObjectAction(
+            "cancel",
+            "Cancel batch",
+            "batch",
+            _batch_running,
+            _cancel_batch,
+            count=_batch_waiting,
+            takes_reason=True,
+            danger=True,
+        ),
     )
 }
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
+from api.app import create_app
 from jobs import db, models
 
 JobMaker = Callable[..., list[uuid.UUID]]
@@ -123,13 +124,15 @@ def test_failures_group_by_kind_and_error_type(client: TestClient, make_jobs: Jo
     assert html.count('data-action="replay-group"') == 2
 
 
-def test_running_marks_late_and_expired_leases(client: TestClient, make_jobs: JobMaker, settings) -> None:
+def test_running_marks_late_and_expired_leases(settings, database: db.Database, make_jobs: JobMaker) -> None:
+    # Hour-long leases: a lease is late with less than 20 minutes left, so each job below stays in
+    # its class however slowly the page is served.
     now = dt.datetime.now(dt.UTC)
-    common = {"status": "running", "worker_id": "host:1", "claim_token": uuid.uuid4()}
-    make_jobs(1, **common, lease_expires_at=now + dt.timedelta(seconds=settings.lease_seconds))
-    make_jobs(1, **{**common, "claim_token": uuid.uuid4()}, lease_expires_at=now + dt.timedelta(seconds=1))
-    make_jobs(1, **{**common, "claim_token": uuid.uuid4()}, lease_expires_at=now - dt.timedelta(seconds=5))
-    html = client.get("/dashboard/running").text
+    leases = {"fresh": dt.timedelta(minutes=50), "late": dt.timedelta(minutes=10), "expired": -dt.timedelta(minutes=10)}
+    for left in leases.values():
+        make_jobs(1, status="running", worker_id="host:1", claim_token=uuid.uuid4(), lease_expires_at=now + left)
+    with TestClient(create_app(settings.model_copy(update={"lease_seconds": 3600}))) as client:
+        html = client.get("/dashboard/running").text
     assert "host:1" in html
     assert html.count('<tr class="late">') == 1 and html.count('<tr class="expired">') == 1
     assert html.count('<tr class="">') == 1
