@@ -6,16 +6,18 @@ import functools
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 #: Where the zero-setup defaults keep their files.
 VAR_DIR = Path("var")
-#: The broker URL schemes jobrunner speaks: Redis, and RabbitMQ (AMQP 0-9-1). ``worker.producer``
-#: picks the broker for each.
-BROKER_SCHEMES = ("redis", "rediss", "unix", "amqp", "amqps")
+#: The broker URL schemes jobrunner speaks: Redis, RabbitMQ (AMQP 0-9-1), and PostgreSQL (the jobs
+#: database itself). ``worker.producer`` picks the broker for each.
+BROKER_SCHEMES = ("redis", "rediss", "unix", "amqp", "amqps", "postgresql", "postgresql+psycopg")
+#: The schemes of the PostgreSQL broker, whose queue is the ``jobs`` table.
+POSTGRES_BROKER_SCHEMES = ("postgresql", "postgresql+psycopg")
 
 
 class Settings(BaseSettings):
@@ -65,10 +67,24 @@ class Settings(BaseSettings):
         parts = urlsplit(value)
         if parts.scheme not in BROKER_SCHEMES:
             schemes = ", ".join(f"{scheme}://" for scheme in BROKER_SCHEMES)
-            raise ValueError(f"the broker must be a Redis or RabbitMQ URL ({schemes}), got {value!r}")
-        if parts.scheme != "unix" and not parts.hostname:
+            raise ValueError(f"the broker must be a Redis, RabbitMQ or PostgreSQL URL ({schemes}), got {value!r}")
+        if parts.scheme not in ("unix", *POSTGRES_BROKER_SCHEMES) and not parts.hostname:
             raise ValueError(f"the broker URL has no host: {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _check_postgres_broker(self) -> Settings:
+        # The PostgreSQL broker consumes the jobs table: it must be the jobs database.
+        if urlsplit(self.broker_url).scheme not in POSTGRES_BROKER_SCHEMES:
+            return self
+        broker, database = make_url(self.broker_url), make_url(self.database_url)
+        if database.get_backend_name() != "postgresql" or (broker.host, broker.port, broker.database) != (
+            database.host,
+            database.port,
+            database.database,
+        ):
+            raise ValueError("a PostgreSQL broker URL must name the jobs database (JOBRUNNER_DATABASE_URL)")
+        return self
 
     @property
     def job_module_names(self) -> list[str]:

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     Uuid,
+    text,
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -99,6 +100,8 @@ class JobStatus(enum.StrEnum):
 
 #: States a worker may claim a job from (besides running with an expired lease).
 CLAIMABLE = (JobStatus.QUEUED, JobStatus.RETRYING)
+#: SQL of "the job waits for a worker" (status claimable), for partial indexes.
+WAITING_SQL = f"status IN ({', '.join(repr(status.value) for status in CLAIMABLE)})"
 #: States a job never leaves on its own.
 TERMINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 
@@ -134,6 +137,14 @@ class Job(Base):
         CheckConstraint(check_in("status", JobStatus), name="status"),
         Index("ix_jobs_status_kind", "status", "kind"),
         Index("ix_jobs_created_at_id", "created_at", "id"),
+        #: The PostgreSQL broker's queue (worker.pgbroker): the waiting jobs of a queue, oldest first.
+        Index(
+            "ix_jobs_waiting",
+            "queue",
+            "enqueued_at",
+            postgresql_where=text(WAITING_SQL),
+            sqlite_where=text(WAITING_SQL),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -155,6 +166,9 @@ class Job(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     next_retry_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     replay_count: Mapped[int] = mapped_column(Integer, default=0)
+    #: PostgreSQL broker only: a consumer took the waiting job and holds it in memory until then;
+    #: the claim clears it. Past it, another consumer may take the job (its taker died).
+    taken_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
 class JobAttempt(Base):

@@ -5,6 +5,10 @@
 SQLAlchemy's ``after_commit`` event; a rollback drops them. A failed send is logged at WARNING with
 the job IDs and counted (:func:`failed_sends`), and the job stays ``queued``: the row is the truth and
 the sweeper sends it again.
+
+A sender that is an :class:`InTransactionSender` (the PostgreSQL broker's) is given the messages
+in SQLAlchemy's ``before_commit`` event instead, with the transaction's connection: its wake-up
+(a ``NOTIFY``) then commits with the rows, or not at all.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
 
-from sqlalchemy import event
+from sqlalchemy import Connection, event
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 logger = logging.getLogger(__name__)
@@ -38,6 +43,15 @@ class JobMessage:
 Sender = Callable[[Sequence[JobMessage]], None]
 
 
+@runtime_checkable
+class InTransactionSender(Protocol):
+    """A sender whose messages go out in the transaction that created the jobs, just before COMMIT."""
+
+    def __call__(self, messages: Sequence[JobMessage]) -> None: ...
+
+    def send_in_transaction(self, connection: Connection, messages: Sequence[JobMessage]) -> None: ...
+
+
 def send_after_commit(session: Session, message: JobMessage) -> None:
     """Send ``message`` once ``session``'s transaction commits; never if it rolls back."""
     session.info.setdefault(_PENDING_KEY, []).append(message)
@@ -45,8 +59,20 @@ def send_after_commit(session: Session, message: JobMessage) -> None:
 
 def install(sessions: sessionmaker[Session]) -> None:
     """Hook the after-commit send onto every session ``sessions`` makes."""
+    event.listen(sessions, "before_commit", _send_in_transaction)
     event.listen(sessions, "after_commit", _send_pending)
     event.listen(sessions, "after_transaction_end", _drop_pending)
+
+
+def _send_in_transaction(session: Session) -> None:
+    # before_commit runs for the root transaction only, before its last flush and its COMMIT; what
+    # the sender runs on the connection commits (or rolls back) with the jobs' rows.
+    sender = session.info.get(SENDER_KEY)
+    if not isinstance(sender, InTransactionSender):
+        return
+    pending: list[JobMessage] = session.info.pop(_PENDING_KEY, [])
+    if pending:
+        sender.send_in_transaction(session.connection(), pending)
 
 
 def _send_pending(session: Session) -> None:

@@ -61,11 +61,14 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # A test marked `brokers` runs once per broker: Redis, and RabbitMQ (on the PostgreSQL pass only,
-    # to keep CI's time: the broker does not meet the database).
+    # to keep CI's time: the broker does not meet the database), and PostgreSQL, the jobs database
+    # itself (which needs a PostgreSQL database).
     if metafunc.definition.get_closest_marker("brokers") and "broker_url" in metafunc.fixturenames:
         skip = pytest.mark.skip(reason="RabbitMQ runs on the PostgreSQL pass only")
         rabbit = pytest.param("rabbitmq", marks=[skip] if BACKEND == "sqlite" else [])
-        metafunc.parametrize("broker_url", ["redis", rabbit], indirect=True)
+        skip_pg = pytest.mark.skip(reason="the PostgreSQL broker needs a PostgreSQL jobs database")
+        postgres = pytest.param("postgres", marks=[skip_pg] if BACKEND == "sqlite" else [])
+        metafunc.parametrize("broker_url", ["redis", rabbit, postgres], indirect=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -149,15 +152,27 @@ def rabbitmq_vhost() -> Iterator[rabbitmq.RabbitVhost]:
 @pytest.fixture
 def broker_url(request: pytest.FixtureRequest) -> str:
     """The test's broker: the run's Redis, or (in a test marked ``brokers``, parametrised) the run's
-    RabbitMQ vhost."""
+    RabbitMQ vhost or the test's PostgreSQL database (the throwaway server's, if the test has one)."""
     if getattr(request, "param", "redis") == "rabbitmq":
         return request.getfixturevalue("rabbitmq_vhost").url
+    if getattr(request, "param", "redis") == "postgres":
+        return the_database_url(request)
     return request.getfixturevalue("redis_url")
+
+
+def the_database_url(request: pytest.FixtureRequest) -> str:
+    """The URL of the test's database: the throwaway PostgreSQL server's if the test has one."""
+    database_fixture = "throwaway_postgres" if "throwaway_postgres" in request.fixturenames else "database_url"
+    database_url = request.getfixturevalue(database_fixture)
+    return database_url if isinstance(database_url, str) else database_url.url
 
 
 @pytest.fixture
 def flush_broker(request: pytest.FixtureRequest, broker_url: str) -> Callable[[], None]:
-    """Empty the test's broker (every message lost): the run's Redis db, or its vhost's queues."""
+    """Empty the test's broker (every message lost): the run's Redis db, or its vhost's queues (the
+    PostgreSQL broker has no messages apart from the rows the database fixture empties)."""
+    if broker_url.startswith("postgresql"):
+        return lambda: None
     server = "rabbitmq_vhost" if broker_url.startswith("amqp") else "redis_server"
     return request.getfixturevalue(server).flush
 
@@ -179,10 +194,8 @@ def settings(
     request: pytest.FixtureRequest, broker_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Settings]:
     """Settings for the test, also exported to the environment (for ``get_settings`` and children)."""
-    database_fixture = "throwaway_postgres" if "throwaway_postgres" in request.fixturenames else "database_url"
-    database_url = request.getfixturevalue(database_fixture)
     values = {
-        "database_url": database_url if isinstance(database_url, str) else database_url.url,
+        "database_url": the_database_url(request),
         "broker_url": broker_url,
         "storage_dir": str(tmp_path / "uploads"),
         "retry_backoff_seconds": "0.01",
@@ -381,6 +394,14 @@ def queued_messages(request: pytest.FixtureRequest, broker_url: str) -> Callable
     of messages; RabbitMQ: the queue's ready messages)."""
     if broker_url.startswith("amqp"):
         return request.getfixturevalue("rabbitmq_vhost").count
+    if broker_url.startswith("postgresql"):
+        database = request.getfixturevalue("database")
+
+        def waiting(queue: str = "default") -> int:
+            with database.engine.connect() as conn:
+                return store.count_unfinished(conn, queue, running=False)
+
+        return waiting
     redis_client = request.getfixturevalue("redis_client")
 
     def count(queue: str = "default") -> int:

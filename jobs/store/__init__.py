@@ -10,7 +10,8 @@ Every update of a running job is *fenced*: it applies only while the row still c
 token this worker got, so a worker that lost its claim can change nothing.
 
 The modules: ``creating``, ``running`` (a job's attempt from claim to outcome), ``recovery`` (the
-sweeper's work and pruning), ``replaying`` (and cancelling), ``reading``. Callers use this package:
+sweeper's work and pruning), ``replaying`` (and cancelling), ``reading``, ``taking`` (the
+jobs table as the PostgreSQL broker's queue). Callers use this package:
 ``store.claim_job(...)``.
 """
 
@@ -51,12 +52,24 @@ from jobs.store.running import (
     renew_leases,
     retry_delay_seconds,
 )
+from jobs.store.taking import (
+    count_unfinished,
+    next_due_at,
+    notify_waiting,
+    release_jobs,
+    take_jobs,
+)
 
 __all__ = [
     "MAX_ERROR_CHARS",
     "MAX_RETRY_DELAY_SECONDS",
     "SWEEP_LOCK_KEY",
     "cancel_jobs",
+    "count_unfinished",
+    "next_due_at",
+    "notify_waiting",
+    "release_jobs",
+    "take_jobs",
     "checkpoint",
     "claim_job",
     "complete_job",

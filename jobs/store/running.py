@@ -53,6 +53,7 @@ _CLAIM = (
         worker_id=bindparam("b_worker"),
         started_at=bindparam("b_now"),
         next_retry_at=None,
+        taken_until=None,
     )
     .returning(_jobs.c.kind, _jobs.c.args, _jobs.c.attempts, _jobs.c.max_attempts, _jobs.c.replay_count, _jobs.c.queue)
 )
