@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_postgres_broker(self) -> Settings:
         # The PostgreSQL broker consumes the jobs table: it must be the jobs database.
-        if urlsplit(self.broker_url).scheme not in POSTGRES_BROKER_SCHEMES:
+        if not self.broker_is_database:
             return self
         broker, database = make_url(self.broker_url), make_url(self.database_url)
         if database.get_backend_name() != "postgresql" or (broker.host, broker.port, broker.database) != (
@@ -90,6 +90,12 @@ class Settings(BaseSettings):
     def job_module_names(self) -> list[str]:
         """``job_modules`` as a list."""
         return [name.strip() for name in self.job_modules.split(",") if name.strip()]
+
+    @property
+    def broker_is_database(self) -> bool:
+        """Whether the broker is the PostgreSQL broker, whose queue is the jobs table itself (no
+        message of its own can be lost, so the sweeper has nothing to send again)."""
+        return urlsplit(self.broker_url).scheme in POSTGRES_BROKER_SCHEMES
 
     @property
     def is_sqlite(self) -> bool:

@@ -2,7 +2,7 @@
 
 Every pass (one at a time across all workers): take back ``running`` jobs whose lease expired (their
 worker died), and send again the ``queued`` or ``retrying`` jobs whose message seems lost (a failed
-send, a flushed or failed-over Redis). It runs inside every worker process and as ``jobctl sweep``.
+send, a flushed or failed-over Redis; not with the PostgreSQL broker, whose queue is the rows). It runs inside every worker process and as ``jobctl sweep``.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ def sweep_once(database: db.Database, settings: Settings) -> SweepReport:
             requeued=[job_id for job_id, status in recovered if status == JobStatus.QUEUED],
             quarantined=[job_id for job_id, status in recovered if status == JobStatus.FAILED],
         )
-        report.resent = store.resend_overdue_jobs(session, older_than_seconds=settings.requeue_after_seconds)
+        if not settings.broker_is_database:  # the PostgreSQL broker's queue is the rows: nothing to re-send
+            report.resent = store.resend_overdue_jobs(session, older_than_seconds=settings.requeue_after_seconds)
     for job_id in report.requeued:
         logger.info("job %s lost its worker; queued again", job_id, extra={"job_id": str(job_id), "action": "requeued"})
     for job_id in report.quarantined:

@@ -64,6 +64,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import dramatiq
 import redis
 from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
@@ -92,6 +93,17 @@ ENQUEUE_BATCH = 2_000
 RSS_EARLY_AT = 1_000
 #: Redis list the bare actor pushes "start end" timestamps onto.
 SPANS_KEY = "bench:spans"
+
+#: Scenario keys and their labels, in the order they run and print. "full-pg": scenario A on the
+#: PostgreSQL broker (--broker postgresql); "dpg": scenario B on dramatiq-postgres (--dramatiq-postgres).
+LABELS = {
+    "full": "A full path",
+    "full-pg": "A' full path, PG",
+    "bare": "B bare Dramatiq",
+    "dpg": "B' dramatiq-postgres",
+    "naive": "C naive pattern",
+}
+FULL_KEYS = {"redis": "full", "postgresql": "full-pg"}
 
 TARGETS = {
     "full/bare": 0.70,
@@ -321,21 +333,29 @@ def wait_until_done(
 # --- scenario A: the full path --------------------------------------------------------------------
 
 
-def runner_settings(bench: Bench) -> Settings:
-    return Settings(database_url=bench.url, broker_url=REDIS_URL, consumer_timeout_ms=CONSUMER_TIMEOUT_MS)
+def broker_url_of(bench: Bench, broker: str) -> str:
+    """The URL of ``broker``: "redis" (the bench Redis) or "postgresql" (the bench database itself)."""
+    return REDIS_URL if broker == "redis" else bench.url
 
 
-def runner_env(bench: Bench) -> dict[str, str]:
+def runner_settings(bench: Bench, broker: str = "redis") -> Settings:
+    return Settings(
+        database_url=bench.url, broker_url=broker_url_of(bench, broker), consumer_timeout_ms=CONSUMER_TIMEOUT_MS
+    )
+
+
+def runner_env(bench: Bench, broker: str = "redis") -> dict[str, str]:
     return bench.worker_env(
         JOBRUNNER_DATABASE_URL=bench.url,
-        JOBRUNNER_BROKER_URL=REDIS_URL,
+        JOBRUNNER_BROKER_URL=broker_url_of(bench, broker),
         JOBRUNNER_CONSUMER_TIMEOUT_MS=str(CONSUMER_TIMEOUT_MS),
     )
 
 
-def make_producer(bench: Bench) -> tuple[db.Database, RedisBroker]:
-    """A database whose sessions send job IDs to the bench Redis after commit (like the API's)."""
-    settings = runner_settings(bench)
+def make_producer(bench: Bench, broker_name: str = "redis") -> tuple[db.Database, dramatiq.Broker]:
+    """A database whose sessions send job IDs to the broker like the API's (Redis: after commit;
+    PostgreSQL: a NOTIFY in the creating transaction)."""
+    settings = runner_settings(bench, broker_name)
     broker = producer.make_broker(settings)
     database = db.make_database(
         bench.url,
@@ -347,11 +367,11 @@ def make_producer(bench: Bench) -> tuple[db.Database, RedisBroker]:
     return database, broker
 
 
-def start_runner_worker(bench: Bench, log_path: Path) -> tuple[subprocess.Popen[bytes], float]:
+def start_runner_worker(bench: Bench, log_path: Path, broker: str = "redis") -> tuple[subprocess.Popen[bytes], float]:
     spawned_at = time.time()
     proc = common.spawn(
         [str(BIN / "jobctl"), "worker", "--processes", str(PROCESSES), "--threads", str(THREADS)],
-        env=runner_env(bench),
+        env=runner_env(bench, broker),
         log_path=log_path,
     )
     return proc, spawned_at
@@ -367,10 +387,10 @@ def _record_span(bench: Bench, run: Run, spawned_at: float) -> Run:
     return run
 
 
-def scenario_full(bench: Bench, n: int, index: int) -> Run:
-    run = Run("A full path", n)
+def scenario_full(bench: Bench, n: int, index: int, broker_name: str = "redis") -> Run:
+    run = Run(LABELS[FULL_KEYS[broker_name]], n)
     bench.reset()
-    database, broker = make_producer(bench)
+    database, broker = make_producer(bench, broker_name)
     try:
         started = time.perf_counter()
         for offset in range(0, n, ENQUEUE_BATCH):
@@ -381,7 +401,7 @@ def scenario_full(bench: Bench, n: int, index: int) -> Run:
     finally:
         database.dispose()
         broker.close()
-    queued = bench.redis.hlen("dramatiq:default.msgs")
+    queued = bench.redis.hlen("dramatiq:default.msgs") if broker_name == "redis" else "no"
     print(
         f"  enqueued {n} jobs in {run.enqueue_seconds:.2f} s ({n / run.enqueue_seconds:,.0f}/s); "
         f"{queued} messages in Redis",
@@ -389,8 +409,8 @@ def scenario_full(bench: Bench, n: int, index: int) -> Run:
     )
     bench.vacuum()
 
-    log_path = bench.workdir / f"full-{index}.log"
-    proc, spawned_at = start_runner_worker(bench, log_path)
+    log_path = bench.workdir / f"full-{broker_name}-{index}.log"
+    proc, spawned_at = start_runner_worker(bench, log_path, broker_name)
     try:
         child = worker_child_pid(proc.pid)
         if child is None:
@@ -513,6 +533,83 @@ def scenario_bare(bench: Bench, n: int, index: int) -> Run:
     return run
 
 
+DPG_MODULE = '''
+"""Bare Dramatiq on dramatiq-postgres (its own message table, LISTEN/NOTIFY): scenario B's no-op
+actor timed the same way. Written by tests/benchmarks/throughput.py; run by --dramatiq-postgres's
+python. ``python bench_dpg.py N`` creates its schema and enqueues N messages."""
+import os
+import sys
+import time
+
+import dramatiq
+import psycopg
+import redis
+from dramatiq_postgres import PostgresBroker, schema
+
+URL = os.environ["BENCH_DPG_URL"]
+broker = PostgresBroker(url=URL, results=False)
+dramatiq.set_broker(broker)
+_stats = redis.Redis.from_url(os.environ["BENCH_REDIS_URL"])
+
+
+@dramatiq.actor(actor_name="bench.bare", queue_name="default")
+def bare(seq):
+    start = time.time()
+    _stats.rpush("%(key)s", "%%.6f %%.6f" %% (start, time.time()))
+
+
+if __name__ == "__main__":
+    with psycopg.connect(URL, autocommit=True) as conn, conn.cursor() as curs:
+        curs.execute("DROP SCHEMA IF EXISTS dramatiq CASCADE")
+        schema.init(curs)
+    started = time.perf_counter()
+    for i in range(int(sys.argv[1])):
+        bare.send(i)
+    print("%%.6f" %% (time.perf_counter() - started))
+    broker.close()
+'''
+
+
+def scenario_dpg(bench: Bench, n: int, index: int, python: str) -> Run:
+    run = Run(LABELS["dpg"], n)
+    bench.reset()
+    url = bench.url.replace("postgresql+psycopg://", "postgresql://")
+    env = bench.worker_env(
+        dramatiq_worker_timeout=str(CONSUMER_TIMEOUT_MS), BENCH_REDIS_URL=REDIS_URL, BENCH_DPG_URL=url
+    )
+    sent = subprocess.run(
+        [python, str(bench.workdir / "bench_dpg.py"), str(n)], env=env, capture_output=True, text=True, check=True
+    )
+    run.enqueue_seconds = float(sent.stdout.split()[-1])
+    log_path = bench.workdir / f"dpg-{index}.log"
+    spawned_at = time.time()
+    proc = common.spawn(
+        [
+            str(Path(python).parent / "dramatiq"),
+            "bench_dpg",
+            "--path",
+            str(bench.workdir),
+            "--processes",
+            str(PROCESSES),
+            "--threads",
+            str(THREADS),
+        ],
+        env=env,
+        log_path=log_path,
+    )
+    try:
+        wait_until_done(bench, proc, run, lambda: bench.redis.llen(SPANS_KEY), spawned_at=spawned_at, log_path=log_path)
+    finally:
+        stop(proc)
+    spans = [tuple(map(float, raw.split())) for raw in bench.redis.lrange(SPANS_KEY, 0, -1)]
+    if spans:
+        first = min(start for start, _ in spans)
+        run.busy_seconds = max(end for _, end in spans) - first
+        run.boot_seconds = first - spawned_at
+    run.statuses = {"spans recorded": len(spans)}
+    return run
+
+
 def scenario_naive(bench: Bench, n: int, index: int) -> Run:
     run = Run("C naive pattern", n)
     bench.reset()
@@ -556,6 +653,7 @@ def scenario_naive(bench: Bench, n: int, index: int) -> Run:
 class Latency:
     rate: float
     n: int
+    broker: str = "redis"
     done: int = 0
     achieved_rate: float = 0.0
     late_sends: int = 0  # sends that started more than 5 ms behind schedule
@@ -571,20 +669,20 @@ def percentile(values: Sequence[float], pct: float) -> float:
     return ordered[int(rank) - 1]
 
 
-def scenario_latency(bench: Bench, phases: Sequence[tuple[float, int]]) -> list[Latency]:
+def scenario_latency(bench: Bench, phases: Sequence[tuple[float, int]], broker_name: str = "redis") -> list[Latency]:
     bench.reset()
-    database, broker = make_producer(bench)
-    log_path = bench.workdir / "latency.log"
-    proc, _ = start_runner_worker(bench, log_path)
+    database, broker = make_producer(bench, broker_name)
+    log_path = bench.workdir / f"latency-{broker_name}.log"
+    proc, _ = start_runner_worker(bench, log_path, broker_name)
     results = []
     try:
         # Warm up: the worker is booted, its pool connected, and the producer's too.
         warm = [_create_one(database)[0] for _ in range(20)]
         if _wait_for(bench, proc, warm, log_path) < len(warm):
-            return [Latency(rate, n, note="the worker did not run the warm-up jobs") for rate, n in phases]
+            return [Latency(rate, n, broker_name, note="the worker did not run the warm-up jobs") for rate, n in phases]
         for rate, n in phases:
             print(f"  latency at {rate:g} jobs/s: {n} jobs over {n / rate:.0f} s ...", flush=True)
-            results.append(_paced(bench, proc, database, rate, n, log_path))
+            results.append(_paced(bench, proc, database, rate, n, log_path, broker_name))
             time.sleep(0.5)
     finally:
         stop(proc)
@@ -617,9 +715,15 @@ def _wait_for(bench: Bench, proc: subprocess.Popen[bytes], ids: list[uuid.UUID],
 
 
 def _paced(
-    bench: Bench, proc: subprocess.Popen[bytes], database: db.Database, rate: float, n: int, log_path: Path
+    bench: Bench,
+    proc: subprocess.Popen[bytes],
+    database: db.Database,
+    rate: float,
+    n: int,
+    log_path: Path,
+    broker_name: str,
 ) -> Latency:
-    result = Latency(rate, n)
+    result = Latency(rate, n, broker_name)
     committed: dict[uuid.UUID, float] = {}
     interval = 1.0 / rate
     t0 = time.perf_counter()
@@ -681,22 +785,24 @@ def print_summary(args: argparse.Namespace, runs: dict[str, list[Run]], latency:
     line = "=" * 100
     print(
         f"\n{line}\njobrunner throughput benchmark: {args.jobs:,} jobs per scenario, {args.repeat} run(s) each "
-        f"(medians), 1 worker process x {THREADS} threads, consumer timeout {CONSUMER_TIMEOUT_MS} ms, "
+        f"(medians), {PROCESSES} worker process(es) x {THREADS} threads, consumer timeout {CONSUMER_TIMEOUT_MS} ms, "
         f"{os.cpu_count()} CPUs\n{line}"
     )
     header = (
-        f"{'scenario':<18} {'jobs/s':>10} {'busy s':>8} {'wall s':>8} {'boot s':>7} {'enqueue s':>10}  "
+        f"{'scenario':<20} {'jobs/s':>10} {'busy s':>8} {'wall s':>8} {'boot s':>7} {'enqueue s':>10}  "
         "runs (jobs/s)  statuses (last run)"
     )
     print(header)
     print("-" * len(header))
     rates: dict[str, float | None] = {}
-    for key, label in (("full", "A full path"), ("bare", "B bare Dramatiq"), ("naive", "C naive pattern")):
-        rs = runs[key]
+    for key, label in LABELS.items():
+        rs = runs.get(key)
+        if not rs:
+            continue
         rates[key] = _median([r.rate for r in rs])
         per_run = ", ".join(_fmt(r.rate) for r in rs)
         print(
-            f"{label:<18} {_fmt(rates[key]):>10} {_fmt(_median([r.busy_seconds for r in rs]), '.3f'):>8} "
+            f"{label:<20} {_fmt(rates[key]):>10} {_fmt(_median([r.busy_seconds for r in rs]), '.3f'):>8} "
             f"{_fmt(_median([r.wall_seconds for r in rs]), '.2f'):>8} "
             f"{_fmt(_median([r.boot_seconds for r in rs]), '.2f'):>7} "
             f"{_fmt(_median([r.enqueue_seconds for r in rs]), '.2f'):>10}  {per_run:<13}  {rs[-1].statuses}"
@@ -712,27 +818,34 @@ def print_summary(args: argparse.Namespace, runs: dict[str, list[Run]], latency:
 
     print("\nCPU while the jobs ran, % of one core (median of runs; 'other' = processes that are not this")
     print("benchmark's, PostgreSQL or Redis: anything above a few % means a shared machine skewed the figures)")
-    for key, label in (("full", "A full path"), ("bare", "B bare Dramatiq"), ("naive", "C naive pattern")):
-        cpus = [r.cpu for r in runs[key] if r.cpu]
+    for key, label in LABELS.items():
+        cpus = [r.cpu for r in runs.get(key, []) if r.cpu]
         if cpus:
-            print(f"  {label:<18} " + "   ".join(f"{part} {_median([c[part] for c in cpus]):.0f}" for part in cpus[0]))
+            print(f"  {label:<20} " + "   ".join(f"{part} {_median([c[part] for c in cpus]):.0f}" for part in cpus[0]))
 
     print("\nratios (of the median rates; in brackets, each run's ratio to the runs beside it)")
-    for name, other in (("full/bare", "bare"), ("full/naive", "naive")):
-        ratio = rates["full"] / rates[other] if rates["full"] and rates[other] else None
+    pairs = (
+        ("full/bare", "full", "bare"),
+        ("full/naive", "full", "naive"),
+        ("full-pg/full", "full-pg", "full"),
+        ("full-pg/dpg", "full-pg", "dpg"),
+        ("dpg/bare", "dpg", "bare"),
+    )
+    for name, one, other in pairs:
+        if not runs.get(one) or not runs.get(other):
+            continue
+        ratio = rates[one] / rates[other] if rates[one] and rates[other] else None
         # Every scenario ran args.repeat times (a run that failed ended the benchmark before this).
-        per_run = [
-            a.rate / b.rate if a.rate and b.rate else None for a, b in zip(runs["full"], runs[other], strict=True)
-        ]
-        target = TARGETS[name]
-        verdict = _verdict(None if ratio is None else ratio >= target)
+        per_run = [a.rate / b.rate if a.rate and b.rate else None for a, b in zip(runs[one], runs[other], strict=True)]
+        target = TARGETS.get(name)
+        verdict = _verdict(None if ratio is None or target is None else ratio >= target)
+        wanted = f"(target >= {target:.2f})" if target is not None else ""
         print(
-            f"  {name:<11} {_fmt(ratio, '.2f'):>6}   (target >= {target:.2f}){verdict}"
-            f"   [{', '.join(_fmt(r, '.2f') for r in per_run)}]"
+            f"  {name:<12} {_fmt(ratio, '.2f'):>6}   {wanted}{verdict}   [{', '.join(_fmt(r, '.2f') for r in per_run)}]"
         )
 
     print("\nworker child RSS, scenario A (MiB)")
-    for i, r in enumerate(runs["full"], 1):
+    for i, r in enumerate(runs.get("full", []) + runs.get("full-pg", []), 1):
         if r.rss_early and r.rss_end:
             growth = r.rss_end[1] - r.rss_early[1]
             print(
@@ -749,17 +862,19 @@ def print_summary(args: argparse.Namespace, runs: dict[str, list[Run]], latency:
             "[after commit: started_at - commit returned]"
         )
         print(
-            f"  {'rate':>8} {'jobs':>6} {'sent/s':>7} {'late':>5} {'p50':>7} {'p95':>7} {'p99':>7} {'max':>7}   "
+            f"  {'broker':>10} {'rate':>8} {'jobs':>6} {'sent/s':>7} {'late':>5} "
+            f"{'p50':>7} {'p95':>7} {'p99':>7} {'max':>7}   "
             f"{'p50':>6} {'p99':>6}"
         )
         for lat in latency:
             if not lat.latencies_ms:
-                print(f"  {lat.rate:>6g}/s {lat.n:>6} no data {lat.note}")
+                print(f"  {lat.broker:>10} {lat.rate:>6g}/s {lat.n:>6} no data {lat.note}")
                 continue
             p = {q: percentile(lat.latencies_ms, q) for q in (50, 95, 99)}
             c = {q: percentile(lat.after_commit_ms, q) for q in (50, 99)}
             print(
-                f"  {lat.rate:>6g}/s {lat.done:>6} {lat.achieved_rate:>7.1f} {lat.late_sends:>5} {p[50]:>7.1f} "
+                f"  {lat.broker:>10} {lat.rate:>6g}/s {lat.done:>6} {lat.achieved_rate:>7.1f} {lat.late_sends:>5} "
+                f"{p[50]:>7.1f} "
                 f"{p[95]:>7.1f} {p[99]:>7.1f} {max(lat.latencies_ms):>7.1f}   [{c[50]:>6.1f} {c[99]:>6.1f}]"
                 f"  (target p99 <= {TARGETS['p99_ms']:.0f}){_verdict(p[99] <= TARGETS['p99_ms'])}"
             )
@@ -783,7 +898,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="longest wait for one scenario, seconds (default 60 + 0.03 s per job)",
     )
+    parser.add_argument(
+        "--broker",
+        action="append",
+        default=[],
+        help="also run scenario A (and the latency runs) on this broker: a postgresql:// URL (or just "
+        "'postgresql') runs it on the PostgreSQL broker, whose queue is the bench database itself",
+    )
+    parser.add_argument("--processes", type=int, default=1, help="worker processes (default 1; threads stay 8)")
+    parser.add_argument(
+        "--dramatiq-postgres",
+        metavar="PYTHON",
+        help="a python with dramatiq-postgres, redis and psycopg installed: runs scenario B on dramatiq-postgres",
+    )
+    parser.add_argument(
+        "--scenarios", default="full,bare,naive", help="which of full, bare, naive to run (default all three)"
+    )
     args = parser.parse_args(argv)
+    for broker in args.broker:
+        if not broker.startswith("postgresql"):
+            parser.error(f"--broker: only PostgreSQL is offered beside Redis, got {broker!r}")
     if args.jobs < 1 or args.repeat < 1:
         parser.error("--jobs and --repeat must be at least 1")
     return args
@@ -793,7 +927,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     timeout = args.timeout if args.timeout is not None else 60 + 0.03 * args.jobs
-    runs: dict[str, list[Run]] = {"full": [], "bare": [], "naive": []}
+    global PROCESSES
+    PROCESSES = args.processes
+    wanted = set(args.scenarios.split(","))
+    plan: list[tuple[str, Callable[[Bench, int, int], Run]]] = []
+    if "full" in wanted:
+        plan.append(("full", scenario_full))
+        if args.broker:
+            plan.append(("full-pg", lambda b, n, i: scenario_full(b, n, i, "postgresql")))
+    if "bare" in wanted:
+        plan.append(("bare", scenario_bare))
+    if args.dramatiq_postgres:
+        plan.append(("dpg", lambda b, n, i: scenario_dpg(b, n, i, args.dramatiq_postgres)))
+    if "naive" in wanted:
+        plan.append(("naive", scenario_naive))
+    runs: dict[str, list[Run]] = {key: [] for key, _ in plan}
     latency: list[Latency] = []
     bench = None
     try:
@@ -801,17 +949,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             workdir = Path(tmp)
             (workdir / "bench_bare.py").write_text(textwrap.dedent(BARE_MODULE % {"key": SPANS_KEY}))
             (workdir / "bench_naive.py").write_text(textwrap.dedent(NAIVE_MODULE))
+            (workdir / "bench_dpg.py").write_text(textwrap.dedent(DPG_MODULE % {"key": SPANS_KEY}))
             print(f"creating database {BENCH_DB}_{common.RUN_ID} and migrating it; Redis {REDIS_URL}", flush=True)
             bench = Bench(common.recreate_database(BENCH_DB, common.PG_ADMIN_URL), workdir, timeout)
             for i in range(1, args.repeat + 1):
-                for key, scenario in (("full", scenario_full), ("bare", scenario_bare), ("naive", scenario_naive)):
+                for key, scenario in plan:
                     print(f"[run {i}/{args.repeat}] scenario {key}: {args.jobs:,} jobs", flush=True)
                     run = scenario(bench, args.jobs, i)
                     runs[key].append(run)
                     print_run(run)
             if not args.skip_latency:
                 print("latency: full-path worker, jobs created one per transaction at a steady rate", flush=True)
-                latency = scenario_latency(bench, [(5.0, 60), (200.0, 2_000)])
+                for broker_name in ["redis"] + (["postgresql"] if args.broker else []):
+                    latency += scenario_latency(bench, [(5.0, 60), (200.0, 2_000)], broker_name)
     except KeyboardInterrupt:
         print("\ninterrupted: stopping the processes this script started", flush=True)
         return 130

@@ -3,16 +3,18 @@ twice. Every job runs, and its effect is applied once (each ``test.note`` job wr
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 
 import dramatiq
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from jobs import models, store
 from jobs.models import AttemptOutcome, JobStatus
 from tests import kinds
 from tests.worker.processes import create_notes, wait_until
+from worker import sweeper
 
 pytestmark = [
     pytest.mark.postgres_only,
@@ -109,3 +111,15 @@ def _reachable(database) -> bool:
         return True
     except Exception:
         return False
+
+
+def test_sweeper_re_sends_nothing_and_keeps_the_queue_order(database, settings, make_job, fetch):
+    # The rows are the queue: a job waiting long has no message to lose, and bumping its enqueued_at
+    # would send it to the back of the line.
+    old = make_job("noop")
+    long_ago = store.utcnow() - dt.timedelta(seconds=settings.requeue_after_seconds + 5)
+    with database.engine.begin() as conn:
+        conn.execute(update(models.Job).where(models.Job.id == old).values(enqueued_at=long_ago))
+    report = sweeper.sweep_once(database, settings)
+    assert report.ran and report.resent == []
+    assert fetch(old)[0].enqueued_at == long_ago
