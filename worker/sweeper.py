@@ -2,7 +2,8 @@
 
 Every pass (one at a time across all workers): take back ``running`` jobs whose lease expired (their
 worker died), and send again the ``queued`` or ``retrying`` jobs whose message seems lost (a failed
-send, a flushed or failed-over Redis; not with the PostgreSQL broker, whose queue is the rows). It runs inside every worker process and as ``jobctl sweep``.
+send, a flushed or failed-over Redis; not with the PostgreSQL broker, whose queue is the rows). It
+runs inside every worker process and as ``jobctl sweep``.
 """
 
 from __future__ import annotations
