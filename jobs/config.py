@@ -78,11 +78,8 @@ class Settings(BaseSettings):
         if not self.broker_is_database:
             return self
         broker, database = make_url(self.broker_url), make_url(self.database_url)
-        if database.get_backend_name() != "postgresql" or (broker.host, broker.port, broker.database) != (
-            database.host,
-            database.port,
-            database.database,
-        ):
+        where = [(url.host, url.port or 5432, url.database) for url in (broker, database)]
+        if database.get_backend_name() != "postgresql" or where[0] != where[1]:
             raise ValueError("a PostgreSQL broker URL must name the jobs database (JOBRUNNER_DATABASE_URL)")
         return self
 

@@ -103,7 +103,7 @@ class PostgresBroker(dramatiq.Broker):
             raise QueueNotFound(queue_name)  # type: ignore[no-untyped-call]
         try:
             return PostgresConsumer(self, queue_name, prefetch=prefetch, timeout_ms=timeout)
-        except UNREACHABLE as exc:
+        except (*UNREACHABLE, psycopg.Error) as exc:
             raise ConnectionClosed(exc) from exc  # type: ignore[no-untyped-call]
 
     def declare_queue(self, queue_name: str) -> None:

@@ -17,7 +17,7 @@ import datetime as dt
 import uuid
 from collections.abc import Iterable
 
-from sqlalchemy import Connection, bindparam, func, or_, select, update
+from sqlalchemy import Connection, any_, bindparam, func, literal_column, or_, select, update
 
 from jobs import models
 from jobs.models import UTCDateTime
@@ -28,25 +28,32 @@ _jobs = models.Job.__table__
 #: The channel a ``NOTIFY`` wakes consumers on; its payload is the queue's name.
 CHANNEL = "jobrunner_jobs"
 
-_WAITING = (_jobs.c.queue == bindparam("b_queue"), _jobs.c.status.in_([status.value for status in models.CLAIMABLE]))
+#: The statuses inlined as constants, as ``ix_jobs_waiting``'s predicate is written: a prepared
+#: statement's generic plan can then still use that partial index.
+_WAITING = (
+    _jobs.c.queue == bindparam("b_queue"),
+    _jobs.c.status.in_([literal_column(f"'{status.value}'") for status in models.CLAIMABLE]),
+)
 _now = bindparam("b_now", type_=UTCDateTime())
 
+_OLDEST_WAITING = (
+    select(_jobs.c.id)
+    .where(
+        *_WAITING,
+        or_(_jobs.c.next_retry_at.is_(None), _jobs.c.next_retry_at <= _now),
+        or_(_jobs.c.taken_until.is_(None), _jobs.c.taken_until <= _now),
+    )
+    .order_by(_jobs.c.enqueued_at)
+    .limit(bindparam("b_limit"))
+    .with_for_update(skip_locked=True)
+    .scalar_subquery()
+)
+#: ``id = ANY(ARRAY(subquery))``, not ``id IN (subquery)``: the batch is picked first (an InitPlan),
+#: then its rows are found by primary key. With ``IN``, a prepared statement's generic plan (the
+#: LIMIT unknown) can hash-join the batch against a scan of the whole table.
 _TAKE = (
     update(_jobs)
-    .where(
-        _jobs.c.id.in_(
-            select(_jobs.c.id)
-            .where(
-                *_WAITING,
-                or_(_jobs.c.next_retry_at.is_(None), _jobs.c.next_retry_at <= _now),
-                or_(_jobs.c.taken_until.is_(None), _jobs.c.taken_until <= _now),
-            )
-            .order_by(_jobs.c.enqueued_at)
-            .limit(bindparam("b_limit"))
-            .with_for_update(skip_locked=True)
-            .scalar_subquery()
-        )
-    )
+    .where(_jobs.c.id == any_(func.array(_OLDEST_WAITING)))
     .values(taken_until=bindparam("b_until", type_=UTCDateTime()))
     .returning(_jobs.c.id, _jobs.c.enqueued_at)
 )
