@@ -62,13 +62,17 @@ def _interrupt(signum: int, frame: object) -> None:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # A test marked `brokers` runs once per broker: Redis, and RabbitMQ (on the PostgreSQL pass only,
     # to keep CI's time: the broker does not meet the database), and PostgreSQL, the jobs database
-    # itself (which needs a PostgreSQL database).
-    if metafunc.definition.get_closest_marker("brokers") and "broker_url" in metafunc.fixturenames:
+    # itself (which needs a PostgreSQL database). `brokers(without=("postgres",))`: not on those (a
+    # test of losing messages, which the PostgreSQL broker does not have).
+    marker = metafunc.definition.get_closest_marker("brokers")
+    if marker and "broker_url" in metafunc.fixturenames:
         skip = pytest.mark.skip(reason="RabbitMQ runs on the PostgreSQL pass only")
         rabbit = pytest.param("rabbitmq", marks=[skip] if BACKEND == "sqlite" else [])
         skip_pg = pytest.mark.skip(reason="the PostgreSQL broker needs a PostgreSQL jobs database")
         postgres = pytest.param("postgres", marks=[skip_pg] if BACKEND == "sqlite" else [])
-        metafunc.parametrize("broker_url", ["redis", rabbit, postgres], indirect=True)
+        without = marker.kwargs.get("without", ())
+        params = [p for p in ["redis", rabbit, postgres] if (p if isinstance(p, str) else p.values[0]) not in without]
+        metafunc.parametrize("broker_url", params, indirect=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -150,9 +154,23 @@ def rabbitmq_vhost() -> Iterator[rabbitmq.RabbitVhost]:
 
 
 @pytest.fixture
+def throwaway_rabbitmq() -> Iterator[rabbitmq.ThrowawayRabbit]:
+    """A RabbitMQ node of the test's own (see tests/rabbitmq.py); a test that asks for it runs on
+    it (settings, database, worker processes). Stopped and removed afterwards."""
+    node = rabbitmq.ThrowawayRabbit()
+    try:
+        yield node
+    finally:
+        node.remove()
+
+
+@pytest.fixture
 def broker_url(request: pytest.FixtureRequest) -> str:
     """The test's broker: the run's Redis, or (in a test marked ``brokers``, parametrised) the run's
-    RabbitMQ vhost or the test's PostgreSQL database (the throwaway server's, if the test has one)."""
+    RabbitMQ vhost, or the test's own RabbitMQ node if it asks for ``throwaway_rabbitmq``, or the
+    test's PostgreSQL database (the throwaway server's, if the test has one)."""
+    if "throwaway_rabbitmq" in request.fixturenames:
+        return request.getfixturevalue("throwaway_rabbitmq").url
     if getattr(request, "param", "redis") == "rabbitmq":
         return request.getfixturevalue("rabbitmq_vhost").url
     if getattr(request, "param", "redis") == "postgres":
@@ -169,12 +187,15 @@ def the_database_url(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def flush_broker(request: pytest.FixtureRequest, broker_url: str) -> Callable[[], None]:
-    """Empty the test's broker (every message lost): the run's Redis db, or its vhost's queues (the
-    PostgreSQL broker has no messages apart from the rows the database fixture empties)."""
-    if broker_url.startswith("postgresql"):
+    """Empty the test's broker (every message lost): the run's Redis db, or the queues of the
+    test's job kinds in the run's vhost (a throwaway node starts empty; the PostgreSQL broker has no
+    messages apart from the rows the database fixture empties)."""
+    if "throwaway_rabbitmq" in request.fixturenames or broker_url.startswith("postgresql"):
         return lambda: None
-    server = "rabbitmq_vhost" if broker_url.startswith("amqp") else "redis_server"
-    return request.getfixturevalue(server).flush
+    if broker_url.startswith("amqp"):
+        vhost, queues = request.getfixturevalue("rabbitmq_vhost"), request.getfixturevalue("kind_registry").queues()
+        return lambda: vhost.flush(queues)
+    return request.getfixturevalue("redis_server").flush
 
 
 @pytest.fixture

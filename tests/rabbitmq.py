@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -47,7 +48,7 @@ def _with_vhost(url: str, vhost: str) -> str:
 
 class RabbitVhost:
     """A vhost of the run's own (``jobrunner_test_<random hex>``) on the machine's node, open to the
-    URL's user; :meth:`flush` purges its queues (every message lost), :meth:`close` deletes it."""
+    URL's user; :meth:`flush` purges queues (every message lost), :meth:`close` deletes it."""
 
     def __init__(self, node_url: str = NODE_URL, *, node: str = NODE_NAME, prefix: str = "jobrunner_test") -> None:
         self.node = node
@@ -62,21 +63,24 @@ class RabbitVhost:
             self.close()
             raise
 
-    def queues(self) -> list[str]:
-        """The names of the vhost's queues."""
-        return rabbitmqctl("list_queues", "-p", self.name, "--no-table-headers", "name", node=self.node).split()
-
     def _channel(self) -> pika.adapters.blocking_connection.BlockingChannel:
-        if not self._connection.is_open:  # closed by a test (close_all_connections)
+        try:
+            return self._connection.channel()
+        except pika.exceptions.AMQPConnectionError:  # closed by a test (close_all_connections)
             self._connection = pika.BlockingConnection(pika.URLParameters(self.url))
-        return self._connection.channel()
+            return self._connection.channel()
 
-    def flush(self) -> None:
-        """Purge every queue of the vhost: every message in it is lost (delivered ones too, once
-        their consumer lets go of them)."""
+    def flush(self, queues: Iterable[str]) -> None:
+        """Purge ``queues`` of the vhost, with their delay and dead-letter queues (Dramatiq's
+        ``.DQ`` and ``.XQ``): every message in them is lost (delivered ones too, once their consumer
+        lets go of them). A queue not there yet is passed over."""
         channel = self._channel()
-        for queue in self.queues():
-            channel.queue_purge(queue)
+        for queue in queues:
+            for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):
+                try:
+                    channel.queue_purge(name)
+                except pika.exceptions.ChannelClosedByBroker:  # 404: no such queue; the channel is closed
+                    channel = self._channel()
         channel.close()
 
     def count(self, queue: str = "default") -> int:
@@ -97,14 +101,19 @@ class RabbitVhost:
     def close(self) -> None:
         """Delete the vhost (with its queues and messages); nothing else of the node is touched."""
         connection = getattr(self, "_connection", None)
-        if connection is not None and connection.is_open:
-            connection.close()
-        rabbitmqctl("delete_vhost", self.name, node=self.node)
+        try:
+            if connection is not None and connection.is_open:
+                connection.close()
+        except pika.exceptions.AMQPError:
+            pass  # closed by the server meanwhile
+        finally:
+            rabbitmqctl("delete_vhost", self.name, node=self.node)
 
 
 class ThrowawayRabbit:
     """A RabbitMQ node of the test's own: its own node name, AMQP and distribution ports, data and
-    log dirs in a temp dir, no plugins; stopped, started again, and removed at the end. Its guest
+    log dirs in a temp dir (owned by the ``rabbitmq`` user when the tests run as root: Debian's
+    scripts switch to it), no plugins; stopped, started again, and removed at the end. Its guest
     user may connect from 127.0.0.1 (RabbitMQ's default)."""
 
     def __init__(self) -> None:
@@ -113,6 +122,9 @@ class ThrowawayRabbit:
         self.port = servers.free_port()
         dist_port = servers.free_port()
         (self.dir / "enabled_plugins").write_text("[].\n")
+        if os.geteuid() == 0:  # Debian's rabbitmq-server and rabbitmqctl run as the rabbitmq user
+            for path in [self.dir, *self.dir.iterdir()]:
+                shutil.chown(path, "rabbitmq", "rabbitmq")
         self.env = {
             **os.environ,
             "RABBITMQ_NODENAME": self.node,

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import dramatiq
 import redis
 from dramatiq import Message
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 
 from jobs import registry, sending
@@ -119,12 +120,15 @@ def check_broker(settings: Settings, broker: dramatiq.Broker) -> None:
 
 
 def make_sender(broker: dramatiq.Broker) -> sending.Sender:
-    """A sender that enqueues each job's ID on its queue's actor (delayed when asked). On Redis
-    several messages go out through one pipeline, one round trip per :data:`PIPELINE_SIZE`; other
-    brokers take one ``enqueue`` each, Dramatiq's public path; PostgreSQL's wake-up goes out in the
-    jobs' own transaction (:class:`worker.pgbroker.PostgresSender`)."""
+    """A sender that enqueues each job's ID on its queue's actor (delayed when asked). Several
+    messages go out through one Redis pipeline, one round trip per :data:`PIPELINE_SIZE`, or in
+    RabbitMQ transactions (:func:`worker.rabbitmq.enqueue_many`); PostgreSQL's wake-up goes out in
+    the jobs' own transaction (:class:`worker.pgbroker.PostgresSender`); other brokers take one
+    ``enqueue`` each, Dramatiq's public path."""
     if isinstance(broker, pgbroker.PostgresBroker):
         return pgbroker.PostgresSender(broker)
+    if isinstance(broker, RabbitmqBroker):
+        return lambda messages: rabbitmq.enqueue_many(broker, [(to_message(m), m.delay_ms) for m in messages])
     if not isinstance(broker, RedisBroker):
         return functools.partial(_enqueue_each, broker)
 

@@ -32,10 +32,29 @@ for it and its descendants) on exit, Ctrl-C, SIGTERM or error. The figures inclu
 other processes used meanwhile: on a shared machine they are only as good as that is small. The
 bench database is left in place for inspection.
 
+A'. **full path on RabbitMQ** (with ``--broker amqp://...``): scenario A again, in the same run, with
+   ``JOBRUNNER_BROKER_URL`` on a vhost of the script's own (``jobrunner_bench_<hex>``, made with
+   ``rabbitmqctl`` on the local node the URL names and deleted at exit); the summary gives its rate
+   beside A's and their ratio (and its latency beside A's, unless ``--skip-latency``).
+
+A''. **full path on PostgreSQL** (with ``--broker postgresql``, or any ``postgresql://`` URL):
+   scenario A again with the PostgreSQL broker, whose queue is the bench database itself (so the URL's
+   own host and database are not used); its latency beside A's too.
+
+B'. **bare Dramatiq on dramatiq-postgres** (with ``--dramatiq-postgres PYTHON``, a python that has
+   ``dramatiq-postgres``, ``psycopg`` and ``redis`` installed: it is not one of jobrunner's
+   dependencies): scenario B's no-op actor, timed the same way, on that library's own message table
+   in the bench database.
+
+``--processes 2`` runs every worker with 2 processes (x 8 threads); ``--scenarios full`` leaves B and
+C out.
+
 Run from the project root (PostgreSQL at 127.0.0.1:5432,
 where it makes a database of its own; a redis-server of its own; both removed at exit)::
 
     .venv/bin/python tests/benchmarks/throughput.py [--jobs N] [--repeat K] [--skip-latency]
+        [--broker amqp://guest:guest@127.0.0.1:5672] [--broker postgresql] [--processes N]
+        [--dramatiq-postgres PYTHON] [--scenarios full,bare,naive]
 
 Environment overrides: ``JOBRUNNER_BENCH_PG_ADMIN_URL`` (default
 ``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``), ``JOBRUNNER_BENCH_REDIS_URL`` (default: a
@@ -64,7 +83,6 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import dramatiq
 import redis
 from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
@@ -94,16 +112,15 @@ RSS_EARLY_AT = 1_000
 #: Redis list the bare actor pushes "start end" timestamps onto.
 SPANS_KEY = "bench:spans"
 
-#: Scenario keys and their labels, in the order they run and print. "full-pg": scenario A on the
-#: PostgreSQL broker (--broker postgresql); "dpg": scenario B on dramatiq-postgres (--dramatiq-postgres).
-LABELS = {
-    "full": "A full path",
-    "full-pg": "A' full path, PG",
-    "bare": "B bare Dramatiq",
-    "dpg": "B' dramatiq-postgres",
-    "naive": "C naive pattern",
-}
-FULL_KEYS = {"redis": "full", "postgresql": "full-pg"}
+#: The scenarios, in the order they run and are reported.
+SCENARIO_LABELS = (
+    ("full", "A full path"),
+    ("rabbitmq", "A' full, RabbitMQ"),
+    ("postgres", "A'' full, PostgreSQL"),
+    ("bare", "B bare Dramatiq"),
+    ("dpg", "B' dramatiq-postgres"),
+    ("naive", "C naive pattern"),
+)
 
 TARGETS = {
     "full/bare": 0.70,
@@ -223,9 +240,16 @@ class Bench:
         self.redis = redis.Redis.from_url(REDIS_URL)
         self.redis.ping()
 
+    #: The broker of scenario A (Redis, or the RabbitMQ vhost of A').
+    broker_url: str = REDIS_URL
+    #: The script's own RabbitMQ vhost (``--broker``), if any.
+    vhost: Any = None
+
     def reset(self) -> None:
-        """Empty the job tables and flush the bench Redis db."""
+        """Empty the job tables, flush the bench Redis db and purge the bench vhost's queue."""
         self.redis.flushdb()
+        if self.vhost is not None:
+            self.vhost.flush(["default"])
         with self.engine.begin() as conn:
             conn.execute(text("TRUNCATE jobs CASCADE"))  # and every table referencing it
 
@@ -333,29 +357,21 @@ def wait_until_done(
 # --- scenario A: the full path --------------------------------------------------------------------
 
 
-def broker_url_of(bench: Bench, broker: str) -> str:
-    """The URL of ``broker``: "redis" (the bench Redis) or "postgresql" (the bench database itself)."""
-    return REDIS_URL if broker == "redis" else bench.url
+def runner_settings(bench: Bench) -> Settings:
+    return Settings(database_url=bench.url, broker_url=bench.broker_url, consumer_timeout_ms=CONSUMER_TIMEOUT_MS)
 
 
-def runner_settings(bench: Bench, broker: str = "redis") -> Settings:
-    return Settings(
-        database_url=bench.url, broker_url=broker_url_of(bench, broker), consumer_timeout_ms=CONSUMER_TIMEOUT_MS
-    )
-
-
-def runner_env(bench: Bench, broker: str = "redis") -> dict[str, str]:
+def runner_env(bench: Bench) -> dict[str, str]:
     return bench.worker_env(
         JOBRUNNER_DATABASE_URL=bench.url,
-        JOBRUNNER_BROKER_URL=broker_url_of(bench, broker),
+        JOBRUNNER_BROKER_URL=bench.broker_url,
         JOBRUNNER_CONSUMER_TIMEOUT_MS=str(CONSUMER_TIMEOUT_MS),
     )
 
 
-def make_producer(bench: Bench, broker_name: str = "redis") -> tuple[db.Database, dramatiq.Broker]:
-    """A database whose sessions send job IDs to the broker like the API's (Redis: after commit;
-    PostgreSQL: a NOTIFY in the creating transaction)."""
-    settings = runner_settings(bench, broker_name)
+def make_producer(bench: Bench) -> tuple[db.Database, Any]:
+    """A database whose sessions send job IDs to the bench broker after commit (like the API's)."""
+    settings = runner_settings(bench)
     broker = producer.make_broker(settings)
     database = db.make_database(
         bench.url,
@@ -367,11 +383,11 @@ def make_producer(bench: Bench, broker_name: str = "redis") -> tuple[db.Database
     return database, broker
 
 
-def start_runner_worker(bench: Bench, log_path: Path, broker: str = "redis") -> tuple[subprocess.Popen[bytes], float]:
+def start_runner_worker(bench: Bench, log_path: Path) -> tuple[subprocess.Popen[bytes], float]:
     spawned_at = time.time()
     proc = common.spawn(
         [str(BIN / "jobctl"), "worker", "--processes", str(PROCESSES), "--threads", str(THREADS)],
-        env=runner_env(bench, broker),
+        env=runner_env(bench),
         log_path=log_path,
     )
     return proc, spawned_at
@@ -387,10 +403,10 @@ def _record_span(bench: Bench, run: Run, spawned_at: float) -> Run:
     return run
 
 
-def scenario_full(bench: Bench, n: int, index: int, broker_name: str = "redis") -> Run:
-    run = Run(LABELS[FULL_KEYS[broker_name]], n)
+def scenario_full(bench: Bench, n: int, index: int, name: str = "A full path") -> Run:
+    run = Run(name, n)
     bench.reset()
-    database, broker = make_producer(bench, broker_name)
+    database, broker = make_producer(bench)
     try:
         started = time.perf_counter()
         for offset in range(0, n, ENQUEUE_BATCH):
@@ -401,16 +417,22 @@ def scenario_full(bench: Bench, n: int, index: int, broker_name: str = "redis") 
     finally:
         database.dispose()
         broker.close()
-    queued = bench.redis.hlen("dramatiq:default.msgs") if broker_name == "redis" else "no"
+    on_rabbitmq = bench.broker_url.startswith("amqp")
+    on_postgres = bench.broker_url == bench.url
+    if on_postgres:
+        where = "no messages: the jobs table is the queue"
+    else:
+        queued = bench.vhost.count("default") if on_rabbitmq else bench.redis.hlen("dramatiq:default.msgs")
+        where = f"{queued} messages in {'RabbitMQ' if on_rabbitmq else 'Redis'}"
     print(
-        f"  enqueued {n} jobs in {run.enqueue_seconds:.2f} s ({n / run.enqueue_seconds:,.0f}/s); "
-        f"{queued} messages in Redis",
+        f"  enqueued {n} jobs in {run.enqueue_seconds:.2f} s ({n / run.enqueue_seconds:,.0f}/s); {where}",
         flush=True,
     )
     bench.vacuum()
 
-    log_path = bench.workdir / f"full-{broker_name}-{index}.log"
-    proc, spawned_at = start_runner_worker(bench, log_path, broker_name)
+    kind = "rabbitmq-" if on_rabbitmq else "postgres-" if on_postgres else ""
+    log_path = bench.workdir / f"full-{kind}{index}.log"
+    proc, spawned_at = start_runner_worker(bench, log_path)
     try:
         child = worker_child_pid(proc.pid)
         if child is None:
@@ -421,6 +443,24 @@ def scenario_full(bench: Bench, n: int, index: int, broker_name: str = "redis") 
     finally:
         stop(proc)
     return _record_span(bench, run, spawned_at)
+
+
+def scenario_full_rabbitmq(bench: Bench, n: int, index: int) -> Run:
+    """Scenario A with RabbitMQ (the script's vhost) as the broker."""
+    bench.broker_url = bench.vhost.url
+    try:
+        return scenario_full(bench, n, index, name="A' full, RabbitMQ")
+    finally:
+        bench.broker_url = REDIS_URL
+
+
+def scenario_full_postgres(bench: Bench, n: int, index: int) -> Run:
+    """Scenario A with the PostgreSQL broker (the bench database itself) as the broker."""
+    bench.broker_url = bench.url
+    try:
+        return scenario_full(bench, n, index, name="A'' full, PostgreSQL")
+    finally:
+        bench.broker_url = REDIS_URL
 
 
 # --- scenarios B and C: Dramatiq without the runner -----------------------------------------------
@@ -571,7 +611,7 @@ if __name__ == "__main__":
 
 
 def scenario_dpg(bench: Bench, n: int, index: int, python: str) -> Run:
-    run = Run(LABELS["dpg"], n)
+    run = Run("B' dramatiq-postgres", n)
     bench.reset()
     url = bench.url.replace("postgresql+psycopg://", "postgresql://")
     env = bench.worker_env(
@@ -653,7 +693,7 @@ def scenario_naive(bench: Bench, n: int, index: int) -> Run:
 class Latency:
     rate: float
     n: int
-    broker: str = "redis"
+    broker: str = "Redis"
     done: int = 0
     achieved_rate: float = 0.0
     late_sends: int = 0  # sends that started more than 5 ms behind schedule
@@ -669,20 +709,20 @@ def percentile(values: Sequence[float], pct: float) -> float:
     return ordered[int(rank) - 1]
 
 
-def scenario_latency(bench: Bench, phases: Sequence[tuple[float, int]], broker_name: str = "redis") -> list[Latency]:
+def scenario_latency(bench: Bench, phases: Sequence[tuple[float, int]]) -> list[Latency]:
     bench.reset()
-    database, broker = make_producer(bench, broker_name)
-    log_path = bench.workdir / f"latency-{broker_name}.log"
-    proc, _ = start_runner_worker(bench, log_path, broker_name)
+    database, broker = make_producer(bench)
+    log_path = bench.workdir / f"latency-{bench.broker_url.split(':')[0]}.log"
+    proc, _ = start_runner_worker(bench, log_path)
     results = []
     try:
         # Warm up: the worker is booted, its pool connected, and the producer's too.
         warm = [_create_one(database)[0] for _ in range(20)]
         if _wait_for(bench, proc, warm, log_path) < len(warm):
-            return [Latency(rate, n, broker_name, note="the worker did not run the warm-up jobs") for rate, n in phases]
+            return [Latency(rate, n, note="the worker did not run the warm-up jobs") for rate, n in phases]
         for rate, n in phases:
             print(f"  latency at {rate:g} jobs/s: {n} jobs over {n / rate:.0f} s ...", flush=True)
-            results.append(_paced(bench, proc, database, rate, n, log_path, broker_name))
+            results.append(_paced(bench, proc, database, rate, n, log_path))
             time.sleep(0.5)
     finally:
         stop(proc)
@@ -715,15 +755,10 @@ def _wait_for(bench: Bench, proc: subprocess.Popen[bytes], ids: list[uuid.UUID],
 
 
 def _paced(
-    bench: Bench,
-    proc: subprocess.Popen[bytes],
-    database: db.Database,
-    rate: float,
-    n: int,
-    log_path: Path,
-    broker_name: str,
+    bench: Bench, proc: subprocess.Popen[bytes], database: db.Database, rate: float, n: int, log_path: Path
 ) -> Latency:
-    result = Latency(rate, n, broker_name)
+    broker = "RabbitMQ" if bench.broker_url.startswith("amqp") else "Redis"
+    result = Latency(rate, n, broker="PostgreSQL" if bench.broker_url == bench.url else broker)
     committed: dict[uuid.UUID, float] = {}
     interval = 1.0 / rate
     t0 = time.perf_counter()
@@ -789,20 +824,20 @@ def print_summary(args: argparse.Namespace, runs: dict[str, list[Run]], latency:
         f"{os.cpu_count()} CPUs\n{line}"
     )
     header = (
-        f"{'scenario':<20} {'jobs/s':>10} {'busy s':>8} {'wall s':>8} {'boot s':>7} {'enqueue s':>10}  "
+        f"{'scenario':<21} {'jobs/s':>10} {'busy s':>8} {'wall s':>8} {'boot s':>7} {'enqueue s':>10}  "
         "runs (jobs/s)  statuses (last run)"
     )
     print(header)
     print("-" * len(header))
     rates: dict[str, float | None] = {}
-    for key, label in LABELS.items():
-        rs = runs.get(key)
+    for key, label in SCENARIO_LABELS:
+        rs = runs[key]
         if not rs:
             continue
         rates[key] = _median([r.rate for r in rs])
         per_run = ", ".join(_fmt(r.rate) for r in rs)
         print(
-            f"{label:<20} {_fmt(rates[key]):>10} {_fmt(_median([r.busy_seconds for r in rs]), '.3f'):>8} "
+            f"{label:<21} {_fmt(rates[key]):>10} {_fmt(_median([r.busy_seconds for r in rs]), '.3f'):>8} "
             f"{_fmt(_median([r.wall_seconds for r in rs]), '.2f'):>8} "
             f"{_fmt(_median([r.boot_seconds for r in rs]), '.2f'):>7} "
             f"{_fmt(_median([r.enqueue_seconds for r in rs]), '.2f'):>10}  {per_run:<13}  {rs[-1].statuses}"
@@ -818,34 +853,41 @@ def print_summary(args: argparse.Namespace, runs: dict[str, list[Run]], latency:
 
     print("\nCPU while the jobs ran, % of one core (median of runs; 'other' = processes that are not this")
     print("benchmark's, PostgreSQL or Redis: anything above a few % means a shared machine skewed the figures)")
-    for key, label in LABELS.items():
-        cpus = [r.cpu for r in runs.get(key, []) if r.cpu]
+    for key, label in SCENARIO_LABELS:
+        cpus = [r.cpu for r in runs[key] if r.cpu]
         if cpus:
-            print(f"  {label:<20} " + "   ".join(f"{part} {_median([c[part] for c in cpus]):.0f}" for part in cpus[0]))
+            print(f"  {label:<21} " + "   ".join(f"{part} {_median([c[part] for c in cpus]):.0f}" for part in cpus[0]))
 
     print("\nratios (of the median rates; in brackets, each run's ratio to the runs beside it)")
-    pairs = (
-        ("full/bare", "full", "bare"),
-        ("full/naive", "full", "naive"),
-        ("full-pg/full", "full-pg", "full"),
-        ("full-pg/dpg", "full-pg", "dpg"),
-        ("dpg/bare", "dpg", "bare"),
-    )
-    for name, one, other in pairs:
-        if not runs.get(one) or not runs.get(other):
+    for name, other in (("full/bare", "bare"), ("full/naive", "naive")):
+        ratio = rates["full"] / rates[other] if rates["full"] and rates[other] else None
+        # Every scenario ran args.repeat times (a run that failed ended the benchmark before this).
+        per_run = [
+            a.rate / b.rate if a.rate and b.rate else None for a, b in zip(runs["full"], runs[other], strict=True)
+        ]
+        target = TARGETS[name]
+        verdict = _verdict(None if ratio is None else ratio >= target)
+        print(
+            f"  {name:<11} {_fmt(ratio, '.2f'):>6}   (target >= {target:.2f}){verdict}"
+            f"   [{', '.join(_fmt(r, '.2f') for r in per_run)}]"
+        )
+    for name, one, other, what in (
+        ("rabbit/redis", "rabbitmq", "full", "A' RabbitMQ / A Redis"),
+        ("pg/redis", "postgres", "full", "A'' PostgreSQL / A Redis"),
+        ("pg/dpg", "postgres", "dpg", "A'' PostgreSQL / B' bare dramatiq-postgres"),
+        ("dpg/bare", "dpg", "bare", "B' dramatiq-postgres / B bare Dramatiq on Redis"),
+    ):
+        if not runs[one] or not runs[other]:
             continue
         ratio = rates[one] / rates[other] if rates[one] and rates[other] else None
-        # Every scenario ran args.repeat times (a run that failed ended the benchmark before this).
         per_run = [a.rate / b.rate if a.rate and b.rate else None for a, b in zip(runs[one], runs[other], strict=True)]
-        target = TARGETS.get(name)
-        verdict = _verdict(None if ratio is None or target is None else ratio >= target)
-        wanted = f"(target >= {target:.2f})" if target is not None else ""
         print(
-            f"  {name:<12} {_fmt(ratio, '.2f'):>6}   {wanted}{verdict}   [{', '.join(_fmt(r, '.2f') for r in per_run)}]"
+            f"  {name:<11} {_fmt(ratio, '.2f'):>6}   ({what}, same run)"
+            f"   [{', '.join(_fmt(r, '.2f') for r in per_run)}]"
         )
 
     print("\nworker child RSS, scenario A (MiB)")
-    for i, r in enumerate(runs.get("full", []) + runs.get("full-pg", []), 1):
+    for i, r in enumerate(runs["full"] + runs["postgres"], 1):
         if r.rss_early and r.rss_end:
             growth = r.rss_end[1] - r.rss_early[1]
             print(
@@ -862,20 +904,19 @@ def print_summary(args: argparse.Namespace, runs: dict[str, list[Run]], latency:
             "[after commit: started_at - commit returned]"
         )
         print(
-            f"  {'broker':>10} {'rate':>8} {'jobs':>6} {'sent/s':>7} {'late':>5} "
-            f"{'p50':>7} {'p95':>7} {'p99':>7} {'max':>7}   "
-            f"{'p50':>6} {'p99':>6}"
+            f"  {'broker':<10} {'rate':>8} {'jobs':>6} {'sent/s':>7} {'late':>5} {'p50':>7} {'p95':>7} {'p99':>7} "
+            f"{'max':>7}   {'p50':>6} {'p99':>6}"
         )
         for lat in latency:
             if not lat.latencies_ms:
-                print(f"  {lat.broker:>10} {lat.rate:>6g}/s {lat.n:>6} no data {lat.note}")
+                print(f"  {lat.broker:<10} {lat.rate:>6g}/s {lat.n:>6} no data {lat.note}")
                 continue
             p = {q: percentile(lat.latencies_ms, q) for q in (50, 95, 99)}
             c = {q: percentile(lat.after_commit_ms, q) for q in (50, 99)}
             print(
-                f"  {lat.broker:>10} {lat.rate:>6g}/s {lat.done:>6} {lat.achieved_rate:>7.1f} {lat.late_sends:>5} "
-                f"{p[50]:>7.1f} "
-                f"{p[95]:>7.1f} {p[99]:>7.1f} {max(lat.latencies_ms):>7.1f}   [{c[50]:>6.1f} {c[99]:>6.1f}]"
+                f"  {lat.broker:<10} {lat.rate:>6g}/s {lat.done:>6} {lat.achieved_rate:>7.1f} {lat.late_sends:>5} "
+                f"{p[50]:>7.1f} {p[95]:>7.1f} {p[99]:>7.1f} {max(lat.latencies_ms):>7.1f}   "
+                f"[{c[50]:>6.1f} {c[99]:>6.1f}]"
                 f"  (target p99 <= {TARGETS['p99_ms']:.0f}){_verdict(p[99] <= TARGETS['p99_ms'])}"
             )
         print("  late = sends that began > 5 ms behind the pacing schedule (the producer shares the 2 CPUs).")
@@ -893,55 +934,47 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=1, help="runs of each throughput scenario; medians are reported")
     parser.add_argument("--skip-latency", action="store_true", help="skip the enqueue-to-start latency runs")
     parser.add_argument(
+        "--broker",
+        action="append",
+        default=[],
+        help="also run scenario A on this broker (repeatable): a RabbitMQ node (amqp://user:pass@host:port), on a "
+        "vhost of the script's own there; or postgresql (any postgresql:// URL), the PostgreSQL broker on the bench "
+        "database",
+    )
+    parser.add_argument("--processes", type=int, default=1, help="worker processes (default 1; 8 threads each)")
+    parser.add_argument(
+        "--dramatiq-postgres",
+        metavar="PYTHON",
+        help="a python with dramatiq-postgres, psycopg and redis: runs scenario B' on dramatiq-postgres",
+    )
+    parser.add_argument(
+        "--scenarios", default="full,bare,naive", help="which of full, bare, naive to run (default all)"
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         default=None,
         help="longest wait for one scenario, seconds (default 60 + 0.03 s per job)",
     )
-    parser.add_argument(
-        "--broker",
-        action="append",
-        default=[],
-        help="also run scenario A (and the latency runs) on this broker: a postgresql:// URL (or just "
-        "'postgresql') runs it on the PostgreSQL broker, whose queue is the bench database itself",
-    )
-    parser.add_argument("--processes", type=int, default=1, help="worker processes (default 1; threads stay 8)")
-    parser.add_argument(
-        "--dramatiq-postgres",
-        metavar="PYTHON",
-        help="a python with dramatiq-postgres, redis and psycopg installed: runs scenario B on dramatiq-postgres",
-    )
-    parser.add_argument(
-        "--scenarios", default="full,bare,naive", help="which of full, bare, naive to run (default all three)"
-    )
     args = parser.parse_args(argv)
-    for broker in args.broker:
-        if not broker.startswith("postgresql"):
-            parser.error(f"--broker: only PostgreSQL is offered beside Redis, got {broker!r}")
     if args.jobs < 1 or args.repeat < 1:
         parser.error("--jobs and --repeat must be at least 1")
+    for broker in args.broker:
+        if not broker.startswith(("amqp://", "amqps://", "postgresql")):
+            parser.error("--broker takes a RabbitMQ URL (amqp://...) or postgresql; Redis is always measured")
+    args.rabbitmq = next((b for b in args.broker if b.startswith("amqp")), None)
+    args.postgres = any(b.startswith("postgresql") for b in args.broker)
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    timeout = args.timeout if args.timeout is not None else 60 + 0.03 * args.jobs
     global PROCESSES
+    args = parse_args(argv)
     PROCESSES = args.processes
     wanted = set(args.scenarios.split(","))
-    plan: list[tuple[str, Callable[[Bench, int, int], Run]]] = []
-    if "full" in wanted:
-        plan.append(("full", scenario_full))
-        if args.broker:
-            plan.append(("full-pg", lambda b, n, i: scenario_full(b, n, i, "postgresql")))
-    if "bare" in wanted:
-        plan.append(("bare", scenario_bare))
-    if args.dramatiq_postgres:
-        plan.append(("dpg", lambda b, n, i: scenario_dpg(b, n, i, args.dramatiq_postgres)))
-    if "naive" in wanted:
-        plan.append(("naive", scenario_naive))
-    runs: dict[str, list[Run]] = {key: [] for key, _ in plan}
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    timeout = args.timeout if args.timeout is not None else 60 + 0.03 * args.jobs
+    runs: dict[str, list[Run]] = {key: [] for key, _ in SCENARIO_LABELS}
     latency: list[Latency] = []
     bench = None
     try:
@@ -952,16 +985,38 @@ def main(argv: Sequence[str] | None = None) -> int:
             (workdir / "bench_dpg.py").write_text(textwrap.dedent(DPG_MODULE % {"key": SPANS_KEY}))
             print(f"creating database {BENCH_DB}_{common.RUN_ID} and migrating it; Redis {REDIS_URL}", flush=True)
             bench = Bench(common.recreate_database(BENCH_DB, common.PG_ADMIN_URL), workdir, timeout)
+            scenarios: list[tuple[str, Callable[[Bench, int, int], Run]]] = [("full", scenario_full)]
+            if args.rabbitmq:
+                from tests import rabbitmq  # pika, only when asked for
+
+                bench.vhost = rabbitmq.RabbitVhost(args.rabbitmq, prefix="jobrunner_bench")
+                print(f"RabbitMQ: vhost {bench.vhost.name} on {args.rabbitmq} (deleted at exit)", flush=True)
+                scenarios.append(("rabbitmq", scenario_full_rabbitmq))
+            if args.postgres:
+                scenarios.append(("postgres", scenario_full_postgres))
+            if "full" not in wanted:
+                scenarios = []
+            if "bare" in wanted:
+                scenarios.append(("bare", scenario_bare))
+            if args.dramatiq_postgres:
+                scenarios.append(("dpg", lambda b, n, i: scenario_dpg(b, n, i, args.dramatiq_postgres)))
+            if "naive" in wanted:
+                scenarios.append(("naive", scenario_naive))
             for i in range(1, args.repeat + 1):
-                for key, scenario in plan:
+                for key, scenario in scenarios:
                     print(f"[run {i}/{args.repeat}] scenario {key}: {args.jobs:,} jobs", flush=True)
                     run = scenario(bench, args.jobs, i)
                     runs[key].append(run)
                     print_run(run)
             if not args.skip_latency:
                 print("latency: full-path worker, jobs created one per transaction at a steady rate", flush=True)
-                for broker_name in ["redis"] + (["postgresql"] if args.broker else []):
-                    latency += scenario_latency(bench, [(5.0, 60), (200.0, 2_000)], broker_name)
+                latency = scenario_latency(bench, [(5.0, 60), (200.0, 2_000)])
+                for other in ([bench.vhost.url] if bench.vhost is not None else []) + (
+                    [bench.url] if args.postgres else []
+                ):
+                    bench.broker_url = other
+                    latency += scenario_latency(bench, [(5.0, 60), (200.0, 2_000)])
+                    bench.broker_url = REDIS_URL
     except KeyboardInterrupt:
         print("\ninterrupted: stopping the processes this script started", flush=True)
         return 130
@@ -969,6 +1024,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop_all()
         if bench is not None:
             bench.close()
+            if bench.vhost is not None:
+                bench.vhost.close()
     print_summary(args, runs, latency)
     return 0
 

@@ -1,5 +1,7 @@
-"""The PostgreSQL broker with real worker processes: kill -9, a PostgreSQL restart, wake-ups that come
-twice. Every job runs, and its effect is applied once (each ``test.note`` job writes one note)."""
+"""The PostgreSQL broker under faults: wake-ups that come twice to two racing workers, a PostgreSQL
+restart under a worker process; the sweeper on it. Every job runs, and its effect is applied once
+(each ``test.note`` job writes one note). (``kill -9`` of a worker, and of one of a worker's
+processes, is tested on every broker: test_recovery.py, test_children.py.)"""
 
 from __future__ import annotations
 
@@ -46,21 +48,6 @@ def _assert_each_ran_once(database, job_ids):
         )
     assert [job_id for job_id in job_ids if notes.get(job_id) != 1] == [], "an effect missing or applied twice"
     assert [job_id for job_id in job_ids if attempts.get(job_id) != 1] == [], "a job succeeded twice"
-
-
-def test_kill_9_of_a_worker_holding_taken_jobs_loses_none_and_runs_none_twice(settings, database, workers):
-    # One thread and a prefetch of 8: when killed, the worker holds jobs it took and never claimed
-    # (taken again once taken_until, the lease, passes) besides the one it runs (the sweeper's).
-    job_ids = create_notes(database, 60, sleep_seconds=0.05)
-    first = workers(threads=1, JOBRUNNER_PREFETCH="8")
-    wait_until(lambda: _count(database, job_ids, JobStatus.SUCCEEDED) >= 5, what="some progress")
-    first.kill()
-    with database.readers() as session:
-        taken = session.scalar(select(func.count()).where(models.Job.taken_until.is_not(None)))
-    workers(threads=4)
-    wait_until(lambda: _count(database, job_ids, JobStatus.SUCCEEDED) == len(job_ids), what="every job to succeed")
-    assert taken, "the killed worker held no taken job"
-    _assert_each_ran_once(database, job_ids)
 
 
 def test_duplicate_wake_ups_and_two_workers_racing_run_each_job_once(database, broker, worker):

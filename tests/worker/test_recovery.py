@@ -42,6 +42,7 @@ def _notes_per_job(database):
     return dict(rows)
 
 
+@pytest.mark.brokers
 def test_kill_9_mid_run_loses_no_job_and_applies_none_twice(database, workers, capsys):
     quick = create_notes(database, 150)
     slow = create_notes(database, 50, sleep_seconds=0.3)
@@ -82,27 +83,31 @@ def test_kill_9_mid_run_loses_no_job_and_applies_none_twice(database, workers, c
         )
 
 
-def test_flushed_redis_with_500_jobs_in_flight_still_runs_them_all(database, workers, flush_redis, capsys):
+@pytest.mark.brokers(without=("postgres",))  # the PostgreSQL broker has no message to lose
+def test_flushed_broker_with_500_jobs_in_flight_still_runs_them_all(settings, database, workers, flush_broker, capsys):
     job_ids = create_notes(database, 500, sleep_seconds=0.01)
     workers()
     wait_until(lambda: JobStatus.SUCCEEDED in _statuses(database, job_ids).values(), what="the first success")
-    flush_redis()  # the run's own Redis db
+    flush_broker()  # the run's own Redis db, or its RabbitMQ vhost's queues (purged)
     flushed_at = time.monotonic()
     wait_until(lambda: _all_terminal(database, job_ids), what="every job terminal")
     assert set(_statuses(database, job_ids).values()) == {JobStatus.SUCCEEDED}
     assert all(count == 1 for count in _notes_per_job(database).values())
     with capsys.disabled():
-        print(f"\n[figure] FLUSHDB: 500 jobs, 0 lost, all done {time.monotonic() - flushed_at:.1f} s after the flush")
+        how = "queue purge" if settings.broker_url.startswith("amqp") else "FLUSHDB"
+        print(f"\n[figure] {how}: 500 jobs, 0 lost, all done {time.monotonic() - flushed_at:.1f} s after the flush")
 
 
+@pytest.mark.brokers(without=("postgres",))  # the PostgreSQL broker has no message to lose
 def test_jobs_accepted_while_the_broker_is_down_run_once_it_is_back(settings, database, workers):
-    dead_broker = settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
+    dead_url = "amqp://guest:guest@127.0.0.1:1/" if settings.broker_url.startswith("amqp") else "redis://127.0.0.1:1/0"
+    dead_broker = settings.model_copy(update={"broker_url": dead_url})
     with TestClient(create_app(dead_broker)) as client:
         responses = [client.post("/jobs", json={"kind": "noop"}) for _ in range(5)]
     assert [r.status_code for r in responses] == [202] * 5
     job_ids = [r.json()["job_id"] for r in responses]
     assert all(r.json()["status"] == "queued" for r in responses)
-    workers()  # a worker on the live Redis: its sweeper sends the overdue jobs
+    workers()  # a worker on the live broker: its sweeper sends the overdue jobs
     import uuid
 
     ids = [uuid.UUID(j) for j in job_ids]
