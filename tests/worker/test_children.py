@@ -10,7 +10,6 @@ import signal
 import time
 from pathlib import Path
 
-import pytest
 from sqlalchemy import func, select
 
 from jobs import db, models, store
@@ -56,7 +55,6 @@ def _notes_per_job(database):
     return dict(rows)
 
 
-@pytest.mark.brokers
 def test_a_killed_worker_process_is_replaced_while_the_others_keep_working(database, workers, capsys):
     job_ids = create_notes(database, 400, sleep_seconds=0.05)
     worker = workers(processes=2, threads=2)
