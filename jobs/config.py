@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -19,9 +19,11 @@ VAR_DIR = Path("var")
 #: ``30s``, ``30m``, ``12h``, ``7d``, ``2w``: the short durations the retention settings take.
 _SHORT_DURATION = re.compile(r"^(\d+)([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-#: The broker URL schemes jobrunner speaks: Redis, and RabbitMQ (AMQP 0-9-1). ``worker.producer``
-#: picks the broker for each.
-BROKER_SCHEMES = ("redis", "rediss", "unix", "amqp", "amqps")
+#: The broker URL schemes jobrunner speaks: Redis, RabbitMQ (AMQP 0-9-1), and PostgreSQL (the jobs
+#: database itself). ``worker.producer`` picks the broker for each.
+BROKER_SCHEMES = ("redis", "rediss", "unix", "amqp", "amqps", "postgresql", "postgresql+psycopg")
+#: The schemes of the PostgreSQL broker, whose queue is the ``jobs`` table.
+POSTGRES_BROKER_SCHEMES = ("postgresql", "postgresql+psycopg")
 
 
 class Settings(BaseSettings):
@@ -96,15 +98,32 @@ class Settings(BaseSettings):
         parts = urlsplit(value)
         if parts.scheme not in BROKER_SCHEMES:
             schemes = ", ".join(f"{scheme}://" for scheme in BROKER_SCHEMES)
-            raise ValueError(f"the broker must be a Redis or RabbitMQ URL ({schemes}), got {value!r}")
-        if parts.scheme != "unix" and not parts.hostname:
+            raise ValueError(f"the broker must be a Redis, RabbitMQ or PostgreSQL URL ({schemes}), got {value!r}")
+        if parts.scheme not in ("unix", *POSTGRES_BROKER_SCHEMES) and not parts.hostname:
             raise ValueError(f"the broker URL has no host: {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _check_postgres_broker(self) -> Settings:
+        # The PostgreSQL broker consumes the jobs table: it must be the jobs database.
+        if not self.broker_is_database:
+            return self
+        broker, database = make_url(self.broker_url), make_url(self.database_url)
+        where = [(url.host, url.port or 5432, url.database) for url in (broker, database)]
+        if database.get_backend_name() != "postgresql" or where[0] != where[1]:
+            raise ValueError("a PostgreSQL broker URL must name the jobs database (JOBRUNNER_DATABASE_URL)")
+        return self
 
     @property
     def job_module_names(self) -> list[str]:
         """``job_modules`` as a list."""
         return [name.strip() for name in self.job_modules.split(",") if name.strip()]
+
+    @property
+    def broker_is_database(self) -> bool:
+        """Whether the broker is the PostgreSQL broker, whose queue is the jobs table itself (no
+        message of its own can be lost, so the sweeper has nothing to send again)."""
+        return urlsplit(self.broker_url).scheme in POSTGRES_BROKER_SCHEMES
 
     @property
     def is_sqlite(self) -> bool:

@@ -108,6 +108,10 @@ class JobStatus(enum.StrEnum):
 
 #: States a worker may claim a job from (besides running with an expired lease).
 CLAIMABLE = (JobStatus.QUEUED, JobStatus.RETRYING)
+#: SQL of "the job waits for a worker" (status claimable), for partial indexes.
+#: States of a job that waits for a worker: claimable, or delayed (claimable once ``run_at`` passed).
+WAITING = (*CLAIMABLE, JobStatus.SCHEDULED)
+WAITING_SQL = f"status IN ({', '.join(repr(status.value) for status in WAITING)})"
 #: States a job never leaves on its own.
 TERMINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 #: States a cancel ends at once (the job is not running); a running job is asked to stop instead.
@@ -176,6 +180,14 @@ class Job(Base):
             postgresql_where=text("error_type IS NOT NULL"),
             sqlite_where=text("error_type IS NOT NULL"),
         ),
+        #: The PostgreSQL broker's queue (worker.pgbroker): the waiting jobs of a queue, oldest first.
+        Index(
+            "ix_jobs_waiting",
+            "queue",
+            "enqueued_at",
+            postgresql_where=text(WAITING_SQL),
+            sqlite_where=text(WAITING_SQL),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -212,6 +224,9 @@ class Job(Base):
     unique_key: Mapped[str | None] = mapped_column(String(200))
     #: The W3C ``traceparent`` of the span that created the job (see :mod:`jobs.observe.tracecontext`).
     trace_parent: Mapped[str | None] = mapped_column(String(55))
+    #: PostgreSQL broker only: a consumer took the waiting job and holds it in memory until then;
+    #: the claim clears it. Past it, another consumer may take the job (its taker died).
+    taken_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
 class JobAttempt(Base):

@@ -5,6 +5,10 @@
 SQLAlchemy's ``after_commit`` event; a rollback drops them. A failed send is logged at WARNING with
 the job IDs and counted (:func:`failed_sends`), and the job stays ``queued``: the row is the truth and
 the sweeper sends it again.
+
+A sender that is an :class:`InTransactionSender` (the PostgreSQL broker's) is given the messages
+in SQLAlchemy's ``before_commit`` event instead, with the transaction's connection: its wake-up
+(a ``NOTIFY``) then commits with the rows, or not at all.
 """
 
 from __future__ import annotations
@@ -14,9 +18,9 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
-from sqlalchemy import event
+from sqlalchemy import Connection, event
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
@@ -47,6 +51,15 @@ Sender = Callable[[Sequence[JobMessage]], None]
 HeldProbe = Callable[[Sequence[JobMessage]], set[uuid.UUID]]
 
 
+@runtime_checkable
+class InTransactionSender(Protocol):
+    """A sender whose messages go out in the transaction that created the jobs, just before COMMIT."""
+
+    def __call__(self, messages: Sequence[JobMessage]) -> None: ...
+
+    def send_in_transaction(self, connection: Connection, messages: Sequence[JobMessage]) -> None: ...
+
+
 def send_after_commit(session: Session, message: JobMessage) -> None:
     """Send ``message`` once ``session``'s transaction commits; never if it rolls back."""
     session.info.setdefault(_PENDING_KEY, []).append(message)
@@ -58,6 +71,7 @@ def install(sessions: sessionmaker[Session] | async_sessionmaker[AsyncSession]) 
     target = _event_target(sessions)
     if event.contains(target, "after_commit", _send_pending):
         return
+    event.listen(target, "before_commit", _send_in_transaction)
     event.listen(target, "after_commit", _send_pending)
     event.listen(target, "after_transaction_end", _drop_pending)
 
@@ -74,6 +88,17 @@ def _event_target(sessions: sessionmaker[Session] | async_sessionmaker[AsyncSess
     own = type(base.__name__, (base,), {"_jobrunner_owned": True})
     sessions.configure(sync_session_class=own)
     return own
+
+
+def _send_in_transaction(session: Session) -> None:
+    # before_commit runs for the root transaction only, before its last flush and its COMMIT; what
+    # the sender runs on the connection commits (or rolls back) with the jobs' rows.
+    sender = session.info.get(SENDER_KEY)
+    if not isinstance(sender, InTransactionSender):
+        return
+    pending: list[JobMessage] = session.info.pop(_PENDING_KEY, [])
+    if pending:
+        sender.send_in_transaction(session.connection(), pending)
 
 
 def _send_pending(session: Session) -> None:

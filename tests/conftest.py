@@ -61,11 +61,18 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # A test marked `brokers` runs once per broker: Redis, and RabbitMQ (on the PostgreSQL pass only,
-    # to keep CI's time: the broker does not meet the database).
-    if metafunc.definition.get_closest_marker("brokers") and "broker_url" in metafunc.fixturenames:
+    # to keep CI's time: the broker does not meet the database), and PostgreSQL, the jobs database
+    # itself (which needs a PostgreSQL database). `brokers(without=("postgres",))`: not on those (a
+    # test of losing messages, which the PostgreSQL broker does not have).
+    marker = metafunc.definition.get_closest_marker("brokers")
+    if marker and "broker_url" in metafunc.fixturenames:
         skip = pytest.mark.skip(reason="RabbitMQ runs on the PostgreSQL pass only")
         rabbit = pytest.param("rabbitmq", marks=[skip] if BACKEND == "sqlite" else [])
-        metafunc.parametrize("broker_url", ["redis", rabbit], indirect=True)
+        skip_pg = pytest.mark.skip(reason="the PostgreSQL broker needs a PostgreSQL jobs database")
+        postgres = pytest.param("postgres", marks=[skip_pg] if BACKEND == "sqlite" else [])
+        without = marker.kwargs.get("without", ())
+        params = [p for p in ["redis", rabbit, postgres] if (p if isinstance(p, str) else p.values[0]) not in without]
+        metafunc.parametrize("broker_url", params, indirect=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -160,19 +167,30 @@ def throwaway_rabbitmq() -> Iterator[rabbitmq.ThrowawayRabbit]:
 @pytest.fixture
 def broker_url(request: pytest.FixtureRequest) -> str:
     """The test's broker: the run's Redis, or (in a test marked ``brokers``, parametrised) the run's
-    RabbitMQ vhost, or the test's own RabbitMQ node if it asks for ``throwaway_rabbitmq``."""
+    RabbitMQ vhost, or the test's own RabbitMQ node if it asks for ``throwaway_rabbitmq``, or the
+    test's PostgreSQL database (the throwaway server's, if the test has one)."""
     if "throwaway_rabbitmq" in request.fixturenames:
         return request.getfixturevalue("throwaway_rabbitmq").url
     if getattr(request, "param", "redis") == "rabbitmq":
         return request.getfixturevalue("rabbitmq_vhost").url
+    if getattr(request, "param", "redis") == "postgres":
+        return the_database_url(request)
     return request.getfixturevalue("redis_url")
+
+
+def the_database_url(request: pytest.FixtureRequest) -> str:
+    """The URL of the test's database: the throwaway PostgreSQL server's if the test has one."""
+    database_fixture = "throwaway_postgres" if "throwaway_postgres" in request.fixturenames else "database_url"
+    database_url = request.getfixturevalue(database_fixture)
+    return database_url if isinstance(database_url, str) else database_url.url
 
 
 @pytest.fixture
 def flush_broker(request: pytest.FixtureRequest, broker_url: str) -> Callable[[], None]:
     """Empty the test's broker (every message lost): the run's Redis db, or the queues of the
-    test's job kinds in the run's vhost (a throwaway node starts empty)."""
-    if "throwaway_rabbitmq" in request.fixturenames:
+    test's job kinds in the run's vhost (a throwaway node starts empty; the PostgreSQL broker has no
+    messages apart from the rows the database fixture empties)."""
+    if "throwaway_rabbitmq" in request.fixturenames or broker_url.startswith("postgresql"):
         return lambda: None
     if broker_url.startswith("amqp"):
         vhost, queues = request.getfixturevalue("rabbitmq_vhost"), request.getfixturevalue("kind_registry").queues()
@@ -197,10 +215,8 @@ def settings(
     request: pytest.FixtureRequest, broker_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Settings]:
     """Settings for the test, also exported to the environment (for ``get_settings`` and children)."""
-    database_fixture = "throwaway_postgres" if "throwaway_postgres" in request.fixturenames else "database_url"
-    database_url = request.getfixturevalue(database_fixture)
     values = {
-        "database_url": database_url if isinstance(database_url, str) else database_url.url,
+        "database_url": the_database_url(request),
         "broker_url": broker_url,
         "storage_dir": str(tmp_path / "uploads"),
         "retry_backoff_seconds": "0.01",
@@ -399,6 +415,14 @@ def queued_messages(request: pytest.FixtureRequest, broker_url: str) -> Callable
     of messages; RabbitMQ: the queue's ready messages)."""
     if broker_url.startswith("amqp"):
         return request.getfixturevalue("rabbitmq_vhost").count
+    if broker_url.startswith("postgresql"):
+        database = request.getfixturevalue("database")
+
+        def waiting(queue: str = "default") -> int:
+            with database.engine.connect() as conn:
+                return store.count_unfinished(conn, queue, running=False)
+
+        return waiting
     redis_client = request.getfixturevalue("redis_client")
 
     def count(queue: str = "default") -> int:

@@ -69,7 +69,7 @@ class WorkerLifecycle(Middleware):
         self._scheduler = scheduler.Scheduler(
             state.settings,
             state.registry,
-            producer.make_sender(broker),  # type: ignore[arg-type]  # the worker's broker is a RedisBroker
+            producer.make_sender(broker),
         )
         self._scheduler.start()
 

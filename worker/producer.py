@@ -4,8 +4,9 @@ It carries no worker runtime (no middleware, heartbeat, sweeper or time limit): 
 loads only this. The worker's broker (:mod:`worker.broker`) consumes the queues these messages go to.
 
 The broker is chosen by the scheme of ``JOBRUNNER_BROKER_URL`` in one place, :data:`BROKERS`: Redis
-(``redis://``, ``rediss://``, ``unix://``) or RabbitMQ (``amqp://``, ``amqps://``, see
-:mod:`worker.rabbitmq`). A new kind of broker adds its factory and health check there.
+(``redis://``, ``rediss://``, ``unix://``), RabbitMQ (``amqp://``, ``amqps://``, see
+:mod:`worker.rabbitmq`) or PostgreSQL, the jobs database itself (``postgresql://``,
+``postgresql+psycopg://``, see :mod:`worker.pgbroker`). A new kind of broker adds its factory and health check there.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from dramatiq.common import current_millis, dq_name
 from jobs import registry, sending
 from jobs.config import Settings
 from jobs.observe import tracing
-from worker import rabbitmq
+from worker import pgbroker, rabbitmq
 
 logger = logging.getLogger(__name__)
 
@@ -134,10 +135,23 @@ def _ping_redis(broker: RedisBroker) -> None:
     broker.client.ping()
 
 
+def _make_postgres_broker(settings: Settings) -> pgbroker.PostgresBroker:
+    return pgbroker.make_broker(settings, actor_name=actor_name)
+
+
 REDIS = BrokerKind(make_broker=_make_redis_broker, check=_ping_redis, unreachable=(redis.RedisError,))
 RABBITMQ = BrokerKind(make_broker=rabbitmq.make_broker, check=rabbitmq.check, unreachable=rabbitmq.UNREACHABLE)
+POSTGRES = BrokerKind(make_broker=_make_postgres_broker, check=pgbroker.check, unreachable=pgbroker.UNREACHABLE)
 #: The broker for each scheme of ``JOBRUNNER_BROKER_URL`` (``jobs.config.BROKER_SCHEMES`` lists them).
-BROKERS: dict[str, BrokerKind] = {"redis": REDIS, "rediss": REDIS, "unix": REDIS, "amqp": RABBITMQ, "amqps": RABBITMQ}
+BROKERS: dict[str, BrokerKind] = {
+    "redis": REDIS,
+    "rediss": REDIS,
+    "unix": REDIS,
+    "amqp": RABBITMQ,
+    "amqps": RABBITMQ,
+    "postgresql": POSTGRES,
+    "postgresql+psycopg": POSTGRES,
+}
 
 
 def broker_kind(settings: Settings) -> BrokerKind:
@@ -167,8 +181,11 @@ def check_broker(settings: Settings, broker: dramatiq.Broker) -> None:
 def make_sender(broker: dramatiq.Broker) -> sending.Sender:
     """A sender that enqueues each job's ID on its queue's actor (delayed when asked). Several
     messages go out through one Redis pipeline, one round trip per :data:`PIPELINE_SIZE`, or in
-    RabbitMQ transactions (:func:`worker.rabbitmq.enqueue_many`); other brokers take one
+    RabbitMQ transactions (:func:`worker.rabbitmq.enqueue_many`); PostgreSQL's wake-up goes out in
+    the jobs' own transaction (:class:`worker.pgbroker.PostgresSender`); other brokers take one
     ``enqueue`` each, Dramatiq's public path."""
+    if isinstance(broker, pgbroker.PostgresBroker):
+        return pgbroker.PostgresSender(broker)
     if isinstance(broker, RabbitmqBroker):
         return lambda messages: rabbitmq.enqueue_many(broker, [(to_message(m), m.delay_ms) for m in messages])
     if not isinstance(broker, RedisBroker):

@@ -2,9 +2,10 @@
 
 Every pass (one at a time across all workers): take back ``running`` jobs whose lease expired (their
 worker died), send again the ``queued`` or ``retrying`` jobs whose message seems lost (a failed
-send, a flushed or failed-over Redis), and make ``queued`` (and send) the delayed jobs overdue for
-the same reason. It runs inside every worker process and as ``jobctl sweep``; in a worker it also
-applies the retention settings (:mod:`jobs.retention`) once a minute.
+send, a flushed or failed-over Redis; not with the PostgreSQL broker, whose queue is the rows), and
+make ``queued`` (and send) the delayed jobs overdue for the same reason. It runs inside every worker
+process and as ``jobctl sweep``; in a worker it also applies the retention settings
+(:mod:`jobs.retention`) once a minute.
 """
 
 from __future__ import annotations
@@ -62,12 +63,13 @@ def sweep_once(
                 requeued=[job_id for job_id, status in recovered if status == JobStatus.QUEUED],
                 quarantined=[job_id for job_id, status in recovered if status == JobStatus.FAILED],
             )
-        report.resent = store.resend_overdue_jobs(
-            session,
-            older_than_seconds=settings.requeue_after_seconds,
-            held=None if held is None else _forgiving(held),
-            trust_held_for_seconds=settings.resend_held_after_seconds,
-        )
+        if not settings.broker_is_database:  # the PostgreSQL broker's queue is the rows: nothing to re-send
+            report.resent = store.resend_overdue_jobs(
+                session,
+                older_than_seconds=settings.requeue_after_seconds,
+                held=None if held is None else _forgiving(held),
+                trust_held_for_seconds=settings.resend_held_after_seconds,
+            )
         report.released = store.release_overdue_scheduled(session, older_than_seconds=settings.requeue_after_seconds)
     for job_id in report.requeued:
         logger.info("job %s lost its worker; queued again", job_id, extra={"job_id": str(job_id), "action": "requeued"})

@@ -12,7 +12,8 @@ token this worker got, so a worker that lost its claim can change nothing.
 The modules: ``creating`` (delayed and unique jobs too), ``running`` (a job's attempt from claim to
 outcome), ``recovery`` (the sweeper's work and pruning), ``delaying`` (delayed jobs whose message
 was lost), ``replaying``, ``cancelling``, ``queues`` (pauses, limits), ``reading``, ``clock`` (the
-database's time). Callers use this package: ``store.claim_job(...)``.
+database's time), ``taking`` (the jobs table as the PostgreSQL broker's queue). Callers use this
+package: ``store.claim_job(...)``.
 """
 
 from jobs.store.base import utcnow
@@ -74,6 +75,13 @@ from jobs.store.running import (
     renew_leases,
     retry_delay_seconds,
 )
+from jobs.store.taking import (
+    count_unfinished,
+    next_due_at,
+    notify_waiting,
+    release_jobs,
+    take_jobs,
+)
 
 __all__ = [
     "Cancellation",
@@ -94,6 +102,11 @@ __all__ = [
     "MAX_RETRY_DELAY_SECONDS",
     "SWEEP_LOCK_KEY",
     "cancel_jobs",
+    "count_unfinished",
+    "next_due_at",
+    "notify_waiting",
+    "release_jobs",
+    "take_jobs",
     "checkpoint",
     "claim_job",
     "complete_job",

@@ -78,6 +78,7 @@ def _claim_statement(limited_kinds: frozenset[str]) -> Any:
             worker_id=bindparam("b_worker"),
             started_at=db_now(),
             next_retry_at=None,
+            taken_until=None,
         )
         .returning(
             _jobs.c.kind,

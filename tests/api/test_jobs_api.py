@@ -176,7 +176,9 @@ def test_healthz_is_ok_when_database_and_broker_answer(client):
     assert client.get("/healthz").json() == {"database": "ok", "broker": "ok"}
 
 
-@pytest.mark.parametrize("dead_url", ["redis://127.0.0.1:1/0", "amqp://guest:guest@127.0.0.1:1/"])
+@pytest.mark.parametrize(
+    "dead_url", ["redis://127.0.0.1:1/0", "amqp://guest:guest@127.0.0.1:1/", "postgresql://postgres@127.0.0.1:1/jobs"]
+)
 def test_healthz_is_503_when_the_broker_is_unreachable(settings: Settings, database, dead_url):
     dead = settings.model_copy(update={"broker_url": dead_url})
     with TestClient(create_app(dead)) as client:

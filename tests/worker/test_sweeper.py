@@ -33,7 +33,7 @@ def _ago(seconds):
     return store.utcnow() - dt.timedelta(seconds=seconds)
 
 
-@pytest.mark.brokers
+@pytest.mark.brokers(without=("postgres",))  # the PostgreSQL broker has no message to lose
 def test_sweep_resends_queued_jobs_whose_message_seems_lost(
     database, settings, make_job, queued_messages, flush_broker, fetch
 ):

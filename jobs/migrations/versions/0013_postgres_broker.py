@@ -1,0 +1,35 @@
+"""jobs.taken_until and the index of waiting jobs: the PostgreSQL broker's queue is the jobs table
+
+Revision ID: 0013
+Revises: 0012
+Create Date: 2026-12-07
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = '0013'
+down_revision = '0012'
+branch_labels = None
+depends_on = None
+
+WAITING = "status IN ('queued', 'retrying', 'scheduled')"
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('jobs') as batch_op:
+        batch_op.add_column(sa.Column('taken_until', sa.DateTime(timezone=True), nullable=True))
+    op.create_index(
+        'ix_jobs_waiting',
+        'jobs',
+        ['queue', 'enqueued_at'],
+        unique=False,
+        postgresql_where=sa.text(WAITING),
+        sqlite_where=sa.text(WAITING),
+    )
+
+
+def downgrade() -> None:
+    op.drop_index('ix_jobs_waiting', table_name='jobs')
+    with op.batch_alter_table('jobs') as batch_op:
+        batch_op.drop_column('taken_until')

@@ -1,0 +1,112 @@
+"""The PostgreSQL broker under faults: wake-ups that come twice to two racing workers, a PostgreSQL
+restart under a worker process; the sweeper on it. Every job runs, and its effect is applied once
+(each ``test.note`` job writes one note). (``kill -9`` of a worker, and of one of a worker's
+processes, is tested on every broker: test_recovery.py, test_children.py.)"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+
+import dramatiq
+import pytest
+from sqlalchemy import func, select, update
+
+from jobs import models, store
+from jobs.models import AttemptOutcome, JobStatus
+from tests import kinds
+from tests.worker.processes import create_notes, wait_until
+from worker import sweeper
+
+pytestmark = [
+    pytest.mark.postgres_only,
+    pytest.mark.parametrize("broker_url", ["postgres"], indirect=True),
+    pytest.mark.usefixtures("invariants_hold"),
+]
+
+
+def _statuses(database, job_ids):
+    with database.readers() as session:
+        rows = session.execute(select(models.Job.id, models.Job.status).where(models.Job.id.in_(job_ids))).all()
+    return dict(rows)
+
+
+def _count(database, job_ids, status):
+    return list(_statuses(database, job_ids).values()).count(status)
+
+
+def _assert_each_ran_once(database, job_ids):
+    assert set(_statuses(database, job_ids).values()) == {JobStatus.SUCCEEDED}
+    with database.engine.connect() as conn:
+        notes = dict(conn.execute(select(kinds.notes.c.job_id, func.count()).group_by(kinds.notes.c.job_id)).all())
+        attempts = dict(
+            conn.execute(
+                select(models.JobAttempt.job_id, func.count())
+                .where(models.JobAttempt.outcome == AttemptOutcome.SUCCEEDED)
+                .group_by(models.JobAttempt.job_id)
+            ).all()
+        )
+    assert [job_id for job_id in job_ids if notes.get(job_id) != 1] == [], "an effect missing or applied twice"
+    assert [job_id for job_id in job_ids if attempts.get(job_id) != 1] == [], "a job succeeded twice"
+
+
+def test_duplicate_wake_ups_and_two_workers_racing_run_each_job_once(database, broker, worker):
+    # Two Dramatiq workers (each with its consumer) on one broker, in this process, woken over and
+    # over by NOTIFYs that name no new job.
+    job_ids = create_notes(database, 300)
+    second = dramatiq.Worker(broker, worker_threads=4, worker_timeout=10)
+    second.start()
+    stop = threading.Event()
+
+    def wake_again_and_again():
+        with database.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            while not stop.is_set():
+                store.notify_waiting(conn, ["default"])
+
+    waker = threading.Thread(target=wake_again_and_again)
+    waker.start()
+    try:
+        wait_until(lambda: _count(database, job_ids, JobStatus.SUCCEEDED) == len(job_ids), what="every job to succeed")
+    finally:
+        stop.set()
+        waker.join()
+        second.stop()
+    _assert_each_ran_once(database, job_ids)
+
+
+@pytest.mark.restarts_postgres
+def test_worker_on_the_postgresql_broker_survives_a_postgresql_restart(throwaway_postgres, settings, database, workers):
+    # On a PostgreSQL server of the test's own (initdb in a temp dir), never the machine's: the jobs
+    # database and the broker are one server, so both connections drop at once.
+    assert settings.broker_url == throwaway_postgres.url
+    job_ids = create_notes(database, 100, sleep_seconds=0.05)
+    worker = workers()
+    wait_until(lambda: _count(database, job_ids, JobStatus.SUCCEEDED) >= 1, what="the first success")
+    throwaway_postgres.restart()
+    wait_until(lambda: _reachable(database), what="PostgreSQL to answer again")
+    more = create_notes(database, 20)  # sent (NOTIFY) after the restart: the consumer listens again
+    job_ids += more
+    wait_until(lambda: _count(database, job_ids, JobStatus.SUCCEEDED) == len(job_ids), what="every job to succeed")
+    assert worker.alive()
+    _assert_each_ran_once(database, job_ids)
+
+
+def _reachable(database) -> bool:
+    try:
+        with database.engine.connect() as conn:
+            conn.execute(select(1))
+        return True
+    except Exception:
+        return False
+
+
+def test_sweeper_re_sends_nothing_and_keeps_the_queue_order(database, settings, make_job, fetch):
+    # The rows are the queue: a job waiting long has no message to lose, and bumping its enqueued_at
+    # would send it to the back of the line.
+    old = make_job("noop")
+    long_ago = store.utcnow() - dt.timedelta(seconds=settings.requeue_after_seconds + 5)
+    with database.engine.begin() as conn:
+        conn.execute(update(models.Job).where(models.Job.id == old).values(enqueued_at=long_ago))
+    report = sweeper.sweep_once(database, settings)
+    assert report.ran and report.resent == []
+    assert fetch(old)[0].enqueued_at == long_ago
