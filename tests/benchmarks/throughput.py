@@ -23,11 +23,21 @@ C. **naive pattern**: N queued rows bulk-inserted, their IDs sent to an actor (d
 A' **async noop** (with ``--async-noop``): A with an ``async def`` no-op kind (``bench.async_noop``, a
    module this script writes, loaded with ``JOBRUNNER_JOB_MODULES``): the worker runs it on Dramatiq's
    event loop thread with an ``AsyncSession`` (psycopg async), the success fenced in that session.
+A (observe=MODE) (with ``--observe``): A once per observability mode listed, alternating within each
+   repeat: ``metrics`` is the runner as shipped (A itself: the attempt counters kept by migration
+   0011's trigger), ``off`` the same with that trigger disabled, ``tracing`` as shipped plus
+   OpenTelemetry tracing in the worker, exporting over OTLP/HTTP to a sink in this process that
+   answers 200 to everything. The summary shows each mode's median rate and its ratio to B.
+A (BROKER) (with ``--broker URL``, which may be repeated): A again, in the same run, with
+   ``JOBRUNNER_BROKER_URL`` on a space of the script's own on that broker: for ``amqp://...``
+   (RabbitMQ) a vhost ``jobrunner_bench_<hex>``, made with ``rabbitmqctl`` on the local node the URL
+   names and deleted at exit. The summary gives its rate beside A's and their ratio (and its latency
+   beside A's, unless ``--skip-latency``).
 Latency (unless ``--skip-latency``): with a full-path worker running, jobs created one per
    transaction through the real path (``create_job`` + commit, which sends the ID) by a pacing loop,
-   at 5 jobs/s (60 jobs) and 200 jobs/s (2,000 jobs). Latency = started_at - created_at (the row's
-   own timestamps); "after commit" = started_at - the moment the producer's commit (and send)
-   returned.
+   at 5 jobs/s (60 jobs) and 200 jobs/s (2,000 jobs), on Redis and then on each ``--broker``.
+   Latency = started_at - created_at (the row's own timestamps); "after commit" = started_at - the
+   moment the producer's commit (and send) returned.
 
 Each scenario is repeated ``--repeat`` times; the summary shows medians. The script never asserts:
 targets are printed next to the figures. Every process it starts is stopped (SIGTERM, then SIGKILL
@@ -39,6 +49,7 @@ Run from the project root (PostgreSQL at 127.0.0.1:5432,
 where it makes a database of its own; a redis-server of its own; both removed at exit)::
 
     .venv/bin/python tests/benchmarks/throughput.py [--jobs N] [--repeat K] [--skip-latency] [--async-noop]
+        [--observe off,metrics,tracing] [--skip-naive] [--broker amqp://guest:guest@127.0.0.1:5672]
 
 Environment overrides: ``JOBRUNNER_BENCH_PG_ADMIN_URL`` (default
 ``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``), ``JOBRUNNER_BENCH_REDIS_URL`` (default: a
@@ -48,8 +59,10 @@ redis-server of the script's own; a Redis named here has its db flushed).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
+import http.server
 import os
 import signal
 import statistics
@@ -57,9 +70,10 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +81,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import dramatiq
 import redis
 from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
@@ -156,7 +171,7 @@ def _children(pid: int) -> list[int]:
 
 def _cmdline(proc: Any) -> list[str]:
     try:
-        return proc.cmdline()
+        return list(proc.cmdline())
     except Exception:  # the process may be gone, or not ours to read
         return []
 
@@ -203,8 +218,42 @@ def process_tree(pid: int) -> set[int]:
 # --- database and redis ---------------------------------------------------------------------------
 
 
+@dataclasses.dataclass
+class BrokerSpace:
+    """A space of the script's own on a broker other than the bench Redis (``--broker``), where
+    scenario A runs again."""
+
+    name: str  # "rabbitmq" (a second of the same kind: "rabbitmq-2")
+    url: str  # what JOBRUNNER_BROKER_URL gets
+    where: str  # for the log: what was made, where
+    flush: Callable[[], None]  # drop every message of the space
+    count: Callable[[], int]  # messages waiting on the default queue
+    close: Callable[[], None]  # remove the space
+
+
+def rabbitmq_space(node_url: str) -> BrokerSpace:
+    """A vhost of the script's own on the RabbitMQ node of ``node_url`` (deleted by ``close``)."""
+    from tests import rabbitmq  # pika, only when asked for
+
+    vhost = rabbitmq.RabbitVhost(node_url, prefix="jobrunner_bench")
+    return BrokerSpace(
+        name="rabbitmq",
+        url=vhost.url,
+        where=f"vhost {vhost.name} on {node_url}",
+        flush=lambda: vhost.flush(["default"]),
+        count=lambda: vhost.count("default"),
+        close=vhost.close,
+    )
+
+
+#: ``--broker`` URL schemes and how to make a space of the script's own there. Another broker (say
+#: ``postgresql``) is one more entry: each ``--broker`` adds one run of scenario A.
+BROKER_SPACES: dict[str, Callable[[str], BrokerSpace]] = {"amqp": rabbitmq_space, "amqps": rabbitmq_space}
+
+
 class Bench:
-    """What every scenario shares: the bench database, an engine to read it, a Redis client."""
+    """What every scenario shares: the bench database, an engine to read it, a Redis client, the
+    spaces on other brokers (``--broker``), and which broker scenario A runs on now."""
 
     def __init__(self, url: str, workdir: Path, timeout_seconds: float) -> None:
         self.url = url
@@ -213,12 +262,43 @@ class Bench:
         self.engine = db.make_engine(url, pool_size=2, application_name="jobrunner-bench")
         self.redis = redis.Redis.from_url(REDIS_URL)
         self.redis.ping()
+        #: The spaces made on ``--broker`` URLs (flushed by :meth:`reset`, removed by :meth:`close`).
+        self.spaces: list[BrokerSpace] = []
+        #: The space scenario A and the latency runs use now; None: the bench Redis.
+        self.space: BrokerSpace | None = None
 
-    def reset(self) -> None:
-        """Empty the job tables and flush the bench Redis db."""
+    @property
+    def broker_url(self) -> str:
+        """The broker of scenario A: the bench Redis, or the space :meth:`on` selected."""
+        return REDIS_URL if self.space is None else self.space.url
+
+    @property
+    def broker_name(self) -> str:
+        return "redis" if self.space is None else self.space.name
+
+    @contextlib.contextmanager
+    def on(self, space: BrokerSpace | None) -> Iterator[None]:
+        """Run scenario A (or the latency runs) on ``space`` inside the block."""
+        previous, self.space = self.space, space
+        try:
+            yield
+        finally:
+            self.space = previous
+
+    def reset(self, *, counting: bool = True) -> None:
+        """Empty the job tables, flush the bench Redis db and every broker space; the attempt
+        counters' trigger on (as shipped) unless ``counting`` is False."""
         self.redis.flushdb()
+        for space in self.spaces:
+            space.flush()
         with self.engine.begin() as conn:
             conn.execute(text("TRUNCATE jobs CASCADE"))  # and every table referencing it
+        self.set_counting(counting)
+
+    def set_counting(self, on: bool) -> None:
+        """Enable or disable the trigger that keeps the attempt counters (migration 0011)."""
+        with self.engine.begin() as conn:
+            conn.execute(text(f"ALTER TABLE job_attempts {'ENABLE' if on else 'DISABLE'} TRIGGER count_job_attempts"))
 
     def vacuum(self) -> None:
         """Fresh statistics and visibility map after a bulk load, so autovacuum does not start mid-run."""
@@ -227,7 +307,7 @@ class Bench:
 
     def count_succeeded(self) -> int:
         with self.engine.connect() as conn:
-            return conn.execute(text("SELECT count(*) FROM jobs WHERE status = 'succeeded'")).scalar_one()
+            return int(conn.execute(text("SELECT count(*) FROM jobs WHERE status = 'succeeded'")).scalar_one())
 
     def counts_by_status(self) -> dict[str, int]:
         with self.engine.connect() as conn:
@@ -240,13 +320,18 @@ class Bench:
         return row[0], row[1]
 
     def worker_env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("JOBRUNNER_", "dramatiq_"))}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("JOBRUNNER_", "dramatiq_", "OTEL_"))}
         env.update(extra)
         return env
 
     def close(self) -> None:
-        self.engine.dispose()
-        self.redis.close()
+        """Remove the broker spaces; close the engine and the Redis client."""
+        try:
+            while self.spaces:
+                self.spaces.pop().close()
+        finally:
+            self.engine.dispose()
+            self.redis.close()
 
 
 @dataclasses.dataclass
@@ -324,22 +409,53 @@ def wait_until_done(
 # --- scenario A: the full path --------------------------------------------------------------------
 
 
+#: The observability modes of scenario A (see the module doc); ``metrics`` is the runner as shipped.
+OBSERVE_MODES = ("off", "metrics", "tracing")
+
+
+class _OtlpSink(http.server.BaseHTTPRequestHandler):
+    """Answers 200 to every OTLP/HTTP export and drops it."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+_sink: http.server.ThreadingHTTPServer | None = None
+
+
+def otlp_sink_url() -> str:
+    """The traces endpoint of an OTLP sink in this process (started on first use)."""
+    global _sink
+    if _sink is None:
+        _sink = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OtlpSink)
+        threading.Thread(target=_sink.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{_sink.server_address[1]}/v1/traces"
+
+
 def runner_settings(bench: Bench) -> Settings:
-    return Settings(database_url=bench.url, broker_url=REDIS_URL, consumer_timeout_ms=CONSUMER_TIMEOUT_MS)
+    return Settings(database_url=bench.url, broker_url=bench.broker_url, consumer_timeout_ms=CONSUMER_TIMEOUT_MS)
 
 
-def runner_env(bench: Bench, job_modules: str = "") -> dict[str, str]:
+def runner_env(bench: Bench, job_modules: str = "", mode: str = "metrics") -> dict[str, str]:
     extra = {"JOBRUNNER_JOB_MODULES": job_modules, "PYTHONPATH": str(bench.workdir)} if job_modules else {}
+    if mode == "tracing":
+        extra |= {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": otlp_sink_url()}
     return bench.worker_env(
         JOBRUNNER_DATABASE_URL=bench.url,
-        JOBRUNNER_BROKER_URL=REDIS_URL,
+        JOBRUNNER_BROKER_URL=bench.broker_url,
         JOBRUNNER_CONSUMER_TIMEOUT_MS=str(CONSUMER_TIMEOUT_MS),
         **extra,
     )
 
 
-def make_producer(bench: Bench, job_modules: Sequence[str] = ()) -> tuple[db.Database, RedisBroker]:
-    """A database whose sessions send job IDs to the bench Redis after commit (like the API's)."""
+def make_producer(bench: Bench, job_modules: Sequence[str] = ()) -> tuple[db.Database, dramatiq.Broker]:
+    """A database whose sessions send job IDs to the bench broker after commit (like the API's)."""
     settings = runner_settings(bench)
     broker = producer.make_broker(settings)
     database = db.make_database(
@@ -352,11 +468,13 @@ def make_producer(bench: Bench, job_modules: Sequence[str] = ()) -> tuple[db.Dat
     return database, broker
 
 
-def start_runner_worker(bench: Bench, log_path: Path, job_modules: str = "") -> tuple[subprocess.Popen[bytes], float]:
+def start_runner_worker(
+    bench: Bench, log_path: Path, job_modules: str = "", mode: str = "metrics"
+) -> tuple[subprocess.Popen[bytes], float]:
     spawned_at = time.time()
     proc = common.spawn(
         [str(BIN / "jobctl"), "worker", "--processes", str(PROCESSES), "--threads", str(THREADS)],
-        env=runner_env(bench, job_modules),
+        env=runner_env(bench, job_modules, mode),
         log_path=log_path,
     )
     return proc, spawned_at
@@ -384,16 +502,39 @@ async def async_noop(session, job):
 
 
 def scenario_full(bench: Bench, n: int, index: int) -> Run:
-    return _full_path(bench, Run("A full path", n), index, kind="noop")
+    return _full_path(bench, Run("A full path", n), index, kind="noop", log_name="full")
 
 
 def scenario_async(bench: Bench, n: int, index: int) -> Run:
-    return _full_path(bench, Run("A' async noop", n), index, kind="bench.async_noop", job_modules="bench_async")
+    return _full_path(
+        bench, Run("A' async noop", n), index, kind="bench.async_noop", job_modules="bench_async", log_name="async"
+    )
 
 
-def _full_path(bench: Bench, run: Run, index: int, *, kind: str, job_modules: str = "") -> Run:
+def scenario_observe(mode: str) -> Callable[[Bench, int, int], Run]:
+    """Scenario A in observability mode ``mode`` (``off`` or ``tracing``; ``metrics`` is A itself)."""
+
+    def scenario(bench: Bench, n: int, index: int) -> Run:
+        return _full_path(bench, Run(f"A (observe={mode})", n), index, kind="noop", mode=mode, log_name=mode)
+
+    return scenario
+
+
+def scenario_broker(space: BrokerSpace) -> Callable[[Bench, int, int], Run]:
+    """Scenario A with ``space`` (a ``--broker``) as the broker."""
+
+    def scenario(bench: Bench, n: int, index: int) -> Run:
+        with bench.on(space):
+            return _full_path(bench, Run(f"A ({space.name})", n), index, kind="noop", log_name=space.name)
+
+    return scenario
+
+
+def _full_path(
+    bench: Bench, run: Run, index: int, *, kind: str, log_name: str, job_modules: str = "", mode: str = "metrics"
+) -> Run:
     n = run.n
-    bench.reset()
+    bench.reset(counting=mode != "off")
     database, broker = make_producer(bench, [job_modules] if job_modules else [])
     try:
         started = time.perf_counter()
@@ -405,16 +546,16 @@ def _full_path(bench: Bench, run: Run, index: int, *, kind: str, job_modules: st
     finally:
         database.dispose()
         broker.close()
-    queued = bench.redis.hlen("dramatiq:default.msgs")
+    queued = bench.redis.hlen("dramatiq:default.msgs") if bench.space is None else bench.space.count()
     print(
         f"  enqueued {n} jobs in {run.enqueue_seconds:.2f} s ({n / run.enqueue_seconds:,.0f}/s); "
-        f"{queued} messages in Redis",
+        f"{queued} messages in {bench.broker_name}",
         flush=True,
     )
     bench.vacuum()
 
-    log_path = bench.workdir / f"{kind}-{index}.log"
-    proc, spawned_at = start_runner_worker(bench, log_path, job_modules)
+    log_path = bench.workdir / f"{log_name}-{index}.log"
+    proc, spawned_at = start_runner_worker(bench, log_path, job_modules, mode)
     try:
         child = worker_child_pid(proc.pid)
         if child is None:
@@ -586,6 +727,7 @@ class Latency:
     latencies_ms: list[float] = dataclasses.field(default_factory=list)  # started_at - created_at
     after_commit_ms: list[float] = dataclasses.field(default_factory=list)  # started_at - commit returned
     note: str = ""
+    broker: str = "redis"
 
 
 def percentile(values: Sequence[float], pct: float) -> float:
@@ -598,16 +740,19 @@ def percentile(values: Sequence[float], pct: float) -> float:
 def scenario_latency(bench: Bench, phases: Sequence[tuple[float, int]]) -> list[Latency]:
     bench.reset()
     database, broker = make_producer(bench)
-    log_path = bench.workdir / "latency.log"
+    log_path = bench.workdir / f"latency-{bench.broker_name}.log"
     proc, _ = start_runner_worker(bench, log_path)
     results = []
     try:
         # Warm up: the worker is booted, its pool connected, and the producer's too.
         warm = [_create_one(database)[0] for _ in range(20)]
         if _wait_for(bench, proc, warm, log_path) < len(warm):
-            return [Latency(rate, n, note="the worker did not run the warm-up jobs") for rate, n in phases]
+            note = "the worker did not run the warm-up jobs"
+            return [Latency(rate, n, note=note, broker=bench.broker_name) for rate, n in phases]
         for rate, n in phases:
-            print(f"  latency at {rate:g} jobs/s: {n} jobs over {n / rate:.0f} s ...", flush=True)
+            print(
+                f"  latency on {bench.broker_name} at {rate:g} jobs/s: {n} jobs over {n / rate:.0f} s ...", flush=True
+            )
             results.append(_paced(bench, proc, database, rate, n, log_path))
             time.sleep(0.5)
     finally:
@@ -628,7 +773,7 @@ def _wait_for(bench: Bench, proc: subprocess.Popen[bytes], ids: list[uuid.UUID],
     query = text("SELECT count(*) FROM jobs WHERE status = 'succeeded' AND id = ANY(:ids)")
     while True:
         with bench.engine.connect() as conn:
-            done = conn.execute(query, {"ids": ids}).scalar_one()
+            done = int(conn.execute(query, {"ids": ids}).scalar_one())
         if done >= len(ids):
             return done
         if proc.poll() is not None or time.time() > deadline:
@@ -643,7 +788,7 @@ def _wait_for(bench: Bench, proc: subprocess.Popen[bytes], ids: list[uuid.UUID],
 def _paced(
     bench: Bench, proc: subprocess.Popen[bytes], database: db.Database, rate: float, n: int, log_path: Path
 ) -> Latency:
-    result = Latency(rate, n)
+    result = Latency(rate, n, broker=bench.broker_name)
     committed: dict[uuid.UUID, float] = {}
     interval = 1.0 / rate
     t0 = time.perf_counter()
@@ -701,7 +846,19 @@ def print_run(run: Run) -> None:
     )
 
 
-def print_summary(args: argparse.Namespace, runs: dict[str, list[Run]], latency: list[Latency]) -> None:
+def _ratio(rate_a: float | None, rate_b: float | None) -> float | None:
+    return rate_a / rate_b if rate_a and rate_b else None
+
+
+def _per_run_ratios(runs_a: Sequence[Run], runs_b: Sequence[Run]) -> str:
+    """Each run's ratio to the run of the same repeat (every scenario ran args.repeat times: a run
+    that failed ended the benchmark before the summary)."""
+    return ", ".join(_fmt(_ratio(a.rate, b.rate), ".2f") for a, b in zip(runs_a, runs_b, strict=True))
+
+
+def print_summary(
+    args: argparse.Namespace, scenarios: Sequence[Scenario], runs: dict[str, list[Run]], latency: list[Latency]
+) -> None:
     line = "=" * 100
     print(
         f"\n{line}\njobrunner throughput benchmark: {args.jobs:,} jobs per scenario, {args.repeat} run(s) each "
@@ -709,20 +866,21 @@ def print_summary(args: argparse.Namespace, runs: dict[str, list[Run]], latency:
         f"{os.cpu_count()} CPUs\n{line}"
     )
     header = (
-        f"{'scenario':<18} {'jobs/s':>10} {'busy s':>8} {'wall s':>8} {'boot s':>7} {'enqueue s':>10}  "
+        f"{'scenario':<20} {'jobs/s':>10} {'busy s':>8} {'wall s':>8} {'boot s':>7} {'enqueue s':>10}  "
         "runs (jobs/s)  statuses (last run)"
     )
     print(header)
     print("-" * len(header))
     rates: dict[str, float | None] = {}
-    for key, label in SCENARIO_LABELS:
-        rs = runs.get(key)
+    for scenario in scenarios:
+        rs = runs[scenario.key]
         if not rs:
             continue
-        rates[key] = _median([r.rate for r in rs])
+        rates[scenario.key] = _median([r.rate for r in rs])
         per_run = ", ".join(_fmt(r.rate) for r in rs)
         print(
-            f"{label:<18} {_fmt(rates[key]):>10} {_fmt(_median([r.busy_seconds for r in rs]), '.3f'):>8} "
+            f"{scenario.label:<20} {_fmt(rates[scenario.key]):>10} "
+            f"{_fmt(_median([r.busy_seconds for r in rs]), '.3f'):>8} "
             f"{_fmt(_median([r.wall_seconds for r in rs]), '.2f'):>8} "
             f"{_fmt(_median([r.boot_seconds for r in rs]), '.2f'):>7} "
             f"{_fmt(_median([r.enqueue_seconds for r in rs]), '.2f'):>10}  {per_run:<13}  {rs[-1].statuses}"
@@ -738,31 +896,48 @@ def print_summary(args: argparse.Namespace, runs: dict[str, list[Run]], latency:
 
     print("\nCPU while the jobs ran, % of one core (median of runs; 'other' = processes that are not this")
     print("benchmark's, PostgreSQL or Redis: anything above a few % means a shared machine skewed the figures)")
-    for key, label in SCENARIO_LABELS:
-        cpus = [r.cpu for r in runs.get(key, []) if r.cpu]
+    for scenario in scenarios:
+        cpus = [r.cpu for r in runs[scenario.key] if r.cpu]
         if cpus:
-            print(f"  {label:<18} " + "   ".join(f"{part} {_median([c[part] for c in cpus]):.0f}" for part in cpus[0]))
+            print(
+                f"  {scenario.label:<20} "
+                + "   ".join(f"{part} {_median([c[part] for c in cpus]):.0f}" for part in cpus[0])
+            )
 
     print("\nratios (of the median rates; in brackets, each run's ratio to the runs beside it)")
     for name, other in (("full/bare", "bare"), ("full/naive", "naive")):
-        ratio = rates["full"] / rates[other] if rates["full"] and rates[other] else None
-        # Every scenario ran args.repeat times (a run that failed ended the benchmark before this).
-        per_run = [
-            a.rate / b.rate if a.rate and b.rate else None for a, b in zip(runs["full"], runs[other], strict=True)
-        ]
+        if not runs.get(other):
+            continue  # skipped
+        ratio = _ratio(rates["full"], rates[other])
         target = TARGETS[name]
         verdict = _verdict(None if ratio is None else ratio >= target)
         print(
-            f"  {name:<11} {_fmt(ratio, '.2f'):>6}   (target >= {target:.2f}){verdict}"
-            f"   [{', '.join(_fmt(r, '.2f') for r in per_run)}]"
+            f"  {name:<14} {_fmt(ratio, '.2f'):>6}   (target >= {target:.2f}){verdict}"
+            f"   [{_per_run_ratios(runs['full'], runs[other])}]"
         )
+    for scenario in scenarios:
+        if scenario.kind in ("async", "broker"):
+            name = f"{scenario.key}/full"
+            print(
+                f"  {name:<14} {_fmt(_ratio(rates[scenario.key], rates['full']), '.2f'):>6}   "
+                f"({scenario.label} / A full path, same run)   [{_per_run_ratios(runs[scenario.key], runs['full'])}]"
+            )
 
-    if runs.get("async"):
-        ratio = rates["async"] / rates["full"] if rates.get("async") and rates["full"] else None
-        per_run = [
-            a.rate / b.rate if a.rate and b.rate else None for a, b in zip(runs["async"], runs["full"], strict=True)
-        ]
-        print(f"  {'async/full':<11} {_fmt(ratio, '.2f'):>6}   [{', '.join(_fmt(r, '.2f') for r in per_run)}]")
+    if args.modes != ["metrics"]:
+        print("\nscenario A by observability mode (runs alternated; median jobs/s, ratio to B, each run)")
+        for scenario in (scenario for scenario in scenarios if scenario.mode is not None):
+            mode_runs = runs[scenario.key]
+            rate = rates[scenario.key]
+            cpus = [r.cpu for r in mode_runs if r.cpu]
+            cpu = (
+                "   CPU " + " ".join(f"{part} {_median([c[part] for c in cpus]):.0f}" for part in cpus[0])
+                if cpus
+                else ""
+            )
+            print(
+                f"  {scenario.mode:<8} {_fmt(rate):>8}  full/bare {_fmt(_ratio(rate, rates['bare']), '.2f'):>5}"
+                f"   [{', '.join(_fmt(r.rate) for r in mode_runs)}]{cpu}"
+            )
 
     print("\nworker child RSS, scenario A (MiB)")
     for i, r in enumerate(runs["full"], 1):
@@ -782,30 +957,65 @@ def print_summary(args: argparse.Namespace, runs: dict[str, list[Run]], latency:
             "[after commit: started_at - commit returned]"
         )
         print(
-            f"  {'rate':>8} {'jobs':>6} {'sent/s':>7} {'late':>5} {'p50':>7} {'p95':>7} {'p99':>7} {'max':>7}   "
-            f"{'p50':>6} {'p99':>6}"
+            f"  {'broker':<10} {'rate':>8} {'jobs':>6} {'sent/s':>7} {'late':>5} {'p50':>7} {'p95':>7} {'p99':>7} "
+            f"{'max':>7}   {'p50':>6} {'p99':>6}"
         )
         for lat in latency:
             if not lat.latencies_ms:
-                print(f"  {lat.rate:>6g}/s {lat.n:>6} no data {lat.note}")
+                print(f"  {lat.broker:<10} {lat.rate:>6g}/s {lat.n:>6} no data {lat.note}")
                 continue
             p = {q: percentile(lat.latencies_ms, q) for q in (50, 95, 99)}
             c = {q: percentile(lat.after_commit_ms, q) for q in (50, 99)}
             print(
-                f"  {lat.rate:>6g}/s {lat.done:>6} {lat.achieved_rate:>7.1f} {lat.late_sends:>5} {p[50]:>7.1f} "
-                f"{p[95]:>7.1f} {p[99]:>7.1f} {max(lat.latencies_ms):>7.1f}   [{c[50]:>6.1f} {c[99]:>6.1f}]"
+                f"  {lat.broker:<10} {lat.rate:>6g}/s {lat.done:>6} {lat.achieved_rate:>7.1f} {lat.late_sends:>5} "
+                f"{p[50]:>7.1f} {p[95]:>7.1f} {p[99]:>7.1f} {max(lat.latencies_ms):>7.1f}   "
+                f"[{c[50]:>6.1f} {c[99]:>6.1f}]"
                 f"  (target p99 <= {TARGETS['p99_ms']:.0f}){_verdict(p[99] <= TARGETS['p99_ms'])}"
             )
         print("  late = sends that began > 5 ms behind the pacing schedule (the producer shares the 2 CPUs).")
     print(line)
 
 
-SCENARIO_LABELS = (
-    ("full", "A full path"),
-    ("async", "A' async noop"),
-    ("bare", "B bare Dramatiq"),
-    ("naive", "C naive pattern"),
-)
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    """One scenario of a repeat: its key in the results, its label, and how to run it once."""
+
+    key: str
+    label: str
+    run: Callable[[Bench, int, int], Run]
+    kind: str = ""  # "async", "broker", or "" (for the ratios to A)
+    mode: str | None = None  # the observability mode, for runs of A (A itself: "metrics")
+
+
+def plan(args: argparse.Namespace, bench: Bench) -> list[Scenario]:
+    """The scenarios of one repeat, in the order they run: A in each ``--observe`` mode (A itself
+    is the ``metrics`` one, always run: every ratio is to it), A', A on each ``--broker``, B, C."""
+    modes = args.modes if "metrics" in args.modes else ["metrics", *args.modes]
+    scenarios = [
+        Scenario("full", "A full path", scenario_full, mode="metrics")
+        if mode == "metrics"
+        else Scenario(f"observe={mode}", f"A (observe={mode})", scenario_observe(mode), mode=mode)
+        for mode in modes
+    ]
+    if args.async_noop:
+        scenarios.append(Scenario("async", "A' async noop", scenario_async, kind="async"))
+    for space in bench.spaces:
+        scenarios.append(Scenario(space.name, f"A ({space.name})", scenario_broker(space), kind="broker"))
+    scenarios.append(Scenario("bare", "B bare Dramatiq", scenario_bare))
+    if not args.skip_naive:
+        scenarios.append(Scenario("naive", "C naive pattern", scenario_naive))
+    return scenarios
+
+
+def open_spaces(bench: Bench, urls: Sequence[str]) -> None:
+    """A space of the script's own on each ``--broker`` (removed by ``bench.close()``)."""
+    for url in urls:
+        space = BROKER_SPACES[url.split("://", 1)[0]](url)
+        same_kind = sum(other.name.split("-")[0] == space.name for other in bench.spaces)
+        if same_kind:
+            space.name = f"{space.name}-{same_kind + 1}"  # keys and labels stay distinct
+        bench.spaces.append(space)
+        print(f"{space.name}: {space.where} (removed at exit)", flush=True)
 
 
 # --- main -----------------------------------------------------------------------------------------
@@ -821,6 +1031,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--async-noop", action="store_true", help="also run A with an async no-op kind (A'), beside the sync one"
     )
+    parser.add_argument("--skip-naive", action="store_true", help="skip scenario C")
+    parser.add_argument(
+        "--observe",
+        default="metrics",
+        help="scenario A's observability modes, comma-separated, run alternately: off, metrics, tracing "
+        "(default metrics: as shipped, which is A itself and always runs)",
+    )
+    parser.add_argument(
+        "--broker",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="another broker (amqp://user:pass@host:port: RabbitMQ): also run scenario A, and the latency, "
+        "on a space of the script's own there (may be repeated; Redis is always measured)",
+    )
     parser.add_argument(
         "--timeout",
         type=float,
@@ -830,6 +1055,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.repeat < 1:
         parser.error("--jobs and --repeat must be at least 1")
+    args.modes = [mode.strip() for mode in args.observe.split(",") if mode.strip()]
+    if not args.modes or set(args.modes) - set(OBSERVE_MODES) or len(set(args.modes)) < len(args.modes):
+        parser.error(f"--observe takes distinct modes among {', '.join(OBSERVE_MODES)}")
+    for url in args.broker:
+        if url.split("://", 1)[0] not in BROKER_SPACES:
+            parser.error(
+                f"--broker {url}: takes a URL of {', '.join(s + '://...' for s in BROKER_SPACES)} "
+                "(Redis is always measured)"
+            )
     return args
 
 
@@ -837,12 +1071,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     timeout = args.timeout if args.timeout is not None else 60 + 0.03 * args.jobs
-    runs: dict[str, list[Run]] = {"full": [], "bare": [], "naive": []}
-    scenarios: list[tuple[str, Callable[[Bench, int, int], Run]]] = [("full", scenario_full)]
-    if args.async_noop:
-        runs["async"] = []
-        scenarios.append(("async", scenario_async))
-    scenarios += [("bare", scenario_bare), ("naive", scenario_naive)]
+    scenarios: list[Scenario] = []
+    runs: dict[str, list[Run]] = {}
     latency: list[Latency] = []
     bench = None
     try:
@@ -854,15 +1084,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.path.insert(0, str(workdir))  # the producer's registry knows bench.async_noop too
             print(f"creating database {BENCH_DB}_{common.RUN_ID} and migrating it; Redis {REDIS_URL}", flush=True)
             bench = Bench(common.recreate_database(BENCH_DB, common.PG_ADMIN_URL), workdir, timeout)
+            open_spaces(bench, args.broker)
+            scenarios = plan(args, bench)
+            runs = {scenario.key: [] for scenario in scenarios}
             for i in range(1, args.repeat + 1):
-                for key, scenario in scenarios:
-                    print(f"[run {i}/{args.repeat}] scenario {key}: {args.jobs:,} jobs", flush=True)
-                    run = scenario(bench, args.jobs, i)
-                    runs[key].append(run)
+                for scenario in scenarios:
+                    print(f"[run {i}/{args.repeat}] {scenario.label}: {args.jobs:,} jobs", flush=True)
+                    run = scenario.run(bench, args.jobs, i)
+                    runs[scenario.key].append(run)
                     print_run(run)
             if not args.skip_latency:
                 print("latency: full-path worker, jobs created one per transaction at a steady rate", flush=True)
-                latency = scenario_latency(bench, [(5.0, 60), (200.0, 2_000)])
+                for space in [None, *bench.spaces]:
+                    with bench.on(space):
+                        latency += scenario_latency(bench, [(5.0, 60), (200.0, 2_000)])
     except KeyboardInterrupt:
         print("\ninterrupted: stopping the processes this script started", flush=True)
         return 130
@@ -870,7 +1105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop_all()
         if bench is not None:
             bench.close()
-    print_summary(args, runs, latency)
+    print_summary(args, scenarios, runs, latency)
     return 0
 
 
