@@ -129,7 +129,15 @@ def queue_list(request: Request, viewer: ViewerDep, session: ReadSessionDep) -> 
 @router.get("/schedules")
 def schedule_list(request: Request, viewer: ViewerDep, session: ReadSessionDep) -> Response:
     """Every schedule: its timing, next and last fire, whether it is paused."""
-    return render(request, viewer, "schedules.html", schedules=schedules.list_schedules(session))
+    rows = schedules.list_schedules(session)
+    fires = queries.last_fires(session)
+    # Its own last_fire_at counts its timed fires; a run now is only in schedule_fires.
+    last: dict[str, dt.datetime] = {}
+    for row in rows:
+        times = [t for t in (row.last_fire_at, fires.get(row.name)) if t is not None]
+        if times:
+            last[row.name] = max(times)
+    return render(request, viewer, "schedules.html", schedules=rows, last_fire=last)
 
 
 @router.get("/batches")

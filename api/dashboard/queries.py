@@ -20,6 +20,7 @@ from jobs.kinds.batches.models import Batch
 from jobs.kinds.events.models import Event
 from jobs.kinds.files.models import File
 from jobs.models import JobStatus, UTCDateTime
+from jobs.scheduling.models import ScheduleFire
 from jobs.store.reading import _decode_cursor, _encode_cursor
 
 _Job = models.Job
@@ -73,6 +74,13 @@ def queues(session: Session, *, idle: bool = False) -> list[QueueRow]:
         row = rows.setdefault(pause.queue, QueueRow(pause.queue))
         row.paused_at, row.pause_reason = pause.paused_at, pause.reason
     return [rows[name] for name in sorted(rows)]
+
+
+def last_fires(session: Session) -> dict[str, dt.datetime]:
+    """Each schedule's latest fire, timed or run now (a range of ``schedule_fires``' unique index per
+    schedule)."""
+    query = select(ScheduleFire.schedule_name, func.max(ScheduleFire.fire_at)).group_by(ScheduleFire.schedule_name)
+    return {name: at for name, at in session.execute(query)}
 
 
 @dataclasses.dataclass(frozen=True)

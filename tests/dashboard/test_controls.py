@@ -144,7 +144,7 @@ def test_schedules_page_lists_them_and_pause_resume_run_now_and_delete_work(
     assert 'href="/dashboard/schedules" class="active"' in page
     nightly = page[page.index('data-schedule="nightly"') :].split("</tr>")[0]
     assert "0 3 * * *" in nightly and "Europe/Paris" in nightly and 'data-action="schedule-pause"' in nightly
-    assert "every 60.0 s" in page
+    assert "every 60.0 s" in page and "data-last-fire>-<" in nightly
     csrf = csrf_of(page)
     url = "/dashboard/schedule/nightly/actions"
     client.post(f"{url}/pause", data={"csrf": csrf, "reason": "maintenance"})
@@ -162,6 +162,8 @@ def test_schedules_page_lists_them_and_pause_resume_run_now_and_delete_work(
         after = session.scalar(select(func.count()).select_from(models.Job).where(models.Job.kind == "noop"))
         assert [fire.manual for fire in schedules.list_fires(session, "nightly")] == [True]
     assert after == (before or 0) + 1
+    nightly = client.get("/dashboard/schedules").text.split('data-schedule="nightly"')[1].split("</tr>")[0]
+    assert re.search(r"data-last-fire>\d+ s ago<", nightly), nightly  # was "-" before the run
     client.post(f"{url}/delete", data={"csrf": csrf})
     assert _schedule(database, "nightly") is None
     assert [(e.action, e.changed, e.reason) for e in _log(database)] == [
