@@ -1,7 +1,8 @@
 """What an operator can do from the dashboard, as tables: each action names the store function it
 goes through, the states it applies to, and whether it takes a reason. The pages draw their buttons
 from these tables, and the routes run them, so a new action (cancel, a queue's pause and resume, a
-schedule's run now) is one entry here.
+schedule's run now) is one entry here. Each goes through the same store function as the API and
+``jobctl``.
 
 Job actions apply to one job, a selection, or every job matching the list's filter; they are run in
 chunks of :data:`CHUNK` jobs, one transaction each (as ``jobctl replay`` does), and each is recorded
@@ -22,6 +23,9 @@ from jobs.kinds.batches import errors as batch_errors
 from jobs.kinds.batches import service as batches
 from jobs.kinds.batches.models import BATCH_TERMINAL, Batch
 from jobs.models import JobStatus
+from jobs.scheduling import service as schedules
+from jobs.scheduling.models import Schedule
+from jobs.store.cancelling import CANCELLABLE
 
 #: Jobs changed per transaction by a bulk action (as ``jobctl replay``'s REPLAY_CHUNK).
 CHUNK = 500
@@ -47,6 +51,8 @@ class JobAction:
     #: For a filter on one batch: (session, batch ID, job IDs, reason) -> the IDs changed, when the
     #: batch must hear of it (a replay reopens the batch, as ``jobctl replay --batch`` does).
     run_for_batch: Callable[[Session, uuid.UUID, Sequence[uuid.UUID], str | None], list[uuid.UUID]] | None = None
+    #: What the confirmation adds about its effect.
+    note: str = ""
 
 
 def _replay(session: Session, job_ids: Sequence[uuid.UUID], reason: str | None) -> list[uuid.UUID]:
@@ -63,13 +69,27 @@ def _retry_now(session: Session, job_ids: Sequence[uuid.UUID], reason: str | Non
     return store.retry_jobs_now(session, job_ids)
 
 
-#: Every job action, in the order the buttons are shown. (The cancel of a job, once the store has
-#: it, is one more entry: ``JobAction("cancel", "Cancel", (QUEUED, RETRYING, ...), _cancel, danger=True)``.)
+def _cancel(session: Session, job_ids: Sequence[uuid.UUID], reason: str | None) -> list[uuid.UUID]:
+    done = store.cancel(session, job_ids, reason=reason)
+    return done.cancelled + done.stopping
+
+
+#: Every job action, in the order the buttons are shown.
 JOB_ACTIONS: dict[str, JobAction] = {
     action.name: action
     for action in (
         JobAction("replay", "Replay", (JobStatus.FAILED,), _replay, takes_reason=True, run_for_batch=_replay_in_batch),
         JobAction("retry_now", "Retry now", (JobStatus.RETRYING,), _retry_now),
+        JobAction(
+            "cancel",
+            "Cancel",
+            CANCELLABLE,
+            _cancel,
+            takes_reason=True,
+            danger=True,
+            note="Jobs not running end cancelled at once; running ones are asked to stop and end cancelled "
+            "within a few seconds, their work rolled back (unless they finish first).",
+        ),
     )
 }
 
@@ -81,7 +101,7 @@ def actions_for(status: str) -> list[JobAction]:
 
 @dataclasses.dataclass(frozen=True)
 class ObjectAction:
-    """An action on one thing that is not a job (a batch; a queue or a schedule once they have any)."""
+    """An action on one thing that is not a job: a batch, a queue, a schedule."""
 
     name: str
     label: str
@@ -89,7 +109,8 @@ class ObjectAction:
     target: str
     #: Whether its button is shown for this object (the row the page shows).
     shown_for: Callable[[object], bool]
-    #: (session, the object's key, reason) -> how many jobs it changed (flushes, does not commit).
+    #: (session, the object's key, reason) -> how many it changed (flushes, does not commit): jobs
+    #: for a batch's cancel; for a queue or a schedule, 1 if it changed (a run now: its one new job).
     run: Callable[[Session, str, str | None], int]
     #: (session, the object's key) -> how many jobs it would change, for its confirmation (None: not said).
     count: Callable[[Session, str], int] | None = None
@@ -119,9 +140,61 @@ def _batch_running(batch: object) -> bool:
     return isinstance(batch, Batch) and batch.status not in BATCH_TERMINAL
 
 
-#: Every action on other things, by target. A queue's pause and resume and a schedule's pause,
-#: resume and run now are entries here once the store has them: the queues and schedules pages draw
-#: the buttons of their target.
+def _queue_paused(queue: object) -> bool:
+    return bool(getattr(queue, "paused", False))
+
+
+def _queue_running(queue: object) -> bool:
+    return not _queue_paused(queue)
+
+
+def _pause_queue(session: Session, key: str, reason: str | None) -> int:
+    return int(store.pause_queue(session, key, reason=reason))
+
+
+def _resume_queue(session: Session, key: str, reason: str | None) -> int:
+    return int(store.resume_queue(session, key) is not None)
+
+
+def _schedule_paused(schedule: object) -> bool:
+    return isinstance(schedule, Schedule) and schedule.paused
+
+
+def _schedule_running(schedule: object) -> bool:
+    return isinstance(schedule, Schedule) and not schedule.paused
+
+
+def _schedule_made_at_run_time(schedule: object) -> bool:
+    # One declared in code comes back at the next worker boot: it is removed from the code.
+    return isinstance(schedule, Schedule) and not schedule.declared
+
+
+def _pause_schedule(session: Session, key: str, reason: str | None) -> int:
+    was_paused = schedules.get_schedule(session, key).paused
+    return int(schedules.pause_schedule(session, key).paused and not was_paused)
+
+
+def _resume_schedule(session: Session, key: str, reason: str | None) -> int:
+    was_paused = schedules.get_schedule(session, key).paused
+    return int(was_paused and not schedules.resume_schedule(session, key).paused)
+
+
+def _run_schedule(session: Session, key: str, reason: str | None) -> int:
+    schedules.run_schedule(session, key)
+    return 1
+
+
+def _delete_schedule(session: Session, key: str, reason: str | None) -> int:
+    schedules.delete_schedule(session, key)
+    return 1
+
+
+def _always(obj: object) -> bool:
+    return True
+
+
+#: Every action on other things, by target: the batches, queues and schedules pages draw the
+#: buttons of their target.
 OBJECT_ACTIONS: dict[tuple[str, str], ObjectAction] = {
     (action.target, action.name): action
     for action in (
@@ -135,6 +208,12 @@ OBJECT_ACTIONS: dict[tuple[str, str], ObjectAction] = {
             takes_reason=True,
             danger=True,
         ),
+        ObjectAction("pause", "Pause", "queue", _queue_running, _pause_queue, takes_reason=True),
+        ObjectAction("resume", "Resume", "queue", _queue_paused, _resume_queue),
+        ObjectAction("pause", "Pause", "schedule", _schedule_running, _pause_schedule, takes_reason=True),
+        ObjectAction("resume", "Resume", "schedule", _schedule_paused, _resume_schedule),
+        ObjectAction("run", "Run now", "schedule", _always, _run_schedule),
+        ObjectAction("delete", "Delete", "schedule", _schedule_made_at_run_time, _delete_schedule, danger=True),
     )
 }
 

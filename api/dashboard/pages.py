@@ -1,5 +1,5 @@
-"""The dashboard's pages (GET): overview, jobs, a job, failures, running, queues, batches, files,
-events, the operator log. Each reads through an indexed query and renders a template; an htmx poll
+"""The dashboard's pages (GET): overview, jobs, a job, failures, running, queues, schedules,
+batches, files, events, the operator log. Each reads through an indexed query and renders a template; an htmx poll
 of a page gets its live region only (see :func:`api.dashboard.rendering.render`)."""
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from jobs.kinds.batches.models import Batch
 from jobs.kinds.events.models import Event
 from jobs.kinds.files.models import File
 from jobs.models import AttemptOutcome
+from jobs.scheduling import service as schedules
 from jobs.store import filtering
 
 router = APIRouter()
@@ -121,8 +122,22 @@ def running(request: Request, viewer: ViewerDep, session: ReadSessionDep) -> Res
 
 @router.get("/queues")
 def queue_list(request: Request, viewer: ViewerDep, session: ReadSessionDep) -> Response:
-    """Every queue: its jobs by status and its oldest queued job."""
-    return render(request, viewer, "queues.html", queues=queries.queues(session))
+    """Every queue: its jobs by status, its oldest queued job, whether it is paused."""
+    return render(request, viewer, "queues.html", queues=queries.queues(session, idle=True))
+
+
+@router.get("/schedules")
+def schedule_list(request: Request, viewer: ViewerDep, session: ReadSessionDep) -> Response:
+    """Every schedule: its timing, next and last fire, whether it is paused."""
+    rows = schedules.list_schedules(session)
+    fires = queries.last_fires(session)
+    # Its own last_fire_at counts its timed fires; a run now is only in schedule_fires.
+    last: dict[str, dt.datetime] = {}
+    for row in rows:
+        times = [t for t in (row.last_fire_at, fires.get(row.name)) if t is not None]
+        if times:
+            last[row.name] = max(times)
+    return render(request, viewer, "schedules.html", schedules=rows, last_fire=last)
 
 
 @router.get("/batches")

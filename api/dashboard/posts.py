@@ -54,7 +54,7 @@ class JobActionForm(BaseModel):
 
 
 class ObjectActionForm(BaseModel):
-    """The form of an action on a batch (or a queue, a schedule)."""
+    """The form of an action on a batch, a queue or a schedule."""
 
     csrf: str = ""
     reason: str = Field(default="", max_length=1000)
@@ -110,6 +110,7 @@ def preview_job_action(
         count=count,
         asked=asked,
         states=", ".join(action.applies_to),
+        note=action.note,
         post_to=f"{PREFIX}/jobs/actions/{action.name}",
         hidden={key: value for key, value in hidden.items() if value},
         job_ids=form.job_id,
@@ -182,11 +183,13 @@ def _object_action(target: str, name: str) -> actions.ObjectAction:
     return action
 
 
-@router.post("/{target}/{key}/actions/{name}/preview")
+# ``key:path``: a schedule's name may hold a slash.
+@router.post("/{target}/{key:path}/actions/{name}/preview")
 def preview_object_action(
     target: str, key: str, name: str, request: Request, form: Annotated[ObjectActionForm, Form()], database: DatabaseDep
 ) -> Response:
-    """A form to confirm an action on one batch (queue, schedule), with how many jobs it would change."""
+    """A form to confirm an action on one batch, queue or schedule (with how many jobs it would
+    change, when it says)."""
     viewer = auth.operator(request, form.csrf)
     action = _object_action(target, name)
     count = None
@@ -212,11 +215,11 @@ def preview_object_action(
     )
 
 
-@router.post("/{target}/{key}/actions/{name}")
+@router.post("/{target}/{key:path}/actions/{name}")
 def run_object_action(
     target: str, key: str, name: str, request: Request, form: Annotated[ObjectActionForm, Form()], database: DatabaseDep
 ) -> Response:
-    """Run an action on one batch (queue, schedule) and record it."""
+    """Run an action on one batch, queue or schedule and record it."""
     viewer = auth.operator(request, form.csrf)
     action = _object_action(target, name)
     reason = form.reason.strip() or None

@@ -14,12 +14,13 @@ from typing import Any, TypeVar
 from sqlalchemy import ColumnElement, func, literal, select, tuple_
 from sqlalchemy.orm import Session
 
-from jobs import models
+from jobs import models, registry
 from jobs.kinds.batches import service as batches
 from jobs.kinds.batches.models import Batch
 from jobs.kinds.events.models import Event
 from jobs.kinds.files.models import File
 from jobs.models import JobStatus, UTCDateTime
+from jobs.scheduling.models import ScheduleFire
 from jobs.store.reading import _decode_cursor, _encode_cursor
 
 _Job = models.Job
@@ -27,11 +28,17 @@ _Job = models.Job
 
 @dataclasses.dataclass
 class QueueRow:
-    """One queue: its jobs by status, and how long its oldest queued job has waited."""
+    """One queue: its jobs by status, how long its oldest queued job has waited, whether it is paused."""
 
     name: str
     counts: dict[str, int] = dataclasses.field(default_factory=dict)
     oldest_queued_at: dt.datetime | None = None
+    paused_at: dt.datetime | None = None
+    pause_reason: str | None = None
+
+    @property
+    def paused(self) -> bool:
+        return self.paused_at is not None
 
 
 def counts_by_kind(session: Session) -> dict[str, dict[str, int]]:
@@ -48,21 +55,32 @@ def counts_by_kind(session: Session) -> dict[str, dict[str, int]]:
 QUEUE_STATUSES = tuple(s.value for s in JobStatus if s not in (JobStatus.SUCCEEDED, JobStatus.CANCELLED))
 
 
-def queues(session: Session) -> list[QueueRow]:
-    """Every queue with jobs in :data:`QUEUE_STATUSES`: its counts in each, and its oldest queued
-    job (one range of ``ix_jobs_status_queue_enqueued_at`` per state)."""
+def queues(session: Session, *, idle: bool = False) -> list[QueueRow]:
+    """Every queue that has jobs in :data:`QUEUE_STATUSES` or is paused (with ``idle``, also those
+    the job kinds use and have no job in): its counts in each state, its oldest queued job (one
+    range of ``ix_jobs_status_queue_enqueued_at`` per state), and its pause (``queue_pauses``)."""
     query = (
         select(_Job.status, _Job.queue, func.count(), func.min(_Job.enqueued_at))
         .where(_Job.status.in_(QUEUE_STATUSES))
         .group_by(_Job.status, _Job.queue)
     )
-    rows: dict[str, QueueRow] = {}
+    rows: dict[str, QueueRow] = {name: QueueRow(name) for name in registry.of(session).queues()} if idle else {}
     for status, queue, count, oldest in session.execute(query):
         row = rows.setdefault(queue, QueueRow(queue))
         row.counts[status] = count
         if status == JobStatus.QUEUED:
             row.oldest_queued_at = oldest  # min() keeps the column's type: a UTC-aware datetime
+    for pause in session.scalars(select(models.QueuePause)):
+        row = rows.setdefault(pause.queue, QueueRow(pause.queue))
+        row.paused_at, row.pause_reason = pause.paused_at, pause.reason
     return [rows[name] for name in sorted(rows)]
+
+
+def last_fires(session: Session) -> dict[str, dt.datetime]:
+    """Each schedule's latest fire, timed or run now (a range of ``schedule_fires``' unique index per
+    schedule)."""
+    query = select(ScheduleFire.schedule_name, func.max(ScheduleFire.fire_at)).group_by(ScheduleFire.schedule_name)
+    return {name: at for name, at in session.execute(query)}
 
 
 @dataclasses.dataclass(frozen=True)

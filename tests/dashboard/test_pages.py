@@ -172,7 +172,7 @@ def test_pages_without_rows_say_so(client: TestClient) -> None:
         ("/dashboard/jobs", "no jobs match"),
         ("/dashboard/failures", "no failed jobs"),
         ("/dashboard/running", "nothing is running"),
-        ("/dashboard/queues", "no queue has unfinished or failed jobs"),
+        ("/dashboard/schedules", "no schedules yet"),
         ("/dashboard/batches", "no batches yet"),
         ("/dashboard/files", "no files yet"),
         ("/dashboard/events", "no events yet"),
