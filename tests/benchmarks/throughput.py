@@ -1,17 +1,17 @@
 """Throughput, memory and latency of the job runner, against bare Dramatiq and a naive ORM actor.
 
-What it measures (one worker process x 8 threads everywhere, ``dramatiq_worker_timeout`` = 10 ms,
-PostgreSQL database ``jobrunner_bench`` (dropped and re-created, then migrated), Redis db 13
-(flushed before each scenario)):
+What it measures (``--processes`` worker processes, default 1, x 8 threads everywhere,
+``dramatiq_worker_timeout`` = 10 ms, PostgreSQL database ``jobrunner_bench`` (dropped and re-created,
+then migrated), Redis db 13 (flushed before each scenario)):
 
 A. **full path**: N ``noop`` jobs created with ``jobs.store.create_job`` in a few big transactions (their
    IDs go to Redis after each commit; timed apart as "enqueue"), then ONE real worker started with
-   ``jobctl worker --processes 1 --threads 8``. Throughput = N / (max(finished_at) - min(started_at)),
+   ``jobctl worker --processes P --threads 8``. Throughput = N / (max(finished_at) - min(started_at)),
    read from the ``jobs`` table; the wall clock from spawning the worker until the poll (every 0.2 s)
    sees all N ``succeeded`` is printed too. The worker *child* process's RSS is sampled after ~1,000
    jobs and after all N.
 B. **bare Dramatiq**: N messages to a no-op actor (Dramatiq's default middleware) in a module this
-   script writes to a temporary directory, run with ``dramatiq <module> --processes 1 --threads 8``.
+   script writes to a temporary directory, run with ``dramatiq <module> --processes P --threads 8``.
    To be timed, each message does ONE Redis round trip: ``RPUSH`` of its own start and end
    timestamps. Throughput = N / (last end - first start).
 C. **naive pattern**: N queued rows bulk-inserted, their IDs sent to an actor (default middleware)
@@ -31,7 +31,9 @@ A (observe=MODE) (with ``--observe``): A once per observability mode listed, alt
 A (BROKER) (with ``--broker URL``, which may be repeated): A again, in the same run, with
    ``JOBRUNNER_BROKER_URL`` on a space of the script's own on that broker: for ``amqp://...``
    (RabbitMQ) a vhost ``jobrunner_bench_<hex>``, made with ``rabbitmqctl`` on the local node the URL
-   names and deleted at exit. The summary gives its rate beside A's and their ratio (and its latency
+   names and deleted at exit; for ``postgresql`` (or any ``postgresql://`` URL: its own host and
+   database are not used) the PostgreSQL broker on the bench database itself, whose ``jobs`` table is
+   the queue (label ``A (postgres)``). The summary gives its rate beside A's and their ratio (and its latency
    beside A's, unless ``--skip-latency``).
 Latency (unless ``--skip-latency``): with a full-path worker running, jobs created one per
    transaction through the real path (``create_job`` + commit, which sends the ID) by a pacing loop,
@@ -50,6 +52,10 @@ where it makes a database of its own; a redis-server of its own; both removed at
 
     .venv/bin/python tests/benchmarks/throughput.py [--jobs N] [--repeat K] [--skip-latency] [--async-noop]
         [--observe off,metrics,tracing] [--skip-naive] [--broker amqp://guest:guest@127.0.0.1:5672]
+        [--broker postgresql] [--processes N]
+
+``--processes 2`` runs every worker (A, B and C alike, so the ratios stay like for like) with 2
+processes of 8 threads.
 
 Environment overrides: ``JOBRUNNER_BENCH_PG_ADMIN_URL`` (default
 ``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``), ``JOBRUNNER_BENCH_REDIS_URL`` (default: a
@@ -100,6 +106,7 @@ except ImportError:  # pragma: no cover - /proc fallback
 BENCH_DB = "jobrunner_bench"
 REDIS_URL = common.redis_url(13)
 BIN = Path(sys.executable).parent  # the venv's bin: jobctl and dramatiq live beside this python
+#: Worker processes of every scenario's worker (``--processes``).
 PROCESSES = 1
 THREADS = 8
 CONSUMER_TIMEOUT_MS = 10
@@ -231,7 +238,7 @@ class BrokerSpace:
     close: Callable[[], None]  # remove the space
 
 
-def rabbitmq_space(node_url: str) -> BrokerSpace:
+def rabbitmq_space(bench: Bench, node_url: str) -> BrokerSpace:
     """A vhost of the script's own on the RabbitMQ node of ``node_url`` (deleted by ``close``)."""
     from tests import rabbitmq  # pika, only when asked for
 
@@ -239,16 +246,34 @@ def rabbitmq_space(node_url: str) -> BrokerSpace:
     return BrokerSpace(
         name="rabbitmq",
         url=vhost.url,
-        where=f"vhost {vhost.name} on {node_url}",
+        where=f"vhost {vhost.name} on {node_url} (removed at exit)",
         flush=lambda: vhost.flush(["default"]),
         count=lambda: vhost.count("default"),
         close=vhost.close,
     )
 
 
-#: ``--broker`` URL schemes and how to make a space of the script's own there. Another broker (say
-#: ``postgresql``) is one more entry: each ``--broker`` adds one run of scenario A.
-BROKER_SPACES: dict[str, Callable[[str], BrokerSpace]] = {"amqp": rabbitmq_space, "amqps": rabbitmq_space}
+def postgres_space(bench: Bench, _url: str) -> BrokerSpace:
+    """The PostgreSQL broker on the bench database itself: its ``jobs`` table is the queue, so there is
+    nothing to make, flush (``Bench.reset`` empties the table) or remove."""
+    return BrokerSpace(
+        name="postgres",
+        url=bench.url,
+        where="the PostgreSQL broker on the bench database (the jobs table is the queue)",
+        flush=lambda: None,
+        count=lambda: bench.count_waiting(),
+        close=lambda: None,
+    )
+
+
+#: ``--broker`` URL schemes (``postgresql`` alone is taken as a scheme too) and how to make a space of
+#: the script's own there: each ``--broker`` adds one run of scenario A.
+BROKER_SPACES: dict[str, Callable[[Bench, str], BrokerSpace]] = {
+    "amqp": rabbitmq_space,
+    "amqps": rabbitmq_space,
+    "postgresql": postgres_space,
+    "postgresql+psycopg": postgres_space,
+}
 
 
 class Bench:
@@ -308,6 +333,11 @@ class Bench:
     def count_succeeded(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(text("SELECT count(*) FROM jobs WHERE status = 'succeeded'")).scalar_one())
+
+    def count_waiting(self) -> int:
+        """Jobs waiting to be run (the PostgreSQL broker's queue)."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(text("SELECT count(*) FROM jobs WHERE status = 'queued'")).scalar_one())
 
     def counts_by_status(self) -> dict[str, int]:
         with self.engine.connect() as conn:
@@ -862,7 +892,7 @@ def print_summary(
     line = "=" * 100
     print(
         f"\n{line}\njobrunner throughput benchmark: {args.jobs:,} jobs per scenario, {args.repeat} run(s) each "
-        f"(medians), 1 worker process x {THREADS} threads, consumer timeout {CONSUMER_TIMEOUT_MS} ms, "
+        f"(medians), {PROCESSES} worker process(es) x {THREADS} threads, consumer timeout {CONSUMER_TIMEOUT_MS} ms, "
         f"{os.cpu_count()} CPUs\n{line}"
     )
     header = (
@@ -1010,12 +1040,12 @@ def plan(args: argparse.Namespace, bench: Bench) -> list[Scenario]:
 def open_spaces(bench: Bench, urls: Sequence[str]) -> None:
     """A space of the script's own on each ``--broker`` (removed by ``bench.close()``)."""
     for url in urls:
-        space = BROKER_SPACES[url.split("://", 1)[0]](url)
+        space = BROKER_SPACES[url.split("://", 1)[0]](bench, url)
         same_kind = sum(other.name.split("-")[0] == space.name for other in bench.spaces)
         if same_kind:
             space.name = f"{space.name}-{same_kind + 1}"  # keys and labels stay distinct
         bench.spaces.append(space)
-        print(f"{space.name}: {space.where} (removed at exit)", flush=True)
+        print(f"{space.name}: {space.where}", flush=True)
 
 
 # --- main -----------------------------------------------------------------------------------------
@@ -1043,8 +1073,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="URL",
-        help="another broker (amqp://user:pass@host:port: RabbitMQ): also run scenario A, and the latency, "
-        "on a space of the script's own there (may be repeated; Redis is always measured)",
+        help="another broker: also run scenario A, and the latency, on a space of the script's own there "
+        "(may be repeated; Redis is always measured): amqp://user:pass@host:port, a vhost on that RabbitMQ node; "
+        "postgresql, the PostgreSQL broker on the bench database",
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes of every scenario's worker (default 1; 8 threads each)",
     )
     parser.add_argument(
         "--timeout",
@@ -1053,8 +1091,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="longest wait for one scenario, seconds (default 60 + 0.03 s per job)",
     )
     args = parser.parse_args(argv)
-    if args.jobs < 1 or args.repeat < 1:
-        parser.error("--jobs and --repeat must be at least 1")
+    if args.jobs < 1 or args.repeat < 1 or args.processes < 1:
+        parser.error("--jobs, --repeat and --processes must be at least 1")
     args.modes = [mode.strip() for mode in args.observe.split(",") if mode.strip()]
     if not args.modes or set(args.modes) - set(OBSERVE_MODES) or len(set(args.modes)) < len(args.modes):
         parser.error(f"--observe takes distinct modes among {', '.join(OBSERVE_MODES)}")
@@ -1068,7 +1106,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    global PROCESSES
     args = parse_args(argv)
+    PROCESSES = args.processes
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     timeout = args.timeout if args.timeout is not None else 60 + 0.03 * args.jobs
     scenarios: list[Scenario] = []
