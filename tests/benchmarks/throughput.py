@@ -234,7 +234,7 @@ class BrokerSpace:
     url: str  # what JOBRUNNER_BROKER_URL gets
     where: str  # for the log: what was made, where
     flush: Callable[[], None]  # drop every message of the space
-    count: Callable[[], int]  # messages waiting on the default queue
+    count: Callable[[], int]  # messages (jobs, on PostgreSQL) waiting on the default queue
     close: Callable[[], None]  # remove the space
 
 
@@ -579,7 +579,7 @@ def _full_path(
     queued = bench.redis.hlen("dramatiq:default.msgs") if bench.space is None else bench.space.count()
     print(
         f"  enqueued {n} jobs in {run.enqueue_seconds:.2f} s ({n / run.enqueue_seconds:,.0f}/s); "
-        f"{queued} messages in {bench.broker_name}",
+        f"{queued} waiting on {bench.broker_name}",
         flush=True,
     )
     bench.vacuum()
