@@ -111,7 +111,7 @@ def jobs_create(
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Create a job of a public kind, as ``POST /jobs`` does; its ID goes to the workers once committed.
+    """Create a job of a public kind, as POST /jobs does; its ID goes to the workers once committed.
 
     KIND is a public job kind. With --run-at or --delay (not both) the job is scheduled until then.
     """
@@ -136,19 +136,15 @@ def jobs_create(
             )
         except (errors.UnknownJobKind, errors.JobKindNotPublic, errors.InvalidJobArgs) as exc:
             raise UsageError(str(exc)) from exc
-        created = {
-            "job_id": str(job.id),
-            "status": models.JobStatus(job.status).value,
-            "duplicate": duplicate,
-            "run_at": job.run_at.isoformat() if job.run_at else None,
-        }
+        job_id, job_status, due_at = job.id, models.JobStatus(job.status), job.run_at  # read before the commit
     if as_json:
-        typer.echo(json.dumps(created))
+        answer = {"job_id": str(job_id), "status": job_status.value, "duplicate": duplicate}
+        typer.echo(json.dumps({**answer, "run_at": due_at.isoformat() if due_at else None}))
     elif duplicate:
-        typer.echo(f"duplicate: job {created['job_id']} ({created['status']}) already holds key {unique_key!r}")
+        typer.echo(f"duplicate: job {job_id} ({job_status.value}) already holds key {unique_key!r}")
     else:
-        due = f", runs at {when(job.run_at)}" if created["status"] == models.JobStatus.SCHEDULED else ""
-        typer.echo(f"created job {created['job_id']} ({created['status']}{due})")
+        due = f", runs at {when(due_at)}" if job_status == models.JobStatus.SCHEDULED else ""
+        typer.echo(f"created job {job_id} ({job_status.value}{due})")
 
 
 def _json_object(text: str) -> dict[str, Any]:
