@@ -62,11 +62,21 @@ _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
+def parse_duration(value: str) -> dt.timedelta:
+    """``30s``, ``30m``, ``2h``, ``3d`` or ``1w``."""
+    match = _DURATION.match(value.strip())
+    if not match:
+        raise UsageError(f"not a duration (30s, 30m, 2h, 3d, 1w): {value!r}")
+    try:
+        return dt.timedelta(seconds=int(match[1]) * _UNIT_SECONDS[match[2]])
+    except OverflowError:
+        raise UsageError(f"too long a duration: {value!r}") from None
+
+
 def parse_time(value: str) -> dt.datetime:
     """``30m``, ``2h``, ``3d``, ``1w`` (that long ago) or an ISO time (UTC if it names no zone)."""
-    match = _DURATION.match(value.strip())
-    if match:
-        return store.utcnow() - dt.timedelta(seconds=int(match[1]) * _UNIT_SECONDS[match[2]])
+    if _DURATION.match(value.strip()):
+        return store.utcnow() - parse_duration(value)
     try:
         parsed = dt.datetime.fromisoformat(value)
     except ValueError:

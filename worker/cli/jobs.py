@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
-from jobs import db, idempotency, models, store, views
+from jobs import db, errors, idempotency, models, store, views
 from jobs.config import get_settings
 from worker import producer, sweeper
 from worker.cli.common import (
     TIME_FORMS,
     JsonOption,
+    UsageError,
     first_line,
     jobs_table,
     new_console,
     open_database,
+    parse_duration,
     parse_ids,
     parse_time,
     when,
@@ -85,6 +87,95 @@ def jobs_show(job_id: Annotated[str, typer.Argument(metavar="ID", hidden=True)],
     if job.error_traceback:
         console.print("[bold]last traceback[/bold]:")
         console.print(job.error_traceback, markup=False)
+
+
+#: The longest ``--delay`` (a year), as ``POST /jobs`` caps ``delay_seconds``.
+MAX_DELAY = dt.timedelta(days=366)
+#: The longest ``--unique-key``, as the column (and ``POST /jobs``) holds.
+MAX_UNIQUE_KEY = 200
+
+
+@app.command("create")
+def jobs_create(
+    kind: Annotated[str, typer.Argument(metavar="KIND", hidden=True)],
+    args: Annotated[str, typer.Option("--args", metavar="JSON", help="The job's arguments, a JSON object.")] = "{}",
+    run_at: Annotated[
+        str | None, typer.Option("--run-at", metavar="TIME", help="Run at this ISO 8601 time, with a timezone.")
+    ] = None,
+    delay: Annotated[
+        str | None, typer.Option(metavar="DURATION", help="Run this long from now (30s, 30m, 2h, 3d, 1w).")
+    ] = None,
+    unique_key: Annotated[
+        str | None,
+        typer.Option(metavar="KEY", help="While a job of KIND with this key is unfinished, report that one instead."),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Create a job of a public kind, as POST /jobs does; its ID goes to the workers once committed.
+
+    KIND is a public job kind. With --run-at or --delay (not both) the job is scheduled until then.
+    """
+    parsed_args = _json_object(args)
+    when_due = _aware_time(run_at) if run_at is not None else None
+    delay_for = _delay(delay) if delay is not None else None
+    if when_due is not None and delay_for is not None:
+        raise UsageError("give --run-at or --delay, not both")
+    if unique_key is not None and not 1 <= len(unique_key) <= MAX_UNIQUE_KEY:
+        raise UsageError(f"--unique-key must be 1 to {MAX_UNIQUE_KEY} characters")
+    settings = get_settings()
+    with open_database(settings) as database, db.session_scope(database.sessions) as session:
+        try:
+            job, duplicate = store.create_or_find_job(
+                session,
+                kind,
+                parsed_args,
+                public_only=True,
+                run_at=when_due,
+                delay=delay_for,
+                unique_key=unique_key,
+            )
+        except (errors.UnknownJobKind, errors.JobKindNotPublic, errors.InvalidJobArgs) as exc:
+            raise UsageError(str(exc)) from exc
+        job_id, job_status, due_at = job.id, models.JobStatus(job.status), job.run_at  # read before the commit
+    if as_json:
+        answer = {"job_id": str(job_id), "status": job_status.value, "duplicate": duplicate}
+        typer.echo(json.dumps({**answer, "run_at": due_at.isoformat() if due_at else None}))
+    elif duplicate:
+        typer.echo(f"duplicate: job {job_id} ({job_status.value}) already holds key {unique_key!r}")
+    else:
+        due = f", runs at {when(due_at)}" if job_status == models.JobStatus.SCHEDULED else ""
+        typer.echo(f"created job {job_id} ({job_status.value}{due})")
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--args is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"--args must be a JSON object, not {type(value).__name__}: {text}")
+    return value
+
+
+def _aware_time(text: str) -> dt.datetime:
+    """An ISO 8601 time with a timezone, in UTC; a naive time is refused, as ``POST /jobs`` does."""
+    try:
+        parsed = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"--run-at is not an ISO 8601 time: {text!r}") from None
+    if parsed.tzinfo is None:
+        raise UsageError(f"--run-at needs a timezone (such as +01:00 or Z): {text!r}")
+    try:
+        return parsed.astimezone(dt.UTC)
+    except OverflowError:
+        raise UsageError(f"--run-at is out of range: {text!r}") from None
+
+
+def _delay(text: str) -> dt.timedelta:
+    delay = parse_duration(text)
+    if delay > MAX_DELAY:
+        raise UsageError(f"--delay is at most {MAX_DELAY.days} days: {text!r}")
+    return delay
 
 
 def stats(as_json: JsonOption = False) -> None:
