@@ -30,9 +30,11 @@ PLACEHOLDERS = {
 
 
 def _code_lines() -> list[str]:
-    """Lines of the README's shell blocks, without their comments."""
-    blocks = re.findall(r"```sh\n(.*?)```", README, flags=re.S)
-    return [line.split("#")[0].strip() for block in blocks for line in block.splitlines() if line.split("#")[0].strip()]
+    """Lines of the README's shell blocks, without their comments, leading ``NAME=value`` settings
+    and a trailing ``&``."""
+    blocks = re.findall(r"```(?:sh|bash)\n(.*?)```", README, flags=re.S)
+    lines = [line.split("#")[0].strip() for block in blocks for line in block.splitlines()]
+    return [re.sub(r"^(\w+=\S+ +)+(?=jobctl )", "", line).removesuffix("&").strip() for line in lines if line]
 
 
 def _inline_jobctl() -> list[str]:
@@ -73,7 +75,12 @@ def _parse(argv: list[str]) -> None:
 
 def test_the_readme_shows_the_commands_this_test_checks():
     commands = _readme_jobctl_commands()
-    for expected in ("jobctl db upgrade", "jobctl worker --processes 2 --threads 8", "jobctl events rebuild products"):
+    for expected in (
+        "jobctl db upgrade",
+        "jobctl worker --processes 2 --threads 8",
+        "jobctl events rebuild products",
+        "jobctl worker --processes 1 --threads 4",  # after JOBRUNNER_JOB_MODULES=shopapp.kinds
+    ):
         assert any(c.startswith(expected) for c in commands), expected
     assert "make test" in _code_lines() and "make demo" in _code_lines()
 
@@ -109,3 +116,9 @@ def test_each_benchmark_the_readme_names_runs_with_help():
             timeout=60,
         )
         assert result.returncode == 0, result.stderr
+
+
+def test_each_honcho_process_of_the_readme_is_in_the_procfile():
+    started = [line.split()[2:] for line in _code_lines() if line.startswith("honcho start ")]
+    procfile = {line.split(":", 1)[0] for line in (REPO_ROOT / "Procfile").read_text().splitlines() if line}
+    assert started and all(names and set(names) <= procfile for names in started), (started, procfile)

@@ -33,6 +33,24 @@ RUN_BY = {
     'export JOBRUNNER_DATABASE_URL="sqlite:///$PWD/var/jobrunner.db" '
     'JOBRUNNER_BROKER_URL="unix://$PWD/var/redis.sock?db=0"': "test_the_quickstart_runs_against_jobctl_dev",
     "export PYTHONPATH=examples/shop": "test_the_use_it_in_your_service_block_runs_the_shop",
+    # test_readme_requests.py: the curl lines through the real app, the other blocks in a shell.
+    "curl -X POST localhost:8000/jobs -H 'content-type: application/json' "
+    """-d '{"kind": "sleep", "args": {"seconds": 600}}'""": "test_the_cancel_block_cancels_the_sleep_job_it_started",
+    "curl localhost:8000/queues": "test_the_queues_block_lists_pauses_and_resumes_the_default_queue",
+    "JOBRUNNER_API_TOKEN=s3cret jobctl api --port 8000": (
+        "test_the_dashboard_block_serves_the_dashboard_behind_the_api_token"
+    ),
+    'curl -s -H "Authorization: Bearer $JOBRUNNER_METRICS_TOKEN" http://127.0.0.1:8000/metrics': (
+        "test_the_metrics_block_scrapes_with_the_metrics_token"
+    ),
+    "cd deploy/prometheus && promtool check rules alerts.yml && promtool test rules alerts_test.yml": (
+        "test_the_alert_rules_block_runs_promtool_as_shown"
+    ),
+    "pip install 'jobrunner[otel]'": "test_the_tracing_block_exports_the_api_spans_to_the_collector",
+    # Real `jobctl worker` processes on an amqp:// JOBRUNNER_BROKER_URL (every other worker test: redis://).
+    "export JOBRUNNER_BROKER_URL=redis://127.0.0.1:6379/0": (
+        "test_workers_reconnect_when_every_connection_of_the_vhost_is_closed"
+    ),
 }
 #: Longest a block may run.
 BLOCK_TIMEOUT_SECONDS = 120
