@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from jobs import errors, models, registry, sending
 from jobs.models import JobStatus
 from jobs.observe import tracecontext
-from jobs.store.clock import database_time
+from jobs.store.clock import database_time, db_now
 
 _jobs = models.Job.__table__
 
@@ -84,9 +84,15 @@ def create_or_find_job(
     job_kind = registry.of(session).get(kind)
     if public_only and not job_kind.public:
         raise errors.JobKindNotPublic(f"job kind {kind!r} is internal: only the runner creates it")
-    now = database_time(session.connection())  # enqueued_at is compared by the sweeper on another host
-    run_at = _due_time(now, run_at=run_at, delay=delay)
-    scheduled = run_at is not None and run_at > now
+    # created_at and enqueued_at are the database's time (the sweeper compares enqueued_at on other
+    # hosts): written by the INSERT itself, unless a due time must be computed here. So a job added
+    # to an AsyncSession's sync session (jobs.enqueue) costs no query before its flush.
+    now: dt.datetime | None = None
+    stamp: Any = db_now()
+    if run_at is not None or delay is not None:
+        now = stamp = database_time(session.connection())
+        run_at = _due_time(now, run_at=run_at, delay=delay)
+    scheduled = now is not None and run_at is not None and run_at > now
     job = models.Job(
         id=job_id or uuid.uuid4(),
         kind=kind,
@@ -95,8 +101,8 @@ def create_or_find_job(
         status=JobStatus.SCHEDULED if scheduled else JobStatus.QUEUED,
         attempts=0,
         max_attempts=max_attempts or job_kind.max_attempts,
-        created_at=now,
-        enqueued_at=now,
+        created_at=stamp,
+        enqueued_at=stamp,
         replay_count=0,
         run_at=run_at,
         unique_key=unique_key,
@@ -108,7 +114,7 @@ def create_or_find_job(
         existing = _add_unique(session, job)
         if existing is not None:
             return existing, True
-    delay_ms = math.ceil((run_at - now).total_seconds() * 1000) if scheduled and run_at is not None else None
+    delay_ms = math.ceil((run_at - now).total_seconds() * 1000) if scheduled and run_at and now else None
     sending.send_after_commit(session, sending.JobMessage(job.id, job.queue, delay_ms=delay_ms, message_id=job.id))
     return job, False
 
