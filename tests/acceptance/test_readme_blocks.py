@@ -51,6 +51,10 @@ RUN_BY = {
     "export JOBRUNNER_BROKER_URL=redis://127.0.0.1:6379/0": (
         "test_workers_reconnect_when_every_connection_of_the_vhost_is_closed"
     ),
+    # Real `jobctl worker` processes whose JOBRUNNER_BROKER_URL is the jobs database (PostgreSQL only).
+    "export JOBRUNNER_DATABASE_URL=postgresql://app:secret@db.internal:5432/jobs": (
+        "test_worker_on_the_postgresql_broker_survives_a_postgresql_restart"
+    ),
 }
 #: Longest a block may run.
 BLOCK_TIMEOUT_SECONDS = 120

@@ -31,5 +31,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index('ix_jobs_waiting', table_name='jobs')
-    with op.batch_alter_table('jobs') as batch_op:
-        batch_op.drop_column('taken_until')
+    # Not in batch mode: on SQLite that recreates the table, which the attempt-counting trigger of
+    # 0011 (on job_attempts, reading jobs) refuses; SQLite (3.35+) drops a column in place.
+    op.drop_column('jobs', 'taken_until')
