@@ -93,9 +93,8 @@ def test_two_apis_answer_for_two_workers_exactly_across_restarts(apis, workers, 
     ]
     flaky = httpx.post(f"{api_b.url}/jobs", json={"kind": "fail", "args": {"fail_times": 1}}).json()["job_id"]
     permanent = httpx.post(f"{api_b.url}/jobs", json={"kind": "fail", "args": {"permanent": True}}).json()["job_id"]
-    logged = _create(database, "test.log_then_fail", {})
     doomed = _create(database, "test.wait", {"seconds": 1.0})
-    ids += [uuid.UUID(flaky), uuid.UUID(permanent), logged, doomed]
+    ids += [uuid.UUID(flaky), uuid.UUID(permanent), doomed]
 
     # kill -9 the worker process running `doomed`: its attempt is lost, the job runs again.
     def running_on() -> int | None:
@@ -104,6 +103,9 @@ def test_two_apis_answer_for_two_workers_exactly_across_restarts(apis, workers, 
             return int(job.worker_id.rsplit(":", 1)[1]) if job and job.status == "running" else None
 
     os.kill(wait_until(running_on, what="the job to be killed to run"), signal.SIGKILL)
+    # Created after the kill, so that no other job than `doomed` can die with that process.
+    logged = _create(database, "test.log_then_fail", {})
+    ids.append(logged)
     wait_until(lambda: _statuses(database, ids)[uuid.UUID(permanent)] == "failed", what="the permanent failure")
     assert httpx.post(f"{api_a.url}/jobs/{permanent}/replay", json={"reason": "again"}).status_code == 202
     terminal = {status.value for status in models.TERMINAL}
