@@ -24,10 +24,10 @@ test: $(STAMP)
 	$(MAKE) --no-print-directory -j2 --output-sync=target test-postgres test-sqlite
 
 test-postgres: $(STAMP)
-	JOBRUNNER_TEST_DATABASE=postgresql $(BIN)/pytest -q
+	JOBRUNNER_TEST_DATABASE=postgresql $(BIN)/pytest -q --reruns 1
 
 test-sqlite: $(STAMP)
-	JOBRUNNER_TEST_DATABASE=sqlite $(BIN)/pytest -q
+	JOBRUNNER_TEST_DATABASE=sqlite $(BIN)/pytest -q --reruns 1
 
 # The quality gates CI runs before the tests: lint, formatting, types.
 lint: $(STAMP)
