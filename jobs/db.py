@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
 from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -35,18 +37,60 @@ def normalize_url(url: str | URL) -> URL:
     return parsed
 
 
-def make_engine(url: str | URL, *, pool_size: int = 5, application_name: str = "jobrunner") -> Engine:
-    """Build an engine for PostgreSQL (psycopg 3) or SQLite (set up for concurrent threads)."""
+def make_engine(
+    url: str | URL,
+    *,
+    pool_size: int = 5,
+    application_name: str = "jobrunner",
+    ping_after_idle_seconds: float | None = None,
+) -> Engine:
+    """Build an engine for PostgreSQL (psycopg 3) or SQLite (set up for concurrent threads).
+
+    A PostgreSQL connection is tested with a round trip when it leaves the pool, so that one that
+    died while pooled (a server restart) is replaced before use. ``ping_after_idle_seconds``: only
+    one that sat in the pool longer than that is tested (:func:`_ping_when_idle`); the worker sets
+    it, for a connection that comes back within milliseconds, as on its per-job path, was alive
+    then, and the claim replaces the rare one that died meanwhile (:mod:`worker.middleware`).
+    """
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _make_sqlite_engine(parsed, pool_size=pool_size)
-    return create_engine(
+    engine = create_engine(
         parsed,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        pool_pre_ping=ping_after_idle_seconds is None,
         connect_args={"application_name": application_name},
     )
+    if ping_after_idle_seconds is not None:
+        _ping_when_idle(engine, ping_after_idle_seconds)
+    return engine
+
+
+#: Where a pooled connection's record keeps when it was last given back.
+_RETURNED_AT = "jobrunner_returned_at"
+
+
+def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
+    """Test a connection at checkout only when it sat in the pool more than ``idle_seconds``: the
+    pool's documented way of refusing a connection (a checkout hook raising DisconnectionError,
+    after which the pool tries another), with the dialect's own ping."""
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_RETURNED_AT] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        returned_at = record.info.get(_RETURNED_AT)
+        if returned_at is None or time.monotonic() - returned_at <= idle_seconds:
+            return  # new, or back in the pool only a moment ago
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except psycopg.Error as exc:
+            raise sa_exc.DisconnectionError(str(exc)) from exc
+        if not alive:
+            raise sa_exc.DisconnectionError("the connection did not answer a ping")
 
 
 def _make_sqlite_engine(url: URL, *, pool_size: int) -> Engine:
@@ -146,10 +190,14 @@ def make_database(
     sender: sending.Sender | None = None,
     registry: Registry | None = None,
     application_name: str = "jobrunner",
+    ping_after_idle_seconds: float | None = None,
 ) -> Database:
     """Build an engine and a sessionmaker whose sessions know the job kinds (``registry``, needed to
-    create, fail or recover jobs) and send job IDs to ``sender`` after they commit."""
-    engine = make_engine(url, pool_size=pool_size, application_name=application_name)
+    create, fail or recover jobs) and send job IDs to ``sender`` after they commit. ``ping_after_idle_seconds``:
+    see :func:`make_engine`."""
+    engine = make_engine(
+        url, pool_size=pool_size, application_name=application_name, ping_after_idle_seconds=ping_after_idle_seconds
+    )
     info = {sending.SENDER_KEY: sender, REGISTRY_KEY: registry}
     sessions = sessionmaker(engine, expire_on_commit=False, info=info)
     sending.install(sessions)

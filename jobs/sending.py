@@ -93,12 +93,14 @@ def _event_target(sessions: sessionmaker[Session] | async_sessionmaker[AsyncSess
 def _send_in_transaction(session: Session) -> None:
     # before_commit runs for the root transaction only, before its last flush and its COMMIT; what
     # the sender runs on the connection commits (or rolls back) with the jobs' rows.
+    # Most commits send nothing: look for pending messages before the (slow) protocol check.
+    if not session.info.get(_PENDING_KEY):
+        return
     sender = session.info.get(SENDER_KEY)
     if not isinstance(sender, InTransactionSender):
         return
-    pending: list[JobMessage] = session.info.pop(_PENDING_KEY, [])
-    if pending:
-        sender.send_in_transaction(session.connection(), pending)
+    pending: list[JobMessage] = session.info.pop(_PENDING_KEY)
+    sender.send_in_transaction(session.connection(), pending)
 
 
 def _send_pending(session: Session) -> None:

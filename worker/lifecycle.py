@@ -21,6 +21,10 @@ from worker import producer, scheduler, sweeper
 from worker.periodic import Periodic
 from worker.state import WorkerState, worker_id
 
+#: A pooled connection idle longer than this is pinged when checked out; one back sooner (as on a
+#: busy worker's per-job path) is used as it is (see ``db.make_engine``).
+PING_AFTER_IDLE_SECONDS = 1.0
+
 logger = logging.getLogger(__name__)
 
 
@@ -49,6 +53,8 @@ class WorkerLifecycle(Middleware):
                 sender=producer.make_sender(broker),
                 registry=state.registry,
                 application_name="jobrunner-worker",
+                # No ping per job: the claim replaces a connection found broken (worker.middleware).
+                ping_after_idle_seconds=PING_AFTER_IDLE_SECONDS,
             )
         if state.async_database is None and state.registry.has_async_kinds():
             state.async_database = db.make_async_database(

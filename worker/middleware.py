@@ -130,18 +130,8 @@ class JobSessionMiddleware(Middleware):
         One connection serves the claim (committed at once) and then the job's session, so a job
         costs one pool checkout."""
         job_id = _job_id(message)
-        connection = None
         claim_started_ns = time.time_ns()
-        try:
-            connection = self.state.require_database().engine.connect()
-            job = self._claim(connection, job_id)
-        except sa_exc.SQLAlchemyError as exc:
-            _log(job_id, None, "db_unreachable", "message skipped, the sweeper re-sends it: %s", exc)
-            _close_connection(connection)
-            raise SkipMessage() from None
-        except BaseException:
-            _close_connection(connection)
-            raise
+        connection, job = self._connect_and_claim(job_id)
         kind = self.state.registry.find(job.kind)
         limit = kind.time_limit_seconds if kind and kind.time_limit_seconds else self.settings.time_limit_seconds
         # TimeLimit (after us in the list) reads the limit from the message; the row's kind decides it.
@@ -211,6 +201,35 @@ class JobSessionMiddleware(Middleware):
 
     # --- the claim ------------------------------------------------------------------------------
 
+    def _connect_and_claim(self, job_id: uuid.UUID) -> tuple[Connection, registry.RunningJob]:
+        """A pooled connection and the claim made on it; the message is skipped when the database
+        cannot be reached (the sweeper re-sends it).
+
+        The worker's pool does not ping a connection at checkout (a round trip per job): a claim
+        that finds its connection broken (the server restarted, or dropped it) empties the pool
+        and is tried once more on a fresh connection."""
+        engine = self.state.require_database().engine
+        for last_try in (False, True):
+            connection = None
+            try:
+                connection = engine.connect()
+                return connection, self._claim(connection, job_id)
+            except sa_exc.DBAPIError as exc:
+                _close_connection(connection)
+                if exc.connection_invalidated and not last_try:
+                    engine.dispose(close=False)  # the other pooled connections died with it
+                    continue
+                error: sa_exc.SQLAlchemyError = exc
+            except sa_exc.SQLAlchemyError as exc:
+                _close_connection(connection)
+                error = exc
+            except BaseException:
+                _close_connection(connection)
+                raise
+            _log(job_id, None, "db_unreachable", "message skipped, the sweeper re-sends it: %s", error)
+            raise SkipMessage() from None
+        raise AssertionError("unreachable")
+
     def _claim(self, connection: Connection, job_id: uuid.UUID) -> registry.RunningJob:
         """Claim the job, or raise SkipMessage saying why not."""
         job = self._try_claim(connection, job_id)
@@ -256,11 +275,7 @@ class JobSessionMiddleware(Middleware):
                     # One trip to the event loop: the fenced success, the commit and the close.
                     held = _event_loop().run_coroutine(_complete_async(session, current.job))
                 else:
-                    held = store.complete_job(session.connection(), current.job)
-                    if held:
-                        session.commit()
-                    else:
-                        session.rollback()
+                    held = _complete_sync(session, current.connection, current.job)
         except BaseException as exc:  # the commit failed: that is the job's failure
             _close(current)
             self._fail(current, exc)
@@ -449,6 +464,28 @@ def _event_loop() -> EventLoopThread:
     return loop
 
 
+def _complete_sync(session: Session, connection: Connection | None, job: registry.RunningJob) -> bool:
+    """:func:`store.complete_job` in the handler's transaction, then commit (or roll back).
+
+    A handler that left no transaction open (it ran no SQL, or committed its own work) leaves
+    nothing for the success to commit with: it then runs on the job's connection alone, without
+    the ORM's transaction (on PostgreSQL one round trip in autocommit mode)."""
+    if connection is not None and not session.in_transaction() and not connection.in_transaction():
+        held = store.complete_job(connection, job)
+        if connection.in_transaction():  # SQLite: the success ran in a transaction of its own
+            if held:
+                connection.commit()
+            else:
+                connection.rollback()
+        return held
+    held = store.complete_job(session.connection(), job)
+    if held:
+        session.commit()
+    else:
+        session.rollback()
+    return held
+
+
 def _complete_in(session: Session, job: registry.RunningJob) -> bool:
     return store.complete_job(session.connection(), job)
 
@@ -522,8 +559,11 @@ _LEVELS = {
 
 def _log(job_id: uuid.UUID, kind: str | None, action: str, msg: str, *args: Any, exc_info: Any = None) -> None:
     """Log one job outcome at the level :data:`_LEVELS` gives it."""
+    level = _LEVELS[action]
+    if not logger.isEnabledFor(level):  # a success is logged at DEBUG: usually not at all
+        return
     logger.log(
-        _LEVELS[action],
+        level,
         f"job %s (%s) {action}: {msg}",
         job_id,
         kind,

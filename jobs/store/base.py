@@ -105,10 +105,14 @@ class HotStatement:
                 raw = cursor.fetchone() if cursor.description else None
         except psycopg.Error as exc:
             # What SQLAlchemy would have raised: callers handle one family of errors. A connection
-            # that broke is dropped rather than given back to the pool.
-            if isinstance(exc, psycopg.OperationalError):
+            # that broke is dropped rather than given back to the pool, and the error says so
+            # (``connection_invalidated``), as SQLAlchemy's own disconnect handling does.
+            lost = driver.broken or driver.closed
+            if lost or isinstance(exc, psycopg.OperationalError):
                 conn.invalidate()
-            raise sa_exc.DBAPIError.instance(self.postgres_sql, params, exc, psycopg.Error) from exc
+            raise sa_exc.DBAPIError.instance(
+                self.postgres_sql, params, exc, psycopg.Error, connection_invalidated=lost
+            ) from exc
         finally:
             if alone and not driver.closed:
                 driver.autocommit = False
