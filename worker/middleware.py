@@ -57,8 +57,8 @@ logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-#: How often recording an outcome is tried while the database is unreachable before giving up (the
-#: job then stays ``running`` until its lease expires and the sweeper takes it back).
+#: How often recording an outcome is tried while the database is unreachable before handing it to
+#: the heartbeat (which keeps the job's lease and writes the outcome once the database answers).
 RECORD_TRIES = 5
 #: First wait between those tries; doubled each time.
 RECORD_RETRY_SECONDS = 0.2
@@ -386,7 +386,8 @@ class JobSessionMiddleware(Middleware):
         """Run ``write`` in a fresh session and commit, retrying while the database is unreachable.
 
         Raises:
-            _Unrecorded: the database never answered (logged here).
+            _Unrecorded: the database never answered (logged here); the outcome is parked with the
+                heartbeat, which writes it once the database answers.
         """
         sessions = self.state.require_database().sessions
         delay = RECORD_RETRY_SECONDS
@@ -400,9 +401,11 @@ class JobSessionMiddleware(Middleware):
                         job.id,
                         job.kind,
                         "unrecorded",
-                        "could not record the outcome (%s); the job stays running until its lease expires",
+                        "could not record the outcome (%s); the heartbeat keeps the job's lease and "
+                        "writes it once the database answers",
                         exc,
                     )
+                    self.state.heartbeat.park(job, write)
                     raise _Unrecorded() from exc
                 time.sleep(delay)
                 delay *= 2
@@ -553,7 +556,7 @@ _LEVELS = {
     "db_unreachable": logging.WARNING,
     "claim_lost": logging.WARNING,
     "failed": logging.ERROR,
-    "unrecorded": logging.ERROR,
+    "unrecorded": logging.WARNING,
 }
 
 
