@@ -60,11 +60,29 @@ def make_engine(
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=ping_after_idle_seconds is None,
-        connect_args={"application_name": application_name},
+        connect_args=_postgres_connect_args(parsed, application_name),
     )
     if ping_after_idle_seconds is not None:
         _ping_when_idle(engine, ping_after_idle_seconds)
     return engine
+
+
+#: libpq parameters each PostgreSQL connection gets unless its URL sets them (``?connect_timeout=3``):
+#: a connection attempt gives up after 10 s (to a stopped or cut-off server it would otherwise wait
+#: for TCP's own timeout, minutes), and TCP keepalives find a connection to a vanished server dead
+#: within about a minute of silence.
+POSTGRES_CONNECT_DEFAULTS: dict[str, int] = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+
+
+def _postgres_connect_args(url: URL, application_name: str) -> dict[str, Any]:
+    defaults = {name: value for name, value in POSTGRES_CONNECT_DEFAULTS.items() if name not in url.query}
+    return {"application_name": application_name, **defaults}
 
 
 #: Where a pooled connection's record keeps when it was last given back.
@@ -153,7 +171,7 @@ def make_async_engine(url: str | URL, *, pool_size: int = 5, application_name: s
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
-        connect_args={"application_name": application_name},
+        connect_args=_postgres_connect_args(parsed, application_name),
     )
 
 
