@@ -55,9 +55,12 @@ class HotStatement:
     databases run the statement through ``conn.execute``.
     """
 
-    def __init__(self, statement: Any) -> None:
+    def __init__(self, statement: Any, *, postgres_statement: Any = None) -> None:
+        """``postgres_statement``: what runs on PostgreSQL, when it differs from ``statement`` (which
+        other databases run); it must take the same parameters and return the same columns."""
         self.statement = statement
         dialect = postgresql_psycopg.dialect()  # type: ignore[no-untyped-call]  # SQLAlchemy's dialect class is unannotated
+        statement = statement if postgres_statement is None else postgres_statement
         compiled = statement.compile(dialect=dialect)
         self.postgres_sql = str(compiled)
         #: SQLAlchemy's bind processors (a TypeDecorator's ``process_bind_param`` included), by name.

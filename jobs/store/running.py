@@ -17,6 +17,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     exists,
+    func,
     insert,
     literal,
     literal_column,
@@ -56,15 +57,26 @@ _DUE_SCHEDULED_SQL = and_(
 )
 
 
-def _claim_statement(limited_kinds: frozenset[str]) -> Any:
+#: PostgreSQL: the claim's transaction commits without waiting for its WAL to reach the disk
+#: (``synchronous_commit`` off for that transaction only, set inside the claim statement itself).
+#: Safe by the fence: WAL is replayed in order, so a job's later success or failure, committed
+#: synchronously, makes its claim durable too; a claim that a server crash loses takes the job back
+#: to before it, and the worker's fenced outcome then changes nothing (its work is rolled back and
+#: the job runs again), exactly as when a sweeper takes a job back. It saves a WAL flush per job.
+_CLAIM_COMMITS_ASYNC = func.set_config("synchronous_commit", "off", True).is_not(None)
+
+
+def _claim_statement(limited_kinds: frozenset[str], *, async_commit: bool = False) -> Any:
     """The claim UPDATE: a claimable (or due scheduled) job of a queue not paused, of a kind not in
     ``limited_kinds`` (those are claimed by :func:`_claim_limited`, which counts their running jobs
-    first)."""
+    first). ``async_commit``: PostgreSQL only, see :data:`_CLAIM_COMMITS_ASYNC`."""
     where = [
         _jobs.c.id == bindparam("b_job_id"),
         or_(_jobs.c.status.in_(_CLAIMABLE_SQL), _DUE_SCHEDULED_SQL),
         ~_QUEUE_PAUSED,
     ]
+    if async_commit:
+        where.append(_CLAIM_COMMITS_ASYNC)
     if limited_kinds:
         where.append(_jobs.c.kind.not_in([literal(kind) for kind in sorted(limited_kinds)]))
     return (
@@ -98,7 +110,9 @@ _CLAIM = _claim_statement(frozenset())
 @functools.lru_cache(maxsize=8)
 def _hot_claim(limited_kinds: frozenset[str]) -> HotStatement:
     """The claim as a :class:`HotStatement`, built once per set of limited kinds (one per worker)."""
-    return HotStatement(_claim_statement(limited_kinds))
+    return HotStatement(
+        _claim_statement(limited_kinds), postgres_statement=_claim_statement(limited_kinds, async_commit=True)
+    )
 
 
 #: The claim of a worker whose kinds have no ``max_running``.
