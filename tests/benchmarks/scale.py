@@ -285,9 +285,11 @@ def http_operations(client: httpx.Client) -> list[Operation]:
 # --- timing and plans -----------------------------------------------------------------------------
 
 
-def time_operation(operation: Operation, repeat: int) -> list[float]:
-    """Milliseconds of each of ``repeat`` runs (after :data:`WARMUP` unmeasured ones)."""
-    timings = []
+def time_operation(operation: Operation, repeat: int, budget_seconds: float) -> list[float]:
+    """Milliseconds of each of ``repeat`` runs (after :data:`WARMUP` unmeasured ones), fewer if
+    they take longer than ``budget_seconds`` in all (a slow operation's p99 is then its maximum)."""
+    timings: list[float] = []
+    deadline = time.monotonic() + budget_seconds
     for index in range(WARMUP + repeat):
         if operation.before is not None:
             operation.before()
@@ -298,7 +300,14 @@ def time_operation(operation: Operation, repeat: int) -> list[float]:
             operation.after()
         if index >= WARMUP:
             timings.append(elapsed)
+            if time.monotonic() > deadline and len(timings) >= 10:
+                break
     return timings
+
+
+def report(name: str, timings: list[float]) -> None:
+    p50, p99 = statistics.median(timings), bigfill.percentile(timings, 0.99)
+    print(f"  {name}: p50 {p50:.2f} ms, p99 {p99:.2f} ms ({len(timings)} runs)", flush=True)
 
 
 @contextlib.contextmanager
@@ -387,8 +396,8 @@ def measure_size(jobs: int, args: argparse.Namespace, *, explain: bool, workdir:
     ]
     timings: dict[str, list[float]] = {}
     for operation in operations:
-        timings[operation.name] = time_operation(operation, args.repeat)
-        print(f"  {operation.name}: p50 {statistics.median(timings[operation.name]):.2f} ms", flush=True)
+        timings[operation.name] = time_operation(operation, args.repeat, args.budget_seconds)
+        report(operation.name, timings[operation.name])
     if explain:
         for operation in operations[2:]:
             with captured_statements(database) as statements:
@@ -402,13 +411,17 @@ def measure_size(jobs: int, args: argparse.Namespace, *, explain: bool, workdir:
                 database, label, [s for s in statements if "SET status = 'running', claim_token" not in s[0]]
             )
     worker.conn.close()
-    for operation, samples in time_api(url, args.repeat, workdir, database if explain else None).items():
+    for operation, samples in time_api(
+        url, args.repeat, args.budget_seconds, workdir, database if explain else None
+    ).items():
         timings[operation] = samples
     database.dispose()
     return SizeResult(jobs, timings)
 
 
-def time_api(url: str, repeat: int, workdir: Path, explain_on: db.Database | None) -> dict[str, list[float]]:
+def time_api(
+    url: str, repeat: int, budget_seconds: float, workdir: Path, explain_on: db.Database | None
+) -> dict[str, list[float]]:
     """Start the API on ``url`` and time its GETs; the plans of ``GET /jobs`` from the same store call."""
     port = common.free_port()
     env = dict(os.environ, JOBRUNNER_DATABASE_URL=url, JOBRUNNER_BROKER_URL=common.redis_url(13))
@@ -421,8 +434,8 @@ def time_api(url: str, repeat: int, workdir: Path, explain_on: db.Database | Non
         common.wait_for_http(f"{base}/healthz", proc=api, log_path=log)
         with httpx.Client(base_url=base, timeout=60) as client:
             for operation in http_operations(client):
-                timings[operation.name] = time_operation(operation, repeat)
-                print(f"  {operation.name}: p50 {statistics.median(timings[operation.name]):.2f} ms", flush=True)
+                timings[operation.name] = time_operation(operation, repeat, budget_seconds)
+                report(operation.name, timings[operation.name])
     finally:
         common.stop(api)
     if explain_on is not None:
@@ -468,6 +481,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--sizes", default="10000,10000000", help="rows in jobs, smallest first (default 10000,10000000)"
     )
     parser.add_argument("--repeat", type=int, default=100, help="timed runs of each operation (default 100)")
+    parser.add_argument(
+        "--budget-seconds",
+        type=float,
+        default=60.0,
+        help="stop repeating an operation after this long (at least 10 runs; default 60)",
+    )
     parser.add_argument(
         "--keep", action="store_true", help="keep the databases, and reuse those an earlier --keep run filled"
     )
