@@ -53,3 +53,16 @@ def test_retention_goes_in_batches_and_stops_after_its_share(database, make_job)
         assert session.scalar(select(func.count()).select_from(models.Job)) == 0
     with db.session_scope(database.sessions) as session:
         assert store.prune_jobs(session, statuses=[JobStatus.SUCCEEDED], older_than=store.utcnow()) == 0
+
+
+def test_a_prune_batch_takes_the_oldest_finished_jobs_first(database, make_job):
+    # Made in an order unrelated to their finish times: neither insertion order nor the heap gives it.
+    ages = [2, 5, 3, 9, 4]
+    job_ids = {age: make_job("noop") for age in ages}
+    for age, job_id in job_ids.items():
+        _finish(database, job_id, JobStatus.SUCCEEDED, _ago(age * DAY))
+    with db.session_scope(database.sessions) as session:
+        assert store.prune_jobs(session, statuses=[JobStatus.SUCCEEDED], older_than=_ago(DAY), batch_size=2) == 2
+    with database.readers() as session:
+        remaining = set(session.scalars(select(models.Job.id)))
+    assert remaining == {job_ids[2], job_ids[3], job_ids[4]}

@@ -74,8 +74,8 @@ class Batch(Base):
     record_ids: Mapped[list[int] | None] = mapped_column(JSONType, nullable=True)
     chunk_size: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(24), default=BatchStatus.PLANNING)
-    #: The ``batch.plan`` job (NULL once pruned).
-    job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    #: The ``batch.plan`` job (NULL once pruned). Indexed for the prune's ``ON DELETE SET NULL``.
+    job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
     #: Records in the batch (known once planned).
     total: Mapped[int] = mapped_column(BigInteger, default=0)
     #: Records done, whatever their outcome; ``failed`` of them failed.
@@ -110,8 +110,8 @@ class BatchChunk(Base):
     batch_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
     #: Its place in the batch: 0 for the first chunk.
     number: Mapped[int] = mapped_column(Integer)
-    #: The ``batch.chunk`` job (NULL once pruned).
-    job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    #: The ``batch.chunk`` job (NULL once pruned). Indexed for the prune's ``ON DELETE SET NULL``.
+    job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
     #: A file batch: the records of the file with ``first_id <= id <= last_id``.
     first_id: Mapped[int | None] = mapped_column(BigInteger)
     last_id: Mapped[int | None] = mapped_column(BigInteger)
