@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.benchmarks import common  # noqa: E402
+from tests.benchmarks import common
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
