@@ -216,6 +216,19 @@ def test_a_file_of_several_mebibytes_is_imported_row_for_row(
         assert copies == []
 
 
+@pytest.mark.parametrize(
+    "lines",
+    [["a", "b\\c", ""], ["a", 'x"y', ""], ["a", "b\tc"], ['"a"', "b", ""]],
+)
+def test_a_plain_chunk_with_a_line_it_cannot_write_as_it_is_goes_row_by_row(lines):
+    # One column: the pattern matches an empty field, so it must not match once more at the end.
+    data = "\n".join(lines).encode()
+    copy = files_handler._RecordsCopy(uuid.uuid4(), ["h"])
+    rows = [row for chunk in csvrows.read_chunks(io.BytesIO(data), max_lines=100) for row in chunk.rows]
+    plain = copy.plain_text(data, 1)
+    assert plain is None or plain == copy.text(list(enumerate(rows, 1)))  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("width", [200, 400])
 def test_wide_files_are_imported_whole(make_file, drain, read_file, read_records, width):
     # 400 columns of 40 bytes make a row too big for a PostgreSQL table of text columns (the stage);
@@ -233,7 +246,8 @@ def test_wide_files_are_imported_whole(make_file, drain, read_file, read_records
 def test_postgresql_copy_of_records_gives_the_records_csv_reader_read(database):
     """Random small CSVs of quotes, line ends, backslashes, tabs, control characters, per cent signs
     and such, under headers of such names: the good rows of every chunk, written as COPY text by
-    ``_RecordsCopy``, become exactly the records csv.reader read."""
+    ``_RecordsCopy``, become exactly the records csv.reader read; where a plain chunk is turned into
+    COPY text as it is (``plain_text``), the text is the same."""
     import random
 
     pieces = [
@@ -264,7 +278,7 @@ def test_postgresql_copy_of_records_gives_the_records_csv_reader_read(database):
     ]
     names = ["h", "%s", "100%", 'quo"te', "back\\slash", "tab\there", "caf\u00e9", "{}"]
     rng = random.Random(3)
-    rows_written = 0
+    rows_written, taken = 0, {"plain": 0}
     with database.sessions() as session:
         for _ in range(1500):
             width, line_end = rng.choice([1, 2, 3]), rng.choice([b"\n", b"\r\n"])
@@ -277,10 +291,14 @@ def test_postgresql_copy_of_records_gives_the_records_csv_reader_read(database):
             file_id = uuid.uuid4()
             copy = files_handler._RecordsCopy(file_id, header)
             expected = []
-            for chunk in csvrows.read_chunks(io.BytesIO(data), max_lines=100):
+            for chunk in csvrows.read_chunks(io.BytesIO(data), max_lines=100, width=width):
                 good = [row for row in chunk.rows if isinstance(row, list) and len(row) == width]
                 numbered = list(enumerate(good, len(expected) + 1))
-                copy.write(session, copy.text(numbered))
+                copy_text = copy.text(numbered)
+                if chunk.plain_csv is not None and (plain := copy.plain_text(chunk.plain_csv, len(expected) + 1)):
+                    assert plain == copy_text, data  # the two ways give the same COPY text
+                    taken["plain"] += 1
+                copy.write(session, copy_text)
                 expected += [dict(zip(header, row, strict=True)) for row in good]
             query = (
                 select(file_models.Record.data)
@@ -290,7 +308,7 @@ def test_postgresql_copy_of_records_gives_the_records_csv_reader_read(database):
             assert session.scalars(query).all() == expected, data
             rows_written += len(expected)
         session.rollback()
-    assert rows_written > 1000  # the generator makes good rows
+    assert rows_written > 1000 and taken["plain"] > 50  # the generator makes good rows, and plain chunks
 
 
 def test_missing_stored_file_fails_the_job_and_the_file(make_file, drain, read_file, settings, fetch):

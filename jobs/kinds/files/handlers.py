@@ -21,6 +21,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import json
+import re
 import time
 import uuid
 from collections.abc import Generator, Iterator
@@ -56,8 +57,10 @@ _encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encod
 _encode_json_string = json.encoder.encode_basestring
 _BACKSLASH, _ESCAPED_BACKSLASH = "\\", "\\\\"
 _T = TypeVar("_T")
-#: Rows written by csv.writer between two chances for the job's thread to run.
+#: Rows written as COPY text between two chances for the job's thread to run.
 _PART_ROWS = 1_000
+#: About as many characters of plain CSV (some hundreds of rows) likewise.
+_PART_CHARS = 64 * 1024
 #: Marks the end of the items in :func:`_read_ahead`.
 _END: Any = object()
 
@@ -112,7 +115,9 @@ def process_file(session: Session, job: registry.RunningJob) -> None:
         header, header_end = _read_header(stream)
         offset = max(file.byte_offset, header_end)
         ingest = _Ingest(session, file, header)
-        chunks = csvrows.read_chunks(stream, offset=offset, max_lines=args.block_rows)
+        # On PostgreSQL, plain chunks skip csv.reader's rows (see _RecordsCopy.plain_text).
+        width = len(header) if ingest.copy is not None else None
+        chunks = csvrows.read_chunks(stream, offset=offset, max_lines=args.block_rows, width=width)
         blocks = _read_ahead(ingest.prepare(chunk) for chunk in chunks)
         with contextlib.closing(blocks):  # closed (its thread done) before the stream is
             for block in blocks:
@@ -211,6 +216,11 @@ class _Ingest:
         """Sort the chunk's rows into good and bad, number them, and put the good ones in the form
         they are written in. Called once per chunk, in the file's order."""
         before, width = self._rows_read, self.width
+        if chunk.plain_csv is not None and self.copy is not None:
+            text = self.copy.plain_text(chunk.plain_csv, before + 1)
+            if text is not None:
+                self._rows_read += chunk.row_count
+                return _Block(before, chunk.row_count, chunk.end_offset, text, [], [])
         good, errors = [], []
         for number, item in enumerate(chunk.rows, start=before + 1):
             if isinstance(item, list) and len(item) == width:
@@ -317,20 +327,57 @@ class _RecordsCopy:
     """CSV rows of one file as ``records`` rows, through ``COPY records ... FROM STDIN`` (text format)
     on the job's own connection, in its transaction.
 
-    The JSON object of each row is written here, by a ``%`` template with the header's keys already
-    encoded and a JSON string per field from the ``json`` module's C string encoder: a few C calls
-    per row, and no dict. So the server gets exactly what a COPY of finished records rows gives it
-    (``tests/benchmarks/ingest.py`` measures that COPY), and the Python work of block k+1 (in the
-    read-ahead thread) overlaps the server's work on block k. Earlier versions had the server build
-    the objects (``jsonb_object`` over a temporary table the CSV was copied into): one more pass over
-    every row on the server, which is what bounds the import.
+    The JSON object of each row is written here, in the read-ahead thread, so the server gets exactly
+    what a COPY of finished records gives it (``tests/benchmarks/ingest.py`` measures that COPY) and
+    the Python work of block k+1 overlaps the server's work on block k. Earlier versions had the
+    server build the objects (``jsonb_object`` over a temporary table the CSV was copied into): one
+    more pass over every row on the server, which is what bounds the import.
+
+    - :meth:`plain_text`, for a chunk of plain CSV (:attr:`csvrows.Chunk.plain_csv`) whose fields hold
+      no quote, backslash or control character (the usual case): one regular expression per part of
+      the chunk finds each line's fields, and a ``%`` template writes them as they are (such
+      characters need no escaping in JSON or in COPY's text format), with no Python code per row.
+    - :meth:`text`, for any rows: a ``%`` template with the header's keys already encoded, and a JSON
+      string per field from the ``json`` module's C string encoder.
     """
 
     def __init__(self, file_id: uuid.UUID, header: list[str]) -> None:
-        # "%" in a column name is written "%%" so that the template keeps it as it is.
-        keys = [_encode_json_string(name).replace("%", "%%") for name in header]
+        keys = [_encode_json_string(name) for name in header]
         status = file_models.RecordStatus.IMPORTED.value
-        self._line = f"{file_id}\t%d\t{{{','.join(f'{key}:%s' for key in keys)}}}\t{status}\n"
+        # "%" in a column name is written "%%" so that the template keeps it as it is.
+        objects = ",".join(f"{key.replace('%', '%%')}:%s" for key in keys)
+        self._line = f"{file_id}\t%d\t{{{objects}}}\t{status}\n"
+        # A plain line: each field quoted (group 2n-1) or not (group 2n), with no quote, backslash or
+        # control character in it; csv.reader reads such a line as these fields. A group that took
+        # no part in the match is "" (re.findall), so the two groups together are the field.
+        field = r'(?:"([^"\\\x00-\x1f]*)"|([^,"\\\x00-\x1f]*))'
+        self._plain_line = re.compile(rf"^{','.join([field] * len(header))}\r?$", re.MULTILINE)
+        # The fields of a plain line are written as they are: the keys as COPY's text format has
+        # them (backslashes doubled), "%" as "%%" for the template.
+        written = [key.replace(_BACKSLASH, _ESCAPED_BACKSLASH).replace("%", "%%") for key in keys]
+        objects = ",".join(f'{key}:"%s%s"' for key in written)
+        self._plain_row = f"{file_id}\t%d\t{{{objects}}}\t{status}\n"
+
+    def plain_text(self, data: bytes, first_number: int) -> bytes | None:
+        """The lines of ``data`` (plain CSV of the header's width) as COPY text, numbered from
+        ``first_number`` on; None if a field of any line holds a quote, a backslash or a control
+        character (then :meth:`text` takes the chunk's rows)."""
+        text, parts, number, start = data.decode("utf-8"), [], first_number, 0
+        while start < len(text):
+            end = text.find("\n", start + _PART_CHARS)
+            end = len(text) if end < 0 else end + 1
+            # Without its last line end: "^" must not match once more after it (an empty match
+            # there would stand in for a line that did not match, one field wide).
+            part = text[start : end - 1] if text[end - 1] == "\n" else text[start:end]
+            found = self._plain_line.findall(part)  # a tuple of 2 groups per field, for each line
+            if len(found) != part.count("\n") + 1:
+                return None
+            # (number, *groups) for each line, through C-level maps only: no Python code per row.
+            rows = map(tuple.__add__, zip(range(number, number + len(found))), found)
+            parts.append("".join(map(self._plain_row.__mod__, rows)))
+            number, start = number + len(found), end
+            time.sleep(0)  # let the job's thread have the GIL, as csvrows does while it parses
+        return "".join(parts).encode()
 
     def text(self, rows: list[tuple[int, list[str]]]) -> bytes:
         """``(row number, fields)`` rows (of the header's width) as COPY text."""
