@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -30,6 +31,8 @@ from worker import producer
 
 logger = logging.getLogger(__name__)
 
+#: Connections in the API process's pool.
+POOL_SIZE = 10
 #: The HTTP status of each kind of domain error; any other ``JobError`` is a 400.
 ERROR_STATUS: dict[type[errors.JobError], int] = {
     errors.NotFound: 404,
@@ -63,9 +66,12 @@ def create_app(settings: Settings | None = None, kind_registry: Registry | None 
         broker = producer.make_broker(settings)
         app.state.settings = settings
         app.state.broker = broker
+        # POST /jobs runs its unit of work in at most as many threads as the pool has connections:
+        # more would open (and close again) overflow connections under load.
+        app.state.write_threads = anyio.CapacityLimiter(POOL_SIZE)
         app.state.database = db.make_database(
             settings.database_url,
-            pool_size=10,
+            pool_size=POOL_SIZE,
             sender=producer.make_sender(broker),
             registry=kind_registry,
             application_name="jobrunner-api",

@@ -16,8 +16,9 @@ from jobs import db
 _bearer = HTTPBearer(auto_error=False, description="Needed when JOBRUNNER_API_TOKEN is set.")
 
 
-def get_database(request: Request) -> db.Database:
-    """The app's database (built by the lifespan)."""
+async def get_database(request: Request) -> db.Database:
+    """The app's database (built by the lifespan). ``async``, as every dependency that does no I/O:
+    FastAPI runs a plain ``def`` dependency in a worker thread, a hand-off per request each."""
     database: db.Database = request.app.state.database
     return database
 
@@ -35,7 +36,7 @@ def get_read_session(database: Annotated[db.Database, Depends(get_database)]) ->
         yield session
 
 
-def require_token(
+async def require_token(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
     """Refuse the request (401) unless it carries the configured token; open when none is set.

@@ -27,7 +27,7 @@ from jobs.store.cancelling import (
     request_stop,
     select_cancellable_jobs,
 )
-from jobs.store.creating import create_job, create_jobs, create_or_find_job
+from jobs.store.creating import create_job, create_jobs, create_or_find_job, insert_job
 from jobs.store.delaying import release_overdue_scheduled
 from jobs.store.nudging import retry_jobs_now
 from jobs.store.queues import (
@@ -114,6 +114,7 @@ __all__ = [
     "create_job",
     "create_jobs",
     "create_or_find_job",
+    "insert_job",
     "describe_error",
     "describe_unclaimable",
     "get_job",

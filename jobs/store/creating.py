@@ -18,6 +18,7 @@ from jobs.observe import tracecontext
 from jobs.store.clock import database_time, db_now
 
 _jobs = models.Job.__table__
+_INSERT_JOBS = insert(_jobs)
 
 
 def create_job(
@@ -81,6 +82,78 @@ def create_or_find_job(
     transaction and then fails), and the job holding the key is read and returned. Race-free across
     API processes: the database decides. ``job_id``: the new job's ID, chosen beforehand.
     """
+    values, delay_ms = _new_job(
+        session,
+        kind,
+        args,
+        public_only=public_only,
+        max_attempts=max_attempts,
+        run_at=run_at,
+        delay=delay,
+        unique_key=unique_key,
+        job_id=job_id,
+    )
+    job = models.Job(**values)
+    if unique_key is None:
+        session.add(job)
+    else:
+        existing = _add_unique(session, job)
+        if existing is not None:
+            return existing, True
+    sending.send_after_commit(session, sending.JobMessage(job.id, job.queue, delay_ms=delay_ms, message_id=job.id))
+    return job, False
+
+
+#: A job stamped with the database's time, the rest of its values bound (see :func:`insert_job`).
+_INSERT_JOB_NOW = insert(_jobs).values(created_at=db_now(), enqueued_at=db_now())
+
+
+def insert_job(
+    session: Session,
+    kind: str,
+    args: dict[str, Any] | None = None,
+    *,
+    public_only: bool = False,
+    run_at: dt.datetime | None = None,
+    delay: float | dt.timedelta | None = None,
+    unique_key: str | None = None,
+) -> tuple[uuid.UUID, JobStatus, bool]:
+    """:func:`create_or_find_job` for a caller that needs no ``Job`` object (``POST /jobs``): the job's
+    ID, its status, and whether it already existed.
+
+    A job with no unique key is one Core ``INSERT`` (its statement built once, so SQLAlchemy's
+    compiled cache serves it) instead of a flush of SQLAlchemy's unit of work, which costs several
+    times as much CPU for one row. A unique job takes :func:`create_or_find_job`'s path (its SAVEPOINT).
+    """
+    if unique_key is not None:
+        job, found = create_or_find_job(
+            session, kind, args, public_only=public_only, run_at=run_at, delay=delay, unique_key=unique_key
+        )
+        return job.id, JobStatus(job.status), found
+    values, delay_ms = _new_job(session, kind, args, public_only=public_only, run_at=run_at, delay=delay)
+    if isinstance(values["created_at"], db_now):
+        del values["created_at"], values["enqueued_at"]  # the statement writes them
+        session.execute(_INSERT_JOB_NOW, values)
+    else:
+        session.execute(_INSERT_JOBS, values)
+    job_id, queue = values["id"], values["queue"]
+    sending.send_after_commit(session, sending.JobMessage(job_id, queue, delay_ms=delay_ms, message_id=job_id))
+    return job_id, values["status"], False
+
+
+def _new_job(
+    session: Session,
+    kind: str,
+    args: dict[str, Any] | None,
+    *,
+    public_only: bool,
+    max_attempts: int | None = None,
+    run_at: dt.datetime | None,
+    delay: float | dt.timedelta | None,
+    unique_key: str | None = None,
+    job_id: uuid.UUID | None = None,
+) -> tuple[dict[str, Any], int | None]:
+    """A new job's column values, checked (kind, args, due time), and the delay of its message in ms."""
     job_kind = registry.of(session).get(kind)
     if public_only and not job_kind.public:
         raise errors.JobKindNotPublic(f"job kind {kind!r} is internal: only the runner creates it")
@@ -93,30 +166,23 @@ def create_or_find_job(
         now = stamp = database_time(session.connection())
         run_at = _due_time(now, run_at=run_at, delay=delay)
     scheduled = now is not None and run_at is not None and run_at > now
-    job = models.Job(
-        id=job_id or uuid.uuid4(),
-        kind=kind,
-        queue=job_kind.queue,
-        args=job_kind.validate_args(args or {}),
-        status=JobStatus.SCHEDULED if scheduled else JobStatus.QUEUED,
-        attempts=0,
-        max_attempts=max_attempts or job_kind.max_attempts,
-        created_at=stamp,
-        enqueued_at=stamp,
-        replay_count=0,
-        run_at=run_at,
-        unique_key=unique_key,
-        trace_parent=tracecontext.current(),
-    )
-    if unique_key is None:
-        session.add(job)
-    else:
-        existing = _add_unique(session, job)
-        if existing is not None:
-            return existing, True
+    values = {
+        "id": job_id or uuid.uuid4(),
+        "kind": kind,
+        "queue": job_kind.queue,
+        "args": job_kind.validate_args(args or {}),
+        "status": JobStatus.SCHEDULED if scheduled else JobStatus.QUEUED,
+        "attempts": 0,
+        "max_attempts": max_attempts or job_kind.max_attempts,
+        "created_at": stamp,
+        "enqueued_at": stamp,
+        "replay_count": 0,
+        "run_at": run_at,
+        "unique_key": unique_key,
+        "trace_parent": tracecontext.current(),
+    }
     delay_ms = math.ceil((run_at - now).total_seconds() * 1000) if scheduled and run_at and now else None
-    sending.send_after_commit(session, sending.JobMessage(job.id, job.queue, delay_ms=delay_ms, message_id=job.id))
-    return job, False
+    return values, delay_ms
 
 
 def _due_time(
@@ -151,9 +217,6 @@ def _add_unique(session: Session, job: models.Job) -> models.Job | None:
             continue  # it finished meanwhile: the key is free again
         return None
     raise errors.UniqueKeyContended()
-
-
-_INSERT_JOBS = insert(_jobs)
 
 
 def create_jobs(

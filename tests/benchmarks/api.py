@@ -1,6 +1,6 @@
 """``POST /jobs`` requests/s: jobrunner's API beside a naive FastAPI route doing the same work.
 
-    .venv/bin/python tests/benchmarks/api.py [--requests N] [--clients K] [--repeat R]
+    .venv/bin/python tests/benchmarks/api.py [--requests N] [--clients K] [--repeat R] [--baseline-code DIR]
 
 Scenarios, alternated ``--repeat`` times in one run, each on an empty ``jobs`` table and Redis db:
 
@@ -9,10 +9,14 @@ Scenarios, alternated ``--repeat`` times in one run, each on an empty ``jobs`` t
 - ``naive``: a FastAPI app of a few lines served by the same uvicorn command line: a ``def`` route
   that opens an ORM ``Session`` per request (a ``get_db`` dependency), adds a ``Job`` row, commits,
   and sends the ID with Dramatiq's ``broker.enqueue``, as a typical service writes it.
+- ``baseline`` (with ``--baseline-code DIR``): ``full`` with the project imported from ``DIR`` (an
+  export of an earlier commit, say ``git archive main | tar -x -C DIR``), to compare two versions in
+  one run.
 
-``K`` client threads post ``N`` requests in all over keep-alive connections; requests/s = N / wall
-time. Prints each run, the medians, the ratio full/naive (the performance issue's target: >= 2) and
-the machine's load. The clients run on the same machine, so they take CPU from both servers alike.
+``K`` client threads post ``N`` requests in all over keep-alive connections (raw sockets, the request
+pre-encoded: see :func:`post_jobs`); requests/s = N / wall time. Prints each run, the medians, the
+ratio full/naive (the performance issue's target: >= 2) and the machine's load. The clients run on
+the same machine, so they take CPU from both servers alike.
 Uses a database and a Redis of its own (see tests/benchmarks/common.py).
 """
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import os
+import socket
 import statistics
 import sys
 import tempfile
@@ -91,12 +96,55 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=5_000, help="requests per run (default 5,000)")
     parser.add_argument("--clients", type=int, default=16, help="concurrent client threads (default 16)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each scenario, alternated (default 3)")
+    parser.add_argument("--baseline-code", type=Path, help="also run the API imported from this directory")
     return parser.parse_args(argv)
 
 
 def uvicorn_argv(module: str, port: int) -> list[str]:
     """The command line ``jobctl api`` execs, for ``module``'s ``app``."""
     return [sys.executable, "-m", "uvicorn", f"{module}:app", "--host", "127.0.0.1", "--port", str(port)]
+
+
+#: One ``POST /jobs {"kind": "noop"}``, as bytes: the clients send it as it is.
+REQUEST = (
+    b"POST /jobs HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 16\r\n\r\n"
+    b'{"kind": "noop"}'
+)
+
+
+def post_jobs(port: int, count: int) -> list[int]:
+    """Send ``count`` requests one after the other on one keep-alive connection; their status codes.
+
+    A raw socket and a minimal reader of the answers (status line, Content-Length, body): a few
+    tens of microseconds of the client's CPU a request, where an HTTP client library takes about a
+    millisecond. The clients share the machine with the servers: a heavy client would flatten every
+    ratio towards 1.
+    """
+    codes = []
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        buffer = b""
+        for _ in range(count):
+            sock.sendall(REQUEST)
+            while (end := buffer.find(b"\r\n\r\n")) < 0:
+                buffer += _receive(sock)
+            head, buffer = buffer[:end], buffer[end + 4 :]
+            codes.append(int(head[9:12]))
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            while len(buffer) < length:
+                buffer += _receive(sock)
+            buffer = buffer[length:]
+    return codes
+
+
+def _receive(sock: socket.socket) -> bytes:
+    data = sock.recv(65536)
+    if not data:
+        raise ConnectionError("the server closed the connection")
+    return data
 
 
 def run(scenario: str, args: argparse.Namespace, url: str, redis_url: str, workdir: Path) -> float:
@@ -109,10 +157,12 @@ def run(scenario: str, args: argparse.Namespace, url: str, redis_url: str, workd
     client.close()
     port = common.free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBRUNNER_")}
-    env.update(JOBRUNNER_DATABASE_URL=url, JOBRUNNER_BROKER_URL=redis_url, PYTHONPATH=f"{workdir}:{common.ROOT}")
-    module = "api.main" if scenario == "full" else "naive_app"
+    # The working directory comes first on uvicorn's sys.path (python -m), then PYTHONPATH.
+    code = args.baseline_code if scenario == "baseline" else common.ROOT
+    env.update(JOBRUNNER_DATABASE_URL=url, JOBRUNNER_BROKER_URL=redis_url, PYTHONPATH=f"{workdir}:{code}")
+    module = "naive_app" if scenario == "naive" else "api.main"
     log_path = workdir / f"{scenario}.log"
-    proc = common.spawn(uvicorn_argv(module, port), env=env, log_path=log_path)
+    proc = common.spawn(uvicorn_argv(module, port), env=env, log_path=log_path, cwd=code)
     base = f"http://127.0.0.1:{port}"
     try:
         common.wait_for_http(f"{base}/healthz", proc=proc, log_path=log_path)
@@ -122,8 +172,7 @@ def run(scenario: str, args: argparse.Namespace, url: str, redis_url: str, workd
         codes: list[int] = []
 
         def post(count: int) -> None:
-            with httpx.Client(base_url=base, timeout=60) as http:
-                codes.extend(http.post("/jobs", json={"kind": "noop"}).status_code for _ in range(count))
+            codes.extend(post_jobs(port, count))
 
         shares = [args.requests // args.clients + (i < args.requests % args.clients) for i in range(args.clients)]
         started = time.perf_counter()
@@ -143,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     redis_url = common.redis_url(11)
     print(f"{args.requests:,} POST /jobs per run, {args.clients} clients, load average {os.getloadavg()[0]:.1f}")
     results: dict[str, list[float]] = {"full": [], "naive": []}
+    if args.baseline_code is not None:
+        results["baseline"] = []
     with tempfile.TemporaryDirectory(prefix="jobrunner-api-bench-") as tmp:
         workdir = Path(tmp)
         (workdir / "naive_app.py").write_text(textwrap.dedent(NAIVE_APP))
@@ -151,13 +202,20 @@ def main(argv: list[str] | None = None) -> int:
                 for scenario in results:
                     rate = run(scenario, args, url, redis_url, workdir)
                     results[scenario].append(rate)
-                    print(f"  run {index + 1} {scenario:6} {rate:8,.0f} requests/s", flush=True)
+                    load = os.getloadavg()[0]
+                    print(f"  run {index + 1} {scenario:8} {rate:8,.0f} requests/s (load {load:.1f})", flush=True)
         finally:
             common.stop_all()
     full, naive = statistics.median(results["full"]), statistics.median(results["naive"])
     print(
         f"median full {full:,.0f} requests/s, naive {naive:,.0f} requests/s: full/naive {full / naive:.2f} (target 2.0)"
     )
+    if args.baseline_code is not None:
+        baseline = statistics.median(results["baseline"])
+        print(
+            f"baseline ({args.baseline_code}) {baseline:,.0f} requests/s: baseline/naive {baseline / naive:.2f}; "
+            f"full/baseline {full / baseline:.2f}"
+        )
     print(f"load average at end {os.getloadavg()[0]:.1f}")
     return 0
 

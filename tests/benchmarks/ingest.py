@@ -8,15 +8,19 @@ A. **ingest**: a generated CSV of ``--rows`` rows (default 1,000,000, 8 columns,
    ``file.process`` job), then ONE worker is started (``jobctl worker --processes 1 --threads 1``).
    Rows/s = rows / (``finished_at`` - ``started_at``) of the job row (the worker's start-up is not
    counted).
-B. **COPY**: in the same run, ``COPY ... FROM STDIN (FORMAT csv, HEADER)`` of the same file, streamed in
-   1 MiB chunks through psycopg, into an unindexed table of 8 ``text`` columns: the physical limit.
-   Target: A's rows/s >= 40% of B's.
-B2. **COPY into a records-shaped table**: the same rows already turned into ``records`` rows (a JSON
+B. **COPY into a records-shaped table**: the same rows already turned into ``records`` rows (a JSON
    object keyed by the header; built before the clock starts) COPYed into a table made ``LIKE records
    INCLUDING ALL`` (same columns, primary key and unique index): the limit for the table the job
-   fills, printed to show where the time goes. Not a target.
-A, B and B2 run ``--repeat`` times (default 3), interleaved, each into an empty table; their medians
-are compared. Then A once more on the same file with one row in 1,000 made too short (no block is
+   fills. Target (the performance issue): A's rows/s >= 85% of B's.
+B2. **plain COPY**: ``COPY ... FROM STDIN (FORMAT csv, HEADER)`` of the same file, streamed in 1 MiB
+   chunks through psycopg, into an unindexed table of 8 ``text`` columns. The file-processing
+   issue's target was A >= 40% of this; no import can beat B, which is far below it, so the target
+   was restated against B. Printed beside it.
+A0 (with ``--baseline-code DIR``): A again, with the worker importing ``jobs`` and ``worker`` from
+   ``DIR`` (an export of an earlier commit, say ``git archive main | tar -x -C DIR``; same schema),
+   to compare two versions of the job in one run.
+A0, A, B and B2 run ``--repeat`` times (default 3), interleaved, each into an empty table; their
+medians are compared. Then A once more on the same file with one row in 1,000 made too short (no block is
 plain CSV then: the path for files with scattered bad rows).
 C. **worker memory**: the worker process's peak RSS (``VmHWM`` in ``/proc/<pid>/status``, read once its
    job has finished) for a file of ``--small-rows`` (default 100,000) rows and for the big file, each
@@ -30,6 +34,7 @@ stopped on exit. Run from the project root (PostgreSQL at 127.0.0.1:5432,
 where it makes a database of its own; a redis-server of its own; both removed at exit)::
 
     .venv/bin/python tests/benchmarks/ingest.py [--rows N] [--small-rows N] [--repeat N] [--upload-mb N] [--skip-upload]
+        [--baseline-code DIR]
 
 Environment overrides: ``JOBRUNNER_BENCH_PG_ADMIN_URL`` (default
 ``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``), ``JOBRUNNER_BENCH_REDIS_URL`` (default: a
@@ -132,14 +137,22 @@ def queue_file(database: db.Database, csv_path: Path, storage_dir: Path) -> uuid
 
 
 def run_ingest(
-    database: db.Database, csv_path: Path, workdir: Path, label: str
+    database: db.Database, csv_path: Path, workdir: Path, label: str, code: Path | None = None
 ) -> tuple[float, float, file_models.File]:
-    """Process the CSV in a fresh one-thread worker: (seconds by the job row, worker peak RSS MB, file)."""
+    """Process the CSV in a fresh one-thread worker: (seconds by the job row, worker peak RSS MB, file).
+    ``code``: a directory the worker imports the project from instead of this checkout."""
     storage_dir = workdir / "storage"
     job_id = queue_file(database, csv_path, storage_dir)
     env = environment(storage_dir, JOBRUNNER_PREFETCH="1")
+    if code is not None:
+        # Ahead of the editable install (a finder appended to sys.meta_path); the working directory
+        # too, for the worker processes Dramatiq starts with ``python -m``.
+        env["PYTHONPATH"] = str(code)
     proc = common.spawn(
-        [JOBCTL, "worker", "--processes", "1", "--threads", "1"], env=env, log_path=workdir / f"worker-{label}.log"
+        [JOBCTL, "worker", "--processes", "1", "--threads", "1"],
+        env=env,
+        log_path=workdir / f"worker-{label}.log",
+        cwd=code or common.ROOT,
     )
     try:
         job = wait_for_job(database, job_id)
@@ -278,6 +291,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--upload-mb", type=int, default=500)
     parser.add_argument("--skip-upload", action="store_true")
+    parser.add_argument(
+        "--baseline-code", type=Path, help="also run file.process with the project imported from this directory"
+    )
     options = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
 
@@ -310,8 +326,13 @@ def report(options: argparse.Namespace, workdir: Path, database: db.Database) ->
         flush=True,
     )
     records_data = records_copy_data(big)
+    baseline_rates: list[float] = []
     ingest_rates, copy_rates, records_rates, big_rss = [], [], [], 0.0
     for run in range(1, options.repeat + 1):
+        if options.baseline_code is not None:
+            reset_tables()
+            seconds, _, file = run_ingest(database, big, workdir, f"baseline-{run}", code=options.baseline_code)
+            baseline_rates.append(file.rows_imported / seconds)
         reset_tables()
         seconds, rss, file = run_ingest(database, big, workdir, f"big-{run}")
         ingest_rates.append(file.rows_imported / seconds)
@@ -319,11 +340,12 @@ def report(options: argparse.Namespace, workdir: Path, database: db.Database) ->
         reset_tables()
         copy_rates.append(options.rows / run_copy(big))
         records_rates.append(options.rows / run_copy_records(records_data))
+        baseline = f"baseline file.process {baseline_rates[-1]:,.0f} rows/s; " if baseline_rates else ""
         print(
-            f"run {run}: file.process {ingest_rates[-1]:,.0f} rows/s (imported {file.rows_imported:,}, "
+            f"run {run}: {baseline}file.process {ingest_rates[-1]:,.0f} rows/s (imported {file.rows_imported:,}, "
             f"rejected {file.rows_rejected:,}, worker peak RSS {rss:.1f} MB); "
             f"plain COPY {copy_rates[-1]:,.0f} rows/s; "
-            f"COPY into a records-shaped table {records_rates[-1]:,.0f} rows/s",
+            f"COPY into a records-shaped table {records_rates[-1]:,.0f} rows/s; load {os.getloadavg()[0]:.1f}",
             flush=True,
         )
     ingest_rate, copy_rate, records_rate = (statistics.median(r) for r in (ingest_rates, copy_rates, records_rates))
@@ -332,14 +354,21 @@ def report(options: argparse.Namespace, workdir: Path, database: db.Database) ->
         f"records-shaped COPY {records_rate:,.0f} rows/s"
     )
     print(
-        f"ingest / plain COPY: {ingest_rate / copy_rate:.0%} (target >= 40%); per run: "
-        f"{', '.join(f'{i / c:.0%}' for i, c in zip(ingest_rates, copy_rates, strict=True))}"
+        f"ingest / records-shaped COPY: {ingest_rate / records_rate:.0%} (target >= 85%); per run: "
+        f"{', '.join(f'{i / c:.0%}' for i, c in zip(ingest_rates, records_rates, strict=True))}"
     )
     print(
-        f"ingest / records-shaped COPY: {ingest_rate / records_rate:.0%} (not a target: where the time goes); "
-        f"records-shaped COPY / plain COPY: {records_rate / copy_rate:.0%} (writing records rows at all, with no "
-        "parsing or checking, costs that much)"
+        f"ingest / plain COPY: {ingest_rate / copy_rate:.0%} (the file-processing issue's 40%, restated against the "
+        f"records-shaped COPY); records-shaped COPY / plain COPY: {records_rate / copy_rate:.0%} (writing records "
+        "rows at all, with no parsing or checking, costs that much)"
     )
+    if baseline_rates:
+        baseline_rate = statistics.median(baseline_rates)
+        print(
+            f"baseline ({options.baseline_code}) file.process: median {baseline_rate:,.0f} rows/s = "
+            f"{baseline_rate / records_rate:.0%} of the records-shaped COPY, {baseline_rate / copy_rate:.0%} of the "
+            f"plain COPY; this checkout / baseline: {ingest_rate / baseline_rate:.2f}x"
+        )
     print(
         f"worker peak RSS, {options.rows:,} - {options.small_rows:,} rows: {big_rss - small_rss:+.1f} MB "
         "(target <= +30 MB)",

@@ -167,12 +167,12 @@ def test_quoted_fields_keep_their_commas_newlines_and_quotes(make_file, drain, r
         b'1,caf\xc3\xa9 \xe2\x82\xac,\\N\r\n2,back\\slash\ttab, \r\n3,"",\\.x\r\n',
     ],
 )
-def test_plain_csv_blocks_become_the_same_records_as_csv_reads(make_file, drain, read_file, read_records, body):
-    # On PostgreSQL the body is one block that goes to COPY as it is (checked first), so this
-    # compares COPY's CSV parser with Python's on what csvrows calls plain.
+def test_quotes_backslashes_tabs_and_copy_marks_become_the_same_records_as_csv_reads(
+    make_file, drain, read_file, read_records, body
+):
+    # On PostgreSQL these go through COPY's text format, where a backslash, a tab and "\." mean
+    # something: the records must hold exactly what csv.reader read.
     header = b"id,text,extra\n"
-    [chunk] = csvrows.read_chunks(io.BytesIO(body), max_lines=files_handler.DEFAULT_BLOCK_ROWS, width=3)
-    assert chunk.plain_csv == body
     file_id, _ = make_file(header + body)
     drain()
     rows = csv.reader(io.StringIO(body.decode(), newline=""))
@@ -185,15 +185,17 @@ def test_a_file_of_several_mebibytes_is_imported_row_for_row(
     make_file, drain, read_file, read_records, database, monkeypatch
 ):
     """Pieces of 1 MiB at the real sizes: quoted newlines cross piece ends, bad rows fall between.
-    On PostgreSQL every block goes through the COPY stage, as it is or written again; on SQLite none."""
-    stage_copies = []
-    original = files_handler._CsvStage._run
+    On PostgreSQL every block goes to COPY; on SQLite none."""
+    copies = []
+    original = files_handler._RecordsCopy.write
     monkeypatch.setattr(
-        files_handler._CsvStage, "_run", lambda self, *a: stage_copies.append(a[1]) or original(self, *a)
+        files_handler._RecordsCopy,
+        "write",
+        staticmethod(lambda session, data: copies.append(data) or original(session, data)),
     )
     lines, expected = [b"n,name,note\n"], []
     for n in range(1, 40_001):
-        if n % 997 == 0 and n < 20_000:  # bad rows in the first half only: plain blocks in the second
+        if n % 997 == 0 and n < 20_000:  # bad rows in the first half only
             lines.append(b"a row, with too many, fields, here\n")
             continue
         note = f"spans\nlines {n}" if n % 301 == 0 else f"note {n}"
@@ -209,10 +211,22 @@ def test_a_file_of_several_mebibytes_is_imported_row_for_row(
     assert read_records(file_id) == expected
     assert file.byte_offset == len(content)
     if database.engine.dialect.name == "postgresql":
-        stage = files_handler._CsvStage(["n", "name", "note"])
-        assert stage._copy_plain in stage_copies and stage._copy_numbered in stage_copies
+        assert len(copies) >= 4  # one per block of at most 1 MiB
     else:
-        assert stage_copies == []
+        assert copies == []
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [["a", "b\\c", ""], ["a", 'x"y', ""], ["a", "b\tc"], ['"a"', "b", ""]],
+)
+def test_a_plain_chunk_with_a_line_it_cannot_write_as_it_is_goes_row_by_row(lines):
+    # One column: the pattern matches an empty field, so it must not match once more at the end.
+    data = "\n".join(lines).encode()
+    copy = files_handler._RecordsCopy(uuid.uuid4(), ["h"])
+    rows = [row for chunk in csvrows.read_chunks(io.BytesIO(data), max_lines=100) for row in chunk.rows]
+    plain = copy.plain_text(data, 1)
+    assert plain is None or plain == copy.text(list(enumerate(rows, 1)))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("width", [200, 400])
@@ -229,10 +243,11 @@ def test_wide_files_are_imported_whole(make_file, drain, read_file, read_records
 
 
 @pytest.mark.postgres_only
-def test_postgresql_copy_through_the_stage_gives_the_records_csv_reader_read(database):
-    """Random small CSVs of quotes, line ends, backslashes and such: every chunk that csvrows says
-    is plain, taken as it is, and the good rows of every other chunk, written again by csv.writer,
-    become through COPY and the stage exactly the records csv.reader read."""
+def test_postgresql_copy_of_records_gives_the_records_csv_reader_read(database):
+    """Random small CSVs of quotes, line ends, backslashes, tabs, control characters, per cent signs
+    and such, under headers of such names: the good rows of every chunk, written as COPY text by
+    ``_RecordsCopy``, become exactly the records csv.reader read; where a plain chunk is turned into
+    COPY text as it is (``plain_text``), the text is the same."""
     import random
 
     pieces = [
@@ -244,17 +259,26 @@ def test_postgresql_copy_through_the_stage_gives_the_records_csv_reader_read(dat
         b'"""x"""',
         b"\\.",
         b"\\N",
+        b"\\",
+        b"\\t",
         b" ",
         b"\t",
+        b"\x01",
+        b"\x1f\x7f",
         b"\xc3\xa9",
+        b"\xf0\x9f\x98\x80",
+        b"\xe2\x80\xa8",
         b'x"y',
-        b"\\",
+        b"%s",
+        b"%%d",
+        b"{}",
         b"\r",
         b'"r\rr"',
         b"",
     ]
+    names = ["h", "%s", "100%", 'quo"te', "back\\slash", "tab\there", "caf\u00e9", "{}"]
     rng = random.Random(3)
-    taken = {"plain": 0, "rewritten": 0}
+    rows_written, taken = 0, {"plain": 0}
     with database.sessions() as session:
         for _ in range(1500):
             width, line_end = rng.choice([1, 2, 3]), rng.choice([b"\n", b"\r\n"])
@@ -263,28 +287,28 @@ def test_postgresql_copy_through_the_stage_gives_the_records_csv_reader_read(dat
                 for _ in range(rng.randrange(1, 6))
             ]
             data = line_end.join(lines) + (line_end if rng.random() < 0.8 else b"")
-            header = [f"h{n}" for n in range(width)]
-            stage = files_handler._CsvStage(header)
+            header = [f"{rng.choice(names)}{n}" for n in range(width)]
+            file_id = uuid.uuid4()
+            copy = files_handler._RecordsCopy(file_id, header)
+            expected = []
             for chunk in csvrows.read_chunks(io.BytesIO(data), max_lines=100, width=width):
-                file_id = uuid.uuid4()
-                if chunk.plain_csv is not None:
+                good = [row for row in chunk.rows if isinstance(row, list) and len(row) == width]
+                numbered = list(enumerate(good, len(expected) + 1))
+                copy_text = copy.text(numbered)
+                if chunk.plain_csv is not None and (plain := copy.plain_text(chunk.plain_csv, len(expected) + 1)):
+                    assert plain == copy_text, data  # the two ways give the same COPY text
                     taken["plain"] += 1
-                    stage.copy(session, file_id, chunk.plain_csv, rows_before=0)
-                    expected = [dict(zip(header, row, strict=True)) for row in chunk.rows]  # plain: all of width
-                else:
-                    good = [row for row in chunk.rows if isinstance(row, list) and len(row) == width]
-                    taken["rewritten"] += bool(good)
-                    numbered = stage.write_numbered(list(enumerate(good, 1)))
-                    stage.copy(session, file_id, numbered, rows_before=0, numbered=True)
-                    expected = [dict(zip(header, row, strict=True)) for row in good]
-                query = (
-                    select(file_models.Record.data)
-                    .where(file_models.Record.file_id == file_id)
-                    .order_by(file_models.Record.row_number)
-                )
-                assert session.scalars(query).all() == expected, data
+                copy.write(session, copy_text)
+                expected += [dict(zip(header, row, strict=True)) for row in good]
+            query = (
+                select(file_models.Record.data)
+                .where(file_models.Record.file_id == file_id)
+                .order_by(file_models.Record.row_number)
+            )
+            assert session.scalars(query).all() == expected, data
+            rows_written += len(expected)
         session.rollback()
-    assert taken["plain"] > 100 and taken["rewritten"] > 100  # the generator makes both kinds
+    assert rows_written > 1000 and taken["plain"] > 50  # the generator makes good rows, and plain chunks
 
 
 def test_missing_stored_file_fails_the_job_and_the_file(make_file, drain, read_file, settings, fetch):

@@ -9,14 +9,9 @@ unique index on ``(file_id, row_number)`` would refuse a row written twice rathe
 
 How a block is written:
 
-- PostgreSQL, every row good and the bytes plain CSV (the usual case): the block's bytes go as they
-  are to ``COPY ... (FORMAT csv)`` into a temporary table of text columns, and one ``INSERT ...
-  SELECT`` builds the JSON objects (``jsonb_object(header, ARRAY[columns])``) in the server. No
-  Python object per field is made, and the server parses the CSV in C.
-- PostgreSQL, a block with bad rows (or bytes COPY could read otherwise): its good rows, written
-  again by ``csv.writer`` each with its row number, through the same stage.
-- PostgreSQL, files wider than the stage allows (or a role without ``TEMP``): the good rows as JSON
-  objects, through ``COPY`` in its text format.
+- PostgreSQL: its good rows become the text of one ``COPY records ... FROM STDIN``, each row's JSON
+  object written by a template (see :class:`_RecordsCopy`), in the read-ahead thread while the block
+  before is being written. The server gets exactly what a COPY of finished records gives it.
 - SQLite: one multi-row INSERT.
 """
 
@@ -24,10 +19,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import csv
 import dataclasses
-import io
 import json
+import re
 import time
 import uuid
 from collections.abc import Generator, Iterator
@@ -35,7 +29,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 import pydantic
-from sqlalchemy import exists, func, insert, or_, select, text
+from sqlalchemy import exists, func, insert, or_, select
 from sqlalchemy.orm import Session
 
 from jobs import db, errors, registry, store
@@ -59,10 +53,14 @@ _files = file_models.File.__table__
 _COPY_RECORDS = "COPY records (file_id, row_number, data, status) FROM STDIN"
 #: Built once: ``json.dumps`` with options builds a new encoder on every call.
 _encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+#: A ``str`` as a JSON string, as ``json.dumps(ensure_ascii=False)`` writes it (the C encoder).
+_encode_json_string = json.encoder.encode_basestring
 _BACKSLASH, _ESCAPED_BACKSLASH = "\\", "\\\\"
 _T = TypeVar("_T")
-#: Rows written by csv.writer between two chances for the job's thread to run.
+#: Rows written as COPY text between two chances for the job's thread to run.
 _PART_ROWS = 1_000
+#: About as many characters of plain CSV (some hundreds of rows) likewise.
+_PART_CHARS = 64 * 1024
 #: Marks the end of the items in :func:`_read_ahead`.
 _END: Any = object()
 
@@ -117,8 +115,8 @@ def process_file(session: Session, job: registry.RunningJob) -> None:
         header, header_end = _read_header(stream)
         offset = max(file.byte_offset, header_end)
         ingest = _Ingest(session, file, header)
-        # Without a stage, plain CSV is of no use: width None spares csvrows checking for it.
-        width = len(header) if ingest.stage is not None else None
+        # On PostgreSQL, plain chunks skip csv.reader's rows (see _RecordsCopy.plain_text).
+        width = len(header) if ingest.copy is not None else None
         chunks = csvrows.read_chunks(stream, offset=offset, max_lines=args.block_rows, width=width)
         blocks = _read_ahead(ingest.prepare(chunk) for chunk in chunks)
         with contextlib.closing(blocks):  # closed (its thread done) before the stream is
@@ -180,19 +178,18 @@ def _read_header(stream: BinaryIO) -> tuple[list[str], int]:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Block:
-    """A chunk made ready to write: what goes to the database, and what counts. Row numbers here
-    count from 1 within the block; the block's place in the file is known when it is written."""
+    """A chunk made ready to write: what goes to the database, and what counts."""
 
+    #: How many rows of the file come before the block's (its row numbers follow on from there).
+    rows_before: int
     #: Records read (good and bad), and the byte offset just after them.
     rows: int
     end_offset: int
-    #: CSV for the stage: the chunk's own bytes (rows numbered in order), or its good rows written
-    #: again with their number first (``numbered``). None without a stage.
-    stage_csv: bytes | None
-    numbered: bool
-    #: The good rows as (number, JSON object), for files without a stage.
+    #: PostgreSQL: the good rows as ``COPY records`` text (see :class:`_RecordsCopy`).
+    copy_text: bytes
+    #: SQLite: the good rows as (row number, JSON object).
     objects: list[tuple[int, dict[str, str]]]
-    #: (number, reason) of each bad row.
+    #: (row number, reason) of each bad row.
     errors: list[tuple[int, str]]
 
 
@@ -210,41 +207,48 @@ class _Ingest:
         self.header = header
         self.width = len(header)
         self.row_errors = list(file.row_errors)
-        self.stage = _CsvStage(header) if _CsvStage.fits(session, header) else None
+        is_postgresql = session.get_bind().dialect.name == "postgresql"
+        self.copy = _RecordsCopy(file.id, header) if is_postgresql else None
+        #: Rows read so far by :meth:`prepare` (which runs ahead of :meth:`write`).
+        self._rows_read = file.rows_total
 
     def prepare(self, chunk: csvrows.Chunk) -> _Block:
-        """Sort the chunk's rows into good and bad, and put the good ones in the form they are written in."""
-        if chunk.plain_csv is not None and self.stage is not None:
-            return _Block(chunk.row_count, chunk.end_offset, chunk.plain_csv, False, [], [])
-        good, errors, width = [], [], self.width
-        for number, item in enumerate(chunk.rows, start=1):
+        """Sort the chunk's rows into good and bad, number them, and put the good ones in the form
+        they are written in. Called once per chunk, in the file's order."""
+        before, width = self._rows_read, self.width
+        if chunk.plain_csv is not None and self.copy is not None:
+            text = self.copy.plain_text(chunk.plain_csv, before + 1)
+            if text is not None:
+                self._rows_read += chunk.row_count
+                return _Block(before, chunk.row_count, chunk.end_offset, text, [], [])
+        good, errors = [], []
+        for number, item in enumerate(chunk.rows, start=before + 1):
             if isinstance(item, list) and len(item) == width:
                 good.append((number, item))
+            elif isinstance(item, csvrows.BadRecord):
+                errors.append((number, item.reason))
             else:
-                if isinstance(item, csvrows.BadRecord):
-                    reason = item.reason
-                else:
-                    reason = f"expected {width} fields, got {len(item)}"
-                errors.append((number, reason))
-        if self.stage is not None:
-            return _Block(chunk.row_count, chunk.end_offset, _CsvStage.write_numbered(good), True, [], errors)
+                errors.append((number, f"expected {width} fields, got {len(item)}"))
+        self._rows_read += chunk.row_count
+        if self.copy is not None:
+            return _Block(before, chunk.row_count, chunk.end_offset, self.copy.text(good), [], errors)
         objects = [(number, dict(zip(self.header, fields, strict=True))) for number, fields in good]  # width checked
-        return _Block(chunk.row_count, chunk.end_offset, None, False, objects, errors)
+        return _Block(before, chunk.row_count, chunk.end_offset, b"", objects, errors)
 
     def write(self, block: _Block) -> None:
         """Write the block's good rows in one go, and count the block in the file row."""
-        file, before = self.file, self.file.rows_total
-        if block.stage_csv is not None:
-            assert self.stage is not None  # prepare() gives a block stage CSV only when there is a stage
-            self.stage.copy(self.session, file.id, block.stage_csv, rows_before=before, numbered=block.numbered)
+        file = self.file
+        assert block.rows_before == file.rows_total  # blocks are prepared and written in the same order
+        if self.copy is not None:
+            self.copy.write(self.session, block.copy_text)
         else:
-            insert_records(self.session, file.id, [(before + number, data) for number, data in block.objects])
+            insert_records(self.session, file.id, block.objects)
         file.rows_total += block.rows
         file.rows_imported += block.rows - len(block.errors)
         file.rows_rejected += len(block.errors)
         if block.errors and len(self.row_errors) < MAX_ROW_ERRORS:
             kept = block.errors[: MAX_ROW_ERRORS - len(self.row_errors)]
-            self.row_errors += [{"row": before + number, "reason": reason} for number, reason in kept]
+            self.row_errors += [{"row": number, "reason": reason} for number, reason in kept]
             file.row_errors = list(self.row_errors)  # a new list: JSON columns do not track mutation
         file.byte_offset = block.end_offset
 
@@ -297,7 +301,7 @@ def check_file_counts(session: Session, limit: int) -> list[registry.Violation]:
 
 def insert_records(session: Session, file_id: uuid.UUID, rows: list[tuple[int, dict[str, Any]]]) -> None:
     """Insert ``(row_number, data)`` rows of a file in one statement, in the session's transaction:
-    COPY on PostgreSQL, a multi-row INSERT on SQLite."""
+    COPY on PostgreSQL, a multi-row INSERT on SQLite. ``data`` is any JSON object."""
     if not rows:
         return
     conn = session.connection()
@@ -310,93 +314,91 @@ def insert_records(session: Session, file_id: uuid.UUID, rows: list[tuple[int, d
             ],
         )
         return
-    # COPY's text format, built here in one string: faster than a write_row() call per row. JSON
-    # from the encoder has no raw tab, newline or carriage return (it escapes every control
-    # character), so a backslash is the only character COPY needs escaped.
+    # COPY's text format: JSON from the encoder has no raw tab, newline or carriage return (it
+    # escapes every control character), so a backslash is the only character COPY needs escaped.
     suffix = f"\t{file_models.RecordStatus.IMPORTED.value}\n"
     prefix = f"{file_id}\t"
-    data = "".join(
-        [f"{prefix}{n}\t{_encode_json(row).replace(_BACKSLASH, _ESCAPED_BACKSLASH)}{suffix}" for n, row in rows]
-    )
-    # psycopg's COPY runs on the session's own connection, so it is part of the job's transaction.
+    data = "".join([f"{prefix}{n}\t{_encode_json(row)}{suffix}" for n, row in rows])
     with db.psycopg_connection(conn).cursor() as cursor, cursor.copy(_COPY_RECORDS) as copy:
-        copy.write(data.encode())
+        copy.write(data.replace(_BACKSLASH, _ESCAPED_BACKSLASH).encode())
 
 
-class _CsvStage:
-    """CSV rows of one header width into ``records`` on PostgreSQL: ``COPY ... (FORMAT csv)`` into a
-    temporary table of text columns ``c1 .. cN`` and a row number ``n``, then one ``INSERT ...
-    SELECT`` that builds each row's JSON object in the server.
+class _RecordsCopy:
+    """CSV rows of one file as ``records`` rows, through ``COPY records ... FROM STDIN`` (text format)
+    on the job's own connection, in its transaction.
 
-    The table lives as long as the connection (``CREATE TEMP TABLE IF NOT EXISTS``: a pooled
-    connection keeps it for the next file of that width) and is emptied before each use. Record IDs
-    follow the stage's scan order, which for a temporary table (never scanned in parallel) is the
-    order the rows were copied in, the file's.
+    The JSON object of each row is written here, in the read-ahead thread, so the server gets exactly
+    what a COPY of finished records gives it (``tests/benchmarks/ingest.py`` measures that COPY) and
+    the Python work of block k+1 overlaps the server's work on block k. Earlier versions had the
+    server build the objects (``jsonb_object`` over a temporary table the CSV was copied into): one
+    more pass over every row on the server, which is what bounds the import.
+
+    - :meth:`plain_text`, for a chunk of plain CSV (:attr:`csvrows.Chunk.plain_csv`) whose fields hold
+      no quote, backslash or control character (the usual case): one regular expression per part of
+      the chunk finds each line's fields, and a ``%`` template writes them as they are (such
+      characters need no escaping in JSON or in COPY's text format), with no Python code per row.
+    - :meth:`text`, for any rows: a ``%`` template with the header's keys already encoded, and a JSON
+      string per field from the ``json`` module's C string encoder.
     """
 
-    #: Wider files take the JSON path. A row of PostgreSQL must fit in 8,160 bytes after TOAST has
-    #: moved out every value longer than its 18-byte pointer: 200 columns always do, 1,000 columns
-    #: of 30 bytes do not ("row is too big").
-    MAX_COLUMNS = 200
+    def __init__(self, file_id: uuid.UUID, header: list[str]) -> None:
+        keys = [_encode_json_string(name) for name in header]
+        status = file_models.RecordStatus.IMPORTED.value
+        # "%" in a column name is written "%%" so that the template keeps it as it is.
+        objects = ",".join(f"{key.replace('%', '%%')}:%s" for key in keys)
+        self._line = f"{file_id}\t%d\t{{{objects}}}\t{status}\n"
+        # A plain line: each field quoted (group 2n-1) or not (group 2n), with no quote, backslash or
+        # control character in it; csv.reader reads such a line as these fields. A group that took
+        # no part in the match is "" (re.findall), so the two groups together are the field.
+        field = r'(?:"([^"\\\x00-\x1f]*)"|([^,"\\\x00-\x1f]*))'
+        self._plain_line = re.compile(rf"^{','.join([field] * len(header))}\r?$", re.MULTILINE)
+        # The fields of a plain line are written as they are: the keys as COPY's text format has
+        # them (backslashes doubled), "%" as "%%" for the template.
+        written = [key.replace(_BACKSLASH, _ESCAPED_BACKSLASH).replace("%", "%%") for key in keys]
+        objects = ",".join(f'{key}:"%s%s"' for key in written)
+        self._plain_row = f"{file_id}\t%d\t{{{objects}}}\t{status}\n"
 
-    def __init__(self, header: list[str]) -> None:
-        self.header = header
-        table = f"pg_temp.jobrunner_csv_stage_{len(header)}"  # pg_temp: never a table of that name elsewhere
-        names = [f"c{n}" for n in range(1, len(header) + 1)]
-        columns = ", ".join(names)
-        # One round trip (simple query protocol, no parameters). synchronous_commit off for this
-        # transaction only: a checkpoint commit lost in a database crash takes its rows and its
-        # offset with it (one transaction), so the job redoes that block and no more. The job's
-        # final commit (its status) is a transaction of its own, durable as usual.
-        self._prepare = (
-            "SET LOCAL synchronous_commit = off; "
-            f"CREATE TEMP TABLE IF NOT EXISTS {table} "
-            f"(n integer GENERATED BY DEFAULT AS IDENTITY, {', '.join(f'{name} text' for name in names)}); "
-            f"TRUNCATE {table} RESTART IDENTITY"
-        )
-        # FORCE_NOT_NULL: an unquoted empty field is an empty string, as csv.reader reads it.
-        options = f"(FORMAT csv, FORCE_NOT_NULL ({columns}), ENCODING 'UTF8')"
-        self._copy_plain = f"COPY {table} ({columns}) FROM STDIN {options}"  # n: 1, 2, ... in order
-        self._copy_numbered = f"COPY {table} (n, {columns}) FROM STDIN {options}"
-        self._insert = (
-            "INSERT INTO records (file_id, row_number, data, status) "
-            f"SELECT %s, %s + n, jsonb_object(%s::text[], ARRAY[{columns}]), %s FROM {table}"
-        )
+    def plain_text(self, data: bytes, first_number: int) -> bytes | None:
+        """The lines of ``data`` (plain CSV of the header's width) as COPY text, numbered from
+        ``first_number`` on; None if a field of any line holds a quote, a backslash or a control
+        character (then :meth:`text` takes the chunk's rows)."""
+        text, parts, number, start = data.decode("utf-8"), [], first_number, 0
+        while start < len(text):
+            end = text.find("\n", start + _PART_CHARS)
+            end = len(text) if end < 0 else end + 1
+            # Without its last line end: "^" must not match once more after it (an empty match
+            # there would stand in for a line that did not match, one field wide).
+            part = text[start : end - 1] if text[end - 1] == "\n" else text[start:end]
+            found = self._plain_line.findall(part)  # a tuple of 2 groups per field, for each line
+            if len(found) != part.count("\n") + 1:
+                return None
+            # (number, *groups) for each line, through C-level maps only: no Python code per row.
+            rows = map(tuple.__add__, zip(range(number, number + len(found))), found)
+            parts.append("".join(map(self._plain_row.__mod__, rows)))
+            number, start = number + len(found), end
+            time.sleep(0)  # let the job's thread have the GIL, as csvrows does while it parses
+        return "".join(parts).encode()
 
-    @classmethod
-    def fits(cls, session: Session, header: list[str]) -> bool:
-        """Whether files with this header go through a stage: PostgreSQL, not too wide, and a role
-        that may create temporary tables (some hardened set-ups revoke ``TEMP``)."""
-        if session.get_bind().dialect.name != "postgresql" or len(header) > cls.MAX_COLUMNS:
-            return False
-        return bool(session.scalar(text("SELECT has_database_privilege(current_database(), 'TEMP')")))
+    def text(self, rows: list[tuple[int, list[str]]]) -> bytes:
+        """``(row number, fields)`` rows (of the header's width) as COPY text."""
+        line, encode, parts = self._line, _encode_json_string, []
+        for start in range(0, len(rows), _PART_ROWS):
+            parts.append("".join([line % (n, *map(encode, fields)) for n, fields in rows[start : start + _PART_ROWS]]))
+            time.sleep(0)  # let the job's thread have the GIL, as csvrows does while it parses
+        # The encoder escapes every control character, so no raw tab, newline or carriage return is
+        # left; a backslash is the only character COPY's text format needs escaped.
+        return "".join(parts).replace(_BACKSLASH, _ESCAPED_BACKSLASH).encode()
 
     @staticmethod
-    def write_numbered(rows: list[tuple[int, list[str]]]) -> bytes:
-        """``(number, fields)`` rows as CSV for :meth:`copy` with ``numbered``, whatever the fields hold."""
-        # Lines end in "\r\n", so csv.writer quotes every field holding either (with "\n" alone it
-        # would leave a lone "\r" bare, which COPY refuses); each line starts with its number, never
-        # with COPY's end-of-data mark; FORCE_NOT_NULL keeps bare empty fields empty.
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\r\n")
-        for start in range(0, len(rows), _PART_ROWS):
-            writer.writerows([number, *fields] for number, fields in rows[start : start + _PART_ROWS])
-            time.sleep(0)  # let the job's thread have the GIL, as csvrows does while it parses
-        return out.getvalue().encode()
-
-    def copy(
-        self, session: Session, file_id: uuid.UUID, data: bytes, *, rows_before: int, numbered: bool = False
-    ) -> None:
-        """Insert the rows of ``data`` as the file's records numbered from ``rows_before + 1`` on, in
-        the session's transaction. ``data`` is plain CSV of this width (see
-        :attr:`csvrows.Chunk.plain_csv`), or with ``numbered`` what :meth:`write_numbered` made."""
-        if data:
-            self._run(session, self._copy_numbered if numbered else self._copy_plain, data, file_id, rows_before)
-
-    def _run(self, session: Session, copy_sql: str, data: bytes, file_id: uuid.UUID, rows_before: int) -> None:
-        driver = db.psycopg_connection(session.connection())
-        with driver.cursor() as cursor:
-            cursor.execute(self._prepare)
-            with cursor.copy(copy_sql) as copy:
+    def write(session: Session, data: bytes) -> None:
+        """COPY ``text()`` output into ``records``, in the session's transaction."""
+        if not data:
+            return
+        with db.psycopg_connection(session.connection()).cursor() as cursor:
+            # synchronous_commit off for this transaction only: a checkpoint commit lost in a
+            # database crash takes its rows and its offset with it (one transaction), so the job
+            # redoes that block and no more. The job's final commit (its status) is a transaction of
+            # its own, durable as usual.
+            cursor.execute("SET LOCAL synchronous_commit = off")
+            with cursor.copy(_COPY_RECORDS) as copy:
                 copy.write(data)
-            cursor.execute(self._insert, (file_id, rows_before, self.header, file_models.RecordStatus.IMPORTED.value))
