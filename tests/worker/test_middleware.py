@@ -16,18 +16,19 @@ def _idle_in_transaction(database) -> int:
     with database.engine.connect() as conn:
         return conn.execute(
             text(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE application_name = :name AND state LIKE 'idle in transaction%'"
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND application_name = :name AND state LIKE 'idle in transaction%'"
             ),
             {"name": APPLICATION_NAME},
         ).scalar_one()
 
 
 def _no_connection_stays_idle_in_transaction(database) -> None:
-    """No connection of the test's pool stays idle in a transaction. The in-process worker's
-    sweeper and heartbeat share that pool and run short transactions of their own at any moment
-    (seen between two of their statements): such a connection leaves the state within
-    milliseconds, one a job leaked never does."""
+    """No connection of the test's pool stays idle in a transaction (in this run's database: other
+    runs on the server, the other half of make test's PostgreSQL pass among them, use the same
+    application_name). The in-process worker's sweeper and heartbeat share that pool and run short
+    transactions of their own at any moment (seen between two of their statements): such a
+    connection leaves the state within milliseconds, one a job leaked never does."""
     wait_until(lambda: _idle_in_transaction(database) == 0, timeout=30, what="no connection idle in transaction")
 
 
