@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-postgres test-sqlite lint install clean
+.PHONY: demo test test-postgres test-postgres-workers test-postgres-others test-sqlite lint install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,16 +18,25 @@ demo: $(STAMP)
 	$(BIN)/jobctl demo
 
 # The whole suite on PostgreSQL and again on SQLite (tests marked postgres_only are skipped there),
-# the two passes side by side: each has its own database and Redis, and much of a pass is waiting on
-# worker processes. Each pass's output is printed whole when it ends.
+# in three pytest processes side by side: the PostgreSQL pass, the longer one, is split in two by
+# directory (WORKER_TESTS, where most of the time is waiting on worker processes, and the rest).
+# Each process has its own database, Redis and RabbitMQ vhost; its output is printed whole when it ends.
+WORKER_TESTS := tests/worker tests/hosts tests/jobs tests/observe
+
 test: $(STAMP)
-	$(MAKE) --no-print-directory -j2 --output-sync=target test-postgres test-sqlite
+	$(MAKE) --no-print-directory -j3 --output-sync=target test-postgres-workers test-postgres-others test-sqlite
 
 test-postgres: $(STAMP)
-	JOBRUNNER_TEST_DATABASE=postgresql $(BIN)/pytest -q --reruns 1
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-postgres-workers test-postgres-others
+
+test-postgres-workers: $(STAMP)
+	JOBRUNNER_TEST_DATABASE=postgresql $(BIN)/pytest -q $(WORKER_TESTS)
+
+test-postgres-others: $(STAMP)
+	JOBRUNNER_TEST_DATABASE=postgresql $(BIN)/pytest -q $(addprefix --ignore=,$(WORKER_TESTS))
 
 test-sqlite: $(STAMP)
-	JOBRUNNER_TEST_DATABASE=sqlite $(BIN)/pytest -q --reruns 1
+	JOBRUNNER_TEST_DATABASE=sqlite $(BIN)/pytest -q
 
 # The quality gates CI runs before the tests: lint, formatting, types.
 lint: $(STAMP)

@@ -18,7 +18,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from sqlalchemy import Connection, event
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -65,20 +65,32 @@ def send_after_commit(session: Session, message: JobMessage) -> None:
     session.info.setdefault(_PENDING_KEY, []).append(message)
 
 
+#: Set on each Session class the hooks were added to: its sessions (and a subclass's) send.
+_INSTALLED_ATTR = "_jobrunner_sends"
+
+
 def install(sessions: sessionmaker[Session] | async_sessionmaker[AsyncSession]) -> None:
     """Hook the after-commit send onto every session ``sessions`` makes (sync or async); installing
-    twice is installing once."""
+    twice is installing once.
+
+    Whether the hooks are there is marked on the Session class they go on, not asked of SQLAlchemy
+    (``event.contains``): its registry knows a sessionmaker by ``id()``, and keeps that key until the
+    sessionmaker's Session class is garbage collected, after the sessionmaker itself was freed. A new
+    sessionmaker made at the freed one's address would look installed, and its sessions would never
+    send (the jobs would wait for the sweeper)."""
     target = _event_target(sessions)
-    if event.contains(target, "after_commit", _send_pending):
+    if getattr(target, _INSTALLED_ATTR, False):  # a base class's hooks fire for its subclasses too
         return
     event.listen(target, "before_commit", _send_in_transaction)
     event.listen(target, "after_commit", _send_pending)
     event.listen(target, "after_transaction_end", _drop_pending)
+    setattr(target, _INSTALLED_ATTR, True)
 
 
-def _event_target(sessions: sessionmaker[Session] | async_sessionmaker[AsyncSession]) -> Any:
+def _event_target(sessions: sessionmaker[Session] | async_sessionmaker[AsyncSession]) -> type[Session]:
+    """The Session class whose sessions ``sessions`` makes, and only those."""
     if not isinstance(sessions, async_sessionmaker):
-        return sessions  # a sessionmaker's events apply to the Session subclass of its own it makes
+        return sessions.class_  # a sessionmaker makes a Session subclass of its own
     # An AsyncSession's events fire on the sync Session under it (SQLAlchemy's asyncio docs, "Using
     # events with the asyncio extension"). async_sessionmaker does not subclass that class as
     # sessionmaker does, so it gets a subclass of its own here: the hooks stay on these sessions.

@@ -35,7 +35,7 @@ from jobs.registry import Registry
 from jobs.store import checking
 from tests import kinds, rabbitmq, servers
 from worker import broker as worker_broker
-from worker import producer
+from worker import producer, testing
 
 #: Which database the run uses: "postgresql" (default) or "sqlite".
 BACKEND = os.environ.get("JOBRUNNER_TEST_DATABASE", "postgresql")
@@ -283,8 +283,8 @@ def broker(settings: Settings, kind_registry: Registry, database: db.Database) -
 def worker(broker: dramatiq.Broker) -> Iterator[dramatiq.Worker]:
     """A real Dramatiq worker (8 threads) in this process, consuming the test's broker."""
     # Dramatiq's CLI emits process_boot in each worker process (TimeLimit starts its timer thread
-    # there); an in-process worker must do the same.
-    broker.emit_after("process_boot")
+    # there); an in-process worker must do the same, with the one timer thread of this process.
+    testing.boot_in_process(broker)
     worker = dramatiq.Worker(broker, worker_threads=8, worker_timeout=10)
     worker.start()
     yield worker

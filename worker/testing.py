@@ -24,10 +24,12 @@ import threading
 import uuid
 from collections.abc import Sequence
 from types import TracebackType
+from typing import Any
 
 import dramatiq
 from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import TimeLimit
 
 from jobs import db, models, sending
 from jobs.config import Settings
@@ -37,6 +39,27 @@ from worker.state import WorkerState
 
 #: Longest :meth:`InProcessJobs.run_enqueued` waits for the queues to empty.
 RUN_TIMEOUT_MS = 60_000
+
+#: The one TimeLimit timer thread of this process (see :func:`boot_in_process`).
+_timer: Any = None
+_timer_lock = threading.Lock()
+
+
+def boot_in_process(broker: dramatiq.Broker) -> None:
+    """What Dramatiq's CLI emits in a worker process at its start (``after_process_boot``), for a
+    worker run inside a process that runs many (a test suite): TimeLimit starts its timer thread
+    there, a thread Dramatiq never stops. Every broker booted here shares one timer thread instead
+    (its deadlines are per worker thread), so a test suite does not leave a thread behind per worker."""
+    global _timer
+    for middleware in broker.middleware:
+        if isinstance(middleware, TimeLimit):
+            with _timer_lock:
+                if _timer is None:
+                    _timer = middleware.manager
+                    _timer.start()
+            middleware.manager = _timer
+        else:
+            middleware.after_process_boot(broker)
 
 
 class InProcessJobs:
@@ -74,7 +97,7 @@ class InProcessJobs:
                 sender=self.sender,
                 registry=self.registry,
             )
-        self.broker.emit_after("process_boot")  # TimeLimit starts its timer thread here
+        boot_in_process(self.broker)  # TimeLimit's timer thread
         self._worker = dramatiq.Worker(self.broker, worker_threads=self.worker_threads, worker_timeout=10)
         self._worker.start()  # AsyncIO starts its loop in before_worker_boot
 

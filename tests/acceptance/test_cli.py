@@ -433,7 +433,7 @@ def test_dev_serves_runs_a_job_and_leaves_no_process_behind_on_sigterm(tmp_path)
         stderr=subprocess.STDOUT,
     )
     log.close()
-    descendants: dict[int, str] = {}
+    tree: dict[int, str] = {}
     try:
         with httpx.Client(base_url=api, timeout=5) as client:
             _wait_for(lambda: _healthy(client), dev, tmp_path, "dev to answer /healthz")
@@ -441,19 +441,19 @@ def test_dev_serves_runs_a_job_and_leaves_no_process_behind_on_sigterm(tmp_path)
             assert response.status_code == 202, response.text
             job_url = f"/jobs/{response.json()['job_id']}"
             _wait_for(lambda: client.get(job_url).json()["status"] == "succeeded", dev, tmp_path, "the job")
-        descendants = _descendants(dev.pid)
-        names = {_name(pid) for pid in descendants}
-        assert "redis-server" in names and len(descendants) >= 3, names  # Redis, API, worker (and its children)
+        tree = descendants(dev.pid)
+        names = {_name(pid) for pid in tree}
+        assert "redis-server" in names and len(tree) >= 3, names  # Redis, API, worker (and its children)
         assert (tmp_path / "var" / "jobrunner.db").exists()  # SQLite under ./var
 
         dev.send_signal(signal.SIGTERM)
         assert dev.wait(timeout=DEV_STOP_SECONDS) == 0, _logs(tmp_path)
-        left = _wait_until_gone(descendants, timeout=10.0)
+        left = wait_until_gone(tree, timeout=10.0)
         assert left == {}, f"still running after SIGTERM: {left}"
     finally:
         _kill_if_running(dev)
-        for pid, start in descendants.items():
-            if _is_running(pid, start):
+        for pid, start in tree.items():
+            if is_running(pid, start):
                 os.kill(pid, signal.SIGKILL)
 
 
@@ -533,7 +533,7 @@ def _proc_stat(pid: int) -> tuple[str, int, str] | None:
     return fields[0], int(fields[1]), fields[19]
 
 
-def _descendants(root: int) -> dict[int, str]:
+def descendants(root: int) -> dict[int, str]:
     """Every process below ``root``, by PID, with its start time (so a reused PID is not mistaken
     for it)."""
     children: dict[int, list[tuple[int, str]]] = defaultdict(list)
@@ -549,17 +549,17 @@ def _descendants(root: int) -> dict[int, str]:
     return found
 
 
-def _is_running(pid: int, start: str) -> bool:
+def is_running(pid: int, start: str) -> bool:
     # A zombie has exited; only its exit status is left for a parent to collect.
     stat = _proc_stat(pid)
     return stat is not None and stat[2] == start and stat[0] != "Z"
 
 
-def _wait_until_gone(processes: dict[int, str], timeout: float) -> dict[int, str]:
+def wait_until_gone(processes: dict[int, str], timeout: float) -> dict[int, str]:
     """Wait (bounded) for every process to end; returns those still running, with their names."""
     deadline = time.monotonic() + timeout
     while True:
-        left = {pid: _name(pid) for pid, start in processes.items() if _is_running(pid, start)}
+        left = {pid: _name(pid) for pid, start in processes.items() if is_running(pid, start)}
         if not left or time.monotonic() >= deadline:
             return left
         time.sleep(0.1)

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from tests import servers
+from tests.acceptance import test_cli
 from tests.acceptance.conftest import REPO_ROOT, embedded_defaults_env, jobctl_command
 from tests.conftest import BACKEND, PG_ADMIN_URL
 from worker import devmode
@@ -246,9 +247,15 @@ def test_the_use_it_in_your_service_block_runs_the_shop(tmp_path: Path, redis_ur
         _wait(both_ran, f"the worker to run both kinds; the block's output: {log_path}")
         assert httpx.get(f"{api}/orders/2").json()["invoice"] == "INVOICE order 2: 6 x cups"
     finally:
+        tree = test_cli.descendants(process.pid)
         os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+        # The worker's children run in sessions of their own (the supervisor's setsid) and shut down
+        # after the shell has gone: wait for them, so none consumes the run's Redis in the next tests.
+        for pid in test_cli.wait_until_gone(tree, timeout=60):
+            if test_cli.is_running(pid, tree[pid]):
+                os.kill(pid, signal.SIGKILL)

@@ -15,11 +15,16 @@ from typing import Any
 
 from jobs import db, store
 
-#: Short leases and sweeps, so recovery happens within seconds in the tests.
+#: Short leases and sweeps, so recovery happens within seconds in the tests. A message that a
+#: killed worker process had fetched stays in Redis (in that consumer's unacknowledged set) until
+#: Dramatiq's Redis broker gives it back, 60 s after the consumer's last heartbeat; the sweeper
+#: re-sends it once its job has waited RESEND_HELD_AFTER (a backlog a worker drains meanwhile is not
+#: sent twice), so recovery does not wait on Dramatiq.
 FAST_RECOVERY = {
     "JOBRUNNER_LEASE_SECONDS": "2",
     "JOBRUNNER_SWEEP_INTERVAL_SECONDS": "0.5",
     "JOBRUNNER_REQUEUE_AFTER_SECONDS": "2",
+    "JOBRUNNER_RESEND_HELD_AFTER_SECONDS": "10",
     "JOBRUNNER_RETRY_BACKOFF_SECONDS": "0.05",
 }
 #: Longest any test waits for jobs to settle.
