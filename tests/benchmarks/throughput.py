@@ -1,4 +1,4 @@
-"""Throughput, memory and latency of the job runner, against bare Dramatiq and a naive ORM actor.
+"""Throughput, memory and latency of the job runner, against bare Dramatiq, a naive ORM actor and Oban.
 
 What it measures (``--processes`` worker processes, default 1, x 8 threads everywhere,
 ``dramatiq_worker_timeout`` = 10 ms, PostgreSQL database ``jobrunner_bench`` (dropped and re-created,
@@ -35,6 +35,19 @@ A (BROKER) (with ``--broker URL``, which may be repeated): A again, in the same 
    database are not used) the PostgreSQL broker on the bench database itself, whose ``jobs`` table is
    the queue (label ``A (postgres)``). The summary gives its rate beside A's and their ratio (and its latency
    beside A's, unless ``--skip-latency``).
+O. **Oban for Python** (unless ``--skip-oban``; the fastest PostgreSQL-only peer: asyncio, claims
+   and acks in batches). It needs Python >= 3.12: ``JOBRUNNER_BENCH_OBAN_PYTHON``, else ``python3.12``
+   or newer on PATH (one that runs: a pyenv shim may not), else the newest of pyenv's installed
+   versions; with it the script builds the venv ``var/bench-oban-venv`` and ``pip install``s ``oban``
+   there (``JOBRUNNER_BENCH_OBAN_SPEC`` to pin one: ``oban==0.7.0``), once: the venv is reused after.
+   Without such a Python, or if the install fails, O is skipped with a message saying why. O runs in
+   a database of its own on the bench PostgreSQL (``jobrunner_bench_oban_<run>``, schema made by
+   ``oban install``): N jobs of a no-op ``@worker`` inserted with Oban's ``enqueue_many``, 2,000 per
+   statement (timed apart, as "enqueue"), then ``--processes`` processes of ``oban start --queues
+   default:8`` (the CLI as shipped: uvloop, its default pool and logging; Oban runs one process per
+   command, so a small launcher starts P of them). Throughput = N / (max(completed_at) -
+   min(attempted_at)), read from ``oban_jobs``; RSS and CPU sampled as for A (RSS: the first process).
+   The summary gives full/oban and each ``--broker``/oban.
 Latency (unless ``--skip-latency``): with a full-path worker running, jobs created one per
    transaction through the real path (``create_job`` + commit, which sends the ID) by a pacing loop,
    at 5 jobs/s (60 jobs) and 200 jobs/s (2,000 jobs), on Redis and then on each ``--broker``.
@@ -52,10 +65,11 @@ where it makes a database of its own; a redis-server of its own; both removed at
 
     .venv/bin/python tests/benchmarks/throughput.py [--jobs N] [--repeat K] [--skip-latency] [--async-noop]
         [--observe off,metrics,tracing] [--skip-naive] [--broker amqp://guest:guest@127.0.0.1:5672]
-        [--broker postgresql] [--processes N]
+        [--broker postgresql] [--processes N] [--skip-oban]
 
-``--processes 2`` runs every worker (A, B and C alike, so the ratios stay like for like) with 2
-processes of 8 threads.
+``--processes 2`` runs every worker (A, B, C and O alike, so the ratios stay like for like) with 2
+processes of 8 threads (O: 2 processes of 8 concurrent jobs). For every scenario the summary prints
+the worker's CPU time per job (all its processes, over the jobs run while it was sampled).
 
 Environment overrides: ``JOBRUNNER_BENCH_PG_ADMIN_URL`` (default
 ``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``), ``JOBRUNNER_BENCH_REDIS_URL`` (default: a
