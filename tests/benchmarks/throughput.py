@@ -69,7 +69,8 @@ where it makes a database of its own; a redis-server of its own; both removed at
 
 ``--processes 2`` runs every worker (A, B, C and O alike, so the ratios stay like for like) with 2
 processes of 8 threads (O: 2 processes of 8 concurrent jobs). For every scenario the summary prints
-the worker's CPU time per job (all its processes, over the jobs run while it was sampled).
+the worker's CPU time per job (all its processes, over the jobs run while it was sampled), and
+PostgreSQL's and Redis's (every such process on the machine: ours and anyone else's).
 
 Environment overrides: ``JOBRUNNER_BENCH_PG_ADMIN_URL`` (default
 ``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``), ``JOBRUNNER_BENCH_REDIS_URL`` (default: a
@@ -403,6 +404,7 @@ class Run:
     rss_peak: float | None = None
     cpu: dict[str, float] = dataclasses.field(default_factory=dict)  # % of one CPU while the jobs ran
     cpu_ms_per_job: float | None = None  # the worker's CPU time (all its processes) per job run meanwhile
+    server_ms_per_job: float | None = None  # PostgreSQL's and Redis's CPU time per job run meanwhile
     note: str = ""
 
     @property
@@ -446,6 +448,7 @@ def wait_until_done(
                 run.cpu = cpu_split(cpu_before[1], cpu_snapshot(), process_tree(proc.pid), seconds)
                 if done > done_before:
                     run.cpu_ms_per_job = run.cpu["worker"] / 100 * seconds * 1000 / (done - done_before)
+                    run.server_ms_per_job = run.cpu["postgres+redis"] / 100 * seconds * 1000 / (done - done_before)
             break
         if proc.poll() is not None:
             run.note = f"worker exited early with code {proc.returncode}"
@@ -1144,7 +1147,11 @@ def print_run(run: Run) -> None:
             else ""
         )
         + ("; CPU % of one core: " + ", ".join(f"{k} {v:.0f}" for k, v in run.cpu.items()) if run.cpu else "")
-        + (f"; worker CPU {run.cpu_ms_per_job:.2f} ms/job" if run.cpu_ms_per_job is not None else "")
+        + (
+            f"; CPU per job: worker {run.cpu_ms_per_job:.2f} ms, postgres+redis {run.server_ms_per_job:.2f} ms"
+            if run.cpu_ms_per_job is not None and run.server_ms_per_job is not None
+            else ""
+        )
         + (f"; NOTE {run.note}" if run.note else ""),
         flush=True,
     )
@@ -1200,15 +1207,17 @@ def print_summary(
 
     print("\nCPU while the jobs ran, % of one core (median of runs; 'other' = processes that are not this")
     print("benchmark's, PostgreSQL or Redis: anything above a few % means a shared machine skewed the figures);")
-    print("worker ms/job = the worker's CPU time (all its processes) per job it ran meanwhile")
+    print("per job: the worker's CPU time (all its processes), and PostgreSQL's + Redis's, per job run meanwhile")
     for scenario in scenarios:
         cpus = [r.cpu for r in runs[scenario.key] if r.cpu]
         if cpus:
             per_job = _median([r.cpu_ms_per_job for r in runs[scenario.key]])
+            server_per_job = _median([r.server_ms_per_job for r in runs[scenario.key]])
             print(
                 f"  {scenario.label:<20} "
                 + "   ".join(f"{part} {_median([c[part] for c in cpus]):.0f}" for part in cpus[0])
-                + f"   worker {_fmt(per_job, '.2f', ' ms/job')}"
+                + f"   per job: worker {_fmt(per_job, '.2f', ' ms')}, "
+                + f"postgres+redis {_fmt(server_per_job, '.2f', ' ms')}"
             )
 
     print("\nratios (of the median rates; in brackets, each run's ratio to the runs beside it)")
