@@ -48,6 +48,9 @@ logger = logging.getLogger(__name__)
 #: Longest an idle consumer goes without looking at the table (a NOTIFY missed: only with a dropped
 #: connection, since PostgreSQL delivers every committed one to every listener).
 POLL_SECONDS = 1.0
+#: Longest a consumer that holds jobs waits for more of its slots to free up before it takes again
+#: while jobs wait (see :meth:`PostgresConsumer._wait`).
+TAKE_WAIT_SECONDS = 0.005
 #: How often ``join`` (tests) looks at the table.
 JOIN_POLL_SECONDS = 0.02
 #: What a health check, a send or a consumer raises when PostgreSQL does not answer.
@@ -163,6 +166,9 @@ class PostgresConsumer(dramatiq.Consumer):
         self.broker = broker
         self.queue_name = queue_name
         self.prefetch = max(prefetch, 1)
+        #: Free slots worth a take of their own while jobs wait: refilling each slot as its job is
+        #: acked would cost one statement (and round trip) per job.
+        self.min_take = max(1, self.prefetch // 4)
         self.timeout_seconds = timeout_ms / 1000
         self._taken: collections.deque[MessageProxy] = collections.deque()
         self._unacked: set[str] = set()
@@ -217,7 +223,7 @@ class PostgresConsumer(dramatiq.Consumer):
     # --- taking --------------------------------------------------------------------------------
 
     def _fill(self) -> None:
-        if self._may_take():
+        if self._may_take(self.min_take):
             self._take()
         if not self._taken:
             self._wait()
@@ -228,8 +234,8 @@ class PostgresConsumer(dramatiq.Consumer):
         with self._lock:
             return self.prefetch - len(self._unacked)
 
-    def _may_take(self) -> bool:
-        return self._room() > 0 and (self._wake or time.monotonic() >= self._look_at)
+    def _may_take(self, slots: int = 1) -> bool:
+        return self._room() >= slots and (self._wake or time.monotonic() >= self._look_at)
 
     def _take(self) -> None:
         room = self._room()
@@ -257,12 +263,21 @@ class PostgresConsumer(dramatiq.Consumer):
 
     def _wait(self) -> None:
         """Wait up to the timeout for a reason to take: a NOTIFY for this queue, a free slot, or
-        the time to look again."""
-        timeout = min(self.timeout_seconds, max(self._look_at - time.monotonic(), 0.0))
+        the time to look again. While jobs wait (the last take was full, or a NOTIFY came) and
+        fewer than ``min_take`` slots are free, wait up to ``TAKE_WAIT_SECONDS`` more for acks,
+        so that the next take fills several slots in one statement."""
         if self._room() <= 0:
             self._acked.wait(self.timeout_seconds)
             self._acked.clear()
+            if self._room() <= 0:
+                return
+        if self._wake:
+            deadline = time.monotonic() + TAKE_WAIT_SECONDS
+            while self._room() < self.min_take and (left := deadline - time.monotonic()) > 0:
+                self._acked.wait(left)
+                self._acked.clear()
             return
+        timeout = min(self.timeout_seconds, max(self._look_at - time.monotonic(), 0.0))
         if timeout <= 0:
             return
         # psycopg 3 keeps notifications that arrive during other statements for the next notifies().

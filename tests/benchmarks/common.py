@@ -93,6 +93,17 @@ def recreate_database(name: str, admin_url: str = PG_ADMIN_URL) -> str:
     return url
 
 
+def create_empty_database(name: str, admin_url: str = PG_ADMIN_URL) -> str:
+    """Create this run's database ``name`` (see :func:`database_url`) empty, not migrated (for a peer
+    with a schema of its own), and return its URL. It is dropped when the script exits."""
+    url = database_url(name, admin_url)
+    database = make_url(url).database
+    _admin(admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    _admin(admin_url, f'CREATE DATABASE "{database}"')
+    atexit.register(_admin, admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    return url
+
+
 def _admin(admin_url: str, statement: str) -> None:
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     try:

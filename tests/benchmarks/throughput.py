@@ -1,4 +1,4 @@
-"""Throughput, memory and latency of the job runner, against bare Dramatiq and a naive ORM actor.
+"""Throughput, memory and latency of the job runner, against bare Dramatiq, a naive ORM actor and Oban.
 
 What it measures (``--processes`` worker processes, default 1, x 8 threads everywhere,
 ``dramatiq_worker_timeout`` = 10 ms, PostgreSQL database ``jobrunner_bench`` (dropped and re-created,
@@ -35,6 +35,19 @@ A (BROKER) (with ``--broker URL``, which may be repeated): A again, in the same 
    database are not used) the PostgreSQL broker on the bench database itself, whose ``jobs`` table is
    the queue (label ``A (postgres)``). The summary gives its rate beside A's and their ratio (and its latency
    beside A's, unless ``--skip-latency``).
+O. **Oban for Python** (unless ``--skip-oban``; the fastest PostgreSQL-only peer: asyncio, claims
+   and acks in batches). It needs Python >= 3.12: ``JOBRUNNER_BENCH_OBAN_PYTHON``, else ``python3.12``
+   or newer on PATH (one that runs: a pyenv shim may not), else the newest of pyenv's installed
+   versions; with it the script builds the venv ``var/bench-oban-venv`` and ``pip install``s ``oban``
+   there (``JOBRUNNER_BENCH_OBAN_SPEC`` to pin one: ``oban==0.7.0``), once: the venv is reused after.
+   Without such a Python, or if the install fails, O is skipped with a message saying why. O runs in
+   a database of its own on the bench PostgreSQL (``jobrunner_bench_oban_<run>``, schema made by
+   ``oban install``): N jobs of a no-op ``@worker`` inserted with Oban's ``enqueue_many``, 2,000 per
+   statement (timed apart, as "enqueue"), then ``--processes`` processes of ``oban start --queues
+   default:8`` (the CLI as shipped: uvloop, its default pool and logging; Oban runs one process per
+   command, so a small launcher starts P of them). Throughput = N / (max(completed_at) -
+   min(attempted_at)), read from ``oban_jobs``; RSS and CPU sampled as for A (RSS: the first process).
+   The summary gives full/oban and each ``--broker``/oban.
 Latency (unless ``--skip-latency``): with a full-path worker running, jobs created one per
    transaction through the real path (``create_job`` + commit, which sends the ID) by a pacing loop,
    at 5 jobs/s (60 jobs) and 200 jobs/s (2,000 jobs), on Redis and then on each ``--broker``.
@@ -52,10 +65,12 @@ where it makes a database of its own; a redis-server of its own; both removed at
 
     .venv/bin/python tests/benchmarks/throughput.py [--jobs N] [--repeat K] [--skip-latency] [--async-noop]
         [--observe off,metrics,tracing] [--skip-naive] [--broker amqp://guest:guest@127.0.0.1:5672]
-        [--broker postgresql] [--processes N]
+        [--broker postgresql] [--processes N] [--skip-oban]
 
-``--processes 2`` runs every worker (A, B and C alike, so the ratios stay like for like) with 2
-processes of 8 threads.
+``--processes 2`` runs every worker (A, B, C and O alike, so the ratios stay like for like) with 2
+processes of 8 threads (O: 2 processes of 8 concurrent jobs). For every scenario the summary prints
+the worker's CPU time per job (all its processes, over the jobs run while it was sampled), and
+PostgreSQL's and Redis's (every such process on the machine: ours and anyone else's).
 
 Environment overrides: ``JOBRUNNER_BENCH_PG_ADMIN_URL`` (default
 ``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``), ``JOBRUNNER_BENCH_REDIS_URL`` (default: a
@@ -70,6 +85,7 @@ import dataclasses
 import datetime as dt
 import http.server
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -92,6 +108,7 @@ import redis
 from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy import insert, text
+from sqlalchemy.engine import make_url
 
 from jobs import db, kinds, models, store
 from jobs.config import Settings
@@ -119,7 +136,9 @@ RSS_EARLY_AT = 1_000
 SPANS_KEY = "bench:spans"
 
 TARGETS = {
-    "full/bare": 0.70,
+    "full/bare": 0.85,
+    "full/oban": 1.0,  # ahead of Oban for Python (issue 17)
+    "postgres/oban": 1.0,  # the PostgreSQL broker at least equal to it (issue 19)
     "full/naive": 2.0,
     "rss_mb": 10.0,
     "p99_ms": 20.0,
@@ -291,6 +310,8 @@ class Bench:
         self.spaces: list[BrokerSpace] = []
         #: The space scenario A and the latency runs use now; None: the bench Redis.
         self.space: BrokerSpace | None = None
+        #: Scenario O's database and venv (None: not run).
+        self.oban: ObanPeer | None = None
 
     @property
     def broker_url(self) -> str:
@@ -359,6 +380,8 @@ class Bench:
         try:
             while self.spaces:
                 self.spaces.pop().close()
+            if self.oban is not None:
+                self.oban.close()
         finally:
             self.engine.dispose()
             self.redis.close()
@@ -380,6 +403,8 @@ class Run:
     rss_end: tuple[int, float] | None = None
     rss_peak: float | None = None
     cpu: dict[str, float] = dataclasses.field(default_factory=dict)  # % of one CPU while the jobs ran
+    cpu_ms_per_job: float | None = None  # the worker's CPU time (all its processes) per job run meanwhile
+    server_ms_per_job: float | None = None  # PostgreSQL's and Redis's CPU time per job run meanwhile
     note: str = ""
 
     @property
@@ -403,10 +428,11 @@ def wait_until_done(
     deadline = spawned_at + bench.timeout_seconds
     peak = 0.0
     cpu_before: tuple[float, dict[int, tuple[str, float]]] | None = None
+    done_before = 0
     while True:
         done = count()
         if cpu_before is None and done > 0:
-            cpu_before = (time.monotonic(), cpu_snapshot())
+            cpu_before, done_before = (time.monotonic(), cpu_snapshot()), done
         if rss_pid is not None:
             rss = common.rss_mb(rss_pid)
             if rss is not None:
@@ -418,9 +444,11 @@ def wait_until_done(
         if done >= run.n:
             run.wall_seconds = time.time() - spawned_at
             if cpu_before is not None and psutil is not None:
-                run.cpu = cpu_split(
-                    cpu_before[1], cpu_snapshot(), process_tree(proc.pid), time.monotonic() - cpu_before[0]
-                )
+                seconds = time.monotonic() - cpu_before[0]
+                run.cpu = cpu_split(cpu_before[1], cpu_snapshot(), process_tree(proc.pid), seconds)
+                if done > done_before:
+                    run.cpu_ms_per_job = run.cpu["worker"] / 100 * seconds * 1000 / (done - done_before)
+                    run.server_ms_per_job = run.cpu["postgres+redis"] / 100 * seconds * 1000 / (done - done_before)
             break
         if proc.poll() is not None:
             run.note = f"worker exited early with code {proc.returncode}"
@@ -744,6 +772,254 @@ def scenario_naive(bench: Bench, n: int, index: int) -> Run:
     return _record_span(bench, run, spawned_at)
 
 
+# --- scenario O: Oban for Python ------------------------------------------------------------------
+
+#: The venv scenario O runs Oban for Python from (built on first use, reused after).
+OBAN_VENV = ROOT / "var" / "bench-oban-venv"
+#: What ``pip install`` gets into it (``JOBRUNNER_BENCH_OBAN_SPEC`` to pin a version: ``oban==0.7.0``).
+OBAN_SPEC = os.environ.get("JOBRUNNER_BENCH_OBAN_SPEC", "oban")
+OBAN_DB = "jobrunner_bench_oban"
+#: Oban's oldest supported Python.
+OBAN_MIN_PYTHON = (3, 12)
+
+OBAN_MODULE = '''
+"""Oban for Python: a no-op worker. Written by tests/benchmarks/throughput.py."""
+from oban import worker
+
+
+@worker(queue="default")
+class Noop:
+    async def process(self, job):
+        """Do nothing."""
+'''
+
+OBAN_ENQUEUE = '''
+"""Insert N Noop jobs with Oban's own enqueue_many, BATCH per statement; print the seconds taken.
+Written by tests/benchmarks/throughput.py; run with the Oban venv's Python."""
+import asyncio
+import os
+import sys
+import time
+
+from oban import Oban
+
+from bench_oban import Noop
+
+
+async def main(n, batch):
+    pool = await Oban.create_pool(os.environ["OBAN_DSN"], min_size=1, max_size=2)
+    try:
+        oban = Oban(pool=pool)  # client mode: no queues, only inserts
+        started = time.perf_counter()
+        for offset in range(0, n, batch):
+            await oban.enqueue_many([Noop.new({}) for _ in range(min(batch, n - offset))])
+        print(f"{time.perf_counter() - started:.6f}")
+    finally:
+        await pool.close()
+
+
+asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
+'''
+
+OBAN_LAUNCH = '''
+"""Start COUNT copies of a command (``oban start ...``: Oban for Python runs one process per
+command), pass SIGTERM/SIGINT on to them, exit when they all have. Written by
+tests/benchmarks/throughput.py."""
+import signal
+import subprocess
+import sys
+
+procs = [subprocess.Popen(sys.argv[2:]) for _ in range(int(sys.argv[1]))]
+
+
+def forward(signum, _frame):
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+
+signal.signal(signal.SIGTERM, forward)
+signal.signal(signal.SIGINT, forward)
+codes = [proc.wait() for proc in procs]
+sys.exit(max(codes, default=0))
+'''
+
+
+def _python_version(python: str) -> tuple[int, int] | None:
+    """``python``'s (major, minor), or None if it does not run (a pyenv shim of a version that is not
+    selected exits with an error)."""
+    try:
+        out = subprocess.run(
+            [python, "-c", "import sys; print('%d %d' % sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout.split()
+        return int(out[0]), int(out[1])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+def find_oban_python() -> str | None:
+    """A Python >= 3.12 for Oban: ``JOBRUNNER_BENCH_OBAN_PYTHON`` if set, else ``python3.12`` and newer
+    on PATH (one that runs), else the newest of pyenv's installed versions."""
+    candidates: list[str] = []
+    if os.environ.get("JOBRUNNER_BENCH_OBAN_PYTHON"):
+        candidates.append(os.environ["JOBRUNNER_BENCH_OBAN_PYTHON"])
+    candidates += [found for minor in range(12, 20) if (found := shutil.which(f"python3.{minor}"))]
+    pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    pyenv = sorted(
+        (version for version in (pyenv_root / "versions").glob("3.*") if (version / "bin" / "python3").exists()),
+        key=lambda path: tuple(int(part) if part.isdigit() else -1 for part in path.name.split(".")),
+        reverse=True,
+    )
+    candidates += [str(version / "bin" / "python3") for version in pyenv]
+    for python in candidates:
+        version = _python_version(python)
+        if version is not None and version >= OBAN_MIN_PYTHON:
+            return python
+    return None
+
+
+def oban_venv() -> tuple[Path | None, str]:
+    """The Python of a venv with Oban for Python installed (``OBAN_VENV``, built on first use), and
+    a line for the log; (None, why) if there is no Python >= 3.12 or the install fails."""
+    python = OBAN_VENV / "bin" / "python"
+    version_of = "import importlib.metadata as m, sys; print(m.version('oban'), sys.version.split()[0])"
+    if python.exists():
+        found = subprocess.run([str(python), "-c", version_of], capture_output=True, text=True)
+        if found.returncode == 0:
+            oban_version, py = found.stdout.split()
+            return python, f"Oban for Python {oban_version} on Python {py} ({OBAN_VENV}, reused)"
+    base = find_oban_python()
+    if base is None:
+        return None, (
+            f"no Python >= {'.'.join(map(str, OBAN_MIN_PYTHON))} (python3.12+ on PATH, pyenv's versions, "
+            "JOBRUNNER_BENCH_OBAN_PYTHON)"
+        )
+    print(f"building {OBAN_VENV} with {base} and installing {OBAN_SPEC} (once) ...", flush=True)
+    shutil.rmtree(OBAN_VENV, ignore_errors=True)
+    steps = [[base, "-m", "venv", str(OBAN_VENV)], [str(python), "-m", "pip", "install", "-q", OBAN_SPEC]]
+    for step in steps:
+        done = subprocess.run(step, capture_output=True, text=True)
+        if done.returncode != 0:
+            tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-5:])
+            shutil.rmtree(OBAN_VENV, ignore_errors=True)
+            return None, f"`{' '.join(step)}` failed (exit {done.returncode}):\n{tail}"
+    found = subprocess.run([str(python), "-c", version_of], capture_output=True, text=True, check=True)
+    oban_version, py = found.stdout.split()
+    return python, f"Oban for Python {oban_version} on Python {py} ({OBAN_VENV}, built now)"
+
+
+class ObanPeer:
+    """Scenario O's database (of its own on the bench PostgreSQL, Oban's schema installed with ``oban
+    install``) and the venv it runs from."""
+
+    def __init__(self, python: Path, workdir: Path) -> None:
+        self.python = python
+        self.workdir = workdir
+        url = common.create_empty_database(OBAN_DB, common.PG_ADMIN_URL)
+        self.dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        self.engine = db.make_engine(url, pool_size=2, application_name="jobrunner-bench-oban")
+        subprocess.run(
+            [str(python.parent / "oban"), "install", "--dsn", self.dsn],
+            cwd=workdir,
+            env=self.env(),
+            capture_output=True,
+            check=True,
+        )
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("JOBRUNNER_", "OBAN_", "dramatiq_"))}
+        env.pop("PYTHONHOME", None)
+        return env | {"OBAN_DSN": self.dsn, "PYTHONPATH": str(self.workdir)}
+
+    def reset(self) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(text("TRUNCATE oban_jobs RESTART IDENTITY"))
+
+    def vacuum(self) -> None:
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("VACUUM ANALYZE oban_jobs"))
+
+    def count_completed(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(text("SELECT count(*) FROM oban_jobs WHERE state = 'completed'")).scalar_one())
+
+    def counts_by_state(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(text("SELECT state::text, count(*) FROM oban_jobs GROUP BY 1 ORDER BY 1")).all()
+        return {state: count for state, count in rows}
+
+    def span(self) -> tuple[dt.datetime | None, dt.datetime | None]:
+        """First attempt to last completion (Oban keeps them as UTC timestamps without time zone)."""
+        with self.engine.connect() as conn:
+            first, last = conn.execute(text("SELECT min(attempted_at), max(completed_at) FROM oban_jobs")).one()
+        return tuple(None if t is None else t.replace(tzinfo=dt.UTC) for t in (first, last))  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def scenario_oban(peer: ObanPeer) -> Callable[[Bench, int, int], Run]:
+    """Scenario O: N noop jobs inserted with Oban's ``enqueue_many`` (``ENQUEUE_BATCH`` per statement,
+    timed as "enqueue"), then ``--processes`` x ``oban start --queues default:8`` processes."""
+
+    def scenario(bench: Bench, n: int, index: int) -> Run:
+        run = Run("O Oban for Python", n)
+        peer.reset()
+        enqueued = subprocess.run(
+            [str(peer.python), str(bench.workdir / "bench_oban_enqueue.py"), str(n), str(ENQUEUE_BATCH)],
+            cwd=bench.workdir,
+            env=peer.env(),
+            capture_output=True,
+            text=True,
+        )
+        if enqueued.returncode != 0:
+            run.note = f"enqueue failed (exit {enqueued.returncode}): {enqueued.stderr.strip()[-500:]}"
+            print(f"  ! {run.note}", flush=True)
+            return run
+        run.enqueue_seconds = float(enqueued.stdout.split()[-1])
+        print(
+            f"  enqueued {n} jobs in {run.enqueue_seconds:.2f} s ({n / run.enqueue_seconds:,.0f}/s); "
+            f"{peer.counts_by_state()} in oban_jobs",
+            flush=True,
+        )
+        peer.vacuum()
+        log_path = bench.workdir / f"oban-{index}.log"
+        spawned_at = time.time()
+        proc = common.spawn(
+            [
+                str(peer.python),
+                str(bench.workdir / "bench_oban_launch.py"),
+                str(PROCESSES),
+                str(peer.python.parent / "oban"),
+                "start",
+                "--queues",
+                f"default:{THREADS}",
+            ],
+            env=peer.env(),
+            log_path=log_path,
+            cwd=bench.workdir,
+        )
+        try:
+            child = worker_child_pid(proc.pid)
+            wait_until_done(
+                bench, proc, run, peer.count_completed, spawned_at=spawned_at, rss_pid=child, log_path=log_path
+            )
+        finally:
+            stop(proc)
+        first, last = peer.span()
+        if first and last:
+            run.busy_seconds = (last - first).total_seconds()
+            run.boot_seconds = first.timestamp() - spawned_at
+        run.statuses = peer.counts_by_state()
+        return run
+
+    return scenario
+
+
 # --- latency --------------------------------------------------------------------------------------
 
 
@@ -871,6 +1147,11 @@ def print_run(run: Run) -> None:
             else ""
         )
         + ("; CPU % of one core: " + ", ".join(f"{k} {v:.0f}" for k, v in run.cpu.items()) if run.cpu else "")
+        + (
+            f"; CPU per job: worker {run.cpu_ms_per_job:.2f} ms, postgres+redis {run.server_ms_per_job:.2f} ms"
+            if run.cpu_ms_per_job is not None and run.server_ms_per_job is not None
+            else ""
+        )
         + (f"; NOTE {run.note}" if run.note else ""),
         flush=True,
     )
@@ -925,13 +1206,18 @@ def print_summary(
     )
 
     print("\nCPU while the jobs ran, % of one core (median of runs; 'other' = processes that are not this")
-    print("benchmark's, PostgreSQL or Redis: anything above a few % means a shared machine skewed the figures)")
+    print("benchmark's, PostgreSQL or Redis: anything above a few % means a shared machine skewed the figures);")
+    print("per job: the worker's CPU time (all its processes), and PostgreSQL's + Redis's, per job run meanwhile")
     for scenario in scenarios:
         cpus = [r.cpu for r in runs[scenario.key] if r.cpu]
         if cpus:
+            per_job = _median([r.cpu_ms_per_job for r in runs[scenario.key]])
+            server_per_job = _median([r.server_ms_per_job for r in runs[scenario.key]])
             print(
                 f"  {scenario.label:<20} "
                 + "   ".join(f"{part} {_median([c[part] for c in cpus]):.0f}" for part in cpus[0])
+                + f"   per job: worker {_fmt(per_job, '.2f', ' ms')}, "
+                + f"postgres+redis {_fmt(server_per_job, '.2f', ' ms')}"
             )
 
     print("\nratios (of the median rates; in brackets, each run's ratio to the runs beside it)")
@@ -952,6 +1238,17 @@ def print_summary(
                 f"  {name:<14} {_fmt(_ratio(rates[scenario.key], rates['full']), '.2f'):>6}   "
                 f"({scenario.label} / A full path, same run)   [{_per_run_ratios(runs[scenario.key], runs['full'])}]"
             )
+    if runs.get("oban"):
+        for scenario in scenarios:
+            if scenario.key == "full" or scenario.kind == "broker":
+                name = f"{scenario.key}/oban"
+                ratio = _ratio(rates[scenario.key], rates["oban"])
+                target = TARGETS.get(name, TARGETS["full/oban"])
+                verdict = _verdict(None if ratio is None else ratio >= target)
+                print(
+                    f"  {name:<14} {_fmt(ratio, '.2f'):>6}   (target >= {target:.2f}){verdict}"
+                    f"   [{_per_run_ratios(runs[scenario.key], runs['oban'])}]"
+                )
 
     if args.modes != ["metrics"]:
         print("\nscenario A by observability mode (runs alternated; median jobs/s, ratio to B, each run)")
@@ -1019,7 +1316,7 @@ class Scenario:
 
 def plan(args: argparse.Namespace, bench: Bench) -> list[Scenario]:
     """The scenarios of one repeat, in the order they run: A in each ``--observe`` mode (A itself
-    is the ``metrics`` one, always run: every ratio is to it), A', A on each ``--broker``, B, C."""
+    is the ``metrics`` one, always run: every ratio is to it), A', A on each ``--broker``, B, C, O."""
     modes = args.modes if "metrics" in args.modes else ["metrics", *args.modes]
     scenarios = [
         Scenario("full", "A full path", scenario_full, mode="metrics")
@@ -1034,6 +1331,8 @@ def plan(args: argparse.Namespace, bench: Bench) -> list[Scenario]:
     scenarios.append(Scenario("bare", "B bare Dramatiq", scenario_bare))
     if not args.skip_naive:
         scenarios.append(Scenario("naive", "C naive pattern", scenario_naive))
+    if bench.oban is not None:
+        scenarios.append(Scenario("oban", "O Oban for Python", scenario_oban(bench.oban)))
     return scenarios
 
 
@@ -1046,6 +1345,24 @@ def open_spaces(bench: Bench, urls: Sequence[str]) -> None:
             space.name = f"{space.name}-{same_kind + 1}"  # keys and labels stay distinct
         bench.spaces.append(space)
         print(f"{space.name}: {space.where}", flush=True)
+
+
+def open_oban(bench: Bench) -> None:
+    """Set up scenario O (its venv, built on first use, and a database of its own), or say why not."""
+    python, line = oban_venv()
+    if python is None:
+        print(f"scenario O (Oban for Python) skipped: {line}", flush=True)
+        return
+    for name, source in (("bench_oban", OBAN_MODULE), ("bench_oban_enqueue", OBAN_ENQUEUE)):
+        (bench.workdir / f"{name}.py").write_text(source)
+    (bench.workdir / "bench_oban_launch.py").write_text(OBAN_LAUNCH)
+    try:
+        bench.oban = ObanPeer(python, bench.workdir)
+    except subprocess.CalledProcessError as exc:
+        output = (exc.stdout or b"").decode(errors="replace") + (exc.stderr or b"").decode(errors="replace")
+        print(f"scenario O (Oban for Python) skipped: `oban install` failed:\n{output.strip()[-800:]}", flush=True)
+        return
+    print(f"scenario O: {line}; database {make_url(bench.oban.dsn).database}", flush=True)
 
 
 # --- main -----------------------------------------------------------------------------------------
@@ -1062,6 +1379,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--async-noop", action="store_true", help="also run A with an async no-op kind (A'), beside the sync one"
     )
     parser.add_argument("--skip-naive", action="store_true", help="skip scenario C")
+    parser.add_argument("--skip-oban", action="store_true", help="skip scenario O (Oban for Python)")
     parser.add_argument(
         "--observe",
         default="metrics",
@@ -1125,6 +1443,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"creating database {BENCH_DB}_{common.RUN_ID} and migrating it; Redis {REDIS_URL}", flush=True)
             bench = Bench(common.recreate_database(BENCH_DB, common.PG_ADMIN_URL), workdir, timeout)
             open_spaces(bench, args.broker)
+            if not args.skip_oban:
+                open_oban(bench)
             scenarios = plan(args, bench)
             runs = {scenario.key: [] for scenario in scenarios}
             for i in range(1, args.repeat + 1):

@@ -16,7 +16,7 @@ from jobs import models, store
 from jobs.models import AttemptOutcome, JobStatus
 from tests import kinds
 from tests.worker.processes import create_notes, wait_until
-from worker import sweeper
+from worker import pgbroker, sweeper
 
 pytestmark = [
     pytest.mark.postgres_only,
@@ -110,3 +110,33 @@ def test_sweeper_re_sends_nothing_and_keeps_the_queue_order(database, settings, 
     report = sweeper.sweep_once(database, settings)
     assert report.ran and report.resent == []
     assert fetch(old)[0].enqueued_at == long_ago
+
+
+def test_a_full_consumer_takes_freed_slots_together_not_one_statement_per_ack(database, broker, monkeypatch):
+    # With jobs waiting, refilling each slot as its job is acked would cost a take (a statement and a
+    # round trip) per job: the consumer waits a little for a quarter of its prefetch to free up.
+    create_notes(database, 20)
+    takes: list[int] = []
+    take_jobs = store.take_jobs
+
+    def recording(conn, queue, *, limit, take_seconds):
+        job_ids = take_jobs(conn, queue, limit=limit, take_seconds=take_seconds)
+        takes.append(len(job_ids))
+        return job_ids
+
+    monkeypatch.setattr(store, "take_jobs", recording)
+    monkeypatch.setattr(pgbroker, "TAKE_WAIT_SECONDS", 120.0)  # the wait ends on the acks, not the clock
+    consumer = broker.consume("default", prefetch=8, timeout=10)
+    held = []
+    try:
+        held = [next(consumer) for _ in range(8)]
+        assert None not in held and takes == [8]
+        consumer.ack(held[0])
+        second_ack = threading.Timer(0.2, consumer.ack, [held[1]])
+        second_ack.start()
+        held.append(next(consumer))
+        second_ack.join()
+        assert takes == [8, 2], "the second freed slot was refilled by the same take as the first"
+    finally:
+        consumer.requeue([message for message in held if message is not None])
+        consumer.close()
