@@ -179,9 +179,10 @@ def test_a_frozen_worker_host_resumed_after_its_lease_commits_nothing_late(
 ):
     w1, w2 = host_workers("w1", **FAST), host_workers("w2", **FAST)
     _ready(w1), _ready(w2)
-    job_ids = _load(bed_database)
+    # More slow jobs than w2 prefetches, so that w1 gets some even when it starts consuming last.
+    job_ids = _load(bed_database, slow=16)
     wait_until(
-        lambda: _running_on(bed_database, job_ids[:8], w1), timeout=SETTLE_SECONDS, what="a slow job running on w1"
+        lambda: _running_on(bed_database, job_ids[:16], w1), timeout=SETTLE_SECONDS, what="a slow job running on w1"
     )
     started = time.monotonic()
     pids = [

@@ -45,15 +45,18 @@ def _reachable(database) -> bool:
         return False
 
 
-def test_an_outage_longer_than_the_lease_counts_no_job_as_lost(throwaway_postgres, database, workers, capsys):
-    # Each job writes its note, then sleeps through the outage: it is running when the server stops.
-    job_ids = create_notes(database, 4, sleep_seconds=OUTAGE_SECONDS + 4)
+def _run_through_outage(throwaway_postgres, database, workers, *, job_seconds: float, outage_seconds: float):
+    """Four note jobs of ``job_seconds`` on a worker with :data:`RACE` settings; the server stops
+    once all four run and starts again ``outage_seconds`` later. Checks that every job succeeds with
+    no ``lost`` attempt and its note written once; returns the attempts' outcomes and the seconds
+    from the restart until all succeeded."""
+    job_ids = create_notes(database, 4, sleep_seconds=job_seconds)
     worker = workers(threads=4, **RACE)
     wait_until(
         lambda: list(_jobs(database, job_ids)[0].values()).count(JobStatus.RUNNING) == 4, what="all four running"
     )
     throwaway_postgres.halt()
-    time.sleep(OUTAGE_SECONDS)  # the outage itself: leases expire meanwhile, unseen by anyone
+    time.sleep(outage_seconds)  # the outage itself: leases expire meanwhile, unseen by anyone
     throwaway_postgres.start()
     back = time.monotonic()
     wait_until(lambda: _reachable(database), what="PostgreSQL to answer again")
@@ -61,13 +64,21 @@ def test_an_outage_longer_than_the_lease_counts_no_job_as_lost(throwaway_postgre
     recovered = time.monotonic() - back
     _, outcomes = _jobs(database, job_ids)
     assert AttemptOutcome.LOST not in outcomes, f"an outage was counted as a worker death: {outcomes}"
-    with database.readers() as session:
-        taken_back = session.scalar(select(func.count()).where(models.JobAttempt.error_type == store.CLAIM_LOST_TYPE))
-    assert taken_back == 0, "a running job was taken back: the first sweep after the outage was no grace pass"
     assert worker.alive()
     with database.engine.connect() as conn:
         notes = dict(conn.execute(select(kinds.notes.c.job_id, func.count()).group_by(kinds.notes.c.job_id)).all())
     assert notes == dict.fromkeys(job_ids, 1), "a job's effect is missing or applied twice"
+    return outcomes, recovered
+
+
+def test_an_outage_longer_than_the_lease_counts_no_job_as_lost(throwaway_postgres, database, workers, capsys):
+    # Each job writes its note, then sleeps through the outage: it is running when the server stops.
+    outcomes, recovered = _run_through_outage(
+        throwaway_postgres, database, workers, job_seconds=OUTAGE_SECONDS + 4, outage_seconds=OUTAGE_SECONDS
+    )
+    with database.readers() as session:
+        taken_back = session.scalar(select(func.count()).where(models.JobAttempt.error_type == store.CLAIM_LOST_TYPE))
+    assert taken_back == 0, "a running job was taken back: the first sweep after the outage was no grace pass"
     with capsys.disabled():
         print(
             f"\n[figure] PostgreSQL down {OUTAGE_SECONDS:.0f} s (lease 3 s, sweep every 0.1 s) with 4 jobs "
@@ -78,24 +89,9 @@ def test_an_outage_longer_than_the_lease_counts_no_job_as_lost(throwaway_postgre
 def test_jobs_that_end_during_a_long_outage_are_recorded_when_it_is_over(throwaway_postgres, database, workers, capsys):
     # Each job ends (its commit fails) a moment into the outage; the worker gives up retrying the
     # record after about 3 s (middleware.RECORD_TRIES), long before the database is back.
-    job_ids = create_notes(database, 4, sleep_seconds=2)
-    worker = workers(threads=4, **RACE)
-    wait_until(
-        lambda: list(_jobs(database, job_ids)[0].values()).count(JobStatus.RUNNING) == 4, what="all four running"
+    outcomes, recovered = _run_through_outage(
+        throwaway_postgres, database, workers, job_seconds=2, outage_seconds=LONG_OUTAGE_SECONDS
     )
-    throwaway_postgres.halt()
-    time.sleep(LONG_OUTAGE_SECONDS)
-    throwaway_postgres.start()
-    back = time.monotonic()
-    wait_until(lambda: _reachable(database), what="PostgreSQL to answer again")
-    wait_until(lambda: set(_jobs(database, job_ids)[0].values()) == {JobStatus.SUCCEEDED}, what="every job to succeed")
-    recovered = time.monotonic() - back
-    _, outcomes = _jobs(database, job_ids)
-    assert AttemptOutcome.LOST not in outcomes, f"an outage was counted as a worker death: {outcomes}"
-    assert worker.alive()
-    with database.engine.connect() as conn:
-        notes = dict(conn.execute(select(kinds.notes.c.job_id, func.count()).group_by(kinds.notes.c.job_id)).all())
-    assert notes == dict.fromkeys(job_ids, 1), "a job's effect is missing or applied twice"
     with capsys.disabled():
         print(
             f"\n[figure] PostgreSQL down {LONG_OUTAGE_SECONDS:.0f} s (lease 3 s), 4 jobs ending during it: 0 lost, "
