@@ -30,13 +30,13 @@ test-postgres: $(STAMP)
 	$(MAKE) --no-print-directory -j2 --output-sync=target test-postgres-workers test-postgres-others
 
 test-postgres-workers: $(STAMP)
-	JOBRUNNER_TEST_DATABASE=postgresql $(BIN)/pytest -q $(WORKER_TESTS)
+	JOBRUNNER_TEST_DATABASE=postgresql $(BIN)/pytest -q --reruns 1 $(WORKER_TESTS)
 
 test-postgres-others: $(STAMP)
-	JOBRUNNER_TEST_DATABASE=postgresql $(BIN)/pytest -q $(addprefix --ignore=,$(WORKER_TESTS))
+	JOBRUNNER_TEST_DATABASE=postgresql $(BIN)/pytest -q --reruns 1 $(addprefix --ignore=,$(WORKER_TESTS))
 
 test-sqlite: $(STAMP)
-	JOBRUNNER_TEST_DATABASE=sqlite $(BIN)/pytest -q
+	JOBRUNNER_TEST_DATABASE=sqlite $(BIN)/pytest -q --reruns 1
 
 # The quality gates CI runs before the tests: lint, formatting, types.
 lint: $(STAMP)

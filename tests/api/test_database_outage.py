@@ -168,6 +168,15 @@ def _set_statement_timeout(admin, value: str) -> None:
         conn.execute(text(f"ALTER DATABASE postgres SET statement_timeout = '{value}'"))
 
 
+def _connections_of(url: str, role: str) -> int:
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            return int(conn.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE usename = :role"), {"role": role}))
+    finally:
+        admin.dispose()
+
+
 def _waiting_api_backend(admin) -> int | None:
     with admin.connect() as conn:
         return conn.scalar(
@@ -200,6 +209,8 @@ def test_no_connection_slot_left_is_503_until_one_frees(throwaway_postgres, sett
             _assert_unavailable(client.post("/jobs", json={"kind": "noop"}), "too many connections")
         finally:
             held.close()
+        # The server frees the slot once the closed connection's backend has exited, a moment later.
+        wait_until(lambda: _connections_of(throwaway_postgres.url, "jobrunner_limited") == 0, what="the slot to free")
         assert client.post("/jobs", json={"kind": "noop"}).status_code == 202
 
 

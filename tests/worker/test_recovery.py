@@ -268,10 +268,16 @@ def test_worker_gets_its_consumer_timeout_before_dramatiq_reads_it(database, wor
     # Dramatiq reads dramatiq_worker_timeout once, at import; jobctl worker must start Dramatiq with
     # it already set (it bounds how long an idle consumer sleeps, so the pickup latency).
     worker = workers(JOBRUNNER_CONSUMER_TIMEOUT_MS="7")
-    (child,) = wait_until(worker.children, timeout=30, what="the worker's child")
-    environ = wait_until(
-        lambda: _environ(child).get("dramatiq_worker_timeout"), timeout=30, what="the child's environment"
-    )
+
+    def child_with_timeout() -> tuple[int, str] | None:
+        # Looked up afresh each time: a child seen while it starts or exits may be gone at the read.
+        for child in worker.children():
+            value = _environ(child).get("dramatiq_worker_timeout")
+            if value is not None:
+                return child, value
+        return None
+
+    child, environ = wait_until(child_with_timeout, timeout=30, what="the worker's child and its environment")
     assert environ == "7"
     assert "dramatiq" in Path(f"/proc/{child}/cmdline").read_text()
 
@@ -279,6 +285,6 @@ def test_worker_gets_its_consumer_timeout_before_dramatiq_reads_it(database, wor
 def _environ(pid: int) -> dict[str, str]:
     try:
         raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except FileNotFoundError:
+    except OSError:  # gone, or exiting (ESRCH)
         return {}
     return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
