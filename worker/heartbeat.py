@@ -50,10 +50,9 @@ class Heartbeat:
         (those still unwritten are taken back by a sweeper when their lease expires)."""
         self._thread.stop()
         if self._database is not None and self.parked():
-            try:
-                self._write_parked(self._database)
-            except (sa_exc.SQLAlchemyError, BrokerConnectionError) as exc:
-                logger.warning("%d job outcome(s) left unwritten at shutdown: %s", len(self.parked()), exc)
+            self._write_parked(self._database)
+            if self.parked():
+                logger.warning("%d job outcome(s) left unwritten at shutdown", len(self.parked()))
 
     def track(self, job: registry.RunningJob) -> None:
         """Renew ``job``'s lease, run by the calling thread, until :meth:`untrack`."""
@@ -98,15 +97,17 @@ class Heartbeat:
         return held
 
     def _write_parked(self, database: db.Database) -> None:
-        """Write the parked outcomes; a database or broker error stops here, for the next beat."""
+        """Write the parked outcomes; a database or broker error stops here, for the next beat (it is
+        logged, not raised: the heartbeat thread must go on renewing leases)."""
         with self._lock:
             parked = list(self._parked.items())
         for token, (job, write) in parked:
             try:
                 with db.session_scope(database.sessions) as session:
                     write(session)
-            except (sa_exc.SQLAlchemyError, BrokerConnectionError):
-                raise
+            except (sa_exc.SQLAlchemyError, BrokerConnectionError) as exc:
+                logger.warning("%d parked job outcome(s) still unwritten (will try again): %s", len(parked), exc)
+                return
             except Exception:  # not the outage: the lease expires and a sweeper takes the job back
                 logger.exception("job %s (%s): its outcome could not be written; dropped", job.id, job.kind)
             else:
