@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 
 from api.app import create_app
-from jobs import db, models, store
+from jobs import db, models, operator_log, store
 from jobs.config import Settings, get_settings
 
 #: The tokens of the tests that log in.
@@ -26,6 +26,19 @@ def csrf_of(html: str) -> str:
     match = re.search(r'name="csrf" value="([^"]+)"', html)
     assert match, "the page has no form with a CSRF token"
     return match.group(1)
+
+
+def count_in(html: str) -> int:
+    """The count a confirmation page shows (its ``data-count``)."""
+    match = re.search(r'data-count="(\d+)"', html)
+    assert match, html
+    return int(match.group(1))
+
+
+def operator_actions(database: db.Database) -> list[operator_log.OperatorAction]:
+    """The operator log, newest first."""
+    with database.readers() as session:
+        return operator_log.recent_actions(session)
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from jobs import db, models, operator_log
-from tests.dashboard.conftest import csrf_of
+from jobs import db, models
+from tests.dashboard.conftest import count_in, csrf_of, operator_actions
 
 JobMaker = Callable[..., list[uuid.UUID]]
 
@@ -22,17 +22,6 @@ def _statuses(database: db.Database, ids: list[uuid.UUID]) -> list[str]:
     return [found[i] for i in ids]
 
 
-def _log(database: db.Database) -> list[operator_log.OperatorAction]:
-    with database.readers() as session:
-        return operator_log.recent_actions(session)
-
-
-def _count_in(html: str) -> int:
-    match = re.search(r'data-count="(\d+)"', html)
-    assert match, html
-    return int(match.group(1))
-
-
 def test_replay_of_one_job_confirms_then_replays_and_records_it(
     client: TestClient, make_jobs: JobMaker, database: db.Database, fetch
 ) -> None:
@@ -40,7 +29,7 @@ def test_replay_of_one_job_confirms_then_replays_and_records_it(
     csrf = csrf_of(client.get(f"/dashboard/jobs/{job_id}").text)
     form = {"csrf": csrf, "job_id": str(job_id), "next": f"/dashboard/jobs/{job_id}"}
     preview = client.post("/dashboard/jobs/actions/replay/preview", data=form)
-    assert preview.status_code == 200 and _count_in(preview.text) == 1
+    assert preview.status_code == 200 and count_in(preview.text) == 1
     assert _statuses(database, [job_id]) == ["failed"]  # the preview changes nothing
     done = client.post(
         "/dashboard/jobs/actions/replay", data={**form, "reason": "fixed the bug"}, follow_redirects=False
@@ -49,7 +38,7 @@ def test_replay_of_one_job_confirms_then_replays_and_records_it(
     job, history = fetch(job_id)
     assert job.status == "queued" and history[-1].outcome == "replayed"
     assert history[-1].error_message == "fixed the bug"
-    (entry,) = _log(database)
+    (entry,) = operator_actions(database)
     assert (entry.action, entry.reason, entry.selected, entry.changed) == ("replay", "fixed the bug", 1, 1)
     assert entry.actor.startswith("operator@") and entry.target == {"job_ids": [str(job_id)]}
     assert "replay: 1 of 1 changed (fixed the bug)" in client.get(done.headers["location"]).text
@@ -62,12 +51,12 @@ def test_bulk_replay_of_a_selection_counts_only_failed_jobs(
     queued = make_jobs(1)
     csrf = csrf_of(client.get("/dashboard/jobs").text)
     form = {"csrf": csrf, "scope": "selection", "job_id": [str(i) for i in failed[:2] + queued]}
-    assert _count_in(client.post("/dashboard/jobs/actions/replay/preview", data=form).text) == 2
+    assert count_in(client.post("/dashboard/jobs/actions/replay/preview", data=form).text) == 2
     nothing = client.post("/dashboard/jobs/actions/replay/preview", data={**form, "job_id": [str(queued[0])]}).text
-    assert _count_in(nothing) == 0 and 'data-action="confirm" disabled' in nothing
+    assert count_in(nothing) == 0 and 'data-action="confirm" disabled' in nothing
     client.post("/dashboard/jobs/actions/replay", data=form)
     assert _statuses(database, failed + queued) == ["queued", "queued", "failed", "queued"]
-    assert (_log(database)[0].selected, _log(database)[0].changed) == (3, 2)
+    assert (operator_actions(database)[0].selected, operator_actions(database)[0].changed) == (3, 2)
 
 
 def test_bulk_replay_of_every_job_matching_the_filter(
@@ -85,14 +74,14 @@ def test_bulk_replay_of_every_job_matching_the_filter(
         "next": "/dashboard/jobs",
     }
     preview = client.post("/dashboard/jobs/actions/replay/preview", data=form).text
-    assert _count_in(preview) == 7
+    assert count_in(preview) == 7
     # The confirmation carries the filter with its times made absolute.
     since = re.search(r'name="since" value="([^"]+)"', preview)
     assert since and since.group(1)[:4].isdigit()
     hidden = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)"', preview))
     client.post("/dashboard/jobs/actions/replay", data={**hidden, "reason": "upstream fixed"})
     assert set(_statuses(database, matching)) == {"queued"} and set(_statuses(database, other)) == {"failed"}
-    entry = _log(database)[0]
+    entry = operator_actions(database)[0]
     assert (entry.selected, entry.changed) == (7, 7) and entry.target["filter"]["error_type"] == "ValueError"
 
 
@@ -103,7 +92,7 @@ def test_retry_now_sends_a_retrying_job_at_once(
     before = queued_messages()
     csrf = csrf_of(client.get(f"/dashboard/jobs/{job_id}").text)
     form = {"csrf": csrf, "job_id": str(job_id)}
-    assert _count_in(client.post("/dashboard/jobs/actions/retry_now/preview", data=form).text) == 1
+    assert count_in(client.post("/dashboard/jobs/actions/retry_now/preview", data=form).text) == 1
     client.post("/dashboard/jobs/actions/retry_now", data=form)
     with database.readers() as session:
         job = session.get(models.Job, job_id)
@@ -121,13 +110,13 @@ def test_cancel_a_batch_from_its_page(client: TestClient, make_records, database
     csrf = csrf_of(client.get("/dashboard/batches").text)
     url = f"/dashboard/batch/{batch_id}/actions/cancel"
     preview = client.post(f"{url}/preview", data={"csrf": csrf}).text
-    assert "Cancel batch" in preview and _count_in(preview) == 1  # its plan job, not started
+    assert "Cancel batch" in preview and count_in(preview) == 1  # its plan job, not started
     done = client.post(
         url, data={"csrf": csrf, "reason": "wrong file", "next": "/dashboard/batches"}, follow_redirects=False
     )
     assert done.status_code == 303
     assert _statuses(database, [plan_job.id]) == ["cancelled"]
-    entry = _log(database)[0]
+    entry = operator_actions(database)[0]
     assert (entry.action, entry.changed, entry.reason) == ("batch.cancel", 1, "wrong file")  # its plan job
     assert 'data-action="batch-cancel"' not in client.get("/dashboard/batches").text  # finished: no button
     again = client.post(url, data={"csrf": csrf})
@@ -143,7 +132,7 @@ def test_a_post_without_the_csrf_token_is_refused(client: TestClient, make_jobs:
         assert answer.status_code == 403 and "CSRF" in answer.text
     fresh = TestClient(client.app)  # no session cookie at all
     assert fresh.post("/dashboard/jobs/actions/replay", data={"csrf": "x", "job_id": str(job_id)}).status_code == 403
-    assert _statuses(database, [job_id]) == ["failed"] and _log(database) == []
+    assert _statuses(database, [job_id]) == ["failed"] and operator_actions(database) == []
 
 
 def test_an_unknown_action_is_404(client: TestClient) -> None:

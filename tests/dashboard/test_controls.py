@@ -11,11 +11,11 @@ from collections.abc import Callable
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from jobs import db, models, operator_log
+from jobs import db, models
 from jobs.scheduling import service as schedules
 from jobs.scheduling.models import Schedule
 from jobs.scheduling.timing import Timing
-from tests.dashboard.conftest import READONLY_TOKEN, csrf_of
+from tests.dashboard.conftest import READONLY_TOKEN, count_in, csrf_of, operator_actions
 
 JobMaker = Callable[..., list[uuid.UUID]]
 
@@ -24,17 +24,6 @@ def _jobs(database: db.Database, ids: list[uuid.UUID]) -> list[models.Job]:
     with database.readers() as session:
         found = {job.id: job for job in session.scalars(select(models.Job).where(models.Job.id.in_(ids)))}
     return [found[i] for i in ids]
-
-
-def _log(database: db.Database) -> list[operator_log.OperatorAction]:
-    with database.readers() as session:
-        return operator_log.recent_actions(session)
-
-
-def _count_in(html: str) -> int:
-    match = re.search(r'data-count="(\d+)"', html)
-    assert match, html
-    return int(match.group(1))
 
 
 NIGHTLY = Timing(cron="0 3 * * *", timezone="Europe/Paris")
@@ -58,13 +47,13 @@ def test_cancel_of_a_queued_job_ends_it_cancelled_and_logs_it(
     assert 'class="danger" data-action="cancel"' in page
     form = {"csrf": csrf_of(page), "job_id": str(job_id), "next": f"/dashboard/jobs/{job_id}"}
     preview = client.post("/dashboard/jobs/actions/cancel/preview", data=form).text
-    assert _count_in(preview) == 1 and "asked to stop" in preview and 'name="reason"' in preview
+    assert count_in(preview) == 1 and "asked to stop" in preview and 'name="reason"' in preview
     assert _jobs(database, [job_id])[0].status == "queued"  # the preview changes nothing
     done = client.post("/dashboard/jobs/actions/cancel", data={**form, "reason": "wrong args"}, follow_redirects=False)
     assert done.status_code == 303
     (job,) = _jobs(database, [job_id])
     assert (job.status, job.cancel_reason) == ("cancelled", "wrong args") and job.finished_at is not None
-    (entry,) = _log(database)
+    (entry,) = operator_actions(database)
     assert (entry.action, entry.reason, entry.selected, entry.changed) == ("cancel", "wrong args", 1, 1)
     assert "cancel: 1 of 1 changed (wrong args)" in client.get(done.headers["location"]).text
     assert 'data-action="cancel"' not in client.get(f"/dashboard/jobs/{job_id}").text  # finished: no button
@@ -79,13 +68,13 @@ def test_bulk_cancel_counts_the_cancellable_jobs_and_asks_running_ones_to_stop(
     (failed,) = make_jobs(1, status="failed", kind="fail")
     csrf = csrf_of(client.get("/dashboard/jobs").text)
     form = {"csrf": csrf, "scope": "selection", "job_id": [str(i) for i in [*waiting, running, failed]]}
-    assert _count_in(client.post("/dashboard/jobs/actions/cancel/preview", data=form).text) == 5
+    assert count_in(client.post("/dashboard/jobs/actions/cancel/preview", data=form).text) == 5
     client.post("/dashboard/jobs/actions/cancel", data=form)
     assert {job.status for job in _jobs(database, waiting)} == {"cancelled"}
     stopping, untouched = _jobs(database, [running, failed])
     assert stopping.status == "running" and stopping.cancel_requested_at is not None  # its worker ends it
     assert untouched.status == "failed"
-    assert (_log(database)[0].selected, _log(database)[0].changed) == (6, 5)
+    assert (operator_actions(database)[0].selected, operator_actions(database)[0].changed) == (6, 5)
 
 
 def test_cancel_of_every_job_matching_the_filter(
@@ -96,12 +85,12 @@ def test_cancel_of_every_job_matching_the_filter(
     csrf = csrf_of(client.get("/dashboard/jobs?queue=slow").text)
     form = {"csrf": csrf, "scope": "filter", "queue": "slow", "next": "/dashboard/jobs?queue=slow"}
     preview = client.post("/dashboard/jobs/actions/cancel/preview", data=form).text
-    assert _count_in(preview) == 4
+    assert count_in(preview) == 4
     hidden = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)"', preview))
     client.post("/dashboard/jobs/actions/cancel", data=hidden)
     assert {job.status for job in _jobs(database, slow)} == {"cancelled"}
     assert {job.status for job in _jobs(database, other)} == {"queued"}
-    entry = _log(database)[0]
+    entry = operator_actions(database)[0]
     assert (entry.action, entry.selected, entry.changed, entry.target) == (
         "cancel",
         4,
@@ -127,7 +116,7 @@ def test_pause_and_resume_of_a_queue(client: TestClient, make_jobs: JobMaker, da
     client.post(f"{url}/resume", data={"csrf": csrf})
     with database.readers() as session:
         assert session.get(models.QueuePause, "slow") is None
-    assert [(e.action, e.changed, e.target) for e in _log(database)] == [
+    assert [(e.action, e.changed, e.target) for e in operator_actions(database)] == [
         ("queue.resume", 1, {"queue": "slow"}),
         ("queue.pause", 1, {"queue": "slow"}),
     ]
@@ -166,7 +155,7 @@ def test_schedules_page_lists_them_and_pause_resume_run_now_and_delete_work(
     assert re.search(r"data-last-fire>\d+ s ago<", nightly), nightly  # was "-" before the run
     client.post(f"{url}/delete", data={"csrf": csrf})
     assert _schedule(database, "nightly") is None
-    assert [(e.action, e.changed, e.reason) for e in _log(database)] == [
+    assert [(e.action, e.changed, e.reason) for e in operator_actions(database)] == [
         ("schedule.delete", 1, None),
         ("schedule.run", 1, None),
         ("schedule.resume", 1, None),
@@ -194,6 +183,6 @@ def test_read_only_sees_no_new_buttons_and_gets_403_on_each_new_action(
             assert answer.status_code == 403 and "read-only" in answer.text, path
     schedule = _schedule(database, "nightly")
     assert schedule is not None and not schedule.paused and _jobs(database, [job_id])[0].status == "queued"
-    assert _log(database) == []
+    assert operator_actions(database) == []
     with database.readers() as session:
         assert session.get(models.QueuePause, "default") is None
