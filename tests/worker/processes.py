@@ -13,7 +13,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from jobs import db, store
+from sqlalchemy import select
+
+from jobs import db, models, store
 
 #: Short leases and sweeps, so recovery happens within seconds in the tests. A message that a
 #: killed worker process had fetched stays in Redis (in that consumer's unacknowledged set) until
@@ -29,6 +31,28 @@ FAST_RECOVERY = {
 }
 #: Longest any test waits for jobs to settle.
 SETTLE_SECONDS = 120.0
+
+
+def job_statuses(database: db.Database, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """The status of each of ``job_ids`` that exists, by ID."""
+    with database.readers() as session:
+        rows = session.execute(select(models.Job.id, models.Job.status).where(models.Job.id.in_(job_ids))).all()
+    return {job_id: status for job_id, status in rows}
+
+
+def count_status(database: db.Database, job_ids: Sequence[uuid.UUID], status: str) -> int:
+    """How many of ``job_ids`` are ``status`` now."""
+    return list(job_statuses(database, job_ids).values()).count(status)
+
+
+def database_reachable(database: db.Database) -> bool:
+    """Whether a new connection to ``database`` answers a query now."""
+    try:
+        with database.engine.connect() as conn:
+            conn.execute(select(1))
+        return True
+    except Exception:
+        return False
 
 
 def wait_until(predicate: Callable[[], Any], *, timeout: float = SETTLE_SECONDS, what: str = "condition") -> Any:

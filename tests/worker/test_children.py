@@ -15,17 +15,7 @@ from sqlalchemy import func, select
 from jobs import db, models, store
 from jobs.models import AttemptOutcome, JobStatus
 from tests import kinds
-from tests.worker.processes import create_notes, wait_until
-
-
-def _statuses(database, job_ids):
-    with database.readers() as session:
-        rows = session.execute(select(models.Job.id, models.Job.status).where(models.Job.id.in_(job_ids))).all()
-    return dict(rows)
-
-
-def _count(database, job_ids, status):
-    return list(_statuses(database, job_ids).values()).count(status)
+from tests.worker.processes import count_status, create_notes, job_statuses, wait_until
 
 
 def _succeeded_by(database, pid, after):
@@ -59,11 +49,11 @@ def test_a_killed_worker_process_is_replaced_while_the_others_keep_working(datab
     job_ids = create_notes(database, 400, sleep_seconds=0.05)
     worker = workers(processes=2, threads=2)
     pids = wait_until(lambda: len(worker.worker_pids()) == 2 and worker.worker_pids(), what="two worker processes")
-    wait_until(lambda: _count(database, job_ids, JobStatus.SUCCEEDED) >= 40, what="some progress")
+    wait_until(lambda: count_status(database, job_ids, JobStatus.SUCCEEDED) >= 40, what="some progress")
     victim, survivor = pids
     os.kill(victim, signal.SIGKILL)
     killed_at, killed_mono = store.utcnow(), time.monotonic()
-    done_at_kill = _count(database, job_ids, JobStatus.SUCCEEDED)
+    done_at_kill = count_status(database, job_ids, JobStatus.SUCCEEDED)
 
     replaced = wait_until(
         lambda: len(now := worker.worker_pids()) == 2 and victim not in now and now, what="a new worker process"
@@ -73,10 +63,12 @@ def test_a_killed_worker_process_is_replaced_while_the_others_keep_working(datab
     assert worker.alive()
     wait_until(lambda: _succeeded_by(database, survivor, killed_at) > 0, what="the survivor to keep working")
     (newcomer,) = set(replaced) - {survivor}
-    wait_until(lambda: _count(database, job_ids, JobStatus.SUCCEEDED) == len(job_ids), what="every job to succeed")
+    wait_until(
+        lambda: count_status(database, job_ids, JobStatus.SUCCEEDED) == len(job_ids), what="every job to succeed"
+    )
     all_done_after = time.monotonic() - killed_mono
 
-    assert set(_statuses(database, job_ids).values()) == {JobStatus.SUCCEEDED}
+    assert set(job_statuses(database, job_ids).values()) == {JobStatus.SUCCEEDED}
     notes = _notes_per_job(database)
     assert all(notes.get(job_id) == 1 for job_id in job_ids), "a job's effect is missing or applied twice"
     with database.readers() as session:
@@ -102,12 +94,14 @@ def test_a_killed_dramatiq_master_takes_its_worker_process_along_and_is_replaced
     worker = workers(processes=1, threads=2)
     (master,) = wait_until(worker.children, what="the child")
     (orphan,) = wait_until(worker.worker_pids, what="its worker process")
-    wait_until(lambda: _count(database, job_ids, JobStatus.SUCCEEDED) >= 10, what="some progress")
+    wait_until(lambda: count_status(database, job_ids, JobStatus.SUCCEEDED) >= 10, what="some progress")
     os.kill(master, signal.SIGKILL)
     wait_until(lambda: _gone(orphan), what="the orphaned worker process to be killed")
     replaced = wait_until(lambda: (now := worker.worker_pids()) and orphan not in now and now, what="a new one")
     assert len(replaced) == 1 and master not in worker.children()
-    wait_until(lambda: _count(database, job_ids, JobStatus.SUCCEEDED) == len(job_ids), what="every job to succeed")
+    wait_until(
+        lambda: count_status(database, job_ids, JobStatus.SUCCEEDED) == len(job_ids), what="every job to succeed"
+    )
     notes = _notes_per_job(database)
     assert all(notes.get(job_id) == 1 for job_id in job_ids), "a job's effect is missing or applied twice"
     assert worker.stop() == 0
@@ -131,14 +125,14 @@ def test_sigterm_stops_every_worker_process_gracefully_with_exit_0(database, wor
         job_ids = [store.create_job(session, "test.wait", {"seconds": 60}).id for _ in range(2)]
     # One thread and one prefetched message per process: each process takes one of the two jobs.
     worker = workers(processes=2, threads=1, JOBRUNNER_SHUTDOWN_TIMEOUT_SECONDS="1", JOBRUNNER_PREFETCH="1")
-    wait_until(lambda: _count(database, job_ids, JobStatus.RUNNING) == 2, what="both jobs running")
+    wait_until(lambda: count_status(database, job_ids, JobStatus.RUNNING) == 2, what="both jobs running")
     with database.readers() as session:
         running_on = set(session.scalars(select(models.Job.worker_id).where(models.Job.id.in_(job_ids))))
     assert len(running_on) == 2, "the two jobs run in the same process"
     processes = worker.children() + worker.worker_pids()
     assert len(processes) == 4
     assert worker.stop() == 0
-    assert set(_statuses(database, job_ids).values()) == {JobStatus.QUEUED}
+    assert set(job_statuses(database, job_ids).values()) == {JobStatus.QUEUED}
     with database.readers() as session:
         outcomes = session.scalars(select(models.JobAttempt.outcome).where(models.JobAttempt.job_id.in_(job_ids)))
         assert sorted(outcomes) == [AttemptOutcome.INTERRUPTED] * 2

@@ -13,7 +13,7 @@ from jobs import db, models, store
 from jobs.models import AttemptOutcome, JobStatus
 from tests import kinds
 from tests.conftest import BACKEND
-from tests.worker.processes import wait_until
+from tests.worker.processes import job_statuses, wait_until
 
 pytestmark = pytest.mark.usefixtures("invariants_hold")
 
@@ -29,12 +29,6 @@ def _create(database, kind, args=None, count=1):
 def _status(database, job_id):
     with database.readers() as session:
         return session.scalar(select(models.Job.status).where(models.Job.id == job_id))
-
-
-def _statuses(database, job_ids):
-    with database.readers() as session:
-        rows = session.execute(select(models.Job.status).where(models.Job.id.in_(job_ids))).scalars()
-        return list(rows)
 
 
 def _cancel(database, job_id):
@@ -67,13 +61,13 @@ def test_cancelled_running_jobs_end_cancelled_rolled_back_and_leak_no_connection
     (stubborn,) = _create(database, "test.stubborn", {"seconds": 120})
     writers = _create(database, "test.stubborn", {"seconds": 120, "write_first": True}) if BACKEND != "sqlite" else []
     job_ids = [sleeping, stubborn, *writers]
-    wait_until(lambda: set(_statuses(database, job_ids)) == {JobStatus.RUNNING}, what="the jobs running")
+    wait_until(lambda: set(job_statuses(database, job_ids).values()) == {JobStatus.RUNNING}, what="the jobs running")
     time.sleep(1.5)  # well into their handlers' loops
     asked = time.monotonic()
     for job_id in job_ids:
         assert _cancel(database, job_id).stopping == [job_id]
     wait_until(
-        lambda: set(_statuses(database, job_ids)) == {JobStatus.CANCELLED},
+        lambda: set(job_statuses(database, job_ids).values()) == {JobStatus.CANCELLED},
         timeout=STOP_TIMEOUT_SECONDS,
         what="the cancelled jobs to end cancelled",
     )
@@ -104,13 +98,15 @@ def test_a_paused_queue_starts_nothing_until_resumed(database, workers, capsys):
     wait_until(lambda: _status(database, other) == JobStatus.SUCCEEDED, what="the unpaused queue to run")
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        assert set(_statuses(database, paused)) == {JobStatus.QUEUED}, "a job of the paused queue started"
+        assert set(job_statuses(database, paused).values()) == {JobStatus.QUEUED}, "a job of the paused queue started"
         time.sleep(0.2)
     with db.session_scope(database.sessions) as session:
         assert store.resume_queue(session, "control") == 10
     resumed = time.monotonic()
     wait_until(
-        lambda: set(_statuses(database, paused)) == {JobStatus.SUCCEEDED}, timeout=30, what="every job after resume"
+        lambda: set(job_statuses(database, paused).values()) == {JobStatus.SUCCEEDED},
+        timeout=30,
+        what="every job after resume",
     )
     with capsys.disabled():
         print(f"\n[figure] resume: 10 jobs of the paused queue done {time.monotonic() - resumed:.2f} s after it")
@@ -128,10 +124,10 @@ def test_max_running_bounds_the_running_jobs_of_a_kind_across_workers(database, 
     while time.monotonic() - started < 120:
         with database.readers() as session:
             samples.append(session.scalar(count_running))
-        if set(_statuses(database, job_ids)) == {JobStatus.SUCCEEDED}:
+        if set(job_statuses(database, job_ids).values()) == {JobStatus.SUCCEEDED}:
             break
         time.sleep(0.05)
-    assert set(_statuses(database, job_ids)) == {JobStatus.SUCCEEDED}, "not every limited job finished"
+    assert set(job_statuses(database, job_ids).values()) == {JobStatus.SUCCEEDED}, "not every limited job finished"
     assert max(samples) <= 2, f"more than max_running=2 ran at once: {max(samples)}"
     assert max(samples) == 2, "the limit was never reached: the test shows nothing"
     with database.readers() as session:

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from jobs import models, store
 from jobs.models import AttemptOutcome, JobStatus
 from tests import kinds
-from tests.worker.processes import create_notes, wait_until
+from tests.worker.processes import create_notes, database_reachable, wait_until
 
 pytestmark = [pytest.mark.postgres_only, pytest.mark.restarts_postgres, pytest.mark.usefixtures("invariants_hold")]
 
@@ -36,15 +36,6 @@ def _jobs(database, job_ids):
     return statuses, outcomes
 
 
-def _reachable(database) -> bool:
-    try:
-        with database.engine.connect() as conn:
-            conn.execute(select(1))
-        return True
-    except Exception:
-        return False
-
-
 def _run_through_outage(throwaway_postgres, database, workers, *, job_seconds: float, outage_seconds: float):
     """Four note jobs of ``job_seconds`` on a worker with :data:`RACE` settings; the server stops
     once all four run and starts again ``outage_seconds`` later. Checks that every job succeeds with
@@ -59,7 +50,7 @@ def _run_through_outage(throwaway_postgres, database, workers, *, job_seconds: f
     time.sleep(outage_seconds)  # the outage itself: leases expire meanwhile, unseen by anyone
     throwaway_postgres.start()
     back = time.monotonic()
-    wait_until(lambda: _reachable(database), what="PostgreSQL to answer again")
+    wait_until(lambda: database_reachable(database), what="PostgreSQL to answer again")
     wait_until(lambda: set(_jobs(database, job_ids)[0].values()) == {JobStatus.SUCCEEDED}, what="every job to succeed")
     recovered = time.monotonic() - back
     _, outcomes = _jobs(database, job_ids)

@@ -15,7 +15,7 @@ from sqlalchemy import func, select, update
 from jobs import models, store
 from jobs.models import AttemptOutcome, JobStatus
 from tests import kinds
-from tests.worker.processes import create_notes, wait_until
+from tests.worker.processes import count_status, create_notes, database_reachable, job_statuses, wait_until
 from worker import pgbroker, sweeper
 
 pytestmark = [
@@ -25,18 +25,8 @@ pytestmark = [
 ]
 
 
-def _statuses(database, job_ids):
-    with database.readers() as session:
-        rows = session.execute(select(models.Job.id, models.Job.status).where(models.Job.id.in_(job_ids))).all()
-    return dict(rows)
-
-
-def _count(database, job_ids, status):
-    return list(_statuses(database, job_ids).values()).count(status)
-
-
 def _assert_each_ran_once(database, job_ids):
-    assert set(_statuses(database, job_ids).values()) == {JobStatus.SUCCEEDED}
+    assert set(job_statuses(database, job_ids).values()) == {JobStatus.SUCCEEDED}
     with database.engine.connect() as conn:
         notes = dict(conn.execute(select(kinds.notes.c.job_id, func.count()).group_by(kinds.notes.c.job_id)).all())
         attempts = dict(
@@ -66,7 +56,9 @@ def test_duplicate_wake_ups_and_two_workers_racing_run_each_job_once(database, b
     waker = threading.Thread(target=wake_again_and_again)
     waker.start()
     try:
-        wait_until(lambda: _count(database, job_ids, JobStatus.SUCCEEDED) == len(job_ids), what="every job to succeed")
+        wait_until(
+            lambda: count_status(database, job_ids, JobStatus.SUCCEEDED) == len(job_ids), what="every job to succeed"
+        )
     finally:
         stop.set()
         waker.join()
@@ -81,23 +73,16 @@ def test_worker_on_the_postgresql_broker_survives_a_postgresql_restart(throwaway
     assert settings.broker_url == throwaway_postgres.url
     job_ids = create_notes(database, 100, sleep_seconds=0.05)
     worker = workers()
-    wait_until(lambda: _count(database, job_ids, JobStatus.SUCCEEDED) >= 1, what="the first success")
+    wait_until(lambda: count_status(database, job_ids, JobStatus.SUCCEEDED) >= 1, what="the first success")
     throwaway_postgres.restart()
-    wait_until(lambda: _reachable(database), what="PostgreSQL to answer again")
+    wait_until(lambda: database_reachable(database), what="PostgreSQL to answer again")
     more = create_notes(database, 20)  # sent (NOTIFY) after the restart: the consumer listens again
     job_ids += more
-    wait_until(lambda: _count(database, job_ids, JobStatus.SUCCEEDED) == len(job_ids), what="every job to succeed")
+    wait_until(
+        lambda: count_status(database, job_ids, JobStatus.SUCCEEDED) == len(job_ids), what="every job to succeed"
+    )
     assert worker.alive()
     _assert_each_ran_once(database, job_ids)
-
-
-def _reachable(database) -> bool:
-    try:
-        with database.engine.connect() as conn:
-            conn.execute(select(1))
-        return True
-    except Exception:
-        return False
 
 
 def test_sweeper_re_sends_nothing_and_keeps_the_queue_order(database, settings, make_job, fetch):

@@ -20,19 +20,13 @@ from jobs.kinds.files import uploads as files
 from jobs.kinds.files.models import FileStatus
 from jobs.models import AttemptOutcome, JobStatus
 from tests import kinds
-from tests.worker.processes import create_notes, wait_until
+from tests.worker.processes import count_status, create_notes, database_reachable, job_statuses, wait_until
 
 pytestmark = pytest.mark.usefixtures("invariants_hold")
 
 
-def _statuses(database, job_ids):
-    with database.readers() as session:
-        rows = session.execute(select(models.Job.id, models.Job.status).where(models.Job.id.in_(job_ids))).all()
-    return {job_id: status for job_id, status in rows}
-
-
 def _all_terminal(database, job_ids):
-    statuses = _statuses(database, job_ids)
+    statuses = job_statuses(database, job_ids)
     return len(statuses) == len(job_ids) and all(s in models.TERMINAL for s in statuses.values())
 
 
@@ -48,17 +42,15 @@ def test_kill_9_mid_run_loses_no_job_and_applies_none_twice(database, workers, c
     slow = create_notes(database, 50, sleep_seconds=0.3)
     job_ids = quick + slow
     first = workers()
-    wait_until(
-        lambda: list(_statuses(database, job_ids).values()).count(JobStatus.SUCCEEDED) >= 40, what="some progress"
-    )
-    wait_until(lambda: JobStatus.RUNNING in _statuses(database, slow).values(), what="a slow job running")
+    wait_until(lambda: count_status(database, job_ids, JobStatus.SUCCEEDED) >= 40, what="some progress")
+    wait_until(lambda: JobStatus.RUNNING in job_statuses(database, slow).values(), what="a slow job running")
     first.kill()
     killed_at = store.utcnow()
-    running_at_kill = [j for j, s in _statuses(database, job_ids).items() if s == JobStatus.RUNNING]
+    running_at_kill = [j for j, s in job_statuses(database, job_ids).items() if s == JobStatus.RUNNING]
     workers()
     wait_until(lambda: _all_terminal(database, job_ids), what="every job terminal")
 
-    statuses = _statuses(database, job_ids)
+    statuses = job_statuses(database, job_ids)
     notes = _notes_per_job(database)
     lost_jobs = [job_id for job_id in job_ids if statuses[job_id] != JobStatus.SUCCEEDED]
     doubled = [job_id for job_id in job_ids if notes.get(job_id, 0) > 1]
@@ -87,11 +79,11 @@ def test_kill_9_mid_run_loses_no_job_and_applies_none_twice(database, workers, c
 def test_flushed_broker_with_500_jobs_in_flight_still_runs_them_all(settings, database, workers, flush_broker, capsys):
     job_ids = create_notes(database, 500, sleep_seconds=0.01)
     workers()
-    wait_until(lambda: JobStatus.SUCCEEDED in _statuses(database, job_ids).values(), what="the first success")
+    wait_until(lambda: JobStatus.SUCCEEDED in job_statuses(database, job_ids).values(), what="the first success")
     flush_broker()  # the run's own Redis db, or its RabbitMQ vhost's queues (purged)
     flushed_at = time.monotonic()
     wait_until(lambda: _all_terminal(database, job_ids), what="every job terminal")
-    assert set(_statuses(database, job_ids).values()) == {JobStatus.SUCCEEDED}
+    assert set(job_statuses(database, job_ids).values()) == {JobStatus.SUCCEEDED}
     assert all(count == 1 for count in _notes_per_job(database).values())
     with capsys.disabled():
         how = "queue purge" if settings.broker_url.startswith("amqp") else "FLUSHDB"
@@ -111,18 +103,18 @@ def test_jobs_accepted_while_the_broker_is_down_run_once_it_is_back(settings, da
 
     ids = [uuid.UUID(j) for j in job_ids]
     wait_until(lambda: _all_terminal(database, ids), what="the jobs to run")
-    assert set(_statuses(database, ids).values()) == {JobStatus.SUCCEEDED}
+    assert set(job_statuses(database, ids).values()) == {JobStatus.SUCCEEDED}
 
 
 @pytest.mark.postgres_only  # SQLite has one writer: a frozen worker inside a write freezes every other
 def test_stalled_worker_cannot_commit_after_another_took_its_job(database, workers):
     (job_id,) = create_notes(database, 1, sleep_seconds=3)
     stalled = workers(JOBRUNNER_LEASE_SECONDS="1")
-    wait_until(lambda: _statuses(database, [job_id])[job_id] == JobStatus.RUNNING, what="the job to start")
+    wait_until(lambda: job_statuses(database, [job_id])[job_id] == JobStatus.RUNNING, what="the job to start")
     stalled.signal(signal.SIGSTOP)  # the whole process freezes: no heartbeat, no progress
     try:
         workers()
-        wait_until(lambda: _statuses(database, [job_id])[job_id] == JobStatus.SUCCEEDED, what="the takeover")
+        wait_until(lambda: job_statuses(database, [job_id])[job_id] == JobStatus.SUCCEEDED, what="the takeover")
     finally:
         stalled.signal(signal.SIGCONT)
     # The stalled worker wakes up, finishes its handler and tries to commit: the fence refuses. It
@@ -149,7 +141,7 @@ def test_poison_pill_is_quarantined_after_three_worker_deaths(database, workers)
     with db.session_scope(database.sessions) as session:
         job_id = store.create_job(session, "test.die", max_attempts=10).id
     worker = workers()
-    wait_until(lambda: _statuses(database, [job_id])[job_id] == JobStatus.FAILED, what="the job to be quarantined")
+    wait_until(lambda: job_statuses(database, [job_id])[job_id] == JobStatus.FAILED, what="the job to be quarantined")
     job, history = store_fetch(database, job_id)
     assert job.error_message == "worker died 3 times while running this job"
     # The third death ends the run: its attempt is the final one, "failed" (error type WorkerLost).
@@ -215,7 +207,7 @@ def test_kill_9_mid_file_resumes_from_its_checkpoint_with_every_row_once(databas
 def test_sigterm_puts_an_unfinished_job_back_and_another_worker_finishes_it(database, workers):
     (job_id,) = create_notes(database, 1, sleep_seconds=30)
     first = workers(JOBRUNNER_SHUTDOWN_TIMEOUT_SECONDS="1")
-    wait_until(lambda: _statuses(database, [job_id])[job_id] == JobStatus.RUNNING, what="the job to start")
+    wait_until(lambda: job_statuses(database, [job_id])[job_id] == JobStatus.RUNNING, what="the job to start")
     assert first.stop() == 0
     job, history = store_fetch(database, job_id)
     assert job.status == JobStatus.QUEUED
@@ -224,7 +216,7 @@ def test_sigterm_puts_an_unfinished_job_back_and_another_worker_finishes_it(data
     with db.session_scope(database.sessions) as session:  # make the rerun quick
         store.get_job(session, job_id).args = {"text": "0"}
     workers()
-    wait_until(lambda: _statuses(database, [job_id])[job_id] == JobStatus.SUCCEEDED, what="the rerun")
+    wait_until(lambda: job_statuses(database, [job_id])[job_id] == JobStatus.SUCCEEDED, what="the rerun")
     job, history = store_fetch(database, job_id)
     assert [a.outcome for a in history] == [AttemptOutcome.INTERRUPTED, AttemptOutcome.SUCCEEDED]
     assert job.attempts == 1
@@ -238,14 +230,14 @@ def test_worker_survives_a_postgresql_restart(throwaway_postgres, database, work
     # shutdown (connections cut), then a start.
     job_ids = create_notes(database, 200, sleep_seconds=0.05)
     worker = workers()
-    wait_until(lambda: JobStatus.SUCCEEDED in _statuses(database, job_ids).values(), what="the first success")
+    wait_until(lambda: JobStatus.SUCCEEDED in job_statuses(database, job_ids).values(), what="the first success")
     started = _postmaster_start_time(database)
     throwaway_postgres.restart()
-    wait_until(lambda: _reachable(database), what="PostgreSQL to answer again")
+    wait_until(lambda: database_reachable(database), what="PostgreSQL to answer again")
     assert _postmaster_start_time(database) > started, "the server was not restarted"
     wait_until(lambda: _all_terminal(database, job_ids), what="every job terminal")
     assert worker.alive()
-    assert set(_statuses(database, job_ids).values()) == {JobStatus.SUCCEEDED}
+    assert set(job_statuses(database, job_ids).values()) == {JobStatus.SUCCEEDED}
     notes = _notes_per_job(database)
     assert all(notes.get(job_id) == 1 for job_id in job_ids), "a job's effect is missing or applied twice"
 
@@ -253,15 +245,6 @@ def test_worker_survives_a_postgresql_restart(throwaway_postgres, database, work
 def _postmaster_start_time(database):
     with database.engine.connect() as conn:
         return conn.scalar(select(func.pg_postmaster_start_time()))
-
-
-def _reachable(database) -> bool:
-    try:
-        with database.engine.connect() as conn:
-            conn.execute(select(1))
-        return True
-    except Exception:
-        return False
 
 
 def test_worker_gets_its_consumer_timeout_before_dramatiq_reads_it(database, workers):
