@@ -516,6 +516,17 @@ def _read_until(stream, text: str) -> str:
     return seen
 
 
+def stop_session(process: subprocess.Popen, *, timeout: float = 60) -> None:
+    """SIGTERM the process group of ``process`` (started in a session of its own), wait up to
+    ``timeout`` seconds, then SIGKILL the group."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 def _kill_if_running(process: subprocess.Popen) -> None:
     if process.poll() is None:
         process.kill()

@@ -248,12 +248,7 @@ def test_the_use_it_in_your_service_block_runs_the_shop(tmp_path: Path, redis_ur
         assert httpx.get(f"{api}/orders/2").json()["invoice"] == "INVOICE order 2: 6 x cups"
     finally:
         tree = test_cli.descendants(process.pid)
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        test_cli.stop_session(process)
         # The worker's children run in sessions of their own (the supervisor's setsid) and shut down
         # after the shell has gone: wait for them, so none consumes the run's Redis in the next tests.
         for pid in test_cli.wait_until_gone(tree, timeout=60):

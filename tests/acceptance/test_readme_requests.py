@@ -11,7 +11,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from api.app import create_app
+from tests.acceptance import test_cli
 from tests.acceptance.conftest import REPO_ROOT, cli_env
 from tests.acceptance.test_readme_blocks import _lines, _wait, shell_blocks
 from worker import devmode
@@ -144,14 +144,8 @@ def started() -> Iterator[list[subprocess.Popen[bytes]]]:
     processes: list[subprocess.Popen[bytes]] = []
     yield processes
     for process in processes:
-        if process.poll() is not None:
-            continue
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        if process.poll() is None:
+            test_cli.stop_session(process)
 
 
 def test_the_dashboard_block_serves_the_dashboard_behind_the_api_token(settings, database, tmp_path, started):
