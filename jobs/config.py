@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     time_limit_seconds: float = Field(default=600, gt=0)
     lease_seconds: float = Field(default=30, gt=0)
     requeue_after_seconds: float = Field(default=60, gt=0)
-    #: A queued job whose message the broker still holds is not sent again, until it has waited this
+    #: An overdue job whose message the broker still holds is not sent again, until it has waited this
     #: long (a message the broker holds but never delivers); see ``jobs.store.resend_overdue_jobs``.
     resend_held_after_seconds: float = Field(default=600, gt=0)
     sweep_interval_seconds: float = Field(default=10, gt=0)

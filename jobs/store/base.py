@@ -1,19 +1,22 @@
-"""What the store modules share: the time, the hot-path statement runner, the attempt row."""
+"""What the store modules share: the time, the hot-path statement runner, the attempt row, sending
+an existing job again."""
 
 from __future__ import annotations
 
 import collections
 import datetime as dt
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
 from psycopg.pq import TransactionStatus
-from sqlalchemy import Connection, insert
+from sqlalchemy import Connection, bindparam, insert, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
+from sqlalchemy.orm import Session
 
-from jobs import db, models
+from jobs import db, models, sending
 from jobs.models import AttemptOutcome
 
 
@@ -38,6 +41,50 @@ def attempt_row(job: Any, *, outcome: AttemptOutcome, finished_at: dt.datetime, 
         if column not in fields:
             row[column] = getattr(job, attribute)
     return {**row, **fields}
+
+
+def fresh_message(job_id: uuid.UUID, queue: str, *, delay_ms: int | None = None) -> sending.JobMessage:
+    """The message that sends an existing job again, under a new key of its own.
+
+    Whoever sends it records that key on the job's row (``jobs.message_id``) in the transaction
+    that sends it: the sweeper asks the broker about the key the row records
+    (:func:`jobs.store.resend_overdue_jobs`), and Redis keeps each message under its key, so a row
+    keeping an older key would have the sweeper send again a job whose message is still waiting.
+    The first message of a job is keyed by the job's ID and needs no record (the column is unset).
+    """
+    return sending.JobMessage(job_id, queue, delay_ms=delay_ms, message_id=uuid.uuid4())
+
+
+#: Records the key of a job's last message (see :func:`send_again`).
+_RECORD_MESSAGE_ID = (
+    update(models.Job.__table__)
+    .where(models.Job.__table__.c.id == bindparam("b_job_id"))
+    .values(message_id=bindparam("b_message_id"))
+)
+
+
+def send_again(session: Session, messages: Sequence[sending.JobMessage]) -> None:
+    """Send existing jobs again once ``session`` commits, each under a fresh key
+    (:func:`fresh_message`) that this transaction records on its row, in one executemany.
+
+    For a statement that changes one job and can write the key itself (a retry, an interrupt), build
+    the message with :func:`fresh_message` and write its key in that statement instead.
+    """
+    keyed = [fresh_message(message.job_id, message.queue, delay_ms=message.delay_ms) for message in messages]
+    if not keyed:
+        return
+    # Rows updated in the order of their job IDs: two transactions recording keys of the same jobs
+    # lock them in the same order, and one waits for the other rather than deadlock. The messages
+    # go out in the caller's order (the oldest job first, say).
+    session.execute(
+        _RECORD_MESSAGE_ID,
+        [
+            {"b_job_id": message.job_id, "b_message_id": message.message_id}
+            for message in sorted(keyed, key=lambda message: message.job_id)
+        ],
+    )
+    for message in keyed:
+        sending.send_after_commit(session, message)
 
 
 class HotStatement:

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from jobs import models, sending
 from jobs.models import JobStatus
+from jobs.store.base import send_again
 from jobs.store.clock import database_time
 
 _jobs = models.Job.__table__
@@ -36,6 +37,5 @@ def release_overdue_scheduled(session: Session, *, older_than_seconds: float, li
         .values(status=JobStatus.QUEUED.value, enqueued_at=now)
         .returning(_jobs.c.id, _jobs.c.queue)
     ).all()
-    for row in rows:
-        sending.send_after_commit(session, sending.JobMessage(row.id, row.queue))
+    send_again(session, [sending.JobMessage(row.id, row.queue) for row in rows])
     return [row.id for row in rows]

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from jobs import models, sending
 from jobs.models import JobStatus
-from jobs.store.base import utcnow
+from jobs.store.base import send_again, utcnow
 
 _jobs = models.Job.__table__
 
@@ -32,6 +32,5 @@ def retry_jobs_now(session: Session, job_ids: Sequence[uuid.UUID]) -> list[uuid.
         .values(next_retry_at=now, enqueued_at=now)
         .returning(_jobs.c.id, _jobs.c.queue)
     ).all()
-    for row in rows:
-        sending.send_after_commit(session, sending.JobMessage(row.id, row.queue))
+    send_again(session, [sending.JobMessage(row.id, row.queue) for row in rows])
     return [row.id for row in rows]

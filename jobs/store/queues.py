@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from jobs import errors, models, registry, sending
 from jobs.models import JobStatus
-from jobs.store.base import utcnow
+from jobs.store.base import send_again, utcnow
 
 _jobs = models.Job.__table__
 _pauses = models.QueuePause.__table__
@@ -123,11 +123,13 @@ def _resend(session: Session, query: Select[Any], limit: int | None = None) -> i
     rows = session.execute(
         query.where(_jobs.c.status.in_([s.value for s in models.CLAIMABLE])).order_by(_jobs.c.enqueued_at).limit(limit)
     ).all()
+    messages = []
     for row in rows:
         delay_ms = 0
         if row.next_retry_at is not None and row.next_retry_at > now:
             delay_ms = int((row.next_retry_at - now).total_seconds() * 1000)
-        sending.send_after_commit(session, sending.JobMessage(row.id, row.queue, delay_ms=delay_ms or None))
+        messages.append(sending.JobMessage(row.id, row.queue, delay_ms=delay_ms or None))
+    send_again(session, messages)
     return len(rows)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import bindparam, exists, func, select, update
 from sqlalchemy.orm import Session
@@ -13,7 +14,7 @@ from jobs import errors, models, registry, sending
 from jobs.models import AttemptOutcome, JobStatus
 from jobs.observe import counting
 from jobs.store import cancelling
-from jobs.store.base import INSERT_ATTEMPT, attempt_row
+from jobs.store.base import INSERT_ATTEMPT, attempt_row, fresh_message
 from jobs.store.clock import database_time, db_now
 from jobs.store.running import run_failure_hook
 
@@ -106,7 +107,9 @@ def _take_back(session: Session, job: models.Job, *, now: dt.datetime, quarantin
         job.lease_expires_at = None
         job.status = JobStatus.QUEUED
         job.enqueued_at = now
-        sending.send_after_commit(session, sending.JobMessage(job.id, job.queue))
+        message = fresh_message(job.id, job.queue)
+        job.message_id = message.message_id  # flushed with the rest of the row (see fresh_message)
+        sending.send_after_commit(session, message)
         return JobStatus.QUEUED
     error = errors.WorkerLost(
         f"worker died {deaths} times while running this job"
@@ -228,12 +231,14 @@ def resend_overdue_jobs(
     ``retrying`` with ``next_retry_at`` before it. A duplicate message is harmless (the claim skips it)
     but costs a delivery, so a long backlog must not be re-sent on every pass:
 
-    - ``held``: asks the broker which of the overdue ``queued`` jobs' last messages it still holds
-      (waiting in a long backlog, delayed, or delivered and not yet acknowledged). Those are not sent
-      again, only marked checked (``resend_checked_at``), unless they were sent more than
-      ``trust_held_for_seconds`` ago: a message the broker holds but never delivers (stranded with a
-      dead consumer) is sent again then. Without a probe (or for ``retrying`` jobs) every overdue job
-      is sent again, as the broker cannot tell.
+    - ``held``: asks the broker which of the overdue jobs' last messages it still holds (waiting in
+      a long backlog, delayed, or delivered and not yet acknowledged), by the key the row records
+      (every send of a job records its key: :func:`jobs.store.base.fresh_message`). Those are not
+      sent again, only marked checked (``resend_checked_at``), unless they were deliverable for more
+      than ``trust_held_for_seconds`` (since they were sent or, for a retry's delayed message, since
+      its ``next_retry_at``): a message the broker holds but never delivers (stranded with a dead
+      consumer) is sent again then. Without a probe every overdue job is sent again, as the broker
+      cannot tell.
     - A job sent again gets a new message key (``message_id``) and ``enqueued_at`` now; a job checked
       is not looked at again before the cutoff passes once more.
 
@@ -242,7 +247,7 @@ def resend_overdue_jobs(
     now = database_time(session.connection())  # enqueued_at is written by every host: one clock
     cutoff = now - dt.timedelta(seconds=older_than_seconds)
     overdue = (
-        select(_jobs.c.id, _jobs.c.queue, _jobs.c.status, _jobs.c.message_id, _jobs.c.enqueued_at)
+        select(_jobs.c.id, _jobs.c.queue, _jobs.c.message_id, _jobs.c.enqueued_at, _jobs.c.next_retry_at)
         .where(
             _jobs.c.enqueued_at < cutoff,
             ~exists().where(_pauses.c.queue == _jobs.c.queue),  # resumed, they are sent at once
@@ -265,14 +270,12 @@ def resend_overdue_jobs(
             [
                 sending.JobMessage(row.id, row.queue, message_id=row.message_id or row.id)
                 for row in rows
-                if row.status == JobStatus.QUEUED.value and row.enqueued_at >= trusted_since
+                if _deliverable_since(row) >= trusted_since
             ]
         )
     if still_held:
         session.execute(update(_jobs).where(_jobs.c.id.in_(still_held)).values(resend_checked_at=now))
-    messages = [
-        sending.JobMessage(row.id, row.queue, message_id=uuid.uuid4()) for row in rows if row.id not in still_held
-    ]
+    messages = [fresh_message(row.id, row.queue) for row in rows if row.id not in still_held]
     if messages:
         session.execute(
             update(_jobs)
@@ -284,6 +287,14 @@ def resend_overdue_jobs(
         sending.send_after_commit(session, message)
     counting.add_to_counter(session.connection(), counting.SWEEPER_RESENDS, len(messages))
     return [message.job_id for message in messages]
+
+
+def _deliverable_since(row: Any) -> dt.datetime:
+    """Since when the job's last message could have been delivered: when it was sent, or, for a
+    retry's delayed message, not before the retry was due."""
+    if row.next_retry_at is None:
+        return row.enqueued_at  # type: ignore[no-any-return]
+    return max(row.enqueued_at, row.next_retry_at)  # type: ignore[no-any-return]
 
 
 def prune_jobs(

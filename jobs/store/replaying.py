@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from jobs import errors, models, sending
 from jobs.models import AttemptOutcome, JobStatus
-from jobs.store.base import INSERT_ATTEMPT, attempt_row
+from jobs.store.base import INSERT_ATTEMPT, attempt_row, send_again
 from jobs.store.clock import database_time
 from jobs.store.reading import get_job
 
@@ -64,8 +64,7 @@ def replay_jobs(session: Session, job_ids: Sequence[uuid.UUID], *, reason: str |
                 for row in rows
             ],
         )
-    for row in rows:
-        sending.send_after_commit(session, sending.JobMessage(row.id, row.queue))
+    send_again(session, [sending.JobMessage(row.id, row.queue) for row in rows])
     return [row.id for row in rows]
 
 

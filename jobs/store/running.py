@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from jobs import errors, models, registry, sending
 from jobs.models import AttemptOutcome, JobStatus
 from jobs.store import queues
-from jobs.store.base import INSERT_ATTEMPT, HotStatement, attempt_row
+from jobs.store.base import INSERT_ATTEMPT, HotStatement, attempt_row, fresh_message
 from jobs.store.clock import db_now, seconds_param
 
 logger = logging.getLogger(__name__)
@@ -291,6 +291,7 @@ _RETRY = (
         status=JobStatus.RETRYING.value,
         next_retry_at=db_now(seconds_param("b_delay_seconds")),
         enqueued_at=_now,
+        message_id=bindparam("b_message_id"),
         **_FAIL_COLUMNS,
     )
     .returning(*_FAIL_RETURNING, _now.label("now"))
@@ -341,17 +342,18 @@ def record_failure(
     details = describe_error(error)
     conn = session.connection()
     params = {"b_job_id": job.id, "b_token": job.claim_token, **{f"b_{key}": value for key, value in details.items()}}
-    if delay is not None:
-        params["b_delay_seconds"] = delay
+    message = None if delay is None else fresh_message(job.id, job.queue, delay_ms=int(delay * 1000))
+    if message is not None:
+        params.update(b_delay_seconds=delay, b_message_id=message.message_id)
     row = conn.execute(_FAIL if final else _RETRY, params).first()
     if row is None:
         return None
     outcome = AttemptOutcome.FAILED if final else AttemptOutcome.ERROR
     conn.execute(INSERT_ATTEMPT, attempt_row(row, outcome=outcome, finished_at=row.now, **details))
-    if delay is None:
+    if message is None:
         run_failure_hook(session, job, error)
         return JobStatus.FAILED
-    sending.send_after_commit(session, sending.JobMessage(job.id, job.queue, delay_ms=int(delay * 1000)))
+    sending.send_after_commit(session, message)
     return JobStatus.RETRYING
 
 
@@ -380,6 +382,7 @@ _INTERRUPT = (
         claim_token=None,
         lease_expires_at=None,
         enqueued_at=_now,
+        message_id=bindparam("b_message_id"),
     )
     .returning(
         _jobs.c.id,
@@ -398,14 +401,16 @@ def interrupt_job(session: Session, job: registry.RunningJob, *, reason: str) ->
     Returns False if this worker no longer holds the claim.
     """
     conn = session.connection()
-    row = conn.execute(_INTERRUPT, {"b_job_id": job.id, "b_token": job.claim_token}).first()
+    message = fresh_message(job.id, job.queue)
+    params = {"b_job_id": job.id, "b_token": job.claim_token, "b_message_id": message.message_id}
+    row = conn.execute(_INTERRUPT, params).first()
     if row is None:
         return False
     attempt = attempt_row(
         row, outcome=AttemptOutcome.INTERRUPTED, finished_at=row.enqueued_at, number=job.attempt, error_message=reason
     )
     conn.execute(INSERT_ATTEMPT, attempt)
-    sending.send_after_commit(session, sending.JobMessage(job.id, job.queue))
+    sending.send_after_commit(session, message)
     return True
 
 

@@ -209,6 +209,43 @@ def test_sweep_resends_a_held_message_that_waited_too_long(database, settings, m
     assert queued_messages() == 3
 
 
+def test_sweep_does_not_resend_a_retry_whose_delayed_message_the_broker_holds(
+    database, settings, make_job, held, queued_messages, flush_redis, redis_client
+):
+    """A retry's delayed message is kept under the key its row records: an overdue retry whose
+    message Redis still holds is not sent again; once Redis lost it, it is."""
+    job_id = make_job("fail")
+    with database.engine.connect() as conn:
+        job = store.claim_job(conn, job_id, worker_id="worker", lease_seconds=30)
+    redis_client.hdel("dramatiq:default.msgs", str(job_id))  # its worker acknowledged the first message
+    with db.session_scope(database.sessions) as session:
+        store.record_failure(session, job, RuntimeError("flaky"), backoff_seconds=0)
+    long_ago = _ago(settings.requeue_after_seconds + 5)
+    _age(database, job_id, enqueued_at=long_ago, next_retry_at=long_ago)
+    assert sweeper.sweep_once(database, settings, held=held).resent == []
+    assert queued_messages("default.DQ") == 1 and queued_messages() == 0
+    flush_redis()
+    _age(database, job_id, resend_checked_at=long_ago)
+    assert sweeper.sweep_once(database, settings, held=held).resent == [job_id]
+
+
+def test_sweep_does_not_resend_a_taken_back_job_whose_message_the_broker_holds(
+    database, settings, make_job, held, queued_messages, flush_redis, fetch
+):
+    """The message a take-back sends is kept under the key its row records: a later pass finds it
+    held and sends nothing more."""
+    job_id = make_job("noop")
+    with database.engine.connect() as conn:
+        store.claim_job(conn, job_id, worker_id="dead-worker", lease_seconds=30)
+    flush_redis()  # the dead worker's message went with it
+    _age(database, job_id, lease_expires_at=_ago(1))
+    assert sweeper.sweep_once(database, settings, held=held).requeued == [job_id]
+    assert queued_messages() == 1
+    _age(database, job_id, enqueued_at=_ago(settings.requeue_after_seconds + 5))
+    assert sweeper.sweep_once(database, settings, held=held).resent == []
+    assert queued_messages() == 1 and fetch(job_id)[0].resend_checked_at is not None
+
+
 def test_sweep_resends_everything_overdue_when_the_broker_cannot_be_asked(database, settings, make_job):
     job_id = make_job("noop")
     _age(database, job_id, enqueued_at=_ago(settings.requeue_after_seconds + 5))
