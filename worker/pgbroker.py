@@ -303,7 +303,11 @@ class PostgresConsumer(dramatiq.Consumer):
             self._done(message)
 
     def close(self) -> None:
-        """Close the listening connection."""
+        """Give back the jobs taken and never handed to Dramatiq, and close the listening connection."""
+        leftover = list(self._taken)
+        self._taken.clear()
+        if leftover:
+            self.requeue(leftover)
         if self.broker.claims is not None:
             self.broker.claims.forget(self._acked)
         with contextlib.suppress(*UNREACHABLE):

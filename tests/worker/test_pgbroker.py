@@ -280,3 +280,16 @@ def test_a_stopping_worker_gives_back_the_jobs_it_claimed_and_did_not_start(data
         attempts = conn.execute(select(models.Job.attempts).where(models.Job.id.in_(job_ids))).scalars().all()
         attempt_rows = conn.execute(select(func.count()).select_from(models.JobAttempt)).scalar_one()
     assert set(attempts) == {0} and attempt_rows == 0, "a job never started counts an attempt"
+
+
+def test_a_closing_consumer_gives_back_the_jobs_it_took_and_never_handed_out(database, broker):
+    job_ids = create_notes(database, 4)
+    broker.claim_as_taking(worker_id="w1", lease_seconds=30, limited_kinds=(), threads=4)
+    consumer = broker.consume("default", prefetch=8, timeout=10)
+    try:
+        handed_out = next(consumer)
+    finally:
+        consumer.close()
+    statuses = job_statuses(database, job_ids)
+    assert statuses.pop(uuid.UUID(handed_out.args[0])) == JobStatus.RUNNING, "the job Dramatiq holds was given back"
+    assert set(statuses.values()) == {JobStatus.QUEUED}, "a job taken and never handed out stays claimed"
