@@ -50,6 +50,7 @@ from sqlalchemy.orm import Session
 from jobs import db, errors, registry, store
 from jobs.models import AttemptOutcome, JobStatus
 from jobs.observe import logs, tracing
+from worker import pgbroker
 from worker.state import WorkerState
 from worker.stopping import Stopper
 
@@ -130,8 +131,14 @@ class JobSessionMiddleware(Middleware):
         One connection serves the claim (committed at once) and then the job's session, so a job
         costs one pool checkout."""
         job_id = _job_id(message)
-        claim_started_ns = time.time_ns()
-        connection, job = self._connect_and_claim(job_id)
+        claimed: registry.RunningJob | None = message.options.get(pgbroker.CLAIMED)
+        if claimed is None:
+            claim_started_ns = time.time_ns()
+            connection, job = self._connect_and_claim(job_id)
+            claim_ended_ns = time.time_ns()
+        else:  # the PostgreSQL broker's take claimed it
+            claim_started_ns, claim_ended_ns = message.options[pgbroker.CLAIMED_NS]
+            connection, job = self._connect(claimed), claimed
         kind = self.state.registry.find(job.kind)
         limit = kind.time_limit_seconds if kind and kind.time_limit_seconds else self.settings.time_limit_seconds
         # TimeLimit (after us in the list) reads the limit from the message; the row's kind decides it.
@@ -150,7 +157,7 @@ class JobSessionMiddleware(Middleware):
             session = self.state.require_database().sessions(bind=connection)
             job.set_checkpoint(functools.partial(store.checkpoint, session, job, lease_seconds=lease_seconds))
             connection_held = connection
-        span = tracing.start_job_span(job, claim_started_ns=claim_started_ns, claim_ended_ns=time.time_ns())
+        span = tracing.start_job_span(job, claim_started_ns=claim_started_ns, claim_ended_ns=claim_ended_ns)
         _current.set(
             _Current(job=job, kind=kind, connection=connection_held, session=session, stopper=stopper, span=span)
         )
@@ -200,6 +207,35 @@ class JobSessionMiddleware(Middleware):
                 current.span.end(current.outcome)
 
     # --- the claim ------------------------------------------------------------------------------
+
+    def before_worker_boot(self, broker: Broker, worker: Any) -> None:
+        """On the PostgreSQL broker, claim as taking (see :mod:`worker.pgbroker`): the jobs of the kinds
+        with ``max_running`` are only taken, and claimed here (their claim counts running jobs first)."""
+        if isinstance(broker, pgbroker.PostgresBroker):
+            broker.claim_as_taking(
+                worker_id=self.state.worker_id,
+                lease_seconds=self.settings.lease_seconds,
+                limited_kinds=self.limits,
+                threads=worker.worker_threads,
+            )
+
+    def _connect(self, job: registry.RunningJob) -> Connection:
+        """A pooled connection for a job claimed already. If none can be had (the database does not
+        answer), the job is given back as interrupted once it does (the heartbeat keeps its lease
+        until then) and the message is skipped."""
+        try:
+            return self.state.require_database().engine.connect()
+        except sa_exc.SQLAlchemyError as exc:
+            _log(
+                job.id,
+                job.kind,
+                "db_unreachable",
+                "could not start the job, given back once the database answers: %s",
+                exc,
+            )
+            reason = "the database could not be reached when the job was to start"
+            self.state.heartbeat.park(job, lambda session: store.interrupt_job(session, job, reason=reason))
+            raise SkipMessage() from None
 
     def _connect_and_claim(self, job_id: uuid.UUID) -> tuple[Connection, registry.RunningJob]:
         """A pooled connection and the claim made on it; the message is skipped when the database

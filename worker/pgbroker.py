@@ -10,6 +10,15 @@ worker process) ``LISTEN``\\s on its own connection, and when woken, or at the l
 Dramatiq one message per job ID. The worker machinery is Dramatiq's own (threads, prefetch, time
 limits, middleware); the claim in :class:`worker.middleware.JobSessionMiddleware` is the ack.
 
+A worker claims as it takes (:meth:`PostgresBroker.claim_as_taking`, called at worker boot): the
+take statement makes the batch ``running`` under this worker's claim tokens
+(:func:`jobs.store.take_and_claim_jobs`) and each message carries its claimed job (:data:`CLAIMED`),
+so a job costs no claim statement of its own (a job of a kind with ``max_running`` is only taken, and
+claimed by the middleware, which counts the kind's running jobs first). Such a worker takes only as
+many jobs as it has threads not busy with a taken one (the process's :class:`ClaimSlots`, shared by
+its consumers), so a job it claims starts at once, as after a claim of its own; the jobs it holds
+unstarted when it stops are unclaimed (:func:`jobs.store.unclaim_jobs`).
+
 Guarantees, and what they rest on:
 - A job is never lost: the row stays ``queued``/``retrying`` until a claim commits; a job taken by a
   consumer that died (``kill -9``) or lost its connection is taken again once ``taken_until``
@@ -40,7 +49,7 @@ from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import NullPool
 
-from jobs import db, sending, store
+from jobs import db, registry, sending, store
 from jobs.config import Settings
 
 logger = logging.getLogger(__name__)
@@ -55,6 +64,52 @@ TAKE_WAIT_SECONDS = 0.005
 JOIN_POLL_SECONDS = 0.02
 #: What a health check, a send or a consumer raises when PostgreSQL does not answer.
 UNREACHABLE = (sa_exc.SQLAlchemyError,)
+#: The message option holding the job a take claimed (a :class:`jobs.registry.RunningJob`), and the
+#: take's start and end (``time.time_ns()``) for the job's claim span.
+CLAIMED = "jobrunner_claimed"
+CLAIMED_NS = "jobrunner_claimed_ns"
+
+
+class ClaimSlots:
+    """A worker process's takes that claim: who claims, for how long, which kinds are only taken
+    (``limited_kinds``), and one slot per worker thread, shared by the process's consumers (one per
+    queue), so the jobs taken and not yet done never outnumber the threads."""
+
+    def __init__(self, *, worker_id: str, lease_seconds: float, limited_kinds: Iterable[str], threads: int) -> None:
+        self.worker_id = worker_id
+        self.lease_seconds = lease_seconds
+        self.limited_kinds = frozenset(limited_kinds)
+        self.threads = threads
+        self._held: set[str] = set()
+        self._lock = threading.Lock()
+        self._freed: list[threading.Event] = []
+
+    def free(self) -> int:
+        with self._lock:
+            return self.threads - len(self._held)
+
+    def hold(self, job_id: str) -> None:
+        with self._lock:
+            self._held.add(job_id)
+
+    def release(self, job_id: str) -> None:
+        """A taken job is done (acked, or given back): wake every consumer waiting for a slot."""
+        with self._lock:
+            if job_id not in self._held:
+                return
+            self._held.discard(job_id)
+            freed = list(self._freed)
+        for event in freed:
+            event.set()
+
+    def on_free(self, event: threading.Event) -> None:
+        """Set ``event`` whenever a slot frees up."""
+        with self._lock:
+            self._freed.append(event)
+
+    def forget(self, event: threading.Event) -> None:
+        with self._lock, contextlib.suppress(ValueError):
+            self._freed.remove(event)
 
 
 class PostgresBroker(dramatiq.Broker):
@@ -76,6 +131,8 @@ class PostgresBroker(dramatiq.Broker):
         self.url = url
         self.take_seconds = take_seconds
         self.actor_name = actor_name
+        #: Set by :meth:`claim_as_taking`: takes claim too.
+        self.claims: ClaimSlots | None = None
         self._engine: Engine | None = None
         self._engine_lock = threading.Lock()
         #: Unpooled: each consumer's listening connection is its own, closed with the consumer.
@@ -91,6 +148,20 @@ class PostgresBroker(dramatiq.Broker):
             if self._engine is None:
                 self._engine = db.make_engine(self.url, pool_size=2, application_name="jobrunner-broker")
             return self._engine
+
+    def claim_as_taking(
+        self, *, worker_id: str, lease_seconds: float, limited_kinds: Iterable[str], threads: int
+    ) -> None:
+        """From now on this process's consumers claim the jobs they take for ``worker_id`` (but those
+        of ``limited_kinds``), at most ``threads`` jobs at a time (see the module doc); each more
+        worker on this broker (tests) adds its threads. Only for a worker whose session middleware
+        takes the claimed jobs from the messages (:data:`CLAIMED`)."""
+        if self.claims is None:
+            self.claims = ClaimSlots(
+                worker_id=worker_id, lease_seconds=lease_seconds, limited_kinds=limited_kinds, threads=threads
+            )
+        else:
+            self.claims.threads += threads
 
     def close(self) -> None:
         """Close the broker's pooled connections."""
@@ -166,12 +237,17 @@ class PostgresConsumer(dramatiq.Consumer):
         self.broker = broker
         self.queue_name = queue_name
         self.prefetch = max(prefetch, 1)
+        capacity = self.prefetch if broker.claims is None else min(self.prefetch, broker.claims.threads)
         #: Free slots worth a take of their own while jobs wait: refilling each slot as its job is
         #: acked would cost one statement (and round trip) per job.
-        self.min_take = max(1, self.prefetch // 4)
+        self.min_take = max(1, capacity // 4)
         self.timeout_seconds = timeout_ms / 1000
         self._taken: collections.deque[MessageProxy] = collections.deque()
         self._unacked: set[str] = set()
+        #: Jobs taken but not claimed by the take (of a kind with ``max_running``) whose messages are
+        #: done: released at the next take, so one the claim left waiting (the kind at its limit) can
+        #: be taken again at once rather than when ``taken_until`` passes.
+        self._to_release: list[uuid.UUID] = []
         self._lock = threading.Lock()
         self._acked = threading.Event()
         #: Take at the next chance: woken by a NOTIFY, or the last take filled its batch.
@@ -185,6 +261,8 @@ class PostgresConsumer(dramatiq.Consumer):
         except BaseException:
             self._conn.close()
             raise
+        if broker.claims is not None:
+            broker.claims.on_free(self._acked)
 
     def __next__(self) -> MessageProxy | None:
         """The next taken job's message, or None when none came within the timeout."""
@@ -204,19 +282,34 @@ class PostgresConsumer(dramatiq.Consumer):
         self._done(message)
 
     def requeue(self, messages: Iterable[MessageProxy]) -> None:
-        """Give unprocessed jobs back at once (the worker stops), on a connection of this call's own."""
-        job_ids = [uuid.UUID(message.args[0]) for message in messages]
-        for message_id in job_ids:
-            self._done_id(str(message_id))
+        """Give unprocessed jobs back at once (the worker stops), on a connection of this call's own:
+        a taken job is released, a claimed one unclaimed."""
+        messages = list(messages)
+        claimed = [message.options[CLAIMED] for message in messages if CLAIMED in message.options]
+        job_ids = [uuid.UUID(message.args[0]) for message in messages if CLAIMED not in message.options]
         try:
             with self.broker.engine.connect() as conn:
                 store.release_jobs(conn, job_ids)
+                store.unclaim_jobs(conn, claimed)
+                store.notify_waiting(conn, [self.queue_name] if claimed else [])
                 conn.commit()
         except UNREACHABLE:
-            logger.warning("could not give back %d taken job(s); they are taken again later", len(job_ids))
+            logger.warning(
+                "could not give back %d taken job(s); they are taken again later (a claimed one when "
+                "its lease expires)",
+                len(messages),
+            )
+        for message in messages:
+            self._done(message)
 
     def close(self) -> None:
-        """Close the listening connection."""
+        """Give back the jobs taken and never handed to Dramatiq, and close the listening connection."""
+        leftover = list(self._taken)
+        self._taken.clear()
+        if leftover:
+            self.requeue(leftover)
+        if self.broker.claims is not None:
+            self.broker.claims.forget(self._acked)
         with contextlib.suppress(*UNREACHABLE):
             self._conn.close()
 
@@ -232,7 +325,9 @@ class PostgresConsumer(dramatiq.Consumer):
 
     def _room(self) -> int:
         with self._lock:
-            return self.prefetch - len(self._unacked)
+            room = self.prefetch - len(self._unacked)
+        claims = self.broker.claims
+        return room if claims is None else min(room, claims.free())
 
     def _may_take(self, slots: int = 1) -> bool:
         return self._room() >= slots and (self._wake or time.monotonic() >= self._look_at)
@@ -240,7 +335,29 @@ class PostgresConsumer(dramatiq.Consumer):
     def _take(self) -> None:
         room = self._room()
         self._wake = False
-        job_ids = store.take_jobs(self._conn, self.queue_name, limit=room, take_seconds=self.broker.take_seconds)
+        with self._lock:
+            to_release, self._to_release = self._to_release, []
+        store.release_jobs(self._conn, to_release)
+        claims = self.broker.claims
+        claimed: dict[uuid.UUID, registry.RunningJob | None] = {}
+        claimed_ns = (0, 0)
+        if claims is None:
+            job_ids = store.take_jobs(self._conn, self.queue_name, limit=room, take_seconds=self.broker.take_seconds)
+        else:
+            started_ns = time.time_ns()
+            claimed = dict(
+                store.take_and_claim_jobs(
+                    self._conn,
+                    self.queue_name,
+                    limit=room,
+                    lease_seconds=claims.lease_seconds,
+                    worker_id=claims.worker_id,
+                    limited_kinds=claims.limited_kinds,
+                    take_seconds=self.broker.take_seconds,
+                )
+            )
+            claimed_ns = (started_ns, time.time_ns())
+            job_ids = list(claimed)
         now = time.monotonic()
         self._look_at = now + POLL_SECONDS
         if len(job_ids) == room:
@@ -250,15 +367,18 @@ class PostgresConsumer(dramatiq.Consumer):
             if due is not None:
                 self._look_at = min(self._look_at, now + (due - store.utcnow()).total_seconds())
         for job_id in job_ids:
+            job = claimed.get(job_id)
             message: Message[Any] = Message(
                 queue_name=self.queue_name,
                 actor_name=self.broker.actor_name(self.queue_name),
                 args=(str(job_id),),
                 kwargs={},
-                options={},
+                options={} if job is None else {CLAIMED: job, CLAIMED_NS: claimed_ns},
             )
             with self._lock:
                 self._unacked.add(str(job_id))
+            if claims is not None:
+                claims.hold(str(job_id))
             self._taken.append(MessageProxy(message))
 
     def _wait(self) -> None:
@@ -286,11 +406,16 @@ class PostgresConsumer(dramatiq.Consumer):
                 self._wake = True
 
     def _done(self, message: MessageProxy) -> None:
+        if self.broker.claims is not None and CLAIMED not in message.options:
+            with self._lock:
+                self._to_release.append(uuid.UUID(message.args[0]))
         self._done_id(message.args[0])
 
     def _done_id(self, job_id: str) -> None:
         with self._lock:
             self._unacked.discard(job_id)
+        if self.broker.claims is not None:
+            self.broker.claims.release(job_id)
         self._acked.set()
 
 

@@ -80,7 +80,9 @@ from jobs.store.taking import (
     next_due_at,
     notify_waiting,
     release_jobs,
+    take_and_claim_jobs,
     take_jobs,
+    unclaim_jobs,
 )
 
 __all__ = [
@@ -106,7 +108,9 @@ __all__ = [
     "next_due_at",
     "notify_waiting",
     "release_jobs",
+    "take_and_claim_jobs",
     "take_jobs",
+    "unclaim_jobs",
     "checkpoint",
     "claim_job",
     "complete_job",

@@ -63,44 +63,64 @@ _DUE_SCHEDULED_SQL = and_(
 #: synchronously, makes its claim durable too; a claim that a server crash loses takes the job back
 #: to before it, and the worker's fenced outcome then changes nothing (its work is rolled back and
 #: the job runs again), exactly as when a sweeper takes a job back. It saves a WAL flush per job.
-_CLAIM_COMMITS_ASYNC = func.set_config("synchronous_commit", "off", True).is_not(None)
+CLAIM_COMMITS_ASYNC = func.set_config("synchronous_commit", "off", True).is_not(None)
 
 
 def _claim_statement(limited_kinds: frozenset[str], *, async_commit: bool = False) -> Any:
     """The claim UPDATE: a claimable (or due scheduled) job of a queue not paused, of a kind not in
     ``limited_kinds`` (those are claimed by :func:`_claim_limited`, which counts their running jobs
-    first). ``async_commit``: PostgreSQL only, see :data:`_CLAIM_COMMITS_ASYNC`."""
+    first). ``async_commit``: PostgreSQL only, see :data:`CLAIM_COMMITS_ASYNC`."""
     where = [
         _jobs.c.id == bindparam("b_job_id"),
         or_(_jobs.c.status.in_(_CLAIMABLE_SQL), _DUE_SCHEDULED_SQL),
         ~_QUEUE_PAUSED,
     ]
     if async_commit:
-        where.append(_CLAIM_COMMITS_ASYNC)
+        where.append(CLAIM_COMMITS_ASYNC)
     if limited_kinds:
         where.append(_jobs.c.kind.not_in([literal(kind) for kind in sorted(limited_kinds)]))
-    return (
-        update(_jobs)
-        .where(*where)
-        .values(
-            status=JobStatus.RUNNING.value,
-            attempts=_jobs.c.attempts + 1,
-            claim_token=bindparam("b_token"),
-            lease_expires_at=db_now(seconds_param("b_lease_seconds")),
-            worker_id=bindparam("b_worker"),
-            started_at=db_now(),
-            next_retry_at=None,
-            taken_until=None,
-        )
-        .returning(
-            _jobs.c.kind,
-            _jobs.c.args,
-            _jobs.c.attempts,
-            _jobs.c.max_attempts,
-            _jobs.c.replay_count,
-            _jobs.c.queue,
-            _jobs.c.trace_parent,
-        )
+    return update(_jobs).where(*where).values(**claim_values(bindparam("b_token"))).returning(*CLAIM_RETURNING)
+
+
+def claim_values(token: Any) -> dict[str, Any]:
+    """What a claim sets: ``running``, one more attempt, the claim ``token`` (a parameter or a SQL
+    expression), the lease (``b_lease_seconds`` from the database's now) and ``b_worker``."""
+    return {
+        "status": JobStatus.RUNNING.value,
+        "attempts": _jobs.c.attempts + 1,
+        "claim_token": token,
+        "lease_expires_at": db_now(seconds_param("b_lease_seconds")),
+        "worker_id": bindparam("b_worker"),
+        "started_at": db_now(),
+        "next_retry_at": None,
+        "taken_until": None,
+    }
+
+
+#: What a claim returns: what :func:`running_job` needs besides the job's ID and claim token.
+CLAIM_RETURNING = (
+    _jobs.c.kind,
+    _jobs.c.args,
+    _jobs.c.attempts,
+    _jobs.c.max_attempts,
+    _jobs.c.replay_count,
+    _jobs.c.queue,
+    _jobs.c.trace_parent,
+)
+
+
+def running_job(job_id: uuid.UUID, token: uuid.UUID, row: Any) -> registry.RunningJob:
+    """The claimed job, from a claim's returned ``row`` (:data:`CLAIM_RETURNING`)."""
+    return registry.RunningJob(
+        id=job_id,
+        kind=row.kind,
+        args=row.args,
+        attempt=row.attempts,
+        max_attempts=row.max_attempts,
+        run=row.replay_count,
+        claim_token=token,
+        queue=row.queue,
+        trace_parent=row.trace_parent,
     )
 
 
@@ -162,17 +182,7 @@ def claim_job(
         row = _claim_limited(conn, job_id, params, limits)
     if row is None:
         return None
-    return registry.RunningJob(
-        id=job_id,
-        kind=row.kind,
-        args=row.args,
-        attempt=row.attempts,
-        max_attempts=row.max_attempts,
-        run=row.replay_count,
-        claim_token=token,
-        queue=row.queue,
-        trace_parent=row.trace_parent,
-    )
+    return running_job(job_id, token, row)
 
 
 def _claim_limited(conn: Connection, job_id: uuid.UUID, params: dict[str, Any], limits: Mapping[str, int]) -> Any:
