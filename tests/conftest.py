@@ -22,7 +22,7 @@ import pytest
 import redis
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.app import create_app
@@ -35,7 +35,7 @@ from jobs.registry import Registry
 from jobs.store import checking
 from tests import kinds, rabbitmq, servers
 from worker import broker as worker_broker
-from worker import producer, testing
+from worker import pgbroker, producer, testing
 
 #: Which database the run uses: "postgresql" (default) or "sqlite".
 BACKEND = os.environ.get("JOBRUNNER_TEST_DATABASE", "postgresql")
@@ -338,12 +338,15 @@ def worker(broker: dramatiq.Broker) -> Iterator[dramatiq.Worker]:
 
 
 @pytest.fixture
-def drain(broker: dramatiq.Broker, worker: dramatiq.Worker) -> Callable[[], None]:
+def drain(broker: dramatiq.Broker, worker: dramatiq.Worker, database: db.Database) -> Callable[[], None]:
     """Wait until every queue (delayed messages included) is empty and the worker idle."""
 
     def wait() -> None:
         if isinstance(broker, RabbitmqBroker):
             _drain_rabbitmq(broker, worker)
+            return
+        if isinstance(broker, pgbroker.PostgresBroker):
+            _drain_postgres(broker, worker, database)
             return
         for queue in broker.get_declared_queues():
             broker.join(queue, timeout=DRAIN_TIMEOUT_MS)
@@ -364,6 +367,25 @@ def _drain_rabbitmq(broker: RabbitmqBroker, worker: dramatiq.Worker) -> None:
         if not any(sum(broker.get_queue_message_counts(q)[:2]) for q in broker.get_declared_queues()):
             return
         assert time.monotonic() < deadline, "the RabbitMQ queues did not drain"
+
+
+def _drain_postgres(broker: pgbroker.PostgresBroker, worker: dramatiq.Worker, database: db.Database) -> None:
+    # The broker's own join also waits for the running jobs, and a test may leave one running that
+    # no worker runs (its claim taken over by "another worker"). So: wait until no job waits (taken
+    # ones too: they stay queued until claimed) and the worker is idle, and no job waits after that.
+    deadline = time.monotonic() + DRAIN_TIMEOUT_MS / 1000
+
+    def waiting() -> int:
+        with database.engine.connect() as conn:
+            return sum(store.count_unfinished(conn, q, running=False) for q in broker.get_declared_queues())
+
+    while True:
+        while waiting():
+            assert time.monotonic() < deadline, "the PostgreSQL broker's jobs did not drain"
+            time.sleep(0.05)
+        worker.join()
+        if not waiting():
+            return
 
 
 @pytest.fixture
@@ -462,17 +484,33 @@ def queued_messages(request: pytest.FixtureRequest, broker_url: str) -> Callable
     if broker_url.startswith("amqp"):
         return request.getfixturevalue("rabbitmq_vhost").count
     if broker_url.startswith("postgresql"):
-        database = request.getfixturevalue("database")
-
-        def waiting(queue: str = "default") -> int:
-            with database.engine.connect() as conn:
-                return store.count_unfinished(conn, queue, running=False)
-
-        return waiting
+        return _waiting_rows(request.getfixturevalue("database"))
     redis_client = request.getfixturevalue("redis_client")
 
     def count(queue: str = "default") -> int:
         return redis_client.hlen(f"dramatiq:{queue}.msgs")
+
+    return count
+
+
+def _waiting_rows(database: db.Database) -> Callable[[str], int]:
+    """The PostgreSQL broker's messages are its rows: a queue holds its jobs that can be taken
+    (queued, or retrying and due), and its delay queue (``<queue>.DQ``, as Dramatiq names it) the
+    retries not yet due and the jobs scheduled to run later, as Redis's and RabbitMQ's would."""
+
+    def count(queue: str = "default") -> int:
+        now, status = store.utcnow(), models.Job.status
+        if queue.endswith(".DQ"):
+            waits = (status == models.JobStatus.SCHEDULED) | (
+                (status == models.JobStatus.RETRYING) & (models.Job.next_retry_at > now)
+            )
+        else:
+            waits = (status == models.JobStatus.QUEUED) | (
+                (status == models.JobStatus.RETRYING) & (models.Job.next_retry_at <= now)
+            )
+        query = select(func.count()).where(models.Job.queue == queue.removesuffix(".DQ"), waits)
+        with database.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
 
     return count
 
