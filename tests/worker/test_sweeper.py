@@ -48,6 +48,7 @@ def test_sweep_resends_queued_jobs_whose_message_seems_lost(
     assert sweeper.sweep_once(database, settings).resent == []  # not re-sent on every pass
 
 
+@pytest.mark.brokers(without=("postgres",))  # the PostgreSQL broker has no message to lose, so re-sends none
 def test_sweep_resends_retrying_jobs_only_once_their_retry_is_overdue(database, settings, make_job):
     due, later = make_job("noop"), make_job("noop")
     long_ago = _ago(settings.requeue_after_seconds + 5)
@@ -123,6 +124,7 @@ def _die_on_it(database, job_id, worker_id):
     _age(database, job_id, lease_expires_at=_ago(1))
 
 
+@pytest.mark.brokers  # the job taken back is sent to the broker again
 def test_a_job_whose_worker_died_on_its_last_attempt_fails_with_its_final_attempt(database, settings, make_job, fetch):
     job_id = make_job("noop", max_attempts=2)
     _die_on_it(database, job_id, "first-worker")
@@ -138,6 +140,7 @@ def test_a_job_whose_worker_died_on_its_last_attempt_fails_with_its_final_attemp
     ]
 
 
+@pytest.mark.brokers  # the job taken back is sent to the broker again
 def test_a_replayed_job_quarantined_again_has_one_failed_attempt_in_its_new_run(database, settings, make_job, fetch):
     quarantine = settings.model_copy(update={"quarantine_after_lost": 2})
     job_id = make_job("noop", max_attempts=10)
@@ -211,6 +214,7 @@ def test_sweep_resends_a_held_message_that_waited_too_long(database, settings, m
     assert queued_messages() == 3
 
 
+@pytest.mark.brokers(without=("postgres",))  # the PostgreSQL broker has no message to lose, so re-sends none
 def test_sweep_resends_everything_overdue_when_the_broker_cannot_be_asked(database, settings, make_job):
     job_id = make_job("noop")
     _age(database, job_id, enqueued_at=_ago(settings.requeue_after_seconds + 5))
