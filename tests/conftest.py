@@ -22,7 +22,7 @@ import pytest
 import redis
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.app import create_app
@@ -35,7 +35,7 @@ from jobs.registry import Registry
 from jobs.store import checking
 from tests import kinds, rabbitmq, servers
 from worker import broker as worker_broker
-from worker import producer, testing
+from worker import pgbroker, producer, testing
 
 #: Which database the run uses: "postgresql" (default) or "sqlite".
 BACKEND = os.environ.get("JOBRUNNER_TEST_DATABASE", "postgresql")
@@ -59,29 +59,75 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+#: Every broker a test can run on: the ``broker_url`` fixture's parameters.
+BROKERS = ("redis", "rabbitmq", "postgres")
+#: Fixtures through which a test's outcome passes through a broker: a worker consuming messages
+#: (in process or as processes), the worker's broker itself, or the messages a queue holds. A test
+#: that asks for one runs once per broker, as a test marked ``brokers`` does.
+BROKER_FIXTURES = frozenset({"broker", "worker", "drain", "workers", "queued_messages"})
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--brokers",
+        default=",".join(BROKERS),
+        help="comma-separated brokers to run the broker-dependent tests on (default: all); a test "
+        "that is not broker-dependent runs on Redis, so only when redis is among them",
+    )
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    # A test marked `brokers` runs once per broker: Redis, and RabbitMQ (on the PostgreSQL pass only,
-    # to keep CI's time: the broker does not meet the database), and PostgreSQL, the jobs database
-    # itself (which needs a PostgreSQL database). `brokers(without=("postgres",))`: not on those (a
-    # test of losing messages, which the PostgreSQL broker does not have).
+    # A broker-dependent test (marked `brokers`, or asking for a fixture of BROKER_FIXTURES) runs
+    # once per broker: Redis; RabbitMQ, on the PostgreSQL pass only (to keep CI's time: the broker
+    # does not meet the database); and PostgreSQL, the jobs database itself (which needs a
+    # PostgreSQL database). `brokers(without=(...))` leaves brokers out, with a comment saying why.
+    # A test that parametrises `broker_url` itself (a test of one broker) is left as it is.
+    if "broker_url" not in metafunc.fixturenames or _parametrises_broker_url(metafunc):
+        return
+    if "throwaway_rabbitmq" in metafunc.fixturenames:  # a test of its own RabbitMQ node
+        metafunc.parametrize("broker_url", ["rabbitmq"], indirect=True)
+        return
     marker = metafunc.definition.get_closest_marker("brokers")
-    if marker and "broker_url" in metafunc.fixturenames:
-        skip = pytest.mark.skip(reason="RabbitMQ runs on the PostgreSQL pass only")
-        rabbit = pytest.param("rabbitmq", marks=[skip] if BACKEND == "sqlite" else [])
-        skip_pg = pytest.mark.skip(reason="the PostgreSQL broker needs a PostgreSQL jobs database")
-        postgres = pytest.param("postgres", marks=[skip_pg] if BACKEND == "sqlite" else [])
-        without = marker.kwargs.get("without", ())
-        params = [p for p in ["redis", rabbit, postgres] if (p if isinstance(p, str) else p.values[0]) not in without]
-        metafunc.parametrize("broker_url", params, indirect=True)
+    if marker is None and not BROKER_FIXTURES.intersection(metafunc.fixturenames):
+        return
+    without = marker.kwargs.get("without", ()) if marker else ()
+    params = [name for name in BROKERS if name not in without and (BACKEND != "sqlite" or name == "redis")]
+    metafunc.parametrize("broker_url", params, indirect=True)
+
+
+def _parametrises_broker_url(metafunc: pytest.Metafunc) -> bool:
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        names = mark.args[0]
+        if "broker_url" in (names.replace(" ", "").split(",") if isinstance(names, str) else names):
+            return True
+    return False
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _select_brokers(config, items)
     if BACKEND != "sqlite":
         return
     skip = pytest.mark.skip(reason="needs PostgreSQL (row locks or server views); this run is SQLite")
     for item in items:
         if "postgres_only" in item.keywords:
             item.add_marker(skip)
+
+
+def broker_of(item: pytest.Item) -> str:
+    """The broker ``item`` runs on: its ``broker_url`` parameter, else Redis (the default)."""
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("broker_url", "redis") if callspec else "redis"
+
+
+def _select_brokers(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the items whose broker ``--brokers`` leaves out (make test runs them in lanes)."""
+    wanted = set(config.getoption("brokers").split(","))
+    if unknown := wanted - set(BROKERS):
+        raise pytest.UsageError(f"--brokers: unknown {sorted(unknown)}; known: {', '.join(BROKERS)}")
+    deselected = [item for item in items if broker_of(item) not in wanted]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if broker_of(item) in wanted]
 
 
 def _migrate(url: str) -> None:
@@ -292,12 +338,15 @@ def worker(broker: dramatiq.Broker) -> Iterator[dramatiq.Worker]:
 
 
 @pytest.fixture
-def drain(broker: dramatiq.Broker, worker: dramatiq.Worker) -> Callable[[], None]:
+def drain(broker: dramatiq.Broker, worker: dramatiq.Worker, database: db.Database) -> Callable[[], None]:
     """Wait until every queue (delayed messages included) is empty and the worker idle."""
 
     def wait() -> None:
         if isinstance(broker, RabbitmqBroker):
             _drain_rabbitmq(broker, worker)
+            return
+        if isinstance(broker, pgbroker.PostgresBroker):
+            _drain_postgres(broker, worker, database)
             return
         for queue in broker.get_declared_queues():
             broker.join(queue, timeout=DRAIN_TIMEOUT_MS)
@@ -318,6 +367,25 @@ def _drain_rabbitmq(broker: RabbitmqBroker, worker: dramatiq.Worker) -> None:
         if not any(sum(broker.get_queue_message_counts(q)[:2]) for q in broker.get_declared_queues()):
             return
         assert time.monotonic() < deadline, "the RabbitMQ queues did not drain"
+
+
+def _drain_postgres(broker: pgbroker.PostgresBroker, worker: dramatiq.Worker, database: db.Database) -> None:
+    # The broker's own join also waits for the running jobs, and a test may leave one running that
+    # no worker runs (its claim taken over by "another worker"). So: wait until no job waits (taken
+    # ones too: they stay queued until claimed) and the worker is idle, and no job waits after that.
+    deadline = time.monotonic() + DRAIN_TIMEOUT_MS / 1000
+
+    def waiting() -> int:
+        with database.engine.connect() as conn:
+            return sum(store.count_unfinished(conn, q, running=False) for q in broker.get_declared_queues())
+
+    while True:
+        while waiting():
+            assert time.monotonic() < deadline, "the PostgreSQL broker's jobs did not drain"
+            time.sleep(0.05)
+        worker.join()
+        if not waiting():
+            return
 
 
 @pytest.fixture
@@ -416,17 +484,33 @@ def queued_messages(request: pytest.FixtureRequest, broker_url: str) -> Callable
     if broker_url.startswith("amqp"):
         return request.getfixturevalue("rabbitmq_vhost").count
     if broker_url.startswith("postgresql"):
-        database = request.getfixturevalue("database")
-
-        def waiting(queue: str = "default") -> int:
-            with database.engine.connect() as conn:
-                return store.count_unfinished(conn, queue, running=False)
-
-        return waiting
+        return _waiting_rows(request.getfixturevalue("database"))
     redis_client = request.getfixturevalue("redis_client")
 
     def count(queue: str = "default") -> int:
         return redis_client.hlen(f"dramatiq:{queue}.msgs")
+
+    return count
+
+
+def _waiting_rows(database: db.Database) -> Callable[[str], int]:
+    """The PostgreSQL broker's messages are its rows: a queue holds its jobs that can be taken
+    (queued, or retrying and due), and its delay queue (``<queue>.DQ``, as Dramatiq names it) the
+    retries not yet due and the jobs scheduled to run later, as Redis's and RabbitMQ's would."""
+
+    def count(queue: str = "default") -> int:
+        now, status = store.utcnow(), models.Job.status
+        if queue.endswith(".DQ"):
+            waits = (status == models.JobStatus.SCHEDULED) | (
+                (status == models.JobStatus.RETRYING) & (models.Job.next_retry_at > now)
+            )
+        else:
+            waits = (status == models.JobStatus.QUEUED) | (
+                (status == models.JobStatus.RETRYING) & (models.Job.next_retry_at <= now)
+            )
+        query = select(func.count()).where(models.Job.queue == queue.removesuffix(".DQ"), waits)
+        with database.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
 
     return count
 

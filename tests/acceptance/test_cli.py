@@ -87,6 +87,7 @@ def test_dry_run_shows_the_selection_and_changes_nothing(jobctl, make_failed_job
     assert queued_messages() == before
 
 
+@pytest.mark.brokers  # the replay sends the job to the broker
 def test_a_job_that_is_not_failed_is_skipped_and_counted(jobctl, make_failed_job, make_job, fetch):
     failed = make_failed_job()
     queued = make_job("noop")
@@ -101,6 +102,7 @@ def test_a_job_that_is_not_failed_is_skipped_and_counted(jobctl, make_failed_job
     assert (row.status, row.replay_count, outcomes) == (JobStatus.QUEUED, 0, [])
 
 
+@pytest.mark.brokers  # the replay sends the job to the broker
 def test_a_named_job_that_does_not_exist_is_reported_missing_not_skipped(jobctl, make_failed_job, make_job, fetch):
     failed, queued, unknown = make_failed_job(), make_job("noop"), uuid.uuid4()
 
@@ -334,6 +336,7 @@ def test_a_bad_setting_is_one_line_in_the_validators_own_words(tmp_path):
 # --- JSON for scripts -----------------------------------------------------------------------------
 
 
+@pytest.mark.brokers  # the replay sends the job to the broker
 def test_listing_commands_print_json_that_parses(jobctl, make_failed_job, make_job):
     failed = make_failed_job("fail", message="disk full")
     queued = make_job("noop")
@@ -455,6 +458,38 @@ def test_dev_serves_runs_a_job_and_leaves_no_process_behind_on_sigterm(tmp_path)
         for pid, start in tree.items():
             if is_running(pid, start):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.brokers  # dev mode on the test's broker: Redis, RabbitMQ or PostgreSQL only
+def test_dev_with_a_broker_set_runs_a_job_on_it_and_starts_no_redis(tmp_path, settings, database):
+    port = devmode.free_port()
+    log = (tmp_path / "dev.log").open("wb")
+    dev = subprocess.Popen(
+        jobctl_command("dev", "--port", str(port)),
+        cwd=tmp_path,
+        # The test's database and broker (exported by the settings fixture); tests.kinds importable.
+        env=cli_env({**os.environ, "PYTHONPATH": str(REPO_ROOT)}),
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    log.close()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+            _wait_for(lambda: _healthy(client), dev, tmp_path, "dev to answer /healthz")
+            response = client.post("/jobs", json={"kind": "test.note", "args": {"text": "dev"}})
+            assert response.status_code == 202, response.text
+            job_url = f"/jobs/{response.json()['job_id']}"
+            _wait_for(lambda: client.get(job_url).json()["status"] == "succeeded", dev, tmp_path, "the job")
+        names = {_name(pid) for pid in descendants(dev.pid)}
+        assert "redis-server" not in names, names
+        assert not (tmp_path / "var" / "jobrunner.db").exists()  # the test's database, not one of its own
+        dev.send_signal(signal.SIGTERM)
+        assert dev.wait(timeout=DEV_STOP_SECONDS) == 0, _logs(tmp_path)
+    finally:
+        if dev.poll() is None:
+            stop_session(dev)
 
 
 def test_demo_runs_to_the_end_and_stops_its_processes(tmp_path):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import uuid
 
+import pytest
+
 from jobs.models import JobStatus
 
 
@@ -34,6 +36,7 @@ def test_cancel_by_queue_with_a_dry_run_first_and_named_jobs_reported(jobctl, ma
     assert fetch(other)[0].status == JobStatus.QUEUED
 
 
+@pytest.mark.brokers  # the resume (or replay) sends the waiting jobs to the broker
 def test_queues_pause_list_and_resume(jobctl, make_job):
     make_job("test.elsewhere")
 

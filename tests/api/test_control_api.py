@@ -100,7 +100,9 @@ def test_a_stopping_job_whose_worker_died_ends_cancelled(database, make_job, fet
     assert [a.outcome for a in history] == [AttemptOutcome.CANCELLED]
 
 
-def test_a_paused_queue_is_not_claimed_and_resume_resends_its_jobs(client, database, make_job, fetch, queued_messages):
+def test_a_paused_queue_is_not_claimed_and_resume_resends_its_jobs(
+    client, database, settings, make_job, fetch, queued_messages
+):
     job_id = make_job("test.elsewhere")
     assert client.post("/queues/control/pause", json={"reason": "deploy"}).json() == {
         "name": "control",
@@ -124,7 +126,9 @@ def test_a_paused_queue_is_not_claimed_and_resume_resends_its_jobs(client, datab
         "changed": True,
         "resent": 1,
     }
-    assert queued_messages("control") == before + 1
+    # Sent again: one more message, except on the PostgreSQL broker, whose message is the row itself
+    # (the resume wakes its consumers).
+    assert queued_messages("control") == before + (0 if settings.broker_url.startswith("postgresql") else 1)
     assert _claim(database, job_id) is not None
     assert client.post("/queues/control/resume").json()["changed"] is False
     assert client.post("/queues/no-such-queue/pause").status_code == 404

@@ -7,6 +7,7 @@ import re
 import uuid
 from collections.abc import Callable
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
@@ -44,6 +45,7 @@ def test_replay_of_one_job_confirms_then_replays_and_records_it(
     assert "replay: 1 of 1 changed (fixed the bug)" in client.get(done.headers["location"]).text
 
 
+@pytest.mark.brokers  # the replay sends the jobs to the broker
 def test_bulk_replay_of_a_selection_counts_only_failed_jobs(
     client: TestClient, make_jobs: JobMaker, database: db.Database
 ) -> None:
@@ -59,6 +61,7 @@ def test_bulk_replay_of_a_selection_counts_only_failed_jobs(
     assert (operator_actions(database)[0].selected, operator_actions(database)[0].changed) == (3, 2)
 
 
+@pytest.mark.brokers  # the replay sends the jobs to the broker
 def test_bulk_replay_of_every_job_matching_the_filter(
     client: TestClient, make_jobs: JobMaker, database: db.Database
 ) -> None:

@@ -141,6 +141,8 @@ def _cell(page: Page, kind: str, status: str) -> Locator:
     return page.locator(f"[data-cell='{kind}:{status}']")
 
 
+# On Redis only: the module shares one API process, on the run's Redis; what the pages show does
+# not depend on the broker, and the actions it clicks run on every broker in test_actions.py.
 def test_an_operator_runs_the_dashboard_against_a_real_api_and_worker(
     page: Page,
     api_url: str,

@@ -8,6 +8,7 @@ import re
 import uuid
 from collections.abc import Callable
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
@@ -99,6 +100,7 @@ def test_cancel_of_every_job_matching_the_filter(
     )
 
 
+@pytest.mark.brokers  # the resume (or replay) sends the waiting jobs to the broker
 def test_pause_and_resume_of_a_queue(client: TestClient, make_jobs: JobMaker, database: db.Database) -> None:
     make_jobs(2, queue="slow")
     page = client.get("/dashboard/queues").text

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import dramatiq
 import pytest
-from dramatiq.brokers.redis import RedisBroker
 
 from jobs import kinds as job_kinds
 from jobs.config import Settings
@@ -27,7 +27,7 @@ def kind_registry(settings: Settings) -> Registry:
 
 
 @pytest.fixture
-def worker_state(broker: RedisBroker) -> WorkerState:
+def worker_state(broker: dramatiq.Broker) -> WorkerState:
     (middleware,) = [m for m in broker.middleware if isinstance(m, JobSessionMiddleware)]
     return middleware.state
 

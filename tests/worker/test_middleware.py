@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 from sqlalchemy import text
 
 from jobs import db, store
@@ -38,7 +39,9 @@ def _no_connection_stays_idle_in_transaction(database) -> None:
     wait_until(lambda: _idle_in_transaction(database) == 0, timeout=30, what="no connection idle in transaction")
 
 
-def test_second_message_for_a_finished_job_does_not_run_it_again(make_job, drain, fetch, count_notes, database, caplog):
+def test_second_message_for_a_finished_job_does_not_run_it_again(
+    make_job, drain, fetch, count_notes, database, settings, caplog
+):
     job_id = make_job("test.note", {"text": "once"})
     drain()
     with db.session_scope(database.sessions) as session:  # send the same ID again
@@ -49,9 +52,11 @@ def test_second_message_for_a_finished_job_does_not_run_it_again(make_job, drain
     job, history = fetch(job_id)
     assert (job.status, job.attempts, len(history)) == (JobStatus.SUCCEEDED, 1, 1)
     assert count_notes(job_id) == 1
-    assert "skipped: job is succeeded" in caplog.text
+    if not settings.broker_url.startswith("postgresql"):  # there a second wake-up takes no finished row
+        assert "skipped: job is succeeded" in caplog.text
 
 
+@pytest.mark.brokers(without=("postgres",))  # the PostgreSQL broker has no message without its row
 def test_message_for_a_missing_job_is_acked_and_logged(database, drain, queued_messages, caplog):
     from jobs import sending
 

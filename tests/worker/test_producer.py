@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
 from packaging.requirements import Requirement
@@ -157,6 +158,7 @@ def test_the_held_probe_sees_queued_and_delayed_messages_and_not_lost_ones(setti
         broker.close()
 
 
+@pytest.mark.brokers(without=("rabbitmq", "postgres"))  # Redis's own keys: the job broker is Redis's
 def test_a_message_keyed_by_its_id_is_consumed_and_acknowledged(make_job, worker, drain, redis_client, fetch):
     """The worker's consumer acknowledges by the key the job broker chose: nothing stays behind."""
     job_id = make_job("noop")

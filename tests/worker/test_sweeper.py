@@ -48,6 +48,7 @@ def test_sweep_resends_queued_jobs_whose_message_seems_lost(
     assert sweeper.sweep_once(database, settings).resent == []  # not re-sent on every pass
 
 
+@pytest.mark.brokers(without=("postgres",))  # the PostgreSQL broker has no message to lose, so re-sends none
 def test_sweep_resends_retrying_jobs_only_once_their_retry_is_overdue(database, settings, make_job):
     due, later = make_job("noop"), make_job("noop")
     long_ago = _ago(settings.requeue_after_seconds + 5)
@@ -56,11 +57,11 @@ def test_sweep_resends_retrying_jobs_only_once_their_retry_is_overdue(database, 
     assert sweeper.sweep_once(database, settings).resent == [due]
 
 
-def test_sweep_takes_back_a_job_whose_worker_died(database, settings, make_job, fetch, queued_messages, flush_redis):
+def test_sweep_takes_back_a_job_whose_worker_died(database, settings, make_job, fetch, queued_messages, flush_broker):
     job_id = make_job("noop")
     with database.engine.connect() as conn:
         store.claim_job(conn, job_id, worker_id="dead-worker", lease_seconds=30)
-    flush_redis()
+    flush_broker()
     _age(database, job_id, lease_expires_at=_ago(1))
     report = sweeper.sweep_once(database, settings)
     assert report.requeued == [job_id]
@@ -123,6 +124,7 @@ def _die_on_it(database, job_id, worker_id):
     _age(database, job_id, lease_expires_at=_ago(1))
 
 
+@pytest.mark.brokers  # the job taken back is sent to the broker again
 def test_a_job_whose_worker_died_on_its_last_attempt_fails_with_its_final_attempt(database, settings, make_job, fetch):
     job_id = make_job("noop", max_attempts=2)
     _die_on_it(database, job_id, "first-worker")
@@ -138,6 +140,7 @@ def test_a_job_whose_worker_died_on_its_last_attempt_fails_with_its_final_attemp
     ]
 
 
+@pytest.mark.brokers  # the job taken back is sent to the broker again
 def test_a_replayed_job_quarantined_again_has_one_failed_attempt_in_its_new_run(database, settings, make_job, fetch):
     quarantine = settings.model_copy(update={"quarantine_after_lost": 2})
     job_id = make_job("noop", max_attempts=10)
@@ -168,6 +171,7 @@ def held(settings):
     broker.close()
 
 
+@pytest.mark.brokers(without=("rabbitmq", "postgres"))  # the held probe is Redis's alone (None elsewhere)
 def test_sweep_does_not_resend_a_backlog_whose_messages_the_broker_holds(
     database, settings, make_job, held, queued_messages, flush_redis, fetch
 ):
@@ -199,6 +203,7 @@ def test_sweep_does_not_resend_a_backlog_whose_messages_the_broker_holds(
     assert sweeper.sweep_once(database, settings, held=held).resent == []
 
 
+@pytest.mark.brokers(without=("rabbitmq", "postgres"))  # the held probe is Redis's alone (None elsewhere)
 def test_sweep_resends_a_held_message_that_waited_too_long(database, settings, make_job, held, queued_messages):
     """A message Redis holds but never delivers (say, stranded with a dead consumer) is sent again
     once its job has waited ``resend_held_after_seconds``."""
@@ -209,6 +214,7 @@ def test_sweep_resends_a_held_message_that_waited_too_long(database, settings, m
     assert queued_messages() == 3
 
 
+@pytest.mark.brokers(without=("rabbitmq", "postgres"))  # the held probe is Redis's alone (None elsewhere)
 def test_sweep_does_not_resend_a_retry_whose_delayed_message_the_broker_holds(
     database, settings, make_job, held, queued_messages, flush_redis, redis_client
 ):
@@ -229,6 +235,7 @@ def test_sweep_does_not_resend_a_retry_whose_delayed_message_the_broker_holds(
     assert sweeper.sweep_once(database, settings, held=held).resent == [job_id]
 
 
+@pytest.mark.brokers(without=("rabbitmq", "postgres"))  # the held probe is Redis's alone (None elsewhere)
 def test_sweep_does_not_resend_a_taken_back_job_whose_message_the_broker_holds(
     database, settings, make_job, held, queued_messages, flush_redis, fetch
 ):
@@ -246,6 +253,7 @@ def test_sweep_does_not_resend_a_taken_back_job_whose_message_the_broker_holds(
     assert queued_messages() == 1 and fetch(job_id)[0].resend_checked_at is not None
 
 
+@pytest.mark.brokers(without=("postgres",))  # the PostgreSQL broker has no message to lose, so re-sends none
 def test_sweep_resends_everything_overdue_when_the_broker_cannot_be_asked(database, settings, make_job):
     job_id = make_job("noop")
     _age(database, job_id, enqueued_at=_ago(settings.requeue_after_seconds + 5))
