@@ -371,8 +371,9 @@ def _drain_rabbitmq(broker: RabbitmqBroker, worker: dramatiq.Worker) -> None:
 
 def _drain_postgres(broker: pgbroker.PostgresBroker, worker: dramatiq.Worker, database: db.Database) -> None:
     # The broker's own join also waits for the running jobs, and a test may leave one running that
-    # no worker runs (its claim taken over by "another worker"). So: wait until no job waits (taken
-    # ones too: they stay queued until claimed) and the worker is idle, and no job waits after that.
+    # no worker runs (its claim taken over by "another worker"). So: wait until no job waits (one only
+    # taken, of a kind with max_running, stays queued until claimed) and the worker is idle, and no
+    # job waits after that.
     deadline = time.monotonic() + DRAIN_TIMEOUT_MS / 1000
 
     def waiting() -> int:
