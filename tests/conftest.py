@@ -338,7 +338,7 @@ def worker(broker: dramatiq.Broker) -> Iterator[dramatiq.Worker]:
 
 
 @pytest.fixture
-def drain(broker: dramatiq.Broker, worker: dramatiq.Worker, database: db.Database) -> Callable[[], None]:
+def drain(broker: dramatiq.Broker, worker: dramatiq.Worker) -> Callable[[], None]:
     """Wait until every queue (delayed messages included) is empty and the worker idle."""
 
     def wait() -> None:
@@ -346,7 +346,7 @@ def drain(broker: dramatiq.Broker, worker: dramatiq.Worker, database: db.Databas
             _drain_rabbitmq(broker, worker)
             return
         if isinstance(broker, pgbroker.PostgresBroker):
-            _drain_postgres(broker, worker, database)
+            _drain_postgres(broker, worker)
             return
         for queue in broker.get_declared_queues():
             broker.join(queue, timeout=DRAIN_TIMEOUT_MS)
@@ -369,23 +369,16 @@ def _drain_rabbitmq(broker: RabbitmqBroker, worker: dramatiq.Worker) -> None:
         assert time.monotonic() < deadline, "the RabbitMQ queues did not drain"
 
 
-def _drain_postgres(broker: pgbroker.PostgresBroker, worker: dramatiq.Worker, database: db.Database) -> None:
-    # The broker's own join also waits for the running jobs, and a test may leave one running that
-    # no worker runs (its claim taken over by "another worker"). So: wait until no job waits (one only
-    # taken, of a kind with max_running, stays queued until claimed) and the worker is idle, and no
-    # job waits after that.
-    deadline = time.monotonic() + DRAIN_TIMEOUT_MS / 1000
-
-    def waiting() -> int:
-        with database.engine.connect() as conn:
-            return sum(store.count_unfinished(conn, q, running=False) for q in broker.get_declared_queues())
-
+def _drain_postgres(broker: pgbroker.PostgresBroker, worker: dramatiq.Worker) -> None:
+    # The worker claims as it takes: the broker's join waits for no job waiting and none held by
+    # this process (not for a job a test leaves running under "another worker's" claim), then the
+    # worker must be idle, and the broker's join hold once more.
     while True:
-        while waiting():
-            assert time.monotonic() < deadline, "the PostgreSQL broker's jobs did not drain"
-            time.sleep(0.05)
+        for queue in broker.get_declared_queues():
+            broker.join(queue, timeout=DRAIN_TIMEOUT_MS)
+        changes = broker.claims.changes if broker.claims is not None else None
         worker.join()
-        if not waiting():
+        if broker.claims is None or broker.claims.changes == changes:
             return
 
 

@@ -37,7 +37,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import dramatiq
@@ -81,16 +81,40 @@ class ClaimSlots:
         self.limited_kinds = frozenset(limited_kinds)
         self.threads = threads
         self._held: set[str] = set()
+        #: Slots set aside for a take under way (its jobs are claimed before they are held).
+        self._reserved = 0
+        #: Counts every reserve, hold and release: unchanged across two looks, nothing moved between.
+        self.changes = 0
         self._lock = threading.Lock()
         self._freed: list[threading.Event] = []
 
     def free(self) -> int:
         with self._lock:
-            return self.threads - len(self._held)
+            return self.threads - len(self._held) - self._reserved
+
+    def in_flight(self) -> int:
+        """Jobs taken (or being taken) and not yet done."""
+        with self._lock:
+            return len(self._held) + self._reserved
+
+    @contextlib.contextmanager
+    def reserving(self, slots: int) -> Iterator[None]:
+        """Set ``slots`` aside while a take runs: the jobs it claims count from the moment the
+        statement commits, before :meth:`hold` (called inside the block) holds them."""
+        with self._lock:
+            self._reserved += slots
+            self.changes += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._reserved -= slots
+                self.changes += 1
 
     def hold(self, job_id: str) -> None:
         with self._lock:
             self._held.add(job_id)
+            self.changes += 1
 
     def release(self, job_id: str) -> None:
         """A taken job is done (acked, or given back): wake every consumer waiting for a slot."""
@@ -98,6 +122,7 @@ class ClaimSlots:
             if job_id not in self._held:
                 return
             self._held.discard(job_id)
+            self.changes += 1
             freed = list(self._freed)
         for event in freed:
             event.set()
@@ -211,15 +236,26 @@ class PostgresBroker(dramatiq.Broker):
         """Nothing to drop (see :meth:`flush`)."""
 
     def join(self, queue_name: str, *, timeout: int | None = None) -> None:
-        """Wait until no job of ``queue_name`` waits or runs (tests).
+        """Wait until no job of ``queue_name`` waits or runs (tests). In a worker that claims as it
+        takes: until none waits and this process holds none it took, with nothing taken or done
+        between the two looks (a job running elsewhere is not waited for).
 
         Raises:
             QueueJoinTimeout: still some after ``timeout`` ms.
         """
         deadline = None if timeout is None else time.monotonic() + timeout / 1000
         while True:
+            claims = self.claims
+            changes = None if claims is None else claims.changes
             with self.engine.connect() as conn:
-                if store.count_unfinished(conn, queue_name) == 0:
+                if claims is None and store.count_unfinished(conn, queue_name) == 0:
+                    return
+                if (
+                    claims is not None
+                    and store.count_unfinished(conn, queue_name, running=False) == 0
+                    and claims.in_flight() == 0
+                    and claims.changes == changes
+                ):
                     return
             if deadline is not None and time.monotonic() > deadline:
                 raise QueueJoinTimeout(queue_name)  # type: ignore[no-untyped-call]
@@ -339,25 +375,25 @@ class PostgresConsumer(dramatiq.Consumer):
             to_release, self._to_release = self._to_release, []
         store.release_jobs(self._conn, to_release)
         claims = self.broker.claims
-        claimed: dict[uuid.UUID, registry.RunningJob | None] = {}
-        claimed_ns = (0, 0)
         if claims is None:
             job_ids = store.take_jobs(self._conn, self.queue_name, limit=room, take_seconds=self.broker.take_seconds)
+            self._hand_out(job_ids, {}, (0, 0))
         else:
-            started_ns = time.time_ns()
-            claimed = dict(
-                store.take_and_claim_jobs(
-                    self._conn,
-                    self.queue_name,
-                    limit=room,
-                    lease_seconds=claims.lease_seconds,
-                    worker_id=claims.worker_id,
-                    limited_kinds=claims.limited_kinds,
-                    take_seconds=self.broker.take_seconds,
+            with claims.reserving(room):
+                started_ns = time.time_ns()
+                claimed = dict(
+                    store.take_and_claim_jobs(
+                        self._conn,
+                        self.queue_name,
+                        limit=room,
+                        lease_seconds=claims.lease_seconds,
+                        worker_id=claims.worker_id,
+                        limited_kinds=claims.limited_kinds,
+                        take_seconds=self.broker.take_seconds,
+                    )
                 )
-            )
-            claimed_ns = (started_ns, time.time_ns())
-            job_ids = list(claimed)
+                job_ids = list(claimed)
+                self._hand_out(job_ids, claimed, (started_ns, time.time_ns()))
         now = time.monotonic()
         self._look_at = now + POLL_SECONDS
         if len(job_ids) == room:
@@ -366,6 +402,15 @@ class PostgresConsumer(dramatiq.Consumer):
             due = store.next_due_at(self._conn, self.queue_name)
             if due is not None:
                 self._look_at = min(self._look_at, now + (due - store.utcnow()).total_seconds())
+
+    def _hand_out(
+        self,
+        job_ids: list[uuid.UUID],
+        claimed: dict[uuid.UUID, registry.RunningJob | None],
+        claimed_ns: tuple[int, int],
+    ) -> None:
+        """Queue a message for each taken job (carrying its claimed job, if the take claimed it)."""
+        claims = self.broker.claims
         for job_id in job_ids:
             job = claimed.get(job_id)
             message: Message[Any] = Message(
