@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-postgres test-postgres-workers test-postgres-others test-sqlite test-rabbitmq test-pgbroker lint install clean
+.PHONY: demo test test-postgres test-postgres-workers test-postgres-others test-sqlite test-sqlite-workers test-sqlite-others test-rabbitmq test-pgbroker lint install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,16 +18,16 @@ demo: $(STAMP)
 	$(BIN)/jobctl demo
 
 # The whole suite on PostgreSQL and again on SQLite (tests marked postgres_only are skipped there),
-# in five pytest processes side by side. On Redis: the PostgreSQL pass, split in two by directory
-# (WORKER_TESTS, where most of the time is waiting on worker processes, and the rest), and the SQLite
-# pass. The broker-dependent tests run again on RabbitMQ and on the PostgreSQL broker, one process
+# in six pytest processes side by side. On Redis: the PostgreSQL pass and the SQLite pass, each split
+# in two by directory (WORKER_TESTS, where most of the time is waiting on worker processes, and the
+# rest). The broker-dependent tests run again on RabbitMQ and on the PostgreSQL broker, one process
 # each, on the PostgreSQL pass (`--brokers` picks a test's broker parameter; see tests/conftest.py).
 # Each process has its own database, Redis and RabbitMQ vhost; its output is printed whole when it ends.
 WORKER_TESTS := tests/worker tests/hosts tests/jobs tests/observe
 PYTEST_POSTGRES := JOBRUNNER_TEST_DATABASE=postgresql $(BIN)/pytest -q --reruns 1
 
 test: $(STAMP)
-	$(MAKE) --no-print-directory -j5 --output-sync=target test-postgres-workers test-postgres-others test-sqlite test-rabbitmq test-pgbroker
+	$(MAKE) --no-print-directory -j6 --output-sync=target test-postgres-workers test-postgres-others test-sqlite-workers test-sqlite-others test-rabbitmq test-pgbroker
 
 test-postgres: $(STAMP)
 	$(MAKE) --no-print-directory -j2 --output-sync=target test-postgres-workers test-postgres-others
@@ -39,7 +39,13 @@ test-postgres-others: $(STAMP)
 	$(PYTEST_POSTGRES) --brokers redis $(addprefix --ignore=,$(WORKER_TESTS))
 
 test-sqlite: $(STAMP)
-	JOBRUNNER_TEST_DATABASE=sqlite $(BIN)/pytest -q --reruns 1
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-sqlite-workers test-sqlite-others
+
+test-sqlite-workers: $(STAMP)
+	JOBRUNNER_TEST_DATABASE=sqlite $(BIN)/pytest -q --reruns 1 $(WORKER_TESTS)
+
+test-sqlite-others: $(STAMP)
+	JOBRUNNER_TEST_DATABASE=sqlite $(BIN)/pytest -q --reruns 1 $(addprefix --ignore=,$(WORKER_TESTS))
 
 test-rabbitmq: $(STAMP)
 	$(PYTEST_POSTGRES) --brokers rabbitmq
