@@ -338,12 +338,12 @@ def worker(broker: dramatiq.Broker) -> Iterator[dramatiq.Worker]:
 
 
 @pytest.fixture
-def drain(broker: dramatiq.Broker, worker: dramatiq.Worker) -> Callable[[], None]:
+def drain(broker: dramatiq.Broker, worker: dramatiq.Worker, database: db.Database) -> Callable[[], None]:
     """Wait until every queue (delayed messages included) is empty and the worker idle."""
 
     def wait() -> None:
         if isinstance(broker, RabbitmqBroker):
-            _drain_rabbitmq(broker, worker)
+            _drain_rabbitmq(broker, worker, database)
             return
         if isinstance(broker, pgbroker.PostgresBroker):
             _drain_postgres(broker, worker)
@@ -355,17 +355,21 @@ def drain(broker: dramatiq.Broker, worker: dramatiq.Worker) -> Callable[[], None
     return wait
 
 
-def _drain_rabbitmq(broker: RabbitmqBroker, worker: dramatiq.Worker) -> None:
+def _drain_rabbitmq(broker: RabbitmqBroker, worker: dramatiq.Worker, database: db.Database) -> None:
     # RabbitMQ counts only the messages not yet delivered: a delayed message the worker holds until
-    # its eta, then publishes to its queue, is in neither count meanwhile. So: wait for the queues
-    # and the worker in turn until the queues are still empty after the worker went idle.
+    # its eta, then publishes to its queue, is in neither count meanwhile (and its counts lag). So:
+    # wait for the queues and the worker in turn until the queues are still empty after the worker
+    # went idle, and the database (the truth) has no job waiting for a worker.
     deadline = time.monotonic() + DRAIN_TIMEOUT_MS / 1000
     while True:
         for queue in broker.get_declared_queues():
             broker.join(queue, min_successes=2, idle_time=20, timeout=DRAIN_TIMEOUT_MS)
         worker.join()
         if not any(sum(broker.get_queue_message_counts(q)[:2]) for q in broker.get_declared_queues()):
-            return
+            with database.engine.connect() as conn:
+                queues = broker.get_declared_queues()
+                if not sum(store.count_unfinished(conn, queue, running=False) for queue in queues):
+                    return
         assert time.monotonic() < deadline, "the RabbitMQ queues did not drain"
 
 
