@@ -451,16 +451,13 @@ class PostgresConsumer(dramatiq.Consumer):
                 self._wake = True
 
     def _done(self, message: MessageProxy) -> None:
-        if self.broker.claims is not None and CLAIMED not in message.options:
-            with self._lock:
-                self._to_release.append(uuid.UUID(message.args[0]))
-        self._done_id(message.args[0])
-
-    def _done_id(self, job_id: str) -> None:
+        job_id, claims = message.args[0], self.broker.claims
         with self._lock:
             self._unacked.discard(job_id)
-        if self.broker.claims is not None:
-            self.broker.claims.release(job_id)
+            if claims is not None and CLAIMED not in message.options:
+                self._to_release.append(uuid.UUID(job_id))
+        if claims is not None:
+            claims.release(job_id)
         self._acked.set()
 
 
