@@ -286,9 +286,14 @@ def kind_registry(settings: Settings) -> Registry:
 
 
 @pytest.fixture
-def database(settings: Settings, flush_broker: Callable[[], None], kind_registry: Registry) -> Iterator[db.Database]:
-    """The run's database, emptied, with the broker flushed; its sessions send job IDs to the test's broker."""
+def database(
+    request: pytest.FixtureRequest, settings: Settings, flush_broker: Callable[[], None], kind_registry: Registry
+) -> Iterator[db.Database]:
+    """The run's database, emptied, with the broker flushed (and, on the run's RabbitMQ vhost, no
+    consumer left on it by an earlier test); its sessions send job IDs to the test's broker."""
     flush_broker()
+    if settings.broker_url.startswith("amqp") and "throwaway_rabbitmq" not in request.fixturenames:
+        request.getfixturevalue("rabbitmq_vhost").expect_no_consumers(kind_registry.queues())
     broker = producer.make_broker(settings)
     database = db.make_database(
         settings.database_url,

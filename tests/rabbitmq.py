@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -40,6 +41,13 @@ def rabbitmqctl(*args: str, node: str = NODE_NAME, env: dict[str, str] | None = 
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}): {result.stderr or result.stdout}")
     return result.stdout
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return "(gone)"
 
 
 def _with_vhost(url: str, vhost: str) -> str:
@@ -93,6 +101,45 @@ class RabbitVhost:
         finally:
             if channel.is_open:
                 channel.close()
+
+    def consumers(self, queues: Iterable[str]) -> dict[str, int]:
+        """How many consumers each of ``queues`` that exists has."""
+        counts = {}
+        for queue in queues:
+            channel = self._channel()
+            try:
+                counts[queue] = int(channel.queue_declare(queue, passive=True).method.consumer_count)
+            except pika.exceptions.ChannelClosedByBroker:  # 404: no such queue
+                continue
+            finally:
+                if channel.is_open:
+                    channel.close()
+        return counts
+
+    def expect_no_consumers(self, queues: Iterable[str], *, timeout: float = 30.0) -> None:
+        """Wait until none of ``queues`` has a consumer (an earlier test's worker may still be closing
+        its connection); after ``timeout``, fail naming who consumes: the vhost is shared by the run's
+        tests, and a consumer left behind would take the next tests' messages."""
+        queues = list(queues)
+        deadline = time.monotonic() + timeout
+        while any(self.consumers(queues).values()):
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"an earlier test left a consumer on the run's vhost {self.name}: "
+                    f"{self.consumers(queues)}\n{self.describe_clients()}"
+                )
+            time.sleep(0.2)
+
+    def describe_clients(self) -> str:
+        """The vhost's consumers and connections, and the local process behind each connection."""
+        consumers = rabbitmqctl("list_consumers", "-p", self.name, "queue_name", "channel_pid", node=self.node)
+        listed = rabbitmqctl("list_connections", "-p", self.name, "--no-table-headers", "peer_port", node=self.node)
+        lines = [f"consumers:\n{consumers}", "connections (client port: local process):"]
+        for port in listed.split():
+            owner = subprocess.run(["ss", "-tnpH", f"sport = :{port}"], capture_output=True, text=True).stdout
+            pids = sorted({int(pid) for pid in re.findall(r"pid=(\d+)", owner)})
+            lines.append(f"  {port}: {'; '.join(f'{pid} {_command_line(pid)}' for pid in pids) or '?'}")
+        return "\n".join(lines)
 
     def close_connections(self, reason: str = "test") -> None:
         """Close every client connection of the vhost (``rabbitmqctl close_all_connections``)."""

@@ -109,3 +109,5 @@ def host_workers(netbed: Netbed, bed_settings: Settings, tmp_path: Path) -> Iter
     for process in started:
         if process.alive():
             process.kill()
+        else:
+            process.kill_strays()

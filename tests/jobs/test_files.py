@@ -311,10 +311,14 @@ def test_postgresql_copy_of_records_gives_the_records_csv_reader_read(database):
     assert rows_written > 1000 and taken["plain"] > 50  # the generator makes good rows, and plain chunks
 
 
-def test_missing_stored_file_fails_the_job_and_the_file(make_file, drain, read_file, settings, fetch):
-    file_id, job_id = make_file(b"a\n1\n")
-    with_row = read_file(file_id)
-    files.stored_path(settings.storage_dir, with_row.storage_key).unlink()
+def test_missing_stored_file_fails_the_job_and_the_file(database, drain, read_file, settings, fetch):
+    with files.UploadSink(settings.storage_dir, max_bytes=settings.max_upload_bytes) as sink:
+        sink.write(b"a\n1\n")
+    with db.session_scope(database.sessions) as session:
+        file, job = files.register_upload(session, sink, name="data.csv", content_type="text/csv")
+        # Gone before the commit sends the job: the worker, already running, cannot read it first.
+        files.stored_path(settings.storage_dir, file.storage_key).unlink()
+        file_id, job_id = file.id, job.id
     drain()
     file = read_file(file_id)
     assert file.status == FileStatus.FAILED

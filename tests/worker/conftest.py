@@ -25,3 +25,5 @@ def workers(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     for process in started:
         if process.alive():
             process.kill()
+        else:  # stopped by the test, or its supervisor killed: nothing it started may outlive it
+            process.kill_strays()

@@ -87,6 +87,27 @@ def children_of(pid: int, parents: dict[int, tuple[int, int]] | None = None) -> 
     return sorted(child for child, (ppid, _) in parents.items() if ppid == pid)
 
 
+#: The environment variable through which every process a :class:`WorkerProcess` starts, however
+#: far down its tree and whatever process group or session it moved to, can be found (its value is
+#: the instance's :attr:`WorkerProcess.mark`): the fixtures kill them all after the test.
+MARK_VARIABLE = "JOBRUNNER_TEST_PROCESS_MARK"
+
+
+def marked_processes(mark: str) -> list[int]:
+    """The PIDs of the processes whose environment carries ``MARK_VARIABLE=mark``."""
+    needle = f"{MARK_VARIABLE}={mark}".encode()
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                environ = Path(entry.path, "environ").read_bytes()
+            except OSError:
+                continue
+            if needle in environ.split(b"\0"):
+                found.append(int(entry.name))
+    return sorted(found)
+
+
 def _is_dramatiq_master(pid: int) -> bool:
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -111,7 +132,8 @@ class WorkerProcess:
         **env: str,
     ) -> None:
         self.log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
-        child_env = {**os.environ, **FAST_RECOVERY, **env}
+        self.mark = uuid.uuid4().hex
+        child_env = {**os.environ, **FAST_RECOVERY, **env, MARK_VARIABLE: self.mark}
         argv = ["--processes", str(processes), "--threads", str(threads), *args]
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
@@ -156,6 +178,16 @@ class WorkerProcess:
         """kill -9 every process of the worker."""
         self.signal(signal.SIGKILL)
         self.process.wait(timeout=30)
+        self.kill_strays()
+
+    def kill_strays(self) -> list[int]:
+        """kill -9 every process this worker started that still runs, wherever it is now (an orphan
+        no longer under the supervisor, in a group or session of its own); their PIDs."""
+        strays = marked_processes(self.mark)
+        for pid in strays:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return strays
 
     def stop(self, timeout: float = 60) -> int:
         """SIGTERM the master (as an operator would) and wait for it to exit."""
