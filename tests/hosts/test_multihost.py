@@ -1,7 +1,11 @@
 """Partitions, clock skew and a frozen host, across network namespaces (tests/hosts/netbed.py): a
 database and a broker on hosts of their own, an API host and two worker hosts. Each scenario runs
 under load and ends with every job succeeded, each job's note written exactly once, and what
-``jobctl check`` checks holding; each prints its recovery time (never asserted)."""
+``jobctl check`` checks holding; each prints its recovery time (never asserted).
+
+The partitions from the broker run on Redis and on RabbitMQ (the bed's node); the partition of a
+worker from the database runs on Redis and on the PostgreSQL broker, where the database is the
+broker too (so it is also that worker cut off from its broker); the others run on Redis."""
 
 from __future__ import annotations
 
@@ -13,13 +17,13 @@ import time
 import uuid
 
 import pytest
-import redis
 from sqlalchemy import func, select
 
 from jobs import models, store
 from jobs.models import AttemptOutcome, JobStatus
 from jobs.store import checking
 from tests import kinds
+from tests.hosts.conftest import broker_name
 from tests.skew import skewed_clock_env
 from tests.worker.processes import create_notes, wait_until
 
@@ -93,8 +97,14 @@ def _load(database, quick=60, slow=8):
     return slow_ids + create_notes(database, quick)
 
 
+def _brokers(*names):
+    """Run the scenario once per broker of ``names`` (ids ``redis``, ``rabbitmq``, ``postgres``)."""
+    return pytest.mark.parametrize("broker_url", names, indirect=True)
+
+
+@_brokers("redis", "postgres")
 def test_a_worker_cut_off_from_the_database_mid_job_has_its_late_commit_fenced_out(
-    netbed, bed_database, bed_registry, host_workers, capsys
+    netbed, bed_database, bed_registry, bed_settings, host_workers, capsys
 ):
     w1, w2 = host_workers("w1", **FAST), host_workers("w2", **FAST)
     _ready(w1), _ready(w2)  # w2's sweeper takes w1's jobs back while w1 is cut off
@@ -107,7 +117,9 @@ def test_a_worker_cut_off_from_the_database_mid_job_has_its_late_commit_fenced_o
     netbed.partition("w1", "db")
     time.sleep(FAULT_SECONDS)  # the partition: w1's leases expire; w2's sweeper takes its jobs back
     netbed.heal("w1", "db")
-    _settle(bed_database, bed_registry, job_ids, started, "w1 cut off from PostgreSQL 5 s", capsys)
+    broker = broker_name(bed_settings.broker_url)
+    what = "w1 cut off from PostgreSQL 5 s" + (" (its broker too)" if broker == "PostgreSQL" else f" (broker {broker})")
+    _settle(bed_database, bed_registry, job_ids, started, what, capsys)
     # w1 finishes its handler once healed and tries to commit: the fence refuses it, and the attempt
     # the sweeper recorded as lost becomes an error (w1 was alive): no death counted.
     wait_until(lambda: "claim_lost" in w1.log(), timeout=SETTLE_SECONDS, what="w1's late commit to be refused")
@@ -116,7 +128,10 @@ def test_a_worker_cut_off_from_the_database_mid_job_has_its_late_commit_fenced_o
     assert claim_lost >= 1
 
 
-def test_a_worker_cut_off_from_the_broker_loses_nothing(netbed, bed_database, bed_registry, host_workers, capsys):
+@_brokers("redis", "rabbitmq")
+def test_a_worker_cut_off_from_the_broker_loses_nothing(
+    netbed, bed_database, bed_registry, bed_settings, host_workers, capsys
+):
     w1, w2 = host_workers("w1", **FAST), host_workers("w2", **FAST)
     _ready(w1), _ready(w2)
     # More slow jobs than w2 prefetches, so that w1 gets some even when it starts consuming last.
@@ -128,11 +143,13 @@ def test_a_worker_cut_off_from_the_broker_loses_nothing(netbed, bed_database, be
     netbed.partition("w1", "broker")
     time.sleep(FAULT_SECONDS)
     netbed.heal("w1", "broker")
-    _settle(bed_database, bed_registry, job_ids, started, "w1 cut off from Redis 5 s", capsys)
+    broker = broker_name(bed_settings.broker_url)
+    _settle(bed_database, bed_registry, job_ids, started, f"w1 cut off from {broker} 5 s", capsys)
 
 
+@_brokers("redis", "rabbitmq")
 def test_jobs_posted_while_the_api_is_cut_off_from_the_broker_go_out_after_healing(
-    netbed, bed_database, bed_registry, bed_settings, host_workers, capsys
+    netbed, bed_database, bed_registry, bed_settings, bed_queued, host_workers, capsys
 ):
     netbed.partition("api", "broker")
     env = {
@@ -154,13 +171,12 @@ def test_jobs_posted_while_the_api_is_cut_off_from_the_broker_go_out_after_heali
     assert len(answers) == 20 and {status for _, status in answers} == {"queued"}
     job_ids = [uuid.UUID(job_id) for job_id, _ in answers]
     assert set(_statuses(bed_database, job_ids).values()) == {JobStatus.QUEUED}
-    messages = redis.Redis.from_url(netbed.local_redis_url)
-    assert messages.hlen("dramatiq:default.msgs") == 0, "a send got through the partition"
-    messages.close()
+    assert bed_queued("default") == 0, "a send got through the partition"
     started = time.monotonic()
     netbed.heal("api", "broker")
     host_workers("w1", **FAST)  # its sweeper sends the overdue jobs again
-    _settle(bed_database, bed_registry, job_ids, started, "API cut off from Redis at enqueue, then healed", capsys)
+    broker = broker_name(bed_settings.broker_url)
+    _settle(bed_database, bed_registry, job_ids, started, f"API cut off from {broker} at enqueue, then healed", capsys)
 
 
 def test_worker_hosts_with_clocks_ten_minutes_off_lose_and_double_nothing(
