@@ -19,6 +19,7 @@ import uuid
 import pytest
 from sqlalchemy import func, select
 
+from api import responses
 from jobs import models, store
 from jobs.models import AttemptOutcome, JobStatus
 from jobs.store import checking
@@ -91,6 +92,29 @@ def _ready(worker):
     wait_until(lambda: "ready for action" in worker.log(), timeout=SETTLE_SECONDS, what="the worker to boot")
 
 
+def _api_env(settings):
+    """The environment of the API host: the bed's settings."""
+    return {
+        **os.environ,
+        "JOBRUNNER_DATABASE_URL": settings.database_url,
+        "JOBRUNNER_BROKER_URL": settings.broker_url,
+        "JOBRUNNER_JOB_MODULES": "tests.kinds",
+        "PYTHONPATH": os.pathsep.join(sys.path),
+    }
+
+
+def _api_host(netbed, *args):
+    """The command running tests/hosts/api_host.py with ``args`` on the API host."""
+    return ["ip", "netns", "exec", netbed.ns("api"), sys.executable, "-m", "tests.hosts.api_host", *args]
+
+
+def _accepted(output, count):
+    """The IDs of the jobs of ``output`` (api_host's lines), checking that all ``count`` were accepted."""
+    answers = [line.split() for line in output.splitlines()]
+    assert len(answers) == count and {(code, status) for code, _, status in answers} == {("202", "queued")}, output
+    return [uuid.UUID(job_id) for _, job_id, _ in answers]
+
+
 def _load(database, quick=60, slow=8):
     """``slow`` jobs of 4 s (sent first: each worker gets some), then ``quick`` ones."""
     slow_ids = create_notes(database, slow, sleep_seconds=4)
@@ -152,24 +176,10 @@ def test_jobs_posted_while_the_api_is_cut_off_from_the_broker_go_out_after_heali
     netbed, bed_database, bed_registry, bed_settings, bed_queued, host_workers, capsys
 ):
     netbed.partition("api", "broker")
-    env = {
-        **os.environ,
-        "JOBRUNNER_DATABASE_URL": bed_settings.database_url,
-        "JOBRUNNER_BROKER_URL": bed_settings.broker_url,
-        "JOBRUNNER_JOB_MODULES": "tests.kinds",
-        "PYTHONPATH": os.pathsep.join(sys.path),
-    }
     api = subprocess.run(
-        ["ip", "netns", "exec", netbed.ns("api"), sys.executable, "-m", "tests.hosts.api_host", "20"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
+        _api_host(netbed, "20"), env=_api_env(bed_settings), capture_output=True, text=True, timeout=120, check=True
     )
-    answers = [line.split() for line in api.stdout.splitlines()]
-    assert len(answers) == 20 and {status for _, status in answers} == {"queued"}
-    job_ids = [uuid.UUID(job_id) for job_id, _ in answers]
+    job_ids = _accepted(api.stdout, 20)
     assert set(_statuses(bed_database, job_ids).values()) == {JobStatus.QUEUED}
     assert bed_queued("default") == 0, "a send got through the partition"
     started = time.monotonic()
@@ -177,6 +187,43 @@ def test_jobs_posted_while_the_api_is_cut_off_from_the_broker_go_out_after_heali
     host_workers("w1", **FAST)  # its sweeper sends the overdue jobs again
     broker = broker_name(bed_settings.broker_url)
     _settle(bed_database, bed_registry, job_ids, started, f"API cut off from {broker} at enqueue, then healed", capsys)
+
+
+@_brokers("redis", "postgres")
+def test_the_api_cut_off_from_the_database_answers_503_and_accepts_nothing_it_could_lose(
+    netbed, bed_database, bed_registry, bed_settings, host_workers, tmp_path, capsys
+):
+    # One API process: 10 posts while it is cut off from the database (on the PostgreSQL broker, its
+    # broker too), then, once healed (the gate file), 20 more from the same app and its pool.
+    gate, answers = tmp_path / "healed", tmp_path / "answers"
+    netbed.partition("api", "db")
+    with open(answers, "wb") as out, open(tmp_path / "api.log", "wb") as log:
+        api = subprocess.Popen(
+            _api_host(netbed, "10", str(gate), "20"), env=_api_env(bed_settings), stdout=out, stderr=log
+        )
+    try:
+        wait_until(
+            lambda: len(answers.read_text().splitlines()) >= 10 or api.poll() is not None,
+            timeout=SETTLE_SECONDS,
+            what="the API's 10 answers while cut off",
+        )
+        refused = [line.split() for line in answers.read_text().splitlines()]
+        assert refused == [["503", "-", str(responses.RETRY_AFTER_SECONDS)]] * 10, (tmp_path / "api.log").read_text()
+        with bed_database.readers() as session:
+            assert session.scalar(select(func.count()).select_from(models.Job)) == 0, "a refused job was stored"
+        started = time.monotonic()
+        netbed.heal("api", "db")
+        gate.touch()
+        assert api.wait(timeout=120) == 0, (tmp_path / "api.log").read_text()
+    finally:
+        if api.poll() is None:
+            api.kill()
+            api.wait()
+    job_ids = _accepted("\n".join(answers.read_text().splitlines()[10:]), 20)
+    host_workers("w1", **FAST)
+    broker = broker_name(bed_settings.broker_url)
+    what = f"API cut off from PostgreSQL (broker {broker}) 10 posts refused, then healed"
+    _settle(bed_database, bed_registry, job_ids, started, what, capsys)
 
 
 def test_worker_hosts_with_clocks_ten_minutes_off_lose_and_double_nothing(
