@@ -9,12 +9,15 @@ broker too (so it is also that worker cut off from its broker); the others run o
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -25,6 +28,7 @@ from jobs.models import AttemptOutcome, JobStatus
 from jobs.store import checking
 from tests import kinds
 from tests.hosts.conftest import broker_name
+from tests.hosts.netbed import NetbedUnavailable, probe
 from tests.skew import skewed_clock_env
 from tests.worker.processes import create_notes, wait_until
 
@@ -262,3 +266,30 @@ def test_a_frozen_worker_host_resumed_after_its_lease_commits_nothing_late(
         for pid in pids:
             os.kill(pid, signal.SIGCONT)
     _settle(bed_database, bed_registry, job_ids, started, "w1 frozen (SIGSTOP) 5 s", capsys)
+
+
+def test_the_bed_script_builds_the_bed_with_its_rabbitmq_node_and_tears_it_all_down():
+    # `.venv/bin/python -m tests.hosts.netbed --rabbitmq`, as the README shows it.
+    try:
+        probe()
+    except NetbedUnavailable as exc:
+        pytest.skip(f"multi-host scenarios need network namespaces: {exc}")
+    script = subprocess.run(
+        [sys.executable, "-m", "tests.hosts.netbed", "--rabbitmq"], capture_output=True, text=True, timeout=180
+    )
+    assert script.returncode == 0, script.stderr
+    namespaces = script.stdout.splitlines()[0].removeprefix("namespaces: ").split(", ")
+    node = re.search(r"\(node (\S+)\)", script.stdout)
+    assert len(namespaces) == 6 and node and script.stdout.endswith("torn down\n"), script.stdout
+    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    assert not [name for name in namespaces if name in left], left
+    wait_until(lambda: node.group(1) not in _commands(), timeout=10, what="the bed's RabbitMQ node to be gone")
+
+
+def _commands():
+    """The command lines of the machine's processes (zombies, which have none, left out)."""
+    lines = []
+    for entry in os.listdir("/proc"):
+        with contextlib.suppress(OSError):
+            lines.append(Path("/proc", entry, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+    return "\n".join(lines)
