@@ -17,8 +17,9 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import pika
@@ -33,10 +34,15 @@ NODE_NAME = os.environ.get("JOBRUNNER_TEST_RABBITMQ_NODE", "")
 #: How long ``rabbitmqctl`` gets per command.
 CTL_TIMEOUT_SECONDS = 60
 
+T = TypeVar("T")
 
-def rabbitmqctl(*args: str, node: str = NODE_NAME, env: dict[str, str] | None = None) -> str:
-    """Run ``rabbitmqctl`` (against ``node``); its output. Raises ``RuntimeError`` on failure."""
-    argv = ["rabbitmqctl", *(["-n", node] if node else []), "-q", *args]
+
+def rabbitmqctl(
+    *args: str, node: str = NODE_NAME, env: dict[str, str] | None = None, command_prefix: Sequence[str] = ()
+) -> str:
+    """Run ``rabbitmqctl`` (against ``node``; after ``command_prefix``, e.g. ``ip netns exec NS``);
+    its output. Raises ``RuntimeError`` on failure."""
+    argv = [*command_prefix, "rabbitmqctl", *(["-n", node] if node else []), "-q", *args]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=CTL_TIMEOUT_SECONDS, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}): {result.stderr or result.stdout}")
@@ -161,56 +167,133 @@ class ThrowawayRabbit:
     """A RabbitMQ node of the test's own: its own node name, AMQP and distribution ports, data and
     log dirs in a temp dir (owned by the ``rabbitmq`` user when the tests run as root: Debian's
     scripts switch to it), no plugins; stopped, started again, and removed at the end. Its guest
-    user may connect from 127.0.0.1 (RabbitMQ's default)."""
+    user may connect from 127.0.0.1 (RabbitMQ's default).
 
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="jobrunner-test-rabbitmq-"))
-        self.node = f"jobrunner_test_{secrets.token_hex(4)}@localhost"
-        self.port = servers.free_port()
+    A test bed places one elsewhere (tests/hosts/netbed.py): ``dir`` (made here; its parents must
+    let the ``rabbitmq`` user through), the AMQP address ``bind`` and ``port``, a ``command_prefix``
+    every ``rabbitmq-server`` and ``rabbitmqctl`` runs after (``ip netns exec NS``: the node, its epmd
+    and the CLI's connection to them then all live in that network namespace), ``config`` (the
+    node's own ``rabbitmq.conf``, in its dir) and ``node_prefix`` (its node name's start). A
+    subclass whose node the test cannot reach directly overrides :meth:`in_reach`."""
+
+    def __init__(
+        self,
+        *,
+        dir: Path | None = None,
+        bind: str = "127.0.0.1",
+        port: int | None = None,
+        command_prefix: Sequence[str] = (),
+        config: str = "",
+        node_prefix: str = "jobrunner_test",
+    ) -> None:
+        if dir is None:
+            self.dir = Path(tempfile.mkdtemp(prefix="jobrunner-test-rabbitmq-"))
+        else:
+            dir.mkdir(mode=0o700)
+            self.dir = dir
+        self.command_prefix = list(command_prefix)
+        self.node = f"{node_prefix}_{secrets.token_hex(4)}@localhost"
+        self.port = port or servers.free_port()
         dist_port = servers.free_port()
         (self.dir / "enabled_plugins").write_text("[].\n")
+        if config:
+            (self.dir / "rabbitmq.conf").write_text(config)
         if os.geteuid() == 0:  # Debian's rabbitmq-server and rabbitmqctl run as the rabbitmq user
             for path in [self.dir, *self.dir.iterdir()]:
                 shutil.chown(path, "rabbitmq", "rabbitmq")
         self.env = {
             **os.environ,
             "RABBITMQ_NODENAME": self.node,
-            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_IP_ADDRESS": bind,
             "RABBITMQ_NODE_PORT": str(self.port),
             "RABBITMQ_DIST_PORT": str(dist_port),
             "RABBITMQ_MNESIA_BASE": str(self.dir / "mnesia"),
             "RABBITMQ_LOG_BASE": str(self.dir / "log"),
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.dir / "enabled_plugins"),
-            "RABBITMQ_CONFIG_FILE": str(self.dir / "rabbitmq"),  # none there: the defaults
+            "RABBITMQ_CONFIG_FILE": str(self.dir / "rabbitmq"),  # rabbitmq.conf, if any: else the defaults
             "RABBITMQ_PID_FILE": str(self.dir / "rabbitmq.pid"),
         }
-        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+        self.url = f"amqp://guest:guest@{bind}:{self.port}/%2F"
         try:
             self.start()
         except BaseException:
             self.remove()
             raise
 
+    def ctl(self, *args: str) -> str:
+        """Run ``rabbitmqctl`` against this node (after the command prefix); its output."""
+        return rabbitmqctl(*args, node=self.node, command_prefix=self.command_prefix)
+
+    def in_reach(self, action: Callable[[], T]) -> T:
+        """Run ``action`` (which connects to :attr:`url`) where the node can be reached: here."""
+        return action()
+
     def start(self) -> None:
         """Start the node (detached) and wait until it accepts AMQP connections."""
-        subprocess.run(["rabbitmq-server", "-detached"], env=self.env, check=True, capture_output=True, timeout=60)
-        rabbitmqctl("wait", str(self.dir / "rabbitmq.pid"), "--timeout", str(CTL_TIMEOUT_SECONDS), node=self.node)
+        subprocess.run(
+            [*self.command_prefix, "rabbitmq-server", "-detached"],
+            env=self.env,
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        self.ctl("wait", str(self.dir / "rabbitmq.pid"), "--timeout", str(CTL_TIMEOUT_SECONDS))
         deadline = time.monotonic() + CTL_TIMEOUT_SECONDS
         while True:
             try:
-                pika.BlockingConnection(pika.URLParameters(self.url)).close()
+                self.in_reach(lambda: pika.BlockingConnection(pika.URLParameters(self.url)).close())
                 return
             except pika.exceptions.AMQPConnectionError:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
 
+    def count(self, queue: str = "default") -> int:
+        """How many messages wait in ``queue`` (ready, not yet delivered); 0 if it does not exist."""
+        return self.in_reach(lambda: self._on_connection(lambda connection: _ready_count(connection, queue)))
+
+    def purge(self, queues: Iterable[str]) -> None:
+        """Purge ``queues`` with their delay and dead-letter queues (every message in them lost); a
+        queue not there yet is passed over."""
+        names = [name for queue in queues for name in (queue, f"{queue}.DQ", f"{queue}.XQ")]
+        self.in_reach(lambda: self._on_connection(lambda connection: [_purge(connection, name) for name in names]))
+
+    def _on_connection(self, action: Callable[[pika.BlockingConnection], T]) -> T:
+        connection = pika.BlockingConnection(pika.URLParameters(self.url))
+        try:
+            return action(connection)
+        finally:
+            if connection.is_open:
+                connection.close()
+
     def stop(self) -> None:
         """Stop the node (its queues and persistent messages stay on disk for the next start)."""
-        rabbitmqctl("stop", str(self.dir / "rabbitmq.pid"), node=self.node)
+        self.ctl("stop", str(self.dir / "rabbitmq.pid"))
 
     def remove(self) -> None:
         """Stop the node if it runs, and delete its files."""
         with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):  # not running
-            rabbitmqctl("stop", node=self.node)
+            self.ctl("stop")
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _ready_count(connection: pika.BlockingConnection, queue: str) -> int:
+    channel = connection.channel()
+    try:
+        return int(channel.queue_declare(queue, passive=True).method.message_count)
+    except pika.exceptions.ChannelClosedByBroker:  # 404: no such queue (the channel is closed)
+        return 0
+    finally:
+        if channel.is_open:
+            channel.close()
+
+
+def _purge(connection: pika.BlockingConnection, queue: str) -> None:
+    channel = connection.channel()
+    try:
+        channel.queue_purge(queue)
+    except pika.exceptions.ChannelClosedByBroker:  # 404: no such queue (the channel is closed)
+        pass
+    finally:
+        if channel.is_open:
+            channel.close()

@@ -1,10 +1,14 @@
 """A multi-host test bed on one machine: network namespaces joined by veth pairs to a bridge.
 
 One namespace per "host": ``db`` (a PostgreSQL of the bed's own), ``broker`` (a redis-server of its
-own), ``api`` and two workers (``w1``, ``w2``); the bridge lives in a namespace of its own (``hub``).
+own, and, started when first asked for, :attr:`Netbed.rabbitmq`, a RabbitMQ node of its own),
+``api`` and two workers (``w1``, ``w2``); the bridge lives in a namespace of its own (``hub``).
 Addresses are in a private /24 (10.213.x.0/24, x random) that exists only inside those namespaces:
 nothing is added to the machine's own network. The test itself reaches PostgreSQL and Redis through
-their unix sockets (files, not network), so it sees the truth whatever the partition.
+their unix sockets (files, not network), so it sees the truth whatever the partition. AMQP has no
+unix socket: the test reaches the RabbitMQ node from a thread of its own that entered the
+``broker`` namespace (:class:`NamespaceThread`; a socket stays in the namespace it was opened in),
+so over the broker host's own address, which no partition of the bed cuts.
 
 Faults, from inside a host's namespace, with iproute2 only (neither iptables nor nft is needed):
 - :meth:`Netbed.partition` adds ``blackhole`` routes both ways between two hosts (packets are
@@ -16,12 +20,14 @@ servers, every process started in them), also at interpreter exit.
 As a script (root needed)::
 
     .venv/bin/python -m tests.hosts.netbed      # build the bed, print its hosts, tear it down
+    .venv/bin/python -m tests.hosts.netbed --rabbitmq   # the same, with its RabbitMQ node started
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import os
 import secrets
 import shutil
@@ -30,9 +36,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
-from tests import servers
+from tests import rabbitmq, servers
 
 #: The hosts of the bed and their last address byte.
 HOSTS = {"db": 2, "broker": 3, "api": 4, "w1": 11, "w2": 12}
@@ -40,6 +49,11 @@ HOSTS = {"db": 2, "broker": 3, "api": 4, "w1": 11, "w2": 12}
 PREFIX = "10.213"
 REDIS_PORT = 6379
 PG_PORT = 5432
+RABBITMQ_PORT = 5672
+#: ``setns``'s flag for a network namespace (linux/sched.h).
+_CLONE_NEWNET = 0x40000000
+
+T = TypeVar("T")
 
 
 class NetbedUnavailable(RuntimeError):
@@ -74,6 +88,8 @@ class Netbed:
         self.partitions: set[tuple[str, str]] = set()
         self.postgres: NetbedPostgres | None = None
         self.redis: subprocess.Popen[bytes] | None = None
+        self._rabbitmq: NetbedRabbit | None = None
+        self._threads: list[NamespaceThread] = []
         self.dir = Path(tempfile.mkdtemp(prefix="jobrunner-netbed-"))
         atexit.register(self.close)
         try:
@@ -157,6 +173,20 @@ class Netbed:
         return f"redis://{self.address('broker')}:{REDIS_PORT}/0"
 
     @property
+    def rabbitmq(self) -> NetbedRabbit:
+        """The bed's RabbitMQ node, in the ``broker`` namespace (started on first use: it takes
+        seconds; removed with the bed)."""
+        if self._rabbitmq is None:
+            self._rabbitmq = NetbedRabbit(self)
+        return self._rabbitmq
+
+    def thread(self, host: str) -> NamespaceThread:
+        """A thread of the test's own in ``host``'s network namespace (stopped at :meth:`close`)."""
+        thread = NamespaceThread(self.ns(host))
+        self._threads.append(thread)
+        return thread
+
+    @property
     def local_redis_url(self) -> str:
         """Redis as the test reaches it: its unix socket."""
         return f"unix://{self.dir / 'redis.sock'}?db=0"
@@ -202,15 +232,25 @@ class Netbed:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=10)
         self.processes.clear()
+        for thread in self._threads:
+            thread.close()
+        self._threads.clear()
+        # The RabbitMQ node (and its epmd) runs detached in the broker's namespace: killed with it below.
+        self._rabbitmq = None
         if self.postgres is not None:
             self.postgres.stop()
             self.postgres = None
         for name in reversed(self.namespaces):
-            # Anything still running inside (a worker's grandchild) goes first.
-            pids = _ip("netns", "pids", name, check=False).stdout.split()
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid), signal.SIGKILL)
+            # Anything still running inside (a worker's grandchild, a RabbitMQ node, its epmd) goes
+            # first; looked for again until none is left (one may have forked meanwhile).
+            for _ in range(50):
+                pids = _ip("netns", "pids", name, check=False).stdout.split()
+                if not pids:
+                    break
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError, ValueError):
+                        os.kill(int(pid), signal.SIGKILL)
+                time.sleep(0.05)
             _ip("netns", "del", name, check=False)
         self.namespaces.clear()
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -270,6 +310,57 @@ class NetbedPostgres(servers.ThrowawayPostgres):
         return f"postgresql+psycopg://postgres@{self.bed.address('db')}:{self.port}/postgres"
 
 
+class NamespaceThread:
+    """One thread (of the test's process) that entered the network namespace ``ns`` (``setns``: only
+    that thread's namespace changes). :meth:`run` runs a call there: the sockets it opens belong to
+    that namespace for good (a client's connection made there keeps working from it)."""
+
+    def __init__(self, ns: str) -> None:
+        self.ns = ns
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"netns-{ns}", initializer=self._enter)
+
+    def _enter(self) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(f"/run/netns/{self.ns}", os.O_RDONLY)
+        try:
+            if libc.setns(fd, _CLONE_NEWNET) != 0:
+                errno = ctypes.get_errno()
+                raise OSError(errno, f"setns into {self.ns}: {os.strerror(errno)}")
+        finally:
+            os.close(fd)
+
+    def run(self, action: Callable[[], T]) -> T:
+        """``action()``, called in the namespace; its result (or its exception)."""
+        return self._executor.submit(action).result()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+class NetbedRabbit(rabbitmq.ThrowawayRabbit):
+    """The bed's RabbitMQ: a throwaway node (tests/rabbitmq.py) whose ``rabbitmq-server`` and
+    ``rabbitmqctl`` run in the ``broker`` namespace (so do its epmd and the CLI's distribution
+    connection: epmd is per network namespace), listening on that host's address, data and logs in
+    the bed's dir. Its own ``rabbitmq.conf`` lets ``guest`` in from any address of the bed
+    (``loopback_users = none``); the test reaches it from the bed's thread in that namespace."""
+
+    def __init__(self, bed: Netbed) -> None:
+        self.bed = bed
+        self.thread = bed.thread("broker")
+        bed.dir.chmod(0o711)  # the rabbitmq user goes through to its own dir
+        super().__init__(
+            dir=bed.dir / "rabbitmq",
+            bind=bed.address("broker"),
+            port=RABBITMQ_PORT,
+            command_prefix=["ip", "netns", "exec", bed.ns("broker")],
+            config="loopback_users = none\n",
+            node_prefix=f"jobrunner_netbed{bed.id}",
+        )
+
+    def in_reach(self, action: Callable[[], T]) -> T:
+        return self.thread.run(action)
+
+
 def main() -> int:
     try:
         probe()
@@ -283,6 +374,8 @@ def main() -> int:
             print(f"  {host:7} {bed.address(host)}")
         print(f"database (hosts): {bed.postgres.host_url if bed.postgres else '-'}")
         print(f"broker (hosts):   {bed.redis_url}")
+        if "--rabbitmq" in sys.argv[1:]:
+            print(f"RabbitMQ (hosts): {bed.rabbitmq.url} (node {bed.rabbitmq.node})")
     finally:
         bed.close()
     print("torn down")

@@ -1,25 +1,34 @@
 """Partitions, clock skew and a frozen host, across network namespaces (tests/hosts/netbed.py): a
 database and a broker on hosts of their own, an API host and two worker hosts. Each scenario runs
 under load and ends with every job succeeded, each job's note written exactly once, and what
-``jobctl check`` checks holding; each prints its recovery time (never asserted)."""
+``jobctl check`` checks holding; each prints its recovery time (never asserted).
+
+The partitions from the broker run on Redis and on RabbitMQ (the bed's node); the partition of a
+worker from the database runs on Redis and on the PostgreSQL broker, where the database is the
+broker too (so it is also that worker cut off from its broker); the others run on Redis."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
-import redis
 from sqlalchemy import func, select
 
+from api import responses
 from jobs import models, store
 from jobs.models import AttemptOutcome, JobStatus
 from jobs.store import checking
 from tests import kinds
+from tests.hosts.conftest import broker_name
+from tests.hosts.netbed import NetbedUnavailable, probe
 from tests.skew import skewed_clock_env
 from tests.worker.processes import create_notes, wait_until
 
@@ -87,14 +96,43 @@ def _ready(worker):
     wait_until(lambda: "ready for action" in worker.log(), timeout=SETTLE_SECONDS, what="the worker to boot")
 
 
+def _api_env(settings):
+    """The environment of the API host: the bed's settings."""
+    return {
+        **os.environ,
+        "JOBRUNNER_DATABASE_URL": settings.database_url,
+        "JOBRUNNER_BROKER_URL": settings.broker_url,
+        "JOBRUNNER_JOB_MODULES": "tests.kinds",
+        "PYTHONPATH": os.pathsep.join(sys.path),
+    }
+
+
+def _api_host(netbed, *args):
+    """The command running tests/hosts/api_host.py with ``args`` on the API host."""
+    return ["ip", "netns", "exec", netbed.ns("api"), sys.executable, "-m", "tests.hosts.api_host", *args]
+
+
+def _accepted(output, count):
+    """The IDs of the jobs of ``output`` (api_host's lines), checking that all ``count`` were accepted."""
+    answers = [line.split() for line in output.splitlines()]
+    assert len(answers) == count and {(code, status) for code, _, status in answers} == {("202", "queued")}, output
+    return [uuid.UUID(job_id) for _, job_id, _ in answers]
+
+
 def _load(database, quick=60, slow=8):
     """``slow`` jobs of 4 s (sent first: each worker gets some), then ``quick`` ones."""
     slow_ids = create_notes(database, slow, sleep_seconds=4)
     return slow_ids + create_notes(database, quick)
 
 
+def _brokers(*names):
+    """Run the scenario once per broker of ``names`` (ids ``redis``, ``rabbitmq``, ``postgres``)."""
+    return pytest.mark.parametrize("broker_url", names, indirect=True)
+
+
+@_brokers("redis", "postgres")
 def test_a_worker_cut_off_from_the_database_mid_job_has_its_late_commit_fenced_out(
-    netbed, bed_database, bed_registry, host_workers, capsys
+    netbed, bed_database, bed_registry, bed_settings, host_workers, capsys
 ):
     w1, w2 = host_workers("w1", **FAST), host_workers("w2", **FAST)
     _ready(w1), _ready(w2)  # w2's sweeper takes w1's jobs back while w1 is cut off
@@ -107,7 +145,9 @@ def test_a_worker_cut_off_from_the_database_mid_job_has_its_late_commit_fenced_o
     netbed.partition("w1", "db")
     time.sleep(FAULT_SECONDS)  # the partition: w1's leases expire; w2's sweeper takes its jobs back
     netbed.heal("w1", "db")
-    _settle(bed_database, bed_registry, job_ids, started, "w1 cut off from PostgreSQL 5 s", capsys)
+    broker = broker_name(bed_settings.broker_url)
+    what = "w1 cut off from PostgreSQL 5 s" + (" (its broker too)" if broker == "PostgreSQL" else f" (broker {broker})")
+    _settle(bed_database, bed_registry, job_ids, started, what, capsys)
     # w1 finishes its handler once healed and tries to commit: the fence refuses it, and the attempt
     # the sweeper recorded as lost becomes an error (w1 was alive): no death counted.
     wait_until(lambda: "claim_lost" in w1.log(), timeout=SETTLE_SECONDS, what="w1's late commit to be refused")
@@ -116,7 +156,10 @@ def test_a_worker_cut_off_from_the_database_mid_job_has_its_late_commit_fenced_o
     assert claim_lost >= 1
 
 
-def test_a_worker_cut_off_from_the_broker_loses_nothing(netbed, bed_database, bed_registry, host_workers, capsys):
+@_brokers("redis", "rabbitmq")
+def test_a_worker_cut_off_from_the_broker_loses_nothing(
+    netbed, bed_database, bed_registry, bed_settings, host_workers, capsys
+):
     w1, w2 = host_workers("w1", **FAST), host_workers("w2", **FAST)
     _ready(w1), _ready(w2)
     # More slow jobs than w2 prefetches, so that w1 gets some even when it starts consuming last.
@@ -128,39 +171,63 @@ def test_a_worker_cut_off_from_the_broker_loses_nothing(netbed, bed_database, be
     netbed.partition("w1", "broker")
     time.sleep(FAULT_SECONDS)
     netbed.heal("w1", "broker")
-    _settle(bed_database, bed_registry, job_ids, started, "w1 cut off from Redis 5 s", capsys)
+    broker = broker_name(bed_settings.broker_url)
+    _settle(bed_database, bed_registry, job_ids, started, f"w1 cut off from {broker} 5 s", capsys)
 
 
+@_brokers("redis", "rabbitmq")
 def test_jobs_posted_while_the_api_is_cut_off_from_the_broker_go_out_after_healing(
-    netbed, bed_database, bed_registry, bed_settings, host_workers, capsys
+    netbed, bed_database, bed_registry, bed_settings, bed_queued, host_workers, capsys
 ):
     netbed.partition("api", "broker")
-    env = {
-        **os.environ,
-        "JOBRUNNER_DATABASE_URL": bed_settings.database_url,
-        "JOBRUNNER_BROKER_URL": bed_settings.broker_url,
-        "JOBRUNNER_JOB_MODULES": "tests.kinds",
-        "PYTHONPATH": os.pathsep.join(sys.path),
-    }
     api = subprocess.run(
-        ["ip", "netns", "exec", netbed.ns("api"), sys.executable, "-m", "tests.hosts.api_host", "20"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
+        _api_host(netbed, "20"), env=_api_env(bed_settings), capture_output=True, text=True, timeout=120, check=True
     )
-    answers = [line.split() for line in api.stdout.splitlines()]
-    assert len(answers) == 20 and {status for _, status in answers} == {"queued"}
-    job_ids = [uuid.UUID(job_id) for job_id, _ in answers]
+    job_ids = _accepted(api.stdout, 20)
     assert set(_statuses(bed_database, job_ids).values()) == {JobStatus.QUEUED}
-    messages = redis.Redis.from_url(netbed.local_redis_url)
-    assert messages.hlen("dramatiq:default.msgs") == 0, "a send got through the partition"
-    messages.close()
+    assert bed_queued("default") == 0, "a send got through the partition"
     started = time.monotonic()
     netbed.heal("api", "broker")
     host_workers("w1", **FAST)  # its sweeper sends the overdue jobs again
-    _settle(bed_database, bed_registry, job_ids, started, "API cut off from Redis at enqueue, then healed", capsys)
+    broker = broker_name(bed_settings.broker_url)
+    _settle(bed_database, bed_registry, job_ids, started, f"API cut off from {broker} at enqueue, then healed", capsys)
+
+
+@_brokers("redis", "postgres")
+def test_the_api_cut_off_from_the_database_answers_503_and_accepts_nothing_it_could_lose(
+    netbed, bed_database, bed_registry, bed_settings, host_workers, tmp_path, capsys
+):
+    # One API process: 10 posts while it is cut off from the database (on the PostgreSQL broker, its
+    # broker too), then, once healed (the gate file), 20 more from the same app and its pool.
+    gate, answers = tmp_path / "healed", tmp_path / "answers"
+    netbed.partition("api", "db")
+    with open(answers, "wb") as out, open(tmp_path / "api.log", "wb") as log:
+        api = subprocess.Popen(
+            _api_host(netbed, "10", str(gate), "20"), env=_api_env(bed_settings), stdout=out, stderr=log
+        )
+    try:
+        wait_until(
+            lambda: len(answers.read_text().splitlines()) >= 10 or api.poll() is not None,
+            timeout=SETTLE_SECONDS,
+            what="the API's 10 answers while cut off",
+        )
+        refused = [line.split() for line in answers.read_text().splitlines()]
+        assert refused == [["503", "-", str(responses.RETRY_AFTER_SECONDS)]] * 10, (tmp_path / "api.log").read_text()
+        with bed_database.readers() as session:
+            assert session.scalar(select(func.count()).select_from(models.Job)) == 0, "a refused job was stored"
+        started = time.monotonic()
+        netbed.heal("api", "db")
+        gate.touch()
+        assert api.wait(timeout=120) == 0, (tmp_path / "api.log").read_text()
+    finally:
+        if api.poll() is None:
+            api.kill()
+            api.wait()
+    job_ids = _accepted("\n".join(answers.read_text().splitlines()[10:]), 20)
+    host_workers("w1", **FAST)
+    broker = broker_name(bed_settings.broker_url)
+    what = f"API cut off from PostgreSQL (broker {broker}) 10 posts refused, then healed"
+    _settle(bed_database, bed_registry, job_ids, started, what, capsys)
 
 
 def test_worker_hosts_with_clocks_ten_minutes_off_lose_and_double_nothing(
@@ -199,3 +266,30 @@ def test_a_frozen_worker_host_resumed_after_its_lease_commits_nothing_late(
         for pid in pids:
             os.kill(pid, signal.SIGCONT)
     _settle(bed_database, bed_registry, job_ids, started, "w1 frozen (SIGSTOP) 5 s", capsys)
+
+
+def test_the_bed_script_builds_the_bed_with_its_rabbitmq_node_and_tears_it_all_down():
+    # `.venv/bin/python -m tests.hosts.netbed --rabbitmq`, as the README shows it.
+    try:
+        probe()
+    except NetbedUnavailable as exc:
+        pytest.skip(f"multi-host scenarios need network namespaces: {exc}")
+    script = subprocess.run(
+        [sys.executable, "-m", "tests.hosts.netbed", "--rabbitmq"], capture_output=True, text=True, timeout=180
+    )
+    assert script.returncode == 0, script.stderr
+    namespaces = script.stdout.splitlines()[0].removeprefix("namespaces: ").split(", ")
+    node = re.search(r"\(node (\S+)\)", script.stdout)
+    assert len(namespaces) == 6 and node and script.stdout.endswith("torn down\n"), script.stdout
+    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    assert not [name for name in namespaces if name in left], left
+    wait_until(lambda: node.group(1) not in _commands(), timeout=10, what="the bed's RabbitMQ node to be gone")
+
+
+def _commands():
+    """The command lines of the machine's processes (zombies, which have none, left out)."""
+    lines = []
+    for entry in os.listdir("/proc"):
+        with contextlib.suppress(OSError):
+            lines.append(Path("/proc", entry, "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+    return "\n".join(lines)
