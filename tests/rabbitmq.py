@@ -19,7 +19,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import pika
@@ -77,50 +77,26 @@ class RabbitVhost:
             self.close()
             raise
 
-    def _channel(self) -> pika.adapters.blocking_connection.BlockingChannel:
-        try:
-            return self._connection.channel()
-        except pika.exceptions.AMQPConnectionError:  # closed by a test (close_all_connections)
+    def _live(self) -> pika.BlockingConnection:
+        if not self._connection.is_open:  # closed by a test (close_all_connections)
             self._connection = pika.BlockingConnection(pika.URLParameters(self.url))
-            return self._connection.channel()
+        return self._connection
 
     def flush(self, queues: Iterable[str]) -> None:
         """Purge ``queues`` of the vhost, with their delay and dead-letter queues (Dramatiq's
         ``.DQ`` and ``.XQ``): every message in them is lost (delivered ones too, once their consumer
         lets go of them). A queue not there yet is passed over."""
-        channel = self._channel()
-        for queue in queues:
-            for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):
-                try:
-                    channel.queue_purge(name)
-                except pika.exceptions.ChannelClosedByBroker:  # 404: no such queue; the channel is closed
-                    channel = self._channel()
-        channel.close()
+        _purge_all(self._live(), queues)
 
     def count(self, queue: str = "default") -> int:
         """How many messages wait in ``queue`` (ready, not yet delivered); 0 if it does not exist."""
-        channel = self._channel()
-        try:
-            return int(channel.queue_declare(queue, passive=True).method.message_count)
-        except pika.exceptions.ChannelClosedByBroker:  # 404: no such queue
-            return 0
-        finally:
-            if channel.is_open:
-                channel.close()
+        declared = _declared(self._live(), queue)
+        return 0 if declared is None else int(declared.message_count)
 
     def consumers(self, queues: Iterable[str]) -> dict[str, int]:
         """How many consumers each of ``queues`` that exists has."""
-        counts = {}
-        for queue in queues:
-            channel = self._channel()
-            try:
-                counts[queue] = int(channel.queue_declare(queue, passive=True).method.consumer_count)
-            except pika.exceptions.ChannelClosedByBroker:  # 404: no such queue
-                continue
-            finally:
-                if channel.is_open:
-                    channel.close()
-        return counts
+        declared = {queue: _declared(self._live(), queue) for queue in queues}
+        return {queue: int(method.consumer_count) for queue, method in declared.items() if method is not None}
 
     def expect_no_consumers(self, queues: Iterable[str], *, timeout: float = 30.0) -> None:
         """Wait until none of ``queues`` has a consumer (an earlier test's worker may still be closing
@@ -250,13 +226,13 @@ class ThrowawayRabbit:
 
     def count(self, queue: str = "default") -> int:
         """How many messages wait in ``queue`` (ready, not yet delivered); 0 if it does not exist."""
-        return self.in_reach(lambda: self._on_connection(lambda connection: _ready_count(connection, queue)))
+        declared = self.in_reach(lambda: self._on_connection(lambda connection: _declared(connection, queue)))
+        return 0 if declared is None else int(declared.message_count)
 
     def purge(self, queues: Iterable[str]) -> None:
         """Purge ``queues`` with their delay and dead-letter queues (every message in them lost); a
         queue not there yet is passed over."""
-        names = [name for queue in queues for name in (queue, f"{queue}.DQ", f"{queue}.XQ")]
-        self.in_reach(lambda: self._on_connection(lambda connection: [_purge(connection, name) for name in names]))
+        self.in_reach(lambda: self._on_connection(lambda connection: _purge_all(connection, queues)))
 
     def _on_connection(self, action: Callable[[pika.BlockingConnection], T]) -> T:
         connection = pika.BlockingConnection(pika.URLParameters(self.url))
@@ -277,23 +253,28 @@ class ThrowawayRabbit:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _ready_count(connection: pika.BlockingConnection, queue: str) -> int:
+def _declared(connection: pika.BlockingConnection, queue: str) -> Any:
+    """``queue``'s passive declare (its ``message_count`` and ``consumer_count``), None if it does
+    not exist."""
     channel = connection.channel()
     try:
-        return int(channel.queue_declare(queue, passive=True).method.message_count)
+        return channel.queue_declare(queue, passive=True).method
     except pika.exceptions.ChannelClosedByBroker:  # 404: no such queue (the channel is closed)
-        return 0
+        return None
     finally:
         if channel.is_open:
             channel.close()
 
 
-def _purge(connection: pika.BlockingConnection, queue: str) -> None:
-    channel = connection.channel()
-    try:
-        channel.queue_purge(queue)
-    except pika.exceptions.ChannelClosedByBroker:  # 404: no such queue (the channel is closed)
-        pass
-    finally:
-        if channel.is_open:
-            channel.close()
+def _purge_all(connection: pika.BlockingConnection, queues: Iterable[str]) -> None:
+    """Purge each of ``queues`` and its ``.DQ`` and ``.XQ``; one not there is passed over."""
+    for queue in queues:
+        for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):
+            channel = connection.channel()
+            try:
+                channel.queue_purge(name)
+            except pika.exceptions.ChannelClosedByBroker:  # 404: no such queue (the channel is closed)
+                pass
+            finally:
+                if channel.is_open:
+                    channel.close()
