@@ -144,6 +144,17 @@ class HotStatement:
             # An async handler's connection (psycopg's AsyncConnection under SQLAlchemy's greenlet
             # adapter) has no sync cursor to run on: the public way there.
             return conn.execute(self.statement, params).first()
+        rows = self._run(conn, params, own_transaction=own_transaction, first=True)
+        return rows[0] if rows else None
+
+    def all(self, conn: Connection, params: dict[str, Any]) -> list[Any]:
+        """Execute with ``params`` in ``conn``'s transaction (or at once, on a connection in
+        autocommit mode) and return every row."""
+        if conn.dialect.name != "postgresql" or conn.dialect.is_async:
+            return list(conn.execute(self.statement, params))
+        return self._run(conn, params, own_transaction=False, first=False)
+
+    def _run(self, conn: Connection, params: dict[str, Any], *, own_transaction: bool, first: bool) -> list[Any]:
         values = {**self.postgres_defaults, **self._process(params)}
         driver = db.psycopg_connection(conn)
         alone = own_transaction and driver.info.transaction_status == TransactionStatus.IDLE
@@ -152,7 +163,12 @@ class HotStatement:
         try:
             with driver.cursor() as cursor:
                 cursor.execute(self.postgres_sql, values)
-                raw = cursor.fetchone() if cursor.description else None
+                if cursor.description is None:
+                    raws = []
+                elif first:
+                    raws = [raw] if (raw := cursor.fetchone()) is not None else []
+                else:
+                    raws = cursor.fetchall()
         except psycopg.Error as exc:
             # What SQLAlchemy would have raised: callers handle one family of errors. A connection
             # that broke is dropped rather than given back to the pool, and the error says so
@@ -166,7 +182,8 @@ class HotStatement:
         finally:
             if alone and not driver.closed:
                 driver.autocommit = False
-        if raw is None:
-            return None
+        return [self._typed(raw) for raw in raws]
+
+    def _typed(self, raw: Any) -> Any:
         pairs = zip(self._result_processors, raw, strict=True)
         return self._row(*(value if processor is None else processor(value) for processor, value in pairs))

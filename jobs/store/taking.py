@@ -41,6 +41,7 @@ from sqlalchemy import (
 )
 
 from jobs import models, registry
+from jobs.store.base import HotStatement
 from jobs.store.clock import db_now, seconds_param
 from jobs.store.running import CLAIM_COMMITS_ASYNC, CLAIM_RETURNING, claim_values, running_job
 
@@ -120,6 +121,8 @@ _TAKE_AND_CLAIM = (
     .values(**_claim_unless_limited())
     .returning(_jobs.c.id, _jobs.c.status, _jobs.c.claim_token, _jobs.c.enqueued_at, *CLAIM_RETURNING)
 )
+#: Run straight on the consumer's psycopg connection: it runs for every few jobs.
+_HOT_TAKE_AND_CLAIM = HotStatement(_TAKE_AND_CLAIM)
 
 #: A job claimed by a take and never started goes back as it was before (no attempt happened).
 _UNCLAIM = (
@@ -188,7 +191,7 @@ def take_and_claim_jobs(
         "b_limited": sorted(limited_kinds),
         "b_take_seconds": float(take_seconds),
     }
-    rows = list(conn.execute(_TAKE_AND_CLAIM, params))
+    rows = _HOT_TAKE_AND_CLAIM.all(conn, params)
     rows.sort(key=lambda row: (row.enqueued_at is None, row.enqueued_at))
     return [
         (row.id, running_job(row.id, row.claim_token, row) if row.status == models.JobStatus.RUNNING else None)

@@ -12,7 +12,7 @@ from sqlalchemy import bindparam, insert, update
 from sqlalchemy import exc as sa_exc
 
 from jobs import models, store
-from jobs.store import running
+from jobs.store import running, taking
 from jobs.store.base import HotStatement
 
 
@@ -69,3 +69,31 @@ def test_a_database_error_comes_out_as_sqlalchemys(database, make_job):
     job_id = make_job("noop")
     with database.engine.connect() as conn, pytest.raises(sa_exc.IntegrityError), conn.begin():
         incomplete.first(conn, {"b_job_id": job_id})
+
+
+@pytest.mark.postgres_only  # the take is the PostgreSQL broker's
+def test_the_hot_take_returns_every_row_conn_execute_returns(database, make_job):
+    # Six jobs: the oldest three taken through the hot statement, the others through conn.execute.
+    ids = [make_job("test.note", {"text": str(number % 3)}) for number in range(6)]
+    with database.readers() as session:
+        queue = session.get(models.Job, ids[0]).queue
+    params = {
+        "b_queue": queue,
+        "b_limit": 3,
+        "b_lease_seconds": 30.0,
+        "b_worker": "hot-test",
+        "b_limited": [],
+        "b_take_seconds": 30.0,
+    }
+    with database.engine.connect() as conn:
+        with conn.begin():
+            hot = taking._HOT_TAKE_AND_CLAIM.all(conn, params)
+        with conn.begin():
+            plain = conn.execute(taking._TAKE_AND_CLAIM, params).all()
+    assert len(hot) == len(plain) == 3
+    assert {row.id for row in hot} == set(ids[:3]) and {row.id for row in plain} == set(ids[3:])
+    assert hot[0]._fields == tuple(plain[0]._fields)
+    shape = lambda row: [type(value) for value in row]  # noqa: E731
+    assert sorted(map(shape, hot), key=str) == sorted(map(shape, plain), key=str)
+    assert {row.status for row in hot} == {row.status for row in plain} == {"running"}
+    assert {row.args["text"] for row in hot} == {"0", "1", "2"}
