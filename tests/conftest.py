@@ -381,11 +381,12 @@ def _drain_rabbitmq(broker: RabbitmqBroker, worker: dramatiq.Worker, database: d
 def _drain_postgres(broker: pgbroker.PostgresBroker, worker: dramatiq.Worker) -> None:
     # The worker claims as it takes: the broker's join waits for no job waiting and none held by
     # this process (not for a job a test leaves running under "another worker's" claim), then the
-    # worker must be idle, and the broker's join hold once more.
+    # worker must be idle, with nothing taken or done since before the first queue's join: a job
+    # of one queue may create a job of another queue already joined (a batch's plan, its chunks).
     while True:
+        changes = broker.claims.changes if broker.claims is not None else None
         for queue in broker.get_declared_queues():
             broker.join(queue, timeout=DRAIN_TIMEOUT_MS)
-        changes = broker.claims.changes if broker.claims is not None else None
         worker.join()
         if broker.claims is None or broker.claims.changes == changes:
             return

@@ -77,25 +77,31 @@ class RabbitVhost:
             self.close()
             raise
 
-    def _live(self) -> pika.BlockingConnection:
-        if not self._connection.is_open:  # closed by a test (close_all_connections)
+    def _on_connection(self, action: Callable[[pika.BlockingConnection], T]) -> T:
+        """``action`` on the vhost's connection, made again if it was closed meanwhile (by a test's
+        ``close_all_connections``, or by RabbitMQ after missed heartbeats while the run was idle)."""
+        try:
+            return action(self._connection)
+        except pika.exceptions.AMQPConnectionError:
             self._connection = pika.BlockingConnection(pika.URLParameters(self.url))
-        return self._connection
+            return action(self._connection)
 
     def flush(self, queues: Iterable[str]) -> None:
         """Purge ``queues`` of the vhost, with their delay and dead-letter queues (Dramatiq's
         ``.DQ`` and ``.XQ``): every message in them is lost (delivered ones too, once their consumer
         lets go of them). A queue not there yet is passed over."""
-        _purge_all(self._live(), queues)
+        queues = list(queues)
+        self._on_connection(lambda connection: _purge_all(connection, queues))
 
     def count(self, queue: str = "default") -> int:
         """How many messages wait in ``queue`` (ready, not yet delivered); 0 if it does not exist."""
-        declared = _declared(self._live(), queue)
+        declared = self._on_connection(lambda connection: _declared(connection, queue))
         return 0 if declared is None else int(declared.message_count)
 
     def consumers(self, queues: Iterable[str]) -> dict[str, int]:
         """How many consumers each of ``queues`` that exists has."""
-        declared = {queue: _declared(self._live(), queue) for queue in queues}
+        queues = list(queues)
+        declared = self._on_connection(lambda connection: {queue: _declared(connection, queue) for queue in queues})
         return {queue: int(method.consumer_count) for queue, method in declared.items() if method is not None}
 
     def expect_no_consumers(self, queues: Iterable[str], *, timeout: float = 30.0) -> None:
