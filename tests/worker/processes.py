@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,17 +67,22 @@ def wait_until(predicate: Callable[[], Any], *, timeout: float = SETTLE_SECONDS,
         time.sleep(0.1)
 
 
-def _parents() -> dict[int, tuple[int, int]]:
-    """Every process's (parent PID, process group), from /proc."""
-    found = {}
+def _each_process(name: str) -> Iterator[tuple[int, bytes]]:
+    """Every process's PID and its ``/proc/PID/<name>`` file (those gone meanwhile left out)."""
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
-                stat = Path(entry.path, "stat").read_text()
+                yield int(entry.name), Path(entry.path, name).read_bytes()
             except OSError:
                 continue
-            fields = stat[stat.rindex(")") + 2 :].split()
-            found[int(entry.name)] = (int(fields[1]), int(fields[2]))
+
+
+def _parents() -> dict[int, tuple[int, int]]:
+    """Every process's (parent PID, process group), from /proc."""
+    found = {}
+    for pid, stat in _each_process("stat"):
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        found[pid] = (int(fields[1]), int(fields[2]))
     return found
 
 
@@ -96,16 +101,7 @@ MARK_VARIABLE = "JOBRUNNER_TEST_PROCESS_MARK"
 def marked_processes(mark: str) -> list[int]:
     """The PIDs of the processes whose environment carries ``MARK_VARIABLE=mark``."""
     needle = f"{MARK_VARIABLE}={mark}".encode()
-    found = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                environ = Path(entry.path, "environ").read_bytes()
-            except OSError:
-                continue
-            if needle in environ.split(b"\0"):
-                found.append(int(entry.name))
-    return sorted(found)
+    return sorted(pid for pid, environ in _each_process("environ") if needle in environ.split(b"\0"))
 
 
 def _is_dramatiq_master(pid: int) -> bool:
