@@ -1,6 +1,7 @@
-"""``HotStatement``: the claim and the success run straight on psycopg's cursor on PostgreSQL (a
-fenced exception to SQLAlchemy's public API, measured in its docstring). It must give what
-``conn.execute`` gives, with the same type processing, on both databases."""
+"""``HotStatement``: the claim, the success and the PostgreSQL broker's take run straight on
+psycopg's cursor on PostgreSQL (a fenced exception to SQLAlchemy's public API, measured in its
+docstring). It must give what ``conn.execute`` gives, with the same type processing, on both
+databases."""
 
 from __future__ import annotations
 
