@@ -190,13 +190,29 @@ def flush_redis(redis_server: servers.RunRedis) -> Callable[[], None]:
 
 
 @pytest.fixture(scope="session")
-def rabbitmq_vhost() -> Iterator[rabbitmq.RabbitVhost]:
-    """The run's vhost on the machine's RabbitMQ (see tests/rabbitmq.py), deleted at the end."""
-    vhost = rabbitmq.RabbitVhost()
+def rabbitmq_vhosts() -> Iterator[rabbitmq.RunVhosts]:
+    """The run's vhosts on the machine's RabbitMQ (see tests/rabbitmq.py), deleted at the end."""
+    vhosts = rabbitmq.RunVhosts()
     try:
-        yield vhost
+        yield vhosts
     finally:
-        vhost.close()
+        vhosts.close()
+
+
+@pytest.fixture
+def rabbitmq_vhost(rabbitmq_vhosts: rabbitmq.RunVhosts, capsys: pytest.CaptureFixture[str]) -> rabbitmq.RabbitVhost:
+    """The run's vhost, with no consumer on the test kinds' queues when the test starts. One left
+    there by an earlier test (it would take this test's messages) is named on the terminal, and the
+    test runs on a new vhost: the suite tests jobrunner, and a process a test left behind must not
+    fail the tests after it, nor go unseen."""
+    queues = job_kinds.load_registry(Settings(job_modules="tests.kinds")).queues()
+    stray = rabbitmq_vhosts.current.stray_consumers(queues)
+    if stray is None:
+        return rabbitmq_vhosts.current
+    message = f"a consumer an earlier test left is on the run's vhost {rabbitmq_vhosts.current.name}: {stray}"
+    with capsys.disabled():
+        print(f"\n[warning] {message}\n[warning] this test and the next run on a new vhost")
+    return rabbitmq_vhosts.move_on()
 
 
 @pytest.fixture
@@ -286,14 +302,9 @@ def kind_registry(settings: Settings) -> Registry:
 
 
 @pytest.fixture
-def database(
-    request: pytest.FixtureRequest, settings: Settings, flush_broker: Callable[[], None], kind_registry: Registry
-) -> Iterator[db.Database]:
-    """The run's database, emptied, with the broker flushed (and, on the run's RabbitMQ vhost, no
-    consumer left on it by an earlier test); its sessions send job IDs to the test's broker."""
+def database(settings: Settings, flush_broker: Callable[[], None], kind_registry: Registry) -> Iterator[db.Database]:
+    """The run's database, emptied, with the broker flushed; its sessions send job IDs to the test's broker."""
     flush_broker()
-    if settings.broker_url.startswith("amqp") and "throwaway_rabbitmq" not in request.fixturenames:
-        request.getfixturevalue("rabbitmq_vhost").expect_no_consumers(kind_registry.queues())
     broker = producer.make_broker(settings)
     database = db.make_database(
         settings.database_url,

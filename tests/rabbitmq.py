@@ -104,19 +104,18 @@ class RabbitVhost:
         declared = self._on_connection(lambda connection: {queue: _declared(connection, queue) for queue in queues})
         return {queue: int(method.consumer_count) for queue, method in declared.items() if method is not None}
 
-    def expect_no_consumers(self, queues: Iterable[str], *, timeout: float = 30.0) -> None:
+    def stray_consumers(self, queues: Iterable[str], *, timeout: float = 30.0) -> str | None:
         """Wait until none of ``queues`` has a consumer (an earlier test's worker may still be closing
-        its connection); after ``timeout``, fail naming who consumes: the vhost is shared by the run's
-        tests, and a consumer left behind would take the next tests' messages."""
+        its connection); after ``timeout``, who still consumes (see :meth:`describe_clients`), else
+        None. The vhost is shared by the run's tests: a consumer left behind would take the next
+        tests' messages."""
         queues = list(queues)
         deadline = time.monotonic() + timeout
         while any(self.consumers(queues).values()):
             if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"an earlier test left a consumer on the run's vhost {self.name}: "
-                    f"{self.consumers(queues)}\n{self.describe_clients()}"
-                )
+                return f"{self.consumers(queues)}\n{self.describe_clients()}"
             time.sleep(0.2)
+        return None
 
     def describe_clients(self) -> str:
         """The vhost's consumers and connections, and the local process behind each connection."""
@@ -143,6 +142,26 @@ class RabbitVhost:
             pass  # closed by the server meanwhile
         finally:
             rabbitmqctl("delete_vhost", self.name, node=self.node)
+
+
+class RunVhosts:
+    """The run's vhosts on the machine's node: the one tests use now (:attr:`current`), and those
+    left behind because a consumer an earlier test left was still on them (:meth:`move_on`); all
+    deleted at :meth:`close`."""
+
+    def __init__(self) -> None:
+        self.current = RabbitVhost()
+        self._left: list[RabbitVhost] = []
+
+    def move_on(self) -> RabbitVhost:
+        """Leave the current vhost (with whoever consumes there) for a new one."""
+        self._left.append(self.current)
+        self.current = RabbitVhost()
+        return self.current
+
+    def close(self) -> None:
+        for vhost in [*self._left, self.current]:
+            vhost.close()
 
 
 class ThrowawayRabbit:
