@@ -61,8 +61,9 @@ def _running_on(database, job_ids, worker):
     return [w for w in rows if w and w.rsplit(":", 1)[-1] in pids]
 
 
-def _settle(database, registry, job_ids, started, what, capsys):
-    """Wait for every job to succeed, check each applied once and the invariants; print the time."""
+def _settle(database, registry, job_ids, started, what, capsys, since="the fault began"):
+    """Wait for every job to succeed, check each applied once and the invariants; print the time
+    from ``started`` (the moment ``since`` names)."""
     wait_until(
         lambda: set(_statuses(database, job_ids).values()) == {JobStatus.SUCCEEDED},
         timeout=SETTLE_SECONDS,
@@ -87,7 +88,7 @@ def _settle(database, registry, job_ids, started, what, capsys):
     with capsys.disabled():
         print(
             f"\n[figure] multihost, {what}: {len(job_ids)} jobs, 0 lost, 0 doubled; attempts {outcomes}; "
-            f"all done {recovered:.1f} s after the fault began"
+            f"all done {recovered:.1f} s after {since}"
         )
     return outcomes
 
@@ -190,7 +191,8 @@ def test_jobs_posted_while_the_api_is_cut_off_from_the_broker_go_out_after_heali
     netbed.heal("api", "broker")
     host_workers("w1", **FAST)  # its sweeper sends the overdue jobs again
     broker = broker_name(bed_settings.broker_url)
-    _settle(bed_database, bed_registry, job_ids, started, f"API cut off from {broker} at enqueue, then healed", capsys)
+    what = f"API cut off from {broker} at enqueue, then healed"
+    _settle(bed_database, bed_registry, job_ids, started, what, capsys, since="healing (a worker starting meanwhile)")
 
 
 @_brokers("redis", "postgres")
@@ -227,7 +229,7 @@ def test_the_api_cut_off_from_the_database_answers_503_and_accepts_nothing_it_co
     host_workers("w1", **FAST)
     broker = broker_name(bed_settings.broker_url)
     what = f"API cut off from PostgreSQL (broker {broker}) 10 posts refused, then healed"
-    _settle(bed_database, bed_registry, job_ids, started, what, capsys)
+    _settle(bed_database, bed_registry, job_ids, started, what, capsys, since="healing (a worker starting meanwhile)")
 
 
 def test_worker_hosts_with_clocks_ten_minutes_off_lose_and_double_nothing(
