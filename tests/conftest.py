@@ -8,6 +8,7 @@ redis-server of its own; the test that restarts PostgreSQL restarts a throwaway 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -199,14 +200,19 @@ def rabbitmq_vhosts() -> Iterator[rabbitmq.RunVhosts]:
         vhosts.close()
 
 
+@functools.cache
+def _test_kind_queues() -> tuple[str, ...]:
+    """The queues of the shipped job kinds and ``tests.kinds`` (the same for every test)."""
+    return tuple(job_kinds.load_registry(Settings(job_modules="tests.kinds")).queues())
+
+
 @pytest.fixture
 def rabbitmq_vhost(rabbitmq_vhosts: rabbitmq.RunVhosts, capsys: pytest.CaptureFixture[str]) -> rabbitmq.RabbitVhost:
     """The run's vhost, with no consumer on the test kinds' queues when the test starts. One left
     there by an earlier test (it would take this test's messages) is named on the terminal, and the
     test runs on a new vhost: the suite tests jobrunner, and a process a test left behind must not
     fail the tests after it, nor go unseen."""
-    queues = job_kinds.load_registry(Settings(job_modules="tests.kinds")).queues()
-    stray = rabbitmq_vhosts.current.stray_consumers(queues)
+    stray = rabbitmq_vhosts.current.stray_consumers(_test_kind_queues())
     if stray is None:
         return rabbitmq_vhosts.current
     message = f"a consumer an earlier test left is on the run's vhost {rabbitmq_vhosts.current.name}: {stray}"

@@ -173,7 +173,4 @@ def host_workers(netbed: Netbed, bed_settings: Settings, tmp_path: Path) -> Iter
 
     yield start
     for process in started:
-        if process.alive():
-            process.kill()
-        else:
-            process.kill_strays()
+        process.clean_up()

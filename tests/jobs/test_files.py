@@ -22,15 +22,23 @@ from jobs.models import AttemptOutcome, JobStatus
 
 @pytest.fixture
 def make_file(database: db.Database, settings) -> Callable[..., tuple[uuid.UUID, uuid.UUID]]:
-    """Store ``content`` as an upload would and commit its file row and job; (file_id, job_id)."""
+    """Store ``content`` as an upload would and commit its file row and job; (file_id, job_id).
+    ``before_commit(file)`` runs in that transaction, before the job is sent to the running worker."""
 
-    def make(content: bytes, *, block_rows: int | None = None) -> tuple[uuid.UUID, uuid.UUID]:
+    def make(
+        content: bytes,
+        *,
+        block_rows: int | None = None,
+        before_commit: Callable[[file_models.File], None] | None = None,
+    ) -> tuple[uuid.UUID, uuid.UUID]:
         with files.UploadSink(settings.storage_dir, max_bytes=settings.max_upload_bytes) as sink:
             sink.write(content)
         with db.session_scope(database.sessions) as session:
             file, job = files.register_upload(
                 session, sink, name="data.csv", content_type="text/csv", block_rows=block_rows
             )
+            if before_commit is not None:
+                before_commit(file)
         return file.id, job.id
 
     return make
@@ -311,14 +319,11 @@ def test_postgresql_copy_of_records_gives_the_records_csv_reader_read(database):
     assert rows_written > 1000 and taken["plain"] > 50  # the generator makes good rows, and plain chunks
 
 
-def test_missing_stored_file_fails_the_job_and_the_file(database, drain, read_file, settings, fetch):
-    with files.UploadSink(settings.storage_dir, max_bytes=settings.max_upload_bytes) as sink:
-        sink.write(b"a\n1\n")
-    with db.session_scope(database.sessions) as session:
-        file, job = files.register_upload(session, sink, name="data.csv", content_type="text/csv")
-        # Gone before the commit sends the job: the worker, already running, cannot read it first.
-        files.stored_path(settings.storage_dir, file.storage_key).unlink()
-        file_id, job_id = file.id, job.id
+def test_missing_stored_file_fails_the_job_and_the_file(make_file, drain, read_file, settings, fetch):
+    # Gone before the commit sends the job: the worker, already running, cannot read it first.
+    file_id, job_id = make_file(
+        b"a\n1\n", before_commit=lambda file: files.stored_path(settings.storage_dir, file.storage_key).unlink()
+    )
     drain()
     file = read_file(file_id)
     assert file.status == FileStatus.FAILED

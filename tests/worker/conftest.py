@@ -23,7 +23,4 @@ def workers(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
 
     yield start
     for process in started:
-        if process.alive():
-            process.kill()
-        else:  # stopped by the test, or its supervisor killed: nothing it started may outlive it
-            process.kill_strays()
+        process.clean_up()

@@ -176,6 +176,14 @@ class WorkerProcess:
         self.process.wait(timeout=30)
         self.kill_strays()
 
+    def clean_up(self) -> None:
+        """After the test: kill -9 the worker if it still runs; if it stopped (or its supervisor
+        was killed), whatever it started that still runs."""
+        if self.alive():
+            self.kill()
+        else:
+            self.kill_strays()
+
     def kill_strays(self) -> list[int]:
         """kill -9 every process this worker started that still runs, wherever it is now (an orphan
         no longer under the supervisor, in a group or session of its own); their PIDs."""
